@@ -1,0 +1,377 @@
+//! `config.json` of a Hugging Face `CLIPModel` checkpoint, parsed in full rather than matched to presets.
+//!
+//! Defaults are transformers' own (`models/clip/configuration_clip.py`), so that a sparse config means the
+//! same thing here as it does there.
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+use serde_json::Value;
+
+/// The activation of the MLP blocks. OpenAI checkpoints use `quick_gelu`; LAION's use `gelu` (exact, erf).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Activation {
+    QuickGelu,
+    Gelu,
+    /// transformers' `gelu_new` / `gelu_pytorch_tanh`: the tanh approximation.
+    #[serde(alias = "gelu_new", alias = "gelu_pytorch_tanh")]
+    GeluTanh,
+}
+
+/// `eos_token_id` is an int in every CLIP config seen so far, but transformers types it `int | list[int]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum TokenIds {
+    One(i64),
+    Many(Vec<i64>),
+}
+
+impl TokenIds {
+    fn first(&self) -> Option<i64> {
+        match self {
+            TokenIds::One(id) => Some(*id),
+            TokenIds::Many(ids) => ids.first().copied(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct TextConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub max_position_embeddings: usize,
+    pub hidden_act: Activation,
+    pub layer_norm_eps: f64,
+    pub pad_token_id: Option<i64>,
+    pub bos_token_id: Option<i64>,
+    pub eos_token_id: Option<TokenIds>,
+}
+
+impl Default for TextConfig {
+    /// `CLIPTextConfig`'s defaults.
+    fn default() -> Self {
+        Self {
+            vocab_size: 49408,
+            hidden_size: 512,
+            intermediate_size: 2048,
+            num_hidden_layers: 12,
+            num_attention_heads: 8,
+            max_position_embeddings: 77,
+            hidden_act: Activation::QuickGelu,
+            layer_norm_eps: 1e-5,
+            pad_token_id: Some(1),
+            bos_token_id: Some(49406),
+            eos_token_id: Some(TokenIds::One(49407)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct VisionConfig {
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub num_channels: usize,
+    pub image_size: usize,
+    pub patch_size: usize,
+    pub hidden_act: Activation,
+    pub layer_norm_eps: f64,
+}
+
+impl Default for VisionConfig {
+    /// `CLIPVisionConfig`'s defaults.
+    fn default() -> Self {
+        Self {
+            hidden_size: 768,
+            intermediate_size: 3072,
+            num_hidden_layers: 12,
+            num_attention_heads: 12,
+            num_channels: 3,
+            image_size: 224,
+            patch_size: 32,
+            hidden_act: Activation::QuickGelu,
+            layer_norm_eps: 1e-5,
+        }
+    }
+}
+
+/// How the text tower picks the token whose hidden state becomes the text embedding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TextPooling {
+    /// The first position holding the highest token id. Checkpoints whose config still says
+    /// `eos_token_id == 2` (all of OpenAI's) pool this way; transformers keeps it for them
+    /// (`CLIPTextTransformer.forward`, see huggingface/transformers#24773).
+    ArgMaxId,
+    /// The first position holding this end-of-text id.
+    FirstEos(u32),
+}
+
+impl TextPooling {
+    /// The pooled position of each sequence, computed on the host from the ids. Never use a device
+    /// arg-max for this: Candle's CUDA arg-max does not return the first index on ties, and padding
+    /// with the end token makes ties.
+    pub fn positions(&self, ids: &[Vec<u32>]) -> Vec<usize> {
+        ids.iter()
+            .map(|seq| match *self {
+                TextPooling::ArgMaxId => {
+                    let mut best = 0;
+                    for (i, &id) in seq.iter().enumerate() {
+                        if id > seq[best] {
+                            best = i;
+                        }
+                    }
+                    best
+                }
+                // transformers takes `(ids == eos).int().argmax()`, which is 0 when no end token is
+                // present; our tokenizer always keeps the end token, but follow it anyway.
+                TextPooling::FirstEos(eos) => seq.iter().position(|&id| id == eos).unwrap_or(0),
+            })
+            .collect()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClipConfig {
+    pub text: TextConfig,
+    pub vision: VisionConfig,
+    /// Width of the joint embedding space (`text_projection` / `visual_projection`).
+    pub projection_dim: usize,
+    pub logit_scale_init_value: f64,
+}
+
+impl ClipConfig {
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        Self::from_json(&text).with_context(|| format!("invalid model config {}", path.display()))
+    }
+
+    pub fn from_json(text: &str) -> Result<Self> {
+        let root: Value = serde_json::from_str(text).context("not valid JSON")?;
+        let obj = root.as_object().context("expected a JSON object")?;
+        match obj.get("model_type").and_then(Value::as_str) {
+            Some("clip") => {}
+            Some(other) => bail!(
+                "unsupported model_type {other:?}: vlm runs CLIP checkpoints (model_type \"clip\")"
+            ),
+            None => bail!("no model_type: expected a CLIPModel config with model_type \"clip\""),
+        }
+        let text = sub_config::<TextConfig>(obj, "text_config")?;
+        let vision = sub_config::<VisionConfig>(obj, "vision_config")?;
+        let projection_dim = match obj.get("projection_dim") {
+            None | Some(Value::Null) => 512,
+            Some(v) => {
+                v.as_u64()
+                    .context("projection_dim must be a positive integer")? as usize
+            }
+        };
+        let logit_scale_init_value = obj
+            .get("logit_scale_init_value")
+            .and_then(Value::as_f64)
+            .unwrap_or(2.6592);
+        let cfg = Self {
+            text,
+            vision,
+            projection_dim,
+            logit_scale_init_value,
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<()> {
+        let t = &self.text;
+        let v = &self.vision;
+        for (name, value) in [
+            ("text_config.hidden_size", t.hidden_size),
+            ("text_config.num_attention_heads", t.num_attention_heads),
+            (
+                "text_config.max_position_embeddings",
+                t.max_position_embeddings,
+            ),
+            ("text_config.vocab_size", t.vocab_size),
+            ("vision_config.hidden_size", v.hidden_size),
+            ("vision_config.num_attention_heads", v.num_attention_heads),
+            ("vision_config.patch_size", v.patch_size),
+            ("vision_config.image_size", v.image_size),
+            ("projection_dim", self.projection_dim),
+        ] {
+            if value == 0 {
+                bail!("{name} must be positive");
+            }
+        }
+        if t.hidden_size % t.num_attention_heads != 0 {
+            bail!(
+                "text_config.hidden_size {} is not divisible by num_attention_heads {}",
+                t.hidden_size,
+                t.num_attention_heads
+            );
+        }
+        if v.hidden_size % v.num_attention_heads != 0 {
+            bail!(
+                "vision_config.hidden_size {} is not divisible by num_attention_heads {}",
+                v.hidden_size,
+                v.num_attention_heads
+            );
+        }
+        if v.image_size % v.patch_size != 0 {
+            bail!(
+                "vision_config.image_size {} is not a multiple of patch_size {}",
+                v.image_size,
+                v.patch_size
+            );
+        }
+        if v.num_channels != 3 {
+            bail!(
+                "vision_config.num_channels is {}; only RGB (3) is supported",
+                v.num_channels
+            );
+        }
+        Ok(())
+    }
+
+    pub fn text_pooling(&self) -> TextPooling {
+        match self.text.eos_token_id.as_ref().and_then(TokenIds::first) {
+            Some(2) => TextPooling::ArgMaxId,
+            Some(id) if id >= 0 => TextPooling::FirstEos(id as u32),
+            _ => TextPooling::FirstEos(49407),
+        }
+    }
+
+    /// Number of patches per side of the vision grid.
+    pub fn grid(&self) -> usize {
+        self.vision.image_size / self.vision.patch_size
+    }
+}
+
+/// Reads `text_config` / `vision_config`, honouring the legacy `*_config_dict` override as transformers'
+/// `CLIPConfig.__init__` does: the dict is completed with the sub-config's defaults and then *replaces*
+/// every field of `*_config`, so a field the dict leaves out falls back to the default, not to
+/// `*_config`.
+fn sub_config<T: for<'de> Deserialize<'de> + Default>(
+    obj: &serde_json::Map<String, Value>,
+    key: &str,
+) -> Result<T> {
+    let dict_key = format!("{key}_dict");
+    let chosen = match obj.get(&dict_key) {
+        Some(v @ Value::Object(_)) => (v, dict_key.as_str()),
+        _ => match obj.get(key) {
+            Some(v @ Value::Object(_)) => (v, key),
+            None | Some(Value::Null) => return Ok(T::default()),
+            Some(_) => bail!("{key} must be an object"),
+        },
+    };
+    T::deserialize(chosen.0).with_context(|| format!("invalid {}", chosen.1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(path: &str) -> std::path::PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(path)
+    }
+
+    #[test]
+    fn parses_the_published_openai_base_patch32_config() {
+        let cfg =
+            ClipConfig::from_file(&fixture("configs/openai-clip-vit-base-patch32.json")).unwrap();
+        assert_eq!(cfg.projection_dim, 512);
+        assert_eq!(cfg.text.hidden_size, 512);
+        assert_eq!(cfg.text.num_hidden_layers, 12);
+        assert_eq!(cfg.text.num_attention_heads, 8);
+        assert_eq!(cfg.text.intermediate_size, 2048);
+        assert_eq!(cfg.text.max_position_embeddings, 77);
+        assert_eq!(cfg.text.vocab_size, 49408);
+        assert_eq!(cfg.text.hidden_act, Activation::QuickGelu);
+        assert_eq!(cfg.vision.hidden_size, 768);
+        assert_eq!(cfg.vision.num_hidden_layers, 12);
+        assert_eq!(cfg.vision.num_attention_heads, 12);
+        assert_eq!(cfg.vision.patch_size, 32);
+        assert_eq!(cfg.vision.image_size, 224);
+        assert_eq!(cfg.grid(), 7);
+        assert!((cfg.logit_scale_init_value - 2.6592).abs() < 1e-9);
+        // The published config still says eos_token_id = 2, so the text pools at the arg-max id.
+        assert_eq!(cfg.text_pooling(), TextPooling::ArgMaxId);
+    }
+
+    #[test]
+    fn parses_the_reserialized_config_identically() {
+        let a =
+            ClipConfig::from_file(&fixture("configs/openai-clip-vit-base-patch32.json")).unwrap();
+        let b = ClipConfig::from_file(&fixture("configs/reserialized-config.json")).unwrap();
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn config_dict_overrides_replace_the_whole_sub_config() {
+        let cfg = ClipConfig::from_json(
+            r#"{"model_type":"clip","projection_dim":768,
+                "text_config":{"hidden_size":512,"num_attention_heads":8,"hidden_act":"gelu"},
+                "text_config_dict":{"hidden_size":768,"num_attention_heads":12},
+                "vision_config":{"hidden_size":768},
+                "vision_config_dict":{"hidden_size":1024,"patch_size":14,"num_attention_heads":16,
+                                      "num_hidden_layers":24,"intermediate_size":4096}}"#,
+        )
+        .unwrap();
+        assert_eq!(cfg.text.hidden_size, 768);
+        assert_eq!(cfg.text.num_attention_heads, 12);
+        // Not in the dict: the default wins over text_config, as in transformers.
+        assert_eq!(cfg.text.hidden_act, Activation::QuickGelu);
+        assert_eq!(cfg.vision.hidden_size, 1024);
+        assert_eq!(cfg.vision.patch_size, 14);
+        assert_eq!(cfg.grid(), 16);
+    }
+
+    #[test]
+    fn gelu_and_eos_pooling_of_laion_style_configs() {
+        let cfg = ClipConfig::from_json(
+            r#"{"model_type":"clip","text_config":{"hidden_act":"gelu","eos_token_id":49407},
+                "vision_config":{"hidden_act":"gelu","layer_norm_eps":1e-6}}"#,
+        )
+        .unwrap();
+        assert_eq!(cfg.text.hidden_act, Activation::Gelu);
+        assert_eq!(cfg.vision.layer_norm_eps, 1e-6);
+        assert_eq!(cfg.text_pooling(), TextPooling::FirstEos(49407));
+    }
+
+    #[test]
+    fn refuses_other_model_types_and_bad_sizes() {
+        let err = ClipConfig::from_json(r#"{"model_type":"siglip"}"#).unwrap_err();
+        assert!(format!("{err:#}").contains("unsupported model_type \"siglip\""));
+        assert!(ClipConfig::from_json(r#"{"text_config":{}}"#).is_err());
+        let err = ClipConfig::from_json(
+            r#"{"model_type":"clip","vision_config":{"hidden_size":100,"num_attention_heads":12}}"#,
+        )
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("not divisible"));
+        let err =
+            ClipConfig::from_json(r#"{"model_type":"clip","vision_config":{"hidden_act":"relu"}}"#)
+                .unwrap_err();
+        assert!(format!("{err:#}").contains("vision_config"), "{err:#}");
+    }
+
+    #[test]
+    fn pooling_positions_follow_transformers() {
+        let ids = vec![
+            vec![49406, 320, 2368, 49407, 49407, 49407],
+            vec![49406, 320, 49407],
+        ];
+        assert_eq!(TextPooling::ArgMaxId.positions(&ids), vec![3, 2]);
+        assert_eq!(TextPooling::FirstEos(49407).positions(&ids), vec![3, 2]);
+        // Padding with id 0 after the end token: still the first end token.
+        let padded = vec![vec![49406, 320, 49407, 0, 0]];
+        assert_eq!(TextPooling::FirstEos(49407).positions(&padded), vec![2]);
+        assert_eq!(TextPooling::FirstEos(7).positions(&padded), vec![0]);
+    }
+}

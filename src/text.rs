@@ -1,0 +1,295 @@
+//! Text side: the checkpoint's tokenizer, prompt templates and label lists.
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
+
+use crate::Error;
+
+/// The checkpoint's `tokenizer.json`, set to cut prompts to the text tower's context.
+pub struct ClipTokenizer {
+    inner: Tokenizer,
+}
+
+/// Token ids of a batch of prompts, unpadded, and which prompts had to be cut to fit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tokenized {
+    pub ids: Vec<Vec<u32>>,
+    pub truncated: Vec<usize>,
+}
+
+impl ClipTokenizer {
+    pub fn from_file(path: &Path, context_len: usize) -> Result<Self> {
+        let mut inner = Tokenizer::from_file(path)
+            .map_err(|e| anyhow::anyhow!("{e}"))
+            .with_context(|| format!("cannot load tokenizer {}", path.display()))?;
+        // Truncate the content and keep the start and end tokens, as transformers' CLIPTokenizer does
+        // with `truncation=True, max_length=77`: the post-processor adds the special tokens after
+        // truncation leaves room for them.
+        inner
+            .with_truncation(Some(TruncationParams {
+                direction: TruncationDirection::Right,
+                max_length: context_len,
+                strategy: TruncationStrategy::LongestFirst,
+                stride: 0,
+            }))
+            .map_err(|e| anyhow::anyhow!("{e}"))
+            .with_context(|| format!("cannot configure tokenizer {}", path.display()))?;
+        // The model pads per batch itself.
+        inner.with_padding(None);
+        Ok(Self { inner })
+    }
+
+    pub fn encode(&self, prompts: &[String]) -> Result<Tokenized> {
+        let mut ids = Vec::with_capacity(prompts.len());
+        let mut truncated = Vec::new();
+        for (i, prompt) in prompts.iter().enumerate() {
+            let enc = self
+                .inner
+                .encode(prompt.as_str(), true)
+                .map_err(|e| anyhow::anyhow!("{e}"))
+                .with_context(|| format!("cannot tokenize prompt {prompt:?}"))?;
+            if !enc.get_overflowing().is_empty() {
+                truncated.push(i);
+            }
+            ids.push(enc.get_ids().to_vec());
+        }
+        Ok(Tokenized { ids, truncated })
+    }
+}
+
+/// The default prompt, from the CLIP paper.
+pub const DEFAULT_TEMPLATE: &str = "a photo of a {}.";
+
+/// Built-in template sets, kept as data under `prompts/templates/`.
+pub const BUILTIN_TEMPLATE_SETS: &[(&str, &str)] = &[(
+    "imagenet",
+    include_str!("../prompts/templates/imagenet.txt"),
+)];
+
+/// A prompt template with at least one `{}` where the label goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Template(String);
+
+impl Template {
+    pub fn new(text: &str) -> Result<Self, Error> {
+        if text.trim().is_empty() {
+            return Err(Error::Usage("empty prompt template".into()));
+        }
+        if !text.contains("{}") {
+            return Err(Error::Usage(format!(
+                "template {text:?} has no {{}} where the label goes"
+            )));
+        }
+        Ok(Self(text.to_string()))
+    }
+
+    pub fn fill(&self, label: &str) -> String {
+        self.0.replace("{}", label)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Resolves `--templates NAME|FILE`: a built-in set's name, else a file of one template per line.
+pub fn template_set(name_or_file: &str) -> Result<Vec<Template>> {
+    if let Some((_, text)) = BUILTIN_TEMPLATE_SETS
+        .iter()
+        .find(|(n, _)| *n == name_or_file)
+    {
+        return parse_templates(text, &format!("built-in template set {name_or_file}"));
+    }
+    let path = Path::new(name_or_file);
+    if !path.exists() {
+        let names: Vec<&str> = BUILTIN_TEMPLATE_SETS.iter().map(|(n, _)| *n).collect();
+        bail!(Error::Usage(format!(
+            "--templates {name_or_file}: no such built-in set ({}) and no such file",
+            names.join(", ")
+        )));
+    }
+    let text = read_text_file(path)?;
+    parse_templates(&text, &path.display().to_string())
+}
+
+fn parse_templates(text: &str, source: &str) -> Result<Vec<Template>> {
+    let mut out = Vec::new();
+    for (line_no, line) in list_lines(text) {
+        let t = Template::new(line).with_context(|| format!("{source}, line {line_no}"))?;
+        if out.contains(&t) {
+            bail!(Error::Usage(format!(
+                "{source}, line {line_no}: duplicate template {line:?}"
+            )));
+        }
+        out.push(t);
+    }
+    if out.is_empty() {
+        bail!(Error::Usage(format!("{source} holds no templates")));
+    }
+    Ok(out)
+}
+
+/// Reads a UTF-8 text file, naming it in every error.
+pub fn read_text_file(path: &Path) -> Result<String> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    String::from_utf8(bytes).map_err(|e| {
+        anyhow::anyhow!(Error::Usage(format!(
+            "{} is not UTF-8 text (invalid byte at offset {})",
+            path.display(),
+            e.utf8_error().valid_up_to()
+        )))
+    })
+}
+
+/// The non-blank, non-comment lines of a list file with their 1-based line numbers; tolerates a BOM,
+/// CRLF line ends and surrounding spaces.
+fn list_lines(text: &str) -> impl Iterator<Item = (usize, &str)> {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    text.lines().enumerate().filter_map(|(i, line)| {
+        let line = line.trim();
+        (!line.is_empty() && !line.starts_with('#')).then_some((i + 1, line))
+    })
+}
+
+/// Collects labels from `--labels a,b,c` values and `--labels-file` files, in that order. Empty and
+/// duplicate labels are errors: a duplicate would split the probability mass between two rows.
+#[derive(Debug, Default)]
+pub struct LabelList {
+    labels: Vec<String>,
+}
+
+impl LabelList {
+    /// Adds the labels of one `--labels` value (comma-separated).
+    pub fn add_csv(&mut self, value: &str) -> Result<(), Error> {
+        for (i, part) in value.split(',').enumerate() {
+            let label = part.trim();
+            if label.is_empty() {
+                return Err(Error::Usage(format!(
+                    "--labels {value:?}: label {} is empty",
+                    i + 1
+                )));
+            }
+            self.push(label, &format!("--labels {value:?}"))?;
+        }
+        Ok(())
+    }
+
+    /// Adds the labels of a label file: one per line, `#` comments and blank lines skipped.
+    pub fn add_file(&mut self, path: &Path) -> Result<()> {
+        let text = read_text_file(path)?;
+        self.add_text(&text, &path.display().to_string())?;
+        Ok(())
+    }
+
+    pub fn add_text(&mut self, text: &str, source: &str) -> Result<(), Error> {
+        let before = self.labels.len();
+        for (line_no, label) in list_lines(text) {
+            self.push(label, &format!("{source}, line {line_no}"))?;
+        }
+        if self.labels.len() == before {
+            return Err(Error::Usage(format!("{source} holds no labels")));
+        }
+        Ok(())
+    }
+
+    fn push(&mut self, label: &str, source: &str) -> Result<(), Error> {
+        if self.labels.iter().any(|l| l == label) {
+            return Err(Error::Usage(format!("{source}: duplicate label {label:?}")));
+        }
+        self.labels.push(label.to_string());
+        Ok(())
+    }
+
+    pub fn finish(self) -> Result<Vec<String>, Error> {
+        if self.labels.is_empty() {
+            return Err(Error::Usage(
+                "no labels: give --labels a,b,c and/or --labels-file FILE".into(),
+            ));
+        }
+        Ok(self.labels)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tokenizer() -> ClipTokenizer {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/models/tiny-openai/tokenizer.json");
+        ClipTokenizer::from_file(&path, 77).unwrap()
+    }
+
+    #[test]
+    fn real_tokenizer_gives_openai_ids() {
+        let t = tokenizer()
+            .encode(&["a photo of a cat".to_string()])
+            .unwrap();
+        assert_eq!(t.ids, vec![vec![49406, 320, 1125, 539, 320, 2368, 49407]]);
+        assert!(t.truncated.is_empty());
+    }
+
+    #[test]
+    fn long_prompts_are_cut_keeping_the_end_token() {
+        let long = "cat ".repeat(200);
+        let t = tokenizer().encode(&[long, "dog".into()]).unwrap();
+        assert_eq!(t.ids[0].len(), 77);
+        assert_eq!(t.ids[0][0], 49406);
+        assert_eq!(t.ids[0][76], 49407);
+        assert_eq!(t.truncated, vec![0]);
+    }
+
+    #[test]
+    fn templates_need_a_placeholder() {
+        assert_eq!(
+            Template::new("a photo of a {}.").unwrap().fill("cat"),
+            "a photo of a cat."
+        );
+        let err = Template::new("a photo").unwrap_err().to_string();
+        assert!(err.contains("has no {}"), "{err}");
+        assert!(Template::new("  ").is_err());
+    }
+
+    #[test]
+    fn builtin_imagenet_set_has_the_80_paper_templates() {
+        let set = template_set("imagenet").unwrap();
+        assert_eq!(set.len(), 80);
+        assert_eq!(set[0].as_str(), "a bad photo of a {}.");
+        assert!(template_set("no-such-set").is_err());
+    }
+
+    #[test]
+    fn label_files_tolerate_bom_crlf_comments_and_blanks() {
+        let mut l = LabelList::default();
+        l.add_text(
+            "\u{feff}# animals\r\ncat\r\n\r\n  dog  \r\n# end\r\nhot dog\r\n",
+            "f",
+        )
+        .unwrap();
+        assert_eq!(l.finish().unwrap(), vec!["cat", "dog", "hot dog"]);
+    }
+
+    #[test]
+    fn labels_from_flags_and_files_are_checked_for_duplicates_and_blanks() {
+        let mut l = LabelList::default();
+        l.add_csv("cat, dog,car").unwrap();
+        let err = l
+            .add_text("bird\ncat\n", "labels.txt")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(err, "labels.txt, line 2: duplicate label \"cat\"");
+        let err = LabelList::default()
+            .add_csv("cat,,dog")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("label 2 is empty"), "{err}");
+        assert!(LabelList::default().finish().is_err());
+        let err = LabelList::default()
+            .add_text("# only a comment\n", "x.txt")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(err, "x.txt holds no labels");
+    }
+}
