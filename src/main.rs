@@ -11,7 +11,7 @@ fn main() -> ExitCode {
         Ok(Outcome::SomeFailed) => ExitCode::from(1),
         Err(err) if app::is_broken_pipe(&err) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("vlm: {err:#}");
+            eprintln!("vlm: {}", app::one_line(&err));
             ExitCode::from(2)
         }
     }

@@ -1,0 +1,343 @@
+//! Everything vlm prints. Results go to stdout (or the writer given) through one exporter per format;
+//! each exporter turns records into bytes, and [`ResultWriter`] writes and flushes them, so streamed
+//! formats keep every finished record even when the run is killed. Warnings go to stderr.
+
+use std::io::{self, Write};
+
+use serde::{Deserialize, Serialize};
+
+use crate::classify::Prediction;
+use crate::cli::Format;
+
+/// Which model produced the results.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelInfo {
+    /// The Hub id or local folder given with `--model`.
+    pub id: String,
+    /// The Hub commit the weights came from; null for a local folder.
+    pub revision: Option<String>,
+}
+
+/// What a whole run is about, known before the first image.
+#[derive(Debug, Clone)]
+pub struct RunInfo {
+    pub model: ModelInfo,
+    pub labels: Vec<String>,
+    pub templates: Vec<String>,
+}
+
+/// The outcome for one input image: ranked predictions, or the error that stopped it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageResult {
+    /// The path as given (lossily converted to UTF-8 if it is not).
+    pub path: String,
+    /// Best first; empty when the image failed.
+    pub predictions: Vec<Prediction>,
+    /// Why the image failed; null when it succeeded.
+    pub error: Option<String>,
+}
+
+/// One `--format`: turns the run's header, each record and the trailer into bytes.
+pub trait Exporter {
+    fn begin(&mut self, run: &RunInfo) -> io::Result<Vec<u8>>;
+    fn record(&mut self, result: &ImageResult) -> io::Result<Vec<u8>>;
+    fn end(&mut self) -> io::Result<Vec<u8>>;
+}
+
+pub fn exporter(format: Format) -> Box<dyn Exporter> {
+    match format {
+        Format::Table => Box::new(TableExporter::default()),
+        Format::Json => Box::new(JsonExporter::default()),
+        Format::Jsonl => Box::new(JsonlExporter),
+        Format::Csv => Box::new(CsvExporter),
+    }
+}
+
+/// Writes an exporter's bytes and flushes after every record.
+pub struct ResultWriter<W: Write> {
+    out: W,
+    exporter: Box<dyn Exporter>,
+}
+
+impl<W: Write> ResultWriter<W> {
+    pub fn begin(out: W, format: Format, run: &RunInfo) -> io::Result<Self> {
+        let mut w = Self {
+            out,
+            exporter: exporter(format),
+        };
+        let bytes = w.exporter.begin(run)?;
+        w.out.write_all(&bytes)?;
+        Ok(w)
+    }
+
+    pub fn record(&mut self, result: &ImageResult) -> io::Result<()> {
+        let bytes = self.exporter.record(result)?;
+        self.out.write_all(&bytes)?;
+        self.out.flush()
+    }
+
+    pub fn finish(mut self) -> io::Result<W> {
+        let bytes = self.exporter.end()?;
+        self.out.write_all(&bytes)?;
+        self.out.flush()?;
+        Ok(self.out)
+    }
+}
+
+/// A JSON document `{"model":…, "labels":…, "templates":…, "results":[…]}`, streamed record by record
+/// so that memory does not grow with the number of images.
+#[derive(Default)]
+struct JsonExporter {
+    count: usize,
+}
+
+#[derive(Serialize)]
+struct JsonHeader<'a> {
+    model: &'a ModelInfo,
+    labels: &'a [String],
+    templates: &'a [String],
+}
+
+impl Exporter for JsonExporter {
+    fn begin(&mut self, run: &RunInfo) -> io::Result<Vec<u8>> {
+        let header = serde_json::to_string(&JsonHeader {
+            model: &run.model,
+            labels: &run.labels,
+            templates: &run.templates,
+        })?;
+        // Reopen the header object to append the results array.
+        let mut bytes = header.into_bytes();
+        bytes.pop();
+        bytes.extend_from_slice(b",\"results\":[");
+        Ok(bytes)
+    }
+
+    fn record(&mut self, result: &ImageResult) -> io::Result<Vec<u8>> {
+        let mut bytes = if self.count == 0 {
+            b"\n".to_vec()
+        } else {
+            b",\n".to_vec()
+        };
+        self.count += 1;
+        serde_json::to_writer(&mut bytes, result)?;
+        Ok(bytes)
+    }
+
+    fn end(&mut self) -> io::Result<Vec<u8>> {
+        Ok(b"\n]}\n".to_vec())
+    }
+}
+
+/// One JSON object per line, the same object as in the JSON document's `results`.
+struct JsonlExporter;
+
+impl Exporter for JsonlExporter {
+    fn begin(&mut self, _run: &RunInfo) -> io::Result<Vec<u8>> {
+        Ok(Vec::new())
+    }
+
+    fn record(&mut self, result: &ImageResult) -> io::Result<Vec<u8>> {
+        let mut bytes = serde_json::to_vec(result)?;
+        bytes.push(b'\n');
+        Ok(bytes)
+    }
+
+    fn end(&mut self) -> io::Result<Vec<u8>> {
+        Ok(Vec::new())
+    }
+}
+
+/// `path,rank,label,probability,cosine,error`: one row per image and label, one row with only the
+/// error for a failed image. RFC 4180 quoting.
+struct CsvExporter;
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+impl Exporter for CsvExporter {
+    fn begin(&mut self, _run: &RunInfo) -> io::Result<Vec<u8>> {
+        Ok(b"path,rank,label,probability,cosine,error\n".to_vec())
+    }
+
+    fn record(&mut self, result: &ImageResult) -> io::Result<Vec<u8>> {
+        let path = csv_field(&result.path);
+        let mut out = String::new();
+        if let Some(err) = &result.error {
+            out.push_str(&format!("{path},,,,,{}\n", csv_field(err)));
+        }
+        for (i, p) in result.predictions.iter().enumerate() {
+            out.push_str(&format!(
+                "{path},{},{},{},{},\n",
+                i + 1,
+                csv_field(&p.label),
+                p.probability,
+                p.cosine
+            ));
+        }
+        Ok(out.into_bytes())
+    }
+
+    fn end(&mut self) -> io::Result<Vec<u8>> {
+        Ok(Vec::new())
+    }
+}
+
+/// For people: each image's path, then its labels aligned with probability and cosine.
+#[derive(Default)]
+struct TableExporter {
+    label_width: usize,
+}
+
+impl Exporter for TableExporter {
+    fn begin(&mut self, run: &RunInfo) -> io::Result<Vec<u8>> {
+        self.label_width = run
+            .labels
+            .iter()
+            .map(|l| l.chars().count())
+            .max()
+            .unwrap_or(5)
+            .clamp(5, 40);
+        Ok(Vec::new())
+    }
+
+    fn record(&mut self, result: &ImageResult) -> io::Result<Vec<u8>> {
+        let mut out = format!("{}\n", result.path);
+        if let Some(err) = &result.error {
+            out.push_str(&format!("  error: {err}\n"));
+        }
+        for p in &result.predictions {
+            out.push_str(&format!(
+                "  {:<w$}  {:>6.2}%  cos {:+.4}\n",
+                p.label,
+                p.probability * 100.0,
+                p.cosine,
+                w = self.label_width
+            ));
+        }
+        Ok(out.into_bytes())
+    }
+
+    fn end(&mut self) -> io::Result<Vec<u8>> {
+        Ok(Vec::new())
+    }
+}
+
+/// A warning on stderr (suppressed by `--quiet` at the call site).
+pub fn warn(message: &str) {
+    eprintln!("vlm: warning: {message}");
+}
+
+/// A per-input error on stderr; the run goes on.
+pub fn report_error(message: &str) {
+    eprintln!("vlm: {message}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run_info() -> RunInfo {
+        RunInfo {
+            model: ModelInfo {
+                id: "tiny".into(),
+                revision: None,
+            },
+            labels: vec!["cat".into(), "hot, dog".into()],
+            templates: vec!["a photo of a {}.".into()],
+        }
+    }
+
+    fn results() -> Vec<ImageResult> {
+        vec![
+            ImageResult {
+                path: "a \"b\".png".into(),
+                predictions: vec![
+                    Prediction {
+                        label: "hot, dog".into(),
+                        probability: 0.75,
+                        cosine: 0.25,
+                    },
+                    Prediction {
+                        label: "cat".into(),
+                        probability: 0.25,
+                        cosine: -0.125,
+                    },
+                ],
+                error: None,
+            },
+            ImageResult {
+                path: "missing.jpg".into(),
+                predictions: vec![],
+                error: Some("missing.jpg: no such file".into()),
+            },
+        ]
+    }
+
+    fn render(format: Format) -> String {
+        let mut w = ResultWriter::begin(Vec::new(), format, &run_info()).unwrap();
+        for r in results() {
+            w.record(&r).unwrap();
+        }
+        String::from_utf8(w.finish().unwrap()).unwrap()
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Doc {
+        model: ModelInfo,
+        labels: Vec<String>,
+        templates: Vec<String>,
+        results: Vec<ImageResult>,
+    }
+
+    #[test]
+    fn json_is_one_document_with_the_results() {
+        let doc: Doc = serde_json::from_str(&render(Format::Json)).unwrap();
+        assert_eq!(doc.model, run_info().model);
+        assert_eq!(doc.labels, run_info().labels);
+        assert_eq!(doc.templates, run_info().templates);
+        assert_eq!(doc.results, results());
+        // An empty run is still a valid document.
+        let w = ResultWriter::begin(Vec::new(), Format::Json, &run_info()).unwrap();
+        let doc: Doc = serde_json::from_slice(&w.finish().unwrap()).unwrap();
+        assert!(doc.results.is_empty());
+    }
+
+    #[test]
+    fn jsonl_is_one_result_per_line() {
+        let text = render(Format::Jsonl);
+        let parsed: Vec<ImageResult> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(parsed, results());
+    }
+
+    #[test]
+    fn csv_quotes_and_has_one_row_per_label() {
+        insta::assert_snapshot!(render(Format::Csv), @r#"
+        path,rank,label,probability,cosine,error
+        "a ""b"".png",1,"hot, dog",0.75,0.25,
+        "a ""b"".png",2,cat,0.25,-0.125,
+        missing.jpg,,,,,missing.jpg: no such file
+        "#);
+    }
+
+    #[test]
+    fn table_aligns_labels() {
+        insta::assert_snapshot!(render(Format::Table), @r#"
+        a "b".png
+          hot, dog   75.00%  cos +0.2500
+          cat        25.00%  cos -0.1250
+        missing.jpg
+          error: missing.jpg: no such file
+        "#);
+    }
+}
