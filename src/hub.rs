@@ -197,7 +197,9 @@ fn resolve_hub(req: &ModelRequest) -> Result<ModelFiles> {
     let revision = req.revision.clone().unwrap_or_else(|| "main".to_string());
     let repo = Repo::with_revision(id.to_string(), RepoType::Model, revision.clone());
     let cache = Cache::new(cache_dir());
-    let fetch: Box<dyn Fn(&str) -> Result<Option<PathBuf>>> = if offline() {
+    // Offline: the cache only. Online: through the cache, downloading what is missing.
+    type Fetch<'a> = Box<dyn Fn(&str) -> Result<Option<PathBuf>> + 'a>;
+    let fetch: Fetch = if offline() {
         let cached = cache.repo(repo.clone());
         Box::new(move |file| Ok(cached.get(file)))
     } else {
