@@ -79,7 +79,10 @@ pub fn parse_device(spec: &str) -> Result<Device> {
     match spec {
         "cpu" => Ok(Device::Cpu),
         "cuda" => cuda(0),
-        "auto" if candle_core::utils::cuda_is_available() => cuda(0),
+        // `cuda_is_available()` only says CUDA was compiled in, not that a device is present.
+        "auto" if candle_core::utils::cuda_is_available() => {
+            Ok(Device::new_cuda(0).unwrap_or(Device::Cpu))
+        }
         "auto" => Ok(Device::Cpu),
         _ => match spec.strip_prefix("cuda:").map(str::parse::<usize>) {
             Some(Ok(n)) => cuda(n),

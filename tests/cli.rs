@@ -357,74 +357,62 @@ fn model_copy(name: &str) -> tempfile::TempDir {
     dir
 }
 
+/// Copies a fixture model, breaks it with `edit`, and expects a one-line model error containing `want`.
+fn broken_model(name: &str, want: &str, edit: impl FnOnce(&Path)) {
+    let dir = model_copy(name);
+    edit(dir.path());
+    let m = dir.path().to_str().unwrap();
+    fails_with(
+        &["--model", m, "--labels", "cat", &image("horse.png")],
+        &[],
+        want,
+    );
+}
+
+fn edit_config(dir: &Path, from: &str, to: &str) {
+    let config = dir.join("config.json");
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(text.contains(from));
+    std::fs::write(&config, text.replacen(from, to, 1)).unwrap();
+}
+
 #[test]
 fn model_errors_name_the_model_and_the_problem() {
-    let img = image("horse.png");
     fails_with(
-        &["--model", "./no/such/folder", "--labels", "cat", &img],
+        &[
+            "--model",
+            "./no/such/folder",
+            "--labels",
+            "cat",
+            &image("horse.png"),
+        ],
         &[],
         "model ./no/such/folder: no such folder",
     );
-
-    let dir = model_copy("tiny-openai");
-    let m = dir.path().to_str().unwrap();
-    let config = dir.path().join("config.json");
-    let text = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(
-        &config,
-        text.replace("\"model_type\": \"clip\"", "\"model_type\": \"siglip\""),
-    )
-    .unwrap();
-    fails_with(
-        &["--model", m, "--labels", "cat", &img],
-        &[],
-        "unsupported model_type \"siglip\"",
-    );
-    std::fs::remove_file(&config).unwrap();
-    fails_with(
-        &["--model", m, "--labels", "cat", &img],
-        &[],
-        "missing config.json",
-    );
-
-    let dir = model_copy("tiny-openai");
-    let m = dir.path().to_str().unwrap();
-    std::fs::rename(
-        dir.path().join("model.safetensors"),
-        dir.path().join("pytorch_model.bin"),
-    )
-    .unwrap();
-    fails_with(&["--model", m, "--labels", "cat", &img], &[], "never loads");
-
-    let dir = model_copy("tiny-openai");
-    let m = dir.path().to_str().unwrap();
-    let weights = dir.path().join("model.safetensors");
-    let bytes = std::fs::read(&weights).unwrap();
-    std::fs::write(&weights, &bytes[..bytes.len() / 2]).unwrap();
-    fails_with(&["--model", m, "--labels", "cat", &img], &[], "safetensors");
-
-    let dir = model_copy("tiny-openai");
-    let m = dir.path().to_str().unwrap();
-    let config = dir.path().join("config.json");
-    let text = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(
-        &config,
-        text.replacen("\"hidden_size\": 64", "\"hidden_size\": 96", 1),
-    )
-    .unwrap();
-    fails_with(
-        &["--model", m, "--labels", "cat", &img],
-        &[],
+    broken_model("tiny-openai", "unsupported model_type \"siglip\"", |d| {
+        edit_config(d, "\"model_type\": \"clip\"", "\"model_type\": \"siglip\"")
+    });
+    broken_model("tiny-openai", "missing config.json", |d| {
+        std::fs::remove_file(d.join("config.json")).unwrap()
+    });
+    broken_model("tiny-openai", "never loads", |d| {
+        std::fs::rename(d.join("model.safetensors"), d.join("pytorch_model.bin")).unwrap()
+    });
+    broken_model("tiny-openai", "safetensors", |d| {
+        let weights = d.join("model.safetensors");
+        let bytes = std::fs::read(&weights).unwrap();
+        std::fs::write(&weights, &bytes[..bytes.len() / 2]).unwrap();
+    });
+    // The vision override's hidden size no longer matches the weights.
+    broken_model(
+        "tiny-openai",
         "shape mismatch for vision_model.embeddings.patch_embedding.weight",
+        |d| edit_config(d, "\"hidden_size\": 64", "\"hidden_size\": 96"),
     );
-
-    let dir = model_copy("tiny-laion");
-    let m = dir.path().to_str().unwrap();
-    std::fs::remove_file(dir.path().join("model-00002-of-00002.safetensors")).unwrap();
-    fails_with(
-        &["--model", m, "--labels", "cat", &img],
-        &[],
+    broken_model(
+        "tiny-laion",
         "model-00002-of-00002.safetensors but it is missing",
+        |d| std::fs::remove_file(d.join("model-00002-of-00002.safetensors")).unwrap(),
     );
 }
 
