@@ -10,7 +10,7 @@ pub mod config;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use candle_core::{DType, Device, Module, Tensor, D};
+use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::VarBuilder;
 
 pub use config::{Activation, ClipConfig, TextPooling};
@@ -503,10 +503,4 @@ impl Clip {
     pub fn text(&self) -> Result<&TextTower> {
         self.text.as_ref().context("the text tower was not loaded")
     }
-}
-
-/// L2-normalises each row of a `[n, d]` f32 tensor.
-pub fn normalize_rows(xs: &Tensor) -> candle_core::Result<Tensor> {
-    let norm = xs.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?;
-    xs.broadcast_div(&norm)
 }
