@@ -199,7 +199,8 @@ fn resolve_hub(req: &ModelRequest) -> Result<ModelFiles> {
     let cache = Cache::new(cache_dir());
     // Offline: the cache only. Online: through the cache, downloading what is missing.
     type Fetch<'a> = Box<dyn Fn(&str) -> Result<Option<PathBuf>> + 'a>;
-    let fetch: Fetch = if offline() {
+    let offline = offline();
+    let fetch: Fetch = if offline {
         let cached = cache.repo(repo.clone());
         Box::new(move |file| Ok(cached.get(file)))
     } else {
@@ -222,7 +223,7 @@ fn resolve_hub(req: &ModelRequest) -> Result<ModelFiles> {
     };
     let require = |file: &str| -> Result<PathBuf> {
         fetch(file)?.ok_or_else(|| {
-            if offline() {
+            if offline {
                 model_error(
                     id,
                     format!("{file} is not in the cache ({}) and HF_HUB_OFFLINE is set: run once online, or pass a local folder", cache_dir().display()),
@@ -242,7 +243,7 @@ fn resolve_hub(req: &ModelRequest) -> Result<ModelFiles> {
             .iter()
             .map(|s| require(s))
             .collect::<Result<Vec<_>>>()?
-    } else if offline() {
+    } else if offline {
         return Err(model_error(
             id,
             format!("no {WEIGHTS} in the cache and HF_HUB_OFFLINE is set: run once online, or pass a local folder"),
