@@ -1,17 +1,20 @@
 //! Runs a parsed command: resolves the model, encodes the text once, encodes images batch by batch and
 //! hands every result to the output writer as soon as its batch is done.
 
-use std::io::{IsTerminal, Write};
-use std::path::{Path, PathBuf};
+use std::collections::HashSet;
+use std::io::IsTerminal;
+use std::path::Path;
 
 use anyhow::{Context, Result};
 use candle_core::{DType, Device};
 
 use crate::classify::{self, LabelEmbeddings};
-use crate::cli::{ClassifyArgs, Cli, Command, DTypeArg, Format, ModelArgs, RunArgs};
+use crate::cli::{ClassifyArgs, Cli, Command, DTypeArg, Format, InputArgs, ModelArgs, RunArgs};
 use crate::hub::{self, ModelFiles, ModelRequest};
+use crate::inputs::{self, Input, InputOptions};
 use crate::model::{Clip, ClipConfig, LoadOptions, Towers};
-use crate::output::{self, ImageResult, ModelInfo, ResultWriter, RunInfo};
+use crate::output::{self, ImageResult, ModelInfo, Progress, ResultWriter, RunInfo, Sink};
+use crate::pipeline::{self, Panicked, PoolOptions};
 use crate::preprocess::{self, DecodeLimits, PreprocessConfig};
 use crate::text::{self, ClipTokenizer, LabelList, Template};
 use crate::Error;
@@ -27,7 +30,20 @@ pub enum Outcome {
 
 pub fn run(cli: Cli) -> Result<Outcome> {
     match cli.command {
-        Command::Classify(args) => classify(&args, &mut std::io::stdout().lock()),
+        Command::Classify(args) => {
+            limit_threads(&args.run);
+            classify(&args)
+        }
+    }
+}
+
+/// `--threads` bounds the model's thread pool too (Candle's CPU kernels read `RAYON_NUM_THREADS`).
+/// Called before any thread is started; an explicit `RAYON_NUM_THREADS` wins.
+fn limit_threads(run: &RunArgs) {
+    if let Some(n) = run.threads {
+        if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+            std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+        }
     }
 }
 
@@ -233,11 +249,60 @@ fn collect_templates(args: &ClassifyArgs) -> Result<Vec<Template>> {
 }
 
 fn format_for(run: &RunArgs) -> Format {
-    run.format.unwrap_or(if std::io::stdout().is_terminal() {
-        Format::Table
-    } else {
-        Format::Json
+    run.format
+        .unwrap_or(if run.output.is_none() && std::io::stdout().is_terminal() {
+            Format::Table
+        } else {
+            Format::Json
+        })
+}
+
+/// The inputs of a run, in order, after `--shard`; usage errors (an unreadable list) end the run.
+pub fn collect_inputs(args: &InputArgs) -> Result<Vec<Input>> {
+    let opts = InputOptions {
+        recursive: args.recursive,
+        hidden: args.hidden,
+        all_files: args.all_files,
+        files_from: args.files_from.clone(),
+        null_separated: args.null,
+        shard: args.shard,
+    };
+    inputs::collect(&args.paths, &opts, &mut std::io::stdin().lock())
+}
+
+/// Where the results go, and which inputs `--resume` can skip. Checked before the model loads.
+pub struct Destination {
+    pub sink: Sink,
+    pub format: Format,
+    /// Paths (as printed) that already have a result in the `--resume` file.
+    pub completed: HashSet<String>,
+}
+
+pub fn open_destination(run: &RunArgs) -> Result<Destination> {
+    let format = format_for(run);
+    let mut completed = HashSet::new();
+    if run.resume {
+        if format != Format::Jsonl {
+            return Err(Error::Usage(
+                "--resume needs --format jsonl: only JSONL output can be appended to".into(),
+            )
+            .into());
+        }
+        if let Some(path) = &run.output {
+            completed = output::read_completed(path)?;
+        }
+    }
+    let sink = Sink::open(run.output.as_deref(), format, run.resume)?;
+    Ok(Destination {
+        sink,
+        format,
+        completed,
     })
+}
+
+/// The name of an input in the output: its path as given, lossily converted to UTF-8.
+pub fn display_path(path: &Path) -> String {
+    path.to_string_lossy().into_owned()
 }
 
 /// Loads and preprocesses one image; the error names the file.
@@ -246,11 +311,135 @@ fn prepare(path: &Path, limits: &DecodeLimits, cfg: &PreprocessConfig) -> Result
     preprocess::preprocess(&img, cfg).map_err(|e| format!("{}: {}", path.display(), one_line(&e)))
 }
 
-pub fn classify(args: &ClassifyArgs, out: &mut impl Write) -> Result<Outcome> {
+/// Decodes images on worker threads and encodes them batch by batch on this one, handing each
+/// input's embedding (or the error that stopped it) to `emit` in input order. Returns how many
+/// inputs failed.
+pub fn encode_images(
+    model: &LoadedModel,
+    inputs: &[Input],
+    run: &RunArgs,
+    progress: &Progress,
+    mut emit: impl FnMut(&Input, Result<Vec<f32>, String>) -> Result<()>,
+) -> Result<usize> {
+    let limits = DecodeLimits {
+        max_pixels: run.max_pixels,
+    };
+    let batch_size = run.batch_size as usize;
+    let threads = run.threads.map_or_else(
+        || std::thread::available_parallelism().map_or(1, |n| n.get()),
+        |n| n as usize,
+    );
+    let opts = PoolOptions {
+        threads,
+        // Room for the next whole batch while this one is encoded, and one image per worker.
+        window: batch_size + threads,
+    };
+    let mut batch = Batch {
+        model,
+        pending: Vec::with_capacity(batch_size),
+        ready: 0,
+    };
+    let mut failed = 0usize;
+    let mut on_done = |i: usize, r: Result<Vec<f32>, String>| -> Result<()> {
+        let input = &inputs[i];
+        if let Err(message) = &r {
+            failed += 1;
+            progress.error(message);
+        }
+        progress.inc();
+        emit(input, r)
+    };
+    pipeline::ordered_map(
+        inputs,
+        opts,
+        |input| match &input.error {
+            Some(message) => Err(message.clone()),
+            None => prepare(&input.path, &limits, &model.preprocess),
+        },
+        |i, prepared| {
+            let prepared = prepared.unwrap_or_else(|Panicked(message)| {
+                Err(format!(
+                    "{}: internal error while decoding ({message}); please report it",
+                    inputs[i].path.display()
+                ))
+            });
+            batch.ready += usize::from(prepared.is_ok());
+            batch.pending.push((i, prepared));
+            if batch.ready >= batch_size {
+                batch.flush(&mut on_done)?;
+            }
+            Ok(())
+        },
+    )?;
+    batch.flush(&mut on_done)?;
+    Ok(failed)
+}
+
+/// Prepared inputs waiting for a forward pass, in input order (failed ones included, so that their
+/// records keep their place).
+struct Batch<'a> {
+    model: &'a LoadedModel,
+    pending: Vec<(usize, Result<Vec<f32>, String>)>,
+    ready: usize,
+}
+
+impl Batch<'_> {
+    fn flush(
+        &mut self,
+        emit: &mut impl FnMut(usize, Result<Vec<f32>, String>) -> Result<()>,
+    ) -> Result<()> {
+        let pending = std::mem::take(&mut self.pending);
+        self.ready = 0;
+        let pixels: Vec<Vec<f32>> = pending
+            .iter()
+            .filter_map(|(_, r)| r.as_ref().ok().cloned())
+            .collect();
+        let mut embeds = if pixels.is_empty() {
+            Vec::new()
+        } else {
+            self.model.image_embeddings(&pixels)?
+        }
+        .into_iter();
+        drop(pixels);
+        for (i, prepared) in pending {
+            let result = match prepared {
+                Ok(_) => Ok(embeds.next().context("missing image embedding")?),
+                Err(message) => Err(message),
+            };
+            emit(i, result)?;
+        }
+        Ok(())
+    }
+}
+
+/// Inputs minus those `--resume` found done; warns how many were skipped.
+fn skip_completed(inputs: Vec<Input>, completed: &HashSet<String>, quiet: bool) -> Vec<Input> {
+    if completed.is_empty() {
+        return inputs;
+    }
+    let before = inputs.len();
+    let left: Vec<Input> = inputs
+        .into_iter()
+        .filter(|i| !completed.contains(&display_path(&i.path)))
+        .collect();
+    if !quiet {
+        output::warn(&format!(
+            "--resume: {} of {before} images already done, {} to go",
+            before - left.len(),
+            left.len()
+        ));
+    }
+    left
+}
+
+pub fn classify(args: &ClassifyArgs) -> Result<Outcome> {
     // Everything the user typed is checked before the model is touched.
     let labels = collect_labels(args)?;
     let templates = collect_templates(args)?;
     let quiet = args.run.quiet;
+    let inputs = collect_inputs(&args.inputs)?;
+    let dest = open_destination(&args.run)?;
+    let inputs = skip_completed(inputs, &dest.completed, quiet);
     let model = load_model(&args.model, Towers::BOTH, quiet)?;
     let label_embeds = model.label_embeddings(&labels, &templates, quiet)?;
     let run = RunInfo {
@@ -259,58 +448,37 @@ pub fn classify(args: &ClassifyArgs, out: &mut impl Write) -> Result<Outcome> {
         templates: templates.iter().map(|t| t.as_str().to_string()).collect(),
     };
     let top_k = args.top_k.map(|k| k as usize);
-    let limits = DecodeLimits {
-        max_pixels: args.run.max_pixels,
-    };
     let logit_scale = model.clip.logit_scale();
-    let mut writer = ResultWriter::begin(out, format_for(&args.run), &run)?;
-    let mut failed = 0usize;
-    for chunk in args.images.chunks(args.run.batch_size as usize) {
-        let mut pixels = Vec::with_capacity(chunk.len());
-        let mut prepared: Vec<(&PathBuf, Option<String>)> = Vec::with_capacity(chunk.len());
-        for path in chunk {
-            match prepare(path, &limits, &model.preprocess) {
-                Ok(px) => {
-                    pixels.push(px);
-                    prepared.push((path, None));
+    let mut writer = ResultWriter::begin(dest.sink, dest.format, &run)?;
+    let progress = Progress::new(inputs.len(), show_progress(quiet));
+    let failed = encode_images(&model, &inputs, &args.run, &progress, |input, embedding| {
+        let path = display_path(&input.path);
+        let result = match embedding {
+            Ok(embed) => {
+                let preds = classify::scores(&embed, &label_embeds, logit_scale);
+                ImageResult {
+                    path,
+                    predictions: classify::rank(preds, top_k),
+                    error: None,
                 }
-                Err(message) => prepared.push((path, Some(message))),
             }
-        }
-        let mut embeds = if pixels.is_empty() {
-            Vec::new()
-        } else {
-            model.image_embeddings(&pixels)?
-        }
-        .into_iter();
-        for (path, prep) in prepared {
-            let result = match prep {
-                None => {
-                    let embed = embeds.next().context("missing image embedding")?;
-                    let preds = classify::scores(&embed, &label_embeds, logit_scale);
-                    ImageResult {
-                        path: path.to_string_lossy().into_owned(),
-                        predictions: classify::rank(preds, top_k),
-                        error: None,
-                    }
-                }
-                Some(message) => {
-                    failed += 1;
-                    output::report_error(&message);
-                    ImageResult {
-                        path: path.to_string_lossy().into_owned(),
-                        predictions: Vec::new(),
-                        error: Some(message),
-                    }
-                }
-            };
-            writer.record(&result)?;
-        }
-    }
-    writer.finish()?;
+            Err(message) => ImageResult {
+                path,
+                predictions: Vec::new(),
+                error: Some(message),
+            },
+        };
+        Ok(writer.record(&result)?)
+    })?;
+    progress.finish();
+    writer.finish()?.commit()?;
     Ok(if failed == 0 {
         Outcome::Success
     } else {
         Outcome::SomeFailed
     })
+}
+
+fn show_progress(quiet: bool) -> bool {
+    !quiet && std::io::stderr().is_terminal()
 }

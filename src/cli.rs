@@ -23,10 +23,6 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct ClassifyArgs {
-    /// Image files to classify.
-    #[arg(required = true, value_name = "IMAGE")]
-    pub images: Vec<PathBuf>,
-
     /// Labels, comma-separated; repeatable.
     #[arg(short, long, value_name = "A,B,C")]
     pub labels: Vec<String>,
@@ -49,13 +45,53 @@ pub struct ClassifyArgs {
     pub top_k: Option<u32>,
 
     #[command(flatten)]
+    pub inputs: InputArgs,
+
+    #[command(flatten)]
     pub model: ModelArgs,
 
     #[command(flatten)]
     pub run: RunArgs,
 }
 
+/// Which images a run processes.
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Inputs")]
+pub struct InputArgs {
+    /// Image files, folders (their images, sorted by name) or glob patterns (for shells that do not
+    /// expand them). Inputs are deduplicated; results follow the order of the inputs.
+    #[arg(value_name = "PATH", required_unless_present = "files_from")]
+    pub paths: Vec<PathBuf>,
+
+    /// Read more inputs from FILE, one per line; `-` reads stdin. Repeatable.
+    #[arg(short = 'T', long, value_name = "FILE")]
+    pub files_from: Vec<PathBuf>,
+
+    /// --files-from lists are NUL-separated, as `find -print0` writes them.
+    #[arg(short = '0', long = "null")]
+    pub null: bool,
+
+    /// Walk folders recursively, following symbolic links (loops are skipped).
+    #[arg(short, long)]
+    pub recursive: bool,
+
+    /// Include hidden files and folders (names starting with `.`) from folders and globs.
+    #[arg(short = 'H', long)]
+    pub hidden: bool,
+
+    /// Take every file from folders and globs, not only image extensions (jpg, png, webp, ...).
+    /// Files named on the command line or in a list are always taken.
+    #[arg(long)]
+    pub all_files: bool,
+
+    /// Process only part K of N (1 <= K <= N): a file's part is a hash of its path as given, so N
+    /// jobs given the same inputs split them with no overlap and no gap.
+    #[arg(long, value_name = "K/N")]
+    pub shard: Option<crate::inputs::Shard>,
+}
+
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Model")]
 pub struct ModelArgs {
     /// Hugging Face Hub repo id, or a local folder with config.json, preprocessor_config.json,
     /// tokenizer.json and model.safetensors. Hub files are cached in the standard Hugging Face cache
@@ -83,10 +119,26 @@ pub struct ModelArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Run")]
 pub struct RunArgs {
     /// Output format. Default: table on a terminal, json otherwise.
     #[arg(short, long, value_enum)]
     pub format: Option<Format>,
+
+    /// Write results to FILE instead of stdout. json and table files are written to a temporary
+    /// file and renamed into place at the end; jsonl and csv stream into FILE, which is created (or
+    /// truncated) only when the first result is ready.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+
+    /// Skip images that already have a result in the --output JSONL file, and append the rest.
+    /// Records of images that failed are dropped from the file and those images are tried again.
+    #[arg(long, requires = "output")]
+    pub resume: bool,
+
+    /// Threads for decoding images and running the model. Default: all cores.
+    #[arg(short = 'j', long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub threads: Option<u32>,
 
     /// Images encoded per forward pass.
     #[arg(short, long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=4096))]

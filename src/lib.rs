@@ -10,8 +10,10 @@ pub mod classify;
 pub mod cli;
 pub mod error;
 pub mod hub;
+pub mod inputs;
 pub mod model;
 pub mod output;
+pub mod pipeline;
 pub mod preprocess;
 pub mod text;
 
