@@ -6,6 +6,8 @@
 //! ranked results), `output` (the only place that prints) and `app` (wires them together).
 
 pub mod app;
+pub mod aspects;
+pub mod cache;
 pub mod classify;
 pub mod cli;
 pub mod error;
