@@ -178,20 +178,7 @@ impl LoadedModel {
             .iter()
             .flat_map(|l| templates.iter().map(move |t| t.fill(l)))
             .collect();
-        let tokens = self.tokenizer.encode(&prompts)?;
-        if let (false, Some(&first)) = (quiet, tokens.truncated.first()) {
-            output::warn(&format!(
-                "{} prompt(s) longer than the model's {} tokens were cut, e.g. {:?}",
-                tokens.truncated.len(),
-                self.clip.config.text.max_position_embeddings,
-                prompts[first]
-            ));
-        }
-        let tower = self.clip.text()?;
-        let mut embeds: Vec<Vec<f32>> = Vec::with_capacity(prompts.len());
-        for chunk in tokens.ids.chunks(TEXT_CHUNK) {
-            embeds.extend(tower.forward(chunk)?.to_vec2::<f32>()?);
-        }
+        let embeds = self.encode_prompts(&prompts, quiet)?;
         let per_label = templates.len();
         let embeddings = embeds
             .chunks(per_label)
@@ -201,6 +188,31 @@ impl LoadedModel {
             labels: labels.to_vec(),
             embeddings,
         })
+    }
+
+    /// Text embeddings (projected, not normalised) of prompts, in order. Prompts are encoded in
+    /// chunks of similar token length, so that short prompts are not padded to long ones.
+    pub fn encode_prompts(&self, prompts: &[String], quiet: bool) -> Result<Vec<Vec<f32>>> {
+        let tokens = self.tokenizer.encode(prompts)?;
+        if let (false, Some(&first)) = (quiet, tokens.truncated.first()) {
+            output::warn(&format!(
+                "{} prompt(s) longer than the model's {} tokens were cut, e.g. {:?}",
+                tokens.truncated.len(),
+                self.clip.config.text.max_position_embeddings,
+                prompts[first]
+            ));
+        }
+        let tower = self.clip.text()?;
+        let mut order: Vec<usize> = (0..prompts.len()).collect();
+        order.sort_by_key(|&i| tokens.ids[i].len());
+        let mut embeds: Vec<Vec<f32>> = vec![Vec::new(); prompts.len()];
+        for chunk in order.chunks(TEXT_CHUNK) {
+            let ids: Vec<Vec<u32>> = chunk.iter().map(|&i| tokens.ids[i].clone()).collect();
+            for (&i, e) in chunk.iter().zip(tower.forward(&ids)?.to_vec2::<f32>()?) {
+                embeds[i] = e;
+            }
+        }
+        Ok(embeds)
     }
 
     /// Image embeddings of already preprocessed images.

@@ -6,6 +6,7 @@
 //! activation and the epsilons from `config.json`, so OpenAI and LAION checkpoints alike load.
 
 pub mod config;
+pub mod weights;
 
 use std::path::PathBuf;
 
@@ -122,7 +123,15 @@ impl Attention {
         })
     }
 
-    fn forward(&self, xs: &Tensor, mask: Option<&Tensor>) -> candle_core::Result<Tensor> {
+    /// Self-attention for the query positions `rows` (every position when `None`), over keys and
+    /// values from every position. The last encoder layer only needs the pooled token's output,
+    /// so asking for that one row skips almost all of that layer's work with the same result.
+    fn forward(
+        &self,
+        xs: &Tensor,
+        mask: Option<&Tensor>,
+        rows: Option<&Tensor>,
+    ) -> candle_core::Result<Tensor> {
         let (b, t, d) = xs.dims3()?;
         let (h, hd) = (self.heads, self.head_dim);
         // [b, t, 3d] -> [3, b, h, t, hd]
@@ -132,21 +141,45 @@ impl Attention {
             .reshape((b, t, 3, h, hd))?
             .permute((2, 0, 3, 1, 4))?
             .contiguous()?;
-        let q = qkv.get(0)?.reshape((b * h, t, hd))?;
+        let mut q = qkv.get(0)?;
+        let mut mask = mask.cloned();
+        if let Some(rows) = rows {
+            // [b, h, t, hd] -> [b, h, 1, hd]: each sequence's own query row.
+            q = q.gather(
+                &rows
+                    .reshape((b, 1, 1, 1))?
+                    .broadcast_as((b, h, 1, hd))?
+                    .contiguous()?,
+                2,
+            )?;
+            if let Some(m) = mask {
+                // [t, t] -> [b, 1, 1, t]: the mask rows of those queries.
+                mask = Some(
+                    m.index_select(&rows.flatten_all()?, 0)?
+                        .reshape((b, 1, 1, t))?,
+                );
+            }
+        }
+        let tq = q.dim(2)?;
+        let q = q.reshape((b * h, tq, hd))?;
         let k = qkv.get(1)?.reshape((b * h, t, hd))?;
         let v = qkv.get(2)?.reshape((b * h, t, hd))?;
         let scores = (q.matmul(&k.t()?)? * self.scale)?;
-        let scores = match mask {
-            Some(m) => scores.broadcast_add(m)?,
+        let scores = match &mask {
+            Some(m) if m.rank() == 2 => scores.broadcast_add(m)?,
+            Some(m) => scores
+                .reshape((b, h, tq, t))?
+                .broadcast_add(m)?
+                .reshape((b * h, tq, t))?,
             None => scores,
         };
         let probs = candle_nn::ops::softmax_last_dim(&scores)?;
         let ctx = probs
             .matmul(&v)?
-            .reshape((b, h, t, hd))?
+            .reshape((b, h, tq, hd))?
             .transpose(1, 2)?
             .contiguous()?
-            .reshape((b, t, d))?;
+            .reshape((b, tq, d))?;
         self.out_proj.forward(&ctx)
     }
 }
@@ -173,11 +206,30 @@ impl EncoderLayer {
         })
     }
 
-    fn forward(&self, xs: &Tensor, mask: Option<&Tensor>) -> candle_core::Result<Tensor> {
+    /// The layer's output at `rows` (one position per sequence, `[b]` u32), or everywhere.
+    fn forward(
+        &self,
+        xs: &Tensor,
+        mask: Option<&Tensor>,
+        rows: Option<&Tensor>,
+    ) -> candle_core::Result<Tensor> {
         let attn = self
             .self_attn
-            .forward(&self.layer_norm1.forward(xs)?, mask)?;
-        let xs = (xs + attn)?;
+            .forward(&self.layer_norm1.forward(xs)?, mask, rows)?;
+        let residual = match rows {
+            Some(rows) => {
+                let (b, _, d) = xs.dims3()?;
+                xs.gather(
+                    &rows
+                        .reshape((b, 1, 1))?
+                        .broadcast_as((b, 1, d))?
+                        .contiguous()?,
+                    1,
+                )?
+            }
+            None => xs.clone(),
+        };
+        let xs = (residual + attn)?;
         let hidden = self.fc1.forward(&self.layer_norm2.forward(&xs)?)?;
         let mlp = self.fc2.forward(&activate(self.act, &hidden)?)?;
         xs + mlp
@@ -197,12 +249,31 @@ impl Encoder {
         Ok(Self { layers })
     }
 
-    fn forward(&self, xs: &Tensor, mask: Option<&Tensor>) -> candle_core::Result<Tensor> {
+    /// Hidden states after the last layer at one position per sequence (`rows`, `[b]` u32):
+    /// `[b, d]`. Only what feeds those positions is computed in the last layer.
+    fn forward_pooled(
+        &self,
+        xs: &Tensor,
+        mask: Option<&Tensor>,
+        rows: &Tensor,
+    ) -> candle_core::Result<Tensor> {
+        let Some((last, body)) = self.layers.split_last() else {
+            let (b, _, d) = xs.dims3()?;
+            return xs
+                .gather(
+                    &rows
+                        .reshape((b, 1, 1))?
+                        .broadcast_as((b, 1, d))?
+                        .contiguous()?,
+                    1,
+                )?
+                .squeeze(1);
+        };
         let mut xs = xs.clone();
-        for layer in &self.layers {
-            xs = layer.forward(&xs, mask)?;
+        for layer in body {
+            xs = layer.forward(&xs, mask, None)?;
         }
-        Ok(xs)
+        last.forward(&xs, mask, Some(rows))?.squeeze(1)
     }
 }
 
@@ -299,9 +370,9 @@ impl VisionTower {
             .broadcast_as((b, 1, self.hidden))?;
         let xs = Tensor::cat(&[&class, &patches], 1)?.broadcast_add(&self.position_embedding)?;
         let xs = self.pre_layrnorm.forward(&xs)?;
-        let xs = self.encoder.forward(&xs, None)?;
         // Pool the class token, then the final layer norm (CLIPVisionTransformer.forward).
-        let pooled = xs.narrow(1, 0, 1)?.squeeze(1)?.contiguous()?;
+        let class_rows = Tensor::zeros(b, DType::U32, xs.device())?;
+        let pooled = self.encoder.forward_pooled(&xs, None, &class_rows)?;
         let pooled = self.post_layernorm.forward(&pooled)?;
         self.projection.forward(&pooled)?.to_dtype(DType::F32)
     }
@@ -398,15 +469,11 @@ impl TextTower {
         // Causal mask only. transformers also masks padding, but with a causal mask no position at or
         // before the pooled end token can see the padding after it, so the pooled output is the same.
         let mask = causal_mask(t, xs.dtype(), device)?;
-        let xs = self.encoder.forward(&xs, Some(&mask))?;
-        let xs = self.final_layer_norm.forward(&xs)?;
-        let rows: Vec<u32> = positions
-            .iter()
-            .enumerate()
-            .map(|(i, &p)| (i * t + p) as u32)
-            .collect();
+        let rows: Vec<u32> = positions.iter().map(|&p| p as u32).collect();
         let rows = Tensor::from_vec(rows, n, device)?;
-        let pooled = xs.reshape((n * t, self.hidden))?.index_select(&rows, 0)?;
+        // The final layer norm is per position, so pooling before it gives the same result.
+        let pooled = self.encoder.forward_pooled(&xs, Some(&mask), &rows)?;
+        let pooled = self.final_layer_norm.forward(&pooled)?;
         self.projection.forward(&pooled)?.to_dtype(DType::F32)
     }
 }
@@ -450,16 +517,14 @@ pub struct Clip {
 }
 
 impl Clip {
-    /// Loads from safetensors files (one, or the shards of an index), memory-mapped: only the tensors of
-    /// the requested towers are read.
+    /// Loads from safetensors files (one, or the shards of an index): only the tensors of the
+    /// requested towers are read, each straight into its own buffer (see [`weights`]).
     pub fn load(config: ClipConfig, weights: &[PathBuf], opts: &LoadOptions) -> Result<Self> {
         if weights.is_empty() {
             bail!("no weight files");
         }
-        // SAFETY: the files are mapped read-only; like every mmap-based loader (safetensors, candle,
-        // transformers) we rely on nobody truncating the checkpoint while it is being read.
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(weights, opts.dtype, &opts.device) }
-            .context("cannot read the safetensors weights")?;
+        let files = weights::Safetensors::open(weights)?;
+        let vb = VarBuilder::from_backend(Box::new(files), opts.dtype, opts.device.clone());
         let vision = if opts.towers.vision {
             Some(VisionTower::new(&config, vb.clone()).context("cannot build the vision tower")?)
         } else {

@@ -1,0 +1,325 @@
+//! Reads tensors from safetensors files straight into their final buffers.
+//!
+//! Candle's mmap loader maps the whole checkpoint and copies each tensor out of the map: while the model
+//! is built, the mapped pages and the copies are both resident, so peak memory is twice the weights.
+//! Here each tensor is read with one positioned read into a buffer that becomes the tensor's storage,
+//! so peak memory is the weights plus one tensor in flight, and only the tensors asked for are read.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Shape, Tensor};
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+struct HeaderEntry {
+    dtype: String,
+    shape: Vec<usize>,
+    data_offsets: [u64; 2],
+}
+
+#[derive(Debug, Clone)]
+struct TensorInfo {
+    file: usize,
+    dtype: DType,
+    shape: Vec<usize>,
+    /// Absolute byte range in the file.
+    start: u64,
+    len: u64,
+}
+
+/// The tensors of one checkpoint (one file, or the shards of an index).
+pub struct Safetensors {
+    files: Vec<(PathBuf, Mutex<File>)>,
+    tensors: HashMap<String, TensorInfo>,
+}
+
+fn dtype_of(name: &str) -> Option<DType> {
+    Some(match name {
+        "F32" => DType::F32,
+        "F16" => DType::F16,
+        "BF16" => DType::BF16,
+        "F64" => DType::F64,
+        "I64" => DType::I64,
+        "U32" => DType::U32,
+        "U8" => DType::U8,
+        _ => return None,
+    })
+}
+
+/// Header sizes above this are not safetensors (the format caps it at 100 MB).
+const MAX_HEADER: u64 = 100 << 20;
+
+impl Safetensors {
+    /// Reads and checks the headers; no tensor data is read yet.
+    pub fn open(paths: &[PathBuf]) -> Result<Self> {
+        let mut files = Vec::with_capacity(paths.len());
+        let mut tensors = HashMap::new();
+        for (index, path) in paths.iter().enumerate() {
+            let mut file =
+                File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+            let entries = read_header(&mut file, path, index)
+                .with_context(|| format!("{} is not a valid safetensors file", path.display()))?;
+            for (name, info) in entries {
+                if tensors.insert(name.clone(), info).is_some() {
+                    bail!("tensor {name} appears in two weight files");
+                }
+            }
+            files.push((path.clone(), Mutex::new(file)));
+        }
+        Ok(Self { files, tensors })
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.tensors.contains_key(name)
+    }
+
+    /// Reads one tensor as stored, onto the CPU.
+    fn read(&self, name: &str) -> Result<Tensor> {
+        let info = self
+            .tensors
+            .get(name)
+            .with_context(|| format!("the checkpoint has no tensor {name}"))?;
+        let (path, file) = &self.files[info.file];
+        let mut file = file
+            .lock()
+            .map_err(|_| anyhow::anyhow!("a weight file reader panicked"))?;
+        let context = || format!("cannot read tensor {name} from {}", path.display());
+        file.seek(SeekFrom::Start(info.start))
+            .with_context(context)?;
+        let elems: usize = info.shape.iter().product();
+        let shape = Shape::from(info.shape.clone());
+        if info.dtype == DType::F32 {
+            // The common case, read into the f32 buffer the tensor will own: no second copy.
+            let mut values = vec![0f32; elems];
+            // SAFETY: any byte pattern is a valid f32, and the slice covers exactly the Vec's
+            // initialised elements.
+            let bytes = unsafe {
+                std::slice::from_raw_parts_mut(values.as_mut_ptr().cast::<u8>(), elems * 4)
+            };
+            file.read_exact(bytes).with_context(context)?;
+            if cfg!(target_endian = "big") {
+                // safetensors is little-endian.
+                values
+                    .iter_mut()
+                    .for_each(|v| *v = f32::from_bits(u32::from_le(v.to_bits())));
+            }
+            return Ok(Tensor::from_vec(values, shape, &Device::Cpu)?);
+        }
+        let mut bytes = vec![0u8; info.len as usize];
+        file.read_exact(&mut bytes).with_context(context)?;
+        Ok(Tensor::from_raw_buffer(
+            &bytes,
+            info.dtype,
+            shape.dims(),
+            &Device::Cpu,
+        )?)
+    }
+
+    /// One tensor, checked against the shape the network expects, in `dtype` on `device`.
+    pub fn get(&self, shape: &Shape, name: &str, dtype: DType, device: &Device) -> Result<Tensor> {
+        if let Some(info) = self.tensors.get(name) {
+            if info.shape.as_slice() != shape.dims() {
+                bail!(
+                    "tensor {name} has shape {:?}, but config.json implies {:?}",
+                    info.shape,
+                    shape.dims()
+                );
+            }
+        }
+        let tensor = self.read(name)?;
+        let tensor = if tensor.dtype() == dtype {
+            tensor
+        } else {
+            tensor.to_dtype(dtype)?
+        };
+        Ok(if device.is_cpu() {
+            tensor
+        } else {
+            tensor.to_device(device)?
+        })
+    }
+}
+
+fn read_header(file: &mut File, path: &Path, index: usize) -> Result<Vec<(String, TensorInfo)>> {
+    let file_len = file.metadata()?.len();
+    let mut len_bytes = [0u8; 8];
+    file.read_exact(&mut len_bytes)
+        .context("shorter than a safetensors header")?;
+    let header_len = u64::from_le_bytes(len_bytes);
+    if header_len > MAX_HEADER || 8 + header_len > file_len {
+        bail!("header length {header_len} does not fit the file of {file_len} bytes");
+    }
+    let mut header = vec![0u8; header_len as usize];
+    file.read_exact(&mut header)?;
+    let raw: HashMap<String, serde_json::Value> =
+        serde_json::from_slice(&header).context("the header is not a JSON object")?;
+    let data_start = 8 + header_len;
+    let mut out = Vec::with_capacity(raw.len());
+    for (name, value) in raw {
+        if name == "__metadata__" {
+            continue;
+        }
+        let entry: HeaderEntry = serde_json::from_value(value)
+            .with_context(|| format!("tensor {name}: malformed header entry"))?;
+        let dtype = dtype_of(&entry.dtype)
+            .with_context(|| format!("tensor {name}: unsupported dtype {}", entry.dtype))?;
+        let [begin, end] = entry.data_offsets;
+        let elems = entry
+            .shape
+            .iter()
+            .try_fold(1u64, |n, &d| n.checked_mul(d as u64));
+        let want = elems.and_then(|n| n.checked_mul(dtype.size_in_bytes() as u64));
+        if end < begin || Some(end - begin) != want {
+            bail!(
+                "tensor {name}: {} bytes for shape {:?} of {}",
+                end.saturating_sub(begin),
+                entry.shape,
+                entry.dtype
+            );
+        }
+        if data_start + end > file_len {
+            bail!(
+                "tensor {name} ends at byte {} but the file has {file_len}: truncated (an interrupted download?) — delete {} and fetch it again",
+                data_start + end,
+                path.display()
+            );
+        }
+        out.push((
+            name,
+            TensorInfo {
+                file: index,
+                dtype,
+                shape: entry.shape,
+                start: data_start + begin,
+                len: end - begin,
+            },
+        ));
+    }
+    Ok(out)
+}
+
+/// Lets candle-nn's `VarBuilder` (and so the `new(cfg, vb)` constructors) read from [`Safetensors`].
+impl candle_nn::var_builder::SimpleBackend for Safetensors {
+    fn get(
+        &self,
+        s: Shape,
+        name: &str,
+        _: candle_nn::Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        Safetensors::get(self, &s, name, dtype, dev).map_err(candle_core::Error::wrap)
+    }
+
+    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        let t = self.read(name).map_err(candle_core::Error::wrap)?;
+        t.to_dtype(dtype)?.to_device(dev)
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.contains(name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    /// A safetensors file with the given header JSON and data bytes.
+    fn file(header: &str, data: &[u8]) -> tempfile::NamedTempFile {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(&(header.len() as u64).to_le_bytes()).unwrap();
+        f.write_all(header.as_bytes()).unwrap();
+        f.write_all(data).unwrap();
+        f
+    }
+
+    fn floats(xs: &[f32]) -> Vec<u8> {
+        xs.iter().flat_map(|x| x.to_le_bytes()).collect()
+    }
+
+    #[test]
+    fn reads_tensors_with_their_shapes_and_converts_dtype() {
+        let data = floats(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+        let f = file(
+            r#"{"__metadata__":{"format":"pt"},"a":{"dtype":"F32","shape":[2,2],"data_offsets":[0,16]},"b":{"dtype":"F32","shape":[2],"data_offsets":[16,24]}}"#,
+            &data,
+        );
+        let st = Safetensors::open(&[f.path().to_path_buf()]).unwrap();
+        let a = st
+            .get(&Shape::from((2, 2)), "a", DType::F32, &Device::Cpu)
+            .unwrap();
+        assert_eq!(a.to_vec2::<f32>().unwrap(), [[1.0, 2.0], [3.0, 4.0]]);
+        let b = st
+            .get(&Shape::from(2), "b", DType::F16, &Device::Cpu)
+            .unwrap();
+        assert_eq!(b.dtype(), DType::F16);
+        assert_eq!(
+            b.to_dtype(DType::F32).unwrap().to_vec1::<f32>().unwrap(),
+            [5.0, 6.0]
+        );
+        let err = st
+            .get(&Shape::from(3), "b", DType::F32, &Device::Cpu)
+            .unwrap_err();
+        assert!(err.to_string().contains("tensor b has shape [2]"), "{err}");
+        let err = st
+            .get(&Shape::from(3), "c", DType::F32, &Device::Cpu)
+            .unwrap_err();
+        assert!(err.to_string().contains("no tensor c"), "{err}");
+    }
+
+    #[test]
+    fn truncated_and_malformed_files_are_refused_with_a_reason() {
+        let header = r#"{"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}"#;
+        let cases: Vec<(tempfile::NamedTempFile, &str)> = vec![
+            (file(header, &floats(&[1.0, 2.0])), "truncated"),
+            (
+                file(
+                    r#"{"a":{"dtype":"F32","shape":[3],"data_offsets":[0,16]}}"#,
+                    &floats(&[1.0; 4]),
+                ),
+                "16 bytes for shape [3]",
+            ),
+            (
+                file(
+                    r#"{"a":{"dtype":"Q4","shape":[4],"data_offsets":[0,16]}}"#,
+                    &floats(&[1.0; 4]),
+                ),
+                "unsupported dtype Q4",
+            ),
+            (file("not json", b""), "not a JSON object"),
+        ];
+        for (f, want) in cases {
+            let err = format!(
+                "{:#}",
+                Safetensors::open(&[f.path().to_path_buf()]).err().unwrap()
+            );
+            assert!(err.contains(want), "{err} should say {want}");
+            assert!(err.contains("is not a valid safetensors file"), "{err}");
+        }
+        let mut tiny = tempfile::NamedTempFile::new().unwrap();
+        tiny.write_all(b"\x05").unwrap();
+        let err = format!(
+            "{:#}",
+            Safetensors::open(&[tiny.path().to_path_buf()])
+                .err()
+                .unwrap()
+        );
+        assert!(err.contains("shorter than a safetensors header"), "{err}");
+        let mut huge = tempfile::NamedTempFile::new().unwrap();
+        huge.write_all(&u64::MAX.to_le_bytes()).unwrap();
+        let err = format!(
+            "{:#}",
+            Safetensors::open(&[huge.path().to_path_buf()])
+                .err()
+                .unwrap()
+        );
+        assert!(err.contains("does not fit the file"), "{err}");
+    }
+}
