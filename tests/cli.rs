@@ -406,7 +406,7 @@ fn model_errors_name_the_model_and_the_problem() {
     // The vision override's hidden size no longer matches the weights.
     broken_model(
         "tiny-openai",
-        "shape mismatch for vision_model.embeddings.patch_embedding.weight",
+        "tensor vision_model.embeddings.patch_embedding.weight has shape [64, 3, 32, 32], but config.json implies [96, 3, 32, 32]",
         |d| edit_config(d, "\"hidden_size\": 64", "\"hidden_size\": 96"),
     );
     broken_model(
