@@ -8,10 +8,16 @@
 //!    RGB8 the way `transformers.image_transforms.convert_to_rgb` does for PIL images: anything
 //!    with an alpha channel (or a transparency key) is alpha-composited onto opaque white with
 //!    Pillow's integer `alpha_composite` arithmetic.
+//!    Images over [`DecodeLimits::max_pixels`] are refused from their header, before any pixel
+//!    buffer exists; animations (GIF, APNG, WebP) give their first frame.
 //! 2. [`preprocess`]: resize (`PilBackend.resize` → `get_resize_output_image_size(...,
 //!    default_to_square=False)` → `PIL.Image.resize`), center crop with zero padding
 //!    (`image_transforms.center_crop`), rescale in float64 then cast to float32
 //!    (`image_transforms.rescale`), normalise in float32 (`image_transforms.normalize`).
+//!
+//! [`prepare_file`] (and [`prepare_bytes`] for data in memory) runs both steps for one input
+//! and is the whole per-image step of a batch: it never panics on any input, and its error is
+//! one line naming the input (`tests/hostile.rs`, and the fuzz targets in `tests/fuzz/`).
 //!
 //! The resampler is a port of Pillow's `libImaging/Resample.c` (separable convolution,
 //! filter support scaled by the downscale factor, i.e. antialiased, 22-bit fixed-point
@@ -32,8 +38,9 @@
 //!   resize (measured on the fixtures: at most 2 levels). PNGs match bit for bit.
 //! * Only the EXIF orientation tag is honoured (Pillow's `exif_transpose` can also fall back
 //!   to an XMP `tiff:Orientation`), and an unreadable EXIF block counts as "no rotation".
-//! * CMYK JPEGs are converted to RGB by the `image` crate's decoder (zune-jpeg); on a test
-//!   image this was within 1 level of Pillow's `convert("RGB")`.
+//! * CMYK and YCCK (Adobe) JPEGs are converted to RGB by the `image` crate's decoder
+//!   (zune-jpeg); on the test images in `tests/fixtures/hostile/` this is within 1 (CMYK) and
+//!   2 (YCCK) levels of Pillow's `convert("RGB")`.
 //! * `resample = 0` (nearest) is rejected: Pillow implements it with a different (affine,
 //!   fixed-point) code path that we have not ported, and no CLIP checkpoint uses it.
 
@@ -45,7 +52,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use candle_core::{Device, Tensor};
-use image::{DynamicImage, ImageDecoder, ImageReader, Limits, RgbImage, RgbaImage};
+use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits, RgbImage, RgbaImage};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -688,6 +695,8 @@ pub enum ImageLoadError {
         path: PathBuf,
         cause: std::io::Error,
     },
+    #[error("{}: empty file (0 bytes), not an image", .path.display())]
+    Empty { path: PathBuf },
     #[error("{}: not an image in a supported format ({detail})", .path.display())]
     Unsupported { path: PathBuf, detail: String },
     #[error(
@@ -703,6 +712,10 @@ pub enum ImageLoadError {
     },
     #[error("{}: cannot decode image: {detail}", .path.display())]
     Decode { path: PathBuf, detail: String },
+    /// The image decoded but the resize/crop step refused it (e.g. an output over
+    /// [`MAX_OUTPUT_PIXELS`] without a center crop).
+    #[error("{}: {detail}", .path.display())]
+    Preprocess { path: PathBuf, detail: String },
 }
 
 impl ImageLoadError {
@@ -710,9 +723,11 @@ impl ImageLoadError {
     pub fn path(&self) -> &Path {
         match self {
             Self::Io { path, .. }
+            | Self::Empty { path }
             | Self::Unsupported { path, .. }
             | Self::TooManyPixels { path, .. }
-            | Self::Decode { path, .. } => path,
+            | Self::Decode { path, .. }
+            | Self::Preprocess { path, .. } => path,
         }
     }
 }
@@ -720,11 +735,77 @@ impl ImageLoadError {
 /// Decodes an image file (format from its content, not its extension), applies its EXIF
 /// orientation and converts it to RGB8 like transformers' `convert_to_rgb`.
 pub fn load_image(path: &Path, limits: &DecodeLimits) -> Result<RgbImage, ImageLoadError> {
-    let file = File::open(path).map_err(|cause| ImageLoadError::Io {
+    let io_err = |cause| ImageLoadError::Io {
         path: path.to_path_buf(),
         cause,
-    })?;
+    };
+    let file = File::open(path).map_err(io_err)?;
+    // Opening a directory succeeds on Unix and only the first read fails ("Is a directory");
+    // say so plainly instead.
+    if file.metadata().map_err(io_err)?.is_dir() {
+        return Err(io_err(std::io::Error::new(
+            std::io::ErrorKind::IsADirectory,
+            "is a directory, not an image file",
+        )));
+    }
     decode(BufReader::new(file), path, limits)
+}
+
+/// Loads and preprocesses one image file: [`load_image`] then [`preprocess`]. This is the
+/// whole per-image step of a batch; every error is one line that names `path`.
+pub fn prepare_file(
+    path: &Path,
+    limits: &DecodeLimits,
+    cfg: &PreprocessConfig,
+) -> Result<Vec<f32>, ImageLoadError> {
+    let img = load_image(path, limits)?;
+    preprocess_named(&img, path, cfg)
+}
+
+/// [`prepare_file`] for an encoded image in memory; errors name it `name`.
+pub fn prepare_bytes(
+    bytes: &[u8],
+    name: &str,
+    limits: &DecodeLimits,
+    cfg: &PreprocessConfig,
+) -> Result<Vec<f32>, ImageLoadError> {
+    let path = Path::new(name);
+    let img = decode(Cursor::new(bytes), path, limits)?;
+    preprocess_named(&img, path, cfg)
+}
+
+fn preprocess_named(
+    img: &RgbImage,
+    path: &Path,
+    cfg: &PreprocessConfig,
+) -> Result<Vec<f32>, ImageLoadError> {
+    preprocess(img, cfg).map_err(|e| ImageLoadError::Preprocess {
+        path: path.to_path_buf(),
+        detail: one_line(&e),
+    })
+}
+
+/// Decoder messages may carry line breaks (zune-jpeg ends some with `\n`); every error we
+/// report is one line.
+fn single_line(text: &str) -> String {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// anyhow's `a: b: c` chain with each part cut to its first line, so that a multi-line cause
+/// can never break the one-line-per-error promise.
+fn one_line(err: &anyhow::Error) -> String {
+    err.chain()
+        .filter_map(|cause| {
+            let text = cause.to_string();
+            let first = text.lines().next().unwrap_or("").trim().to_string();
+            (!first.is_empty()).then_some(first)
+        })
+        .collect::<Vec<_>>()
+        .join(": ")
 }
 
 /// [`load_image`] for an in-memory encoded image; errors name the source `<memory>`.
@@ -736,7 +817,7 @@ pub fn load_image_from_memory(
 }
 
 fn decode<R: BufRead + Seek>(
-    reader: R,
+    mut reader: R,
     path: &Path,
     limits: &DecodeLimits,
 ) -> Result<RgbImage, ImageLoadError> {
@@ -744,21 +825,41 @@ fn decode<R: BufRead + Seek>(
         path: path.to_path_buf(),
         cause,
     };
+    // An empty file is common (an interrupted download or copy) and deserves a plainer message
+    // than "unrecognised file signature".
+    if reader.fill_buf().map_err(io_err)?.is_empty() {
+        return Err(ImageLoadError::Empty {
+            path: path.to_path_buf(),
+        });
+    }
     let image_err = |e: image::ImageError| match e {
+        // The file was opened and read; running out of data means it is cut short, which is a
+        // problem with the image, not with reading the file.
+        image::ImageError::IoError(cause) if cause.kind() == std::io::ErrorKind::UnexpectedEof => {
+            ImageLoadError::Decode {
+                path: path.to_path_buf(),
+                detail: "the file ends too early (truncated?)".into(),
+            }
+        }
         image::ImageError::IoError(cause) => io_err(cause),
         image::ImageError::Unsupported(u) => ImageLoadError::Unsupported {
             path: path.to_path_buf(),
-            detail: u.to_string(),
+            detail: single_line(&u.to_string()),
         },
         other => ImageLoadError::Decode {
             path: path.to_path_buf(),
-            detail: other.to_string(),
+            detail: single_line(&other.to_string()),
         },
     };
 
     let mut reader = ImageReader::new(reader)
         .with_guessed_format()
         .map_err(io_err)?;
+    // TGA has no signature, so content sniffing never finds it; Pillow accepts it from its
+    // header fields. Trust a `.tga` extension only when the content says nothing else.
+    if reader.format().is_none() && ImageFormat::from_path(path).ok() == Some(ImageFormat::Tga) {
+        reader.set_format(ImageFormat::Tga);
+    }
     if reader.format().is_none() {
         return Err(ImageLoadError::Unsupported {
             path: path.to_path_buf(),
@@ -803,6 +904,16 @@ fn decode<R: BufRead + Seek>(
     let orientation = decoder
         .orientation()
         .unwrap_or(image::metadata::Orientation::NoTransforms);
+    // `from_decoder` allocates the pixel buffer with `vec!`, which aborts the whole process when
+    // the allocator says no (possible once `--max-pixels` is raised and a header lies about
+    // the size). Asking for the same amount fallibly first turns that into this file's error.
+    let total = usize::try_from(decoder.total_bytes()).unwrap_or(usize::MAX);
+    if Vec::<u8>::new().try_reserve_exact(total).is_err() {
+        return Err(ImageLoadError::Decode {
+            path: path.to_path_buf(),
+            detail: format!("cannot allocate {total} bytes for the decoded image"),
+        });
+    }
     let mut img = DynamicImage::from_decoder(decoder).map_err(image_err)?;
     // `PIL.ImageOps.exif_transpose`, as in `transformers.image_utils.load_image`.
     img.apply_orientation(orientation);
@@ -826,36 +937,31 @@ pub fn convert_to_rgb(img: DynamicImage) -> RgbImage {
     match img {
         DynamicImage::ImageRgb8(i) => i,
         DynamicImage::ImageRgba8(i) => composite_rgba_on_white(&i),
-        DynamicImage::ImageLuma8(i) => RgbImage::from_fn(w, h, |x, y| {
-            let l = i.get_pixel(x, y).0[0];
-            image::Rgb([l, l, l])
-        }),
-        DynamicImage::ImageLumaA8(i) => RgbImage::from_fn(w, h, |x, y| {
-            let [l, a] = i.get_pixel(x, y).0;
+        // The crate's own grey -> RGB conversion replicates the value, exactly like Pillow's
+        // `convert("RGB")`.
+        img @ DynamicImage::ImageLuma8(_) => img.to_rgb8(),
+        DynamicImage::ImageLumaA8(i) => map_to_rgb::<u8, 2>(w, h, i.as_raw(), |[l, a]| {
             let v = composite_on_white(l, a);
-            image::Rgb([v, v, v])
+            [v, v, v]
         }),
-        DynamicImage::ImageLuma16(i) => RgbImage::from_fn(w, h, |x, y| {
-            let l = hi(i.get_pixel(x, y).0[0]);
-            image::Rgb([l, l, l])
+        DynamicImage::ImageLuma16(i) => map_to_rgb::<u16, 1>(w, h, i.as_raw(), |[l]| {
+            let l = hi(l);
+            [l, l, l]
         }),
-        DynamicImage::ImageLumaA16(i) => RgbImage::from_fn(w, h, |x, y| {
-            let [l, a] = i.get_pixel(x, y).0;
+        DynamicImage::ImageLumaA16(i) => map_to_rgb::<u16, 2>(w, h, i.as_raw(), |[l, a]| {
             let v = composite_on_white(hi(l), hi(a));
-            image::Rgb([v, v, v])
+            [v, v, v]
         }),
-        DynamicImage::ImageRgb16(i) => RgbImage::from_fn(w, h, |x, y| {
-            let [r, g, b] = i.get_pixel(x, y).0;
-            image::Rgb([hi(r), hi(g), hi(b)])
-        }),
-        DynamicImage::ImageRgba16(i) => RgbImage::from_fn(w, h, |x, y| {
-            let [r, g, b, a] = i.get_pixel(x, y).0;
+        DynamicImage::ImageRgb16(i) => {
+            map_to_rgb::<u16, 3>(w, h, i.as_raw(), |[r, g, b]| [hi(r), hi(g), hi(b)])
+        }
+        DynamicImage::ImageRgba16(i) => map_to_rgb::<u16, 4>(w, h, i.as_raw(), |[r, g, b, a]| {
             let a = hi(a);
-            image::Rgb([
+            [
                 composite_on_white(hi(r), a),
                 composite_on_white(hi(g), a),
                 composite_on_white(hi(b), a),
-            ])
+            ]
         }),
         // Float images (OpenEXR, Radiance HDR) and any future variants: the `image` crate's
         // own clamping conversion. Pillow cannot open these, so there is nothing to match.
@@ -869,14 +975,32 @@ pub fn convert_to_rgb(img: DynamicImage) -> RgbImage {
     }
 }
 
+/// A new `w`×`h` RGB8 image with one pixel per `N` samples of `src`, mapped by `f`. Works on
+/// the packed buffers rather than `from_fn`/`get_pixel`, whose per-pixel bounds checks made
+/// converting a 179-megapixel image take 25 s in a debug build.
+fn map_to_rgb<T: Copy, const N: usize>(
+    w: u32,
+    h: u32,
+    src: &[T],
+    f: impl Fn([T; N]) -> [u8; 3],
+) -> RgbImage {
+    let mut out = RgbImage::new(w, h);
+    for (dst, px) in out.chunks_exact_mut(3).zip(src.chunks_exact(N)) {
+        // Always succeeds: `chunks_exact(N)` yields slices of exactly N.
+        if let Ok(p) = <[T; N]>::try_from(px) {
+            dst.copy_from_slice(&f(p));
+        }
+    }
+    out
+}
+
 fn composite_rgba_on_white(img: &RgbaImage) -> RgbImage {
-    RgbImage::from_fn(img.width(), img.height(), |x, y| {
-        let [r, g, b, a] = img.get_pixel(x, y).0;
-        image::Rgb([
+    map_to_rgb::<u8, 4>(img.width(), img.height(), img.as_raw(), |[r, g, b, a]| {
+        [
             composite_on_white(r, a),
             composite_on_white(g, a),
             composite_on_white(b, a),
-        ])
+        ]
     })
 }
 
@@ -1201,7 +1325,7 @@ pub fn to_tensor(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use image::{ImageBuffer, ImageFormat, Rgb, Rgba};
+    use image::{ImageBuffer, Rgb, Rgba};
     use std::collections::HashMap;
 
     fn fixture(rel: &str) -> PathBuf {
@@ -1459,6 +1583,14 @@ mod tests {
 
     #[test]
     fn grey_and_16_bit_images_convert_sensibly() {
+        // 8-bit grey is replicated into all three channels, for every value.
+        let l8 = ImageBuffer::from_fn(256, 1, |x, _| image::Luma([x as u8]));
+        let rgb = convert_to_rgb(DynamicImage::ImageLuma8(l8));
+        assert!(rgb.pixels().enumerate().all(|(i, p)| p.0 == [i as u8; 3]));
+        // An empty image converts to an empty image, without panicking.
+        let empty = convert_to_rgb(DynamicImage::ImageRgba16(ImageBuffer::new(0, 0)));
+        assert_eq!(empty.dimensions(), (0, 0));
+
         let la = ImageBuffer::from_fn(2, 1, |x, _| {
             image::LumaA([100u8, if x == 0 { 0 } else { 255 }])
         });
