@@ -8,14 +8,23 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use candle_core::{DType, Device};
 
+use crate::aspects::{self, Aspect};
+use crate::cache::TextCache;
 use crate::classify::{self, LabelEmbeddings};
-use crate::cli::{ClassifyArgs, Cli, Command, DTypeArg, Format, InputArgs, ModelArgs, RunArgs};
+use crate::cli::{
+    AspectsArgs, ClassifyArgs, Cli, Command, DTypeArg, Format, InputArgs, ListFormat, ModelArgs,
+    PerAspect, RunArgs, TagArgs,
+};
 use crate::hub::{self, ModelFiles, ModelRequest};
 use crate::inputs::{self, Input, InputOptions};
 use crate::model::{Clip, ClipConfig, LoadOptions, Towers};
-use crate::output::{self, ImageResult, ModelInfo, Progress, ResultWriter, RunInfo, Sink};
+use crate::output::{
+    self, AspectInfo, AspectTags, ImageResult, ModelInfo, Progress, ResultWriter, RunInfo, Sink,
+    TagResult, TagRunInfo,
+};
 use crate::pipeline::{self, Panicked, PoolOptions};
 use crate::preprocess::{self, DecodeLimits, PreprocessConfig};
+use crate::tag::{self, AspectEmbeddings, Rule};
 use crate::text::{self, ClipTokenizer, LabelList, Template};
 use crate::Error;
 
@@ -34,6 +43,11 @@ pub fn run(cli: Cli) -> Result<Outcome> {
             limit_threads(&args.run);
             classify(&args)
         }
+        Command::Tag(args) => {
+            limit_threads(&args.run);
+            tag(&args)
+        }
+        Command::Aspects(args) => list_aspects(&args, &mut std::io::stdout().lock()),
     }
 }
 
@@ -74,8 +88,26 @@ pub fn one_line(err: &anyhow::Error) -> String {
 pub struct LoadedModel {
     pub files: ModelFiles,
     pub preprocess: PreprocessConfig,
-    pub tokenizer: ClipTokenizer,
+    /// Loaded with the text tower only.
+    pub tokenizer: Option<ClipTokenizer>,
     pub clip: Clip,
+}
+
+/// A resolved model whose configs are read and checked, before any weights are loaded: enough to
+/// know the text cache's key and whether the text tower is needed at all.
+pub struct ModelPlan {
+    pub files: ModelFiles,
+    pub config: ClipConfig,
+    pub preprocess: PreprocessConfig,
+    pub device: Device,
+    pub dtype: DTypeArg,
+}
+
+fn model_error(model: &str, e: anyhow::Error) -> anyhow::Error {
+    anyhow::anyhow!(Error::Model {
+        model: model.to_string(),
+        reason: one_line(&e),
+    })
 }
 
 pub fn parse_device(spec: &str) -> Result<Device> {
@@ -118,19 +150,15 @@ fn dtype(arg: DTypeArg) -> DType {
     }
 }
 
-pub fn load_model(args: &ModelArgs, towers: Towers, quiet: bool) -> Result<LoadedModel> {
+/// Resolves `--model` (local folder or Hub) and reads its configs; no weights yet.
+pub fn plan_model(args: &ModelArgs, quiet: bool) -> Result<ModelPlan> {
     let device = parse_device(&args.device)?;
     let files = hub::resolve(&ModelRequest {
         model: args.model.clone(),
         revision: args.revision.clone(),
         progress: !quiet && std::io::stderr().is_terminal(),
     })?;
-    let in_model = |e: anyhow::Error| {
-        anyhow::anyhow!(Error::Model {
-            model: files.id.clone(),
-            reason: one_line(&e),
-        })
-    };
+    let in_model = |e: anyhow::Error| model_error(&files.id, e);
     let config = ClipConfig::from_file(&files.config).map_err(in_model)?;
     let preprocess = PreprocessConfig::from_file(&files.preprocessor).map_err(in_model)?;
     if let Some((w, h)) = preprocess.output_size() {
@@ -147,20 +175,165 @@ pub fn load_model(args: &ModelArgs, towers: Towers, quiet: bool) -> Result<Loade
             files.preprocessor.display()
         )));
     }
-    let tokenizer = ClipTokenizer::from_file(&files.tokenizer, config.text.max_position_embeddings)
-        .map_err(in_model)?;
-    let opts = LoadOptions {
-        device,
-        dtype: dtype(args.dtype),
-        towers,
-    };
-    let clip = Clip::load(config, &files.weights, &opts).map_err(in_model)?;
-    Ok(LoadedModel {
+    Ok(ModelPlan {
         files,
+        config,
         preprocess,
-        tokenizer,
-        clip,
+        device,
+        dtype: args.dtype,
     })
+}
+
+impl ModelPlan {
+    /// Loads the towers asked for (and the tokenizer with the text tower).
+    pub fn load(self, towers: Towers) -> Result<LoadedModel> {
+        let in_model = |e: anyhow::Error| model_error(&self.files.id, e);
+        let tokenizer = if towers.text {
+            Some(
+                ClipTokenizer::from_file(
+                    &self.files.tokenizer,
+                    self.config.text.max_position_embeddings,
+                )
+                .map_err(in_model)?,
+            )
+        } else {
+            None
+        };
+        let opts = LoadOptions {
+            device: self.device,
+            dtype: dtype(self.dtype),
+            towers,
+        };
+        let clip = Clip::load(self.config, &self.files.weights, &opts).map_err(in_model)?;
+        Ok(LoadedModel {
+            files: self.files,
+            preprocess: self.preprocess,
+            tokenizer,
+            clip,
+        })
+    }
+
+    /// What the text cache's entries for this model are keyed by: the Hub commit, or for a local
+    /// folder the files' identity (path, size, modification time), plus the numeric type.
+    pub fn cache_key(&self) -> String {
+        let dtype = format!("{:?}", self.dtype).to_lowercase();
+        if let Some(rev) = &self.files.revision {
+            return format!("hub:{}@{rev}|{dtype}", self.files.id);
+        }
+        let mut key = format!("local|{dtype}");
+        let files = [&self.files.config, &self.files.tokenizer]
+            .into_iter()
+            .chain(&self.files.weights);
+        for path in files {
+            let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.clone());
+            let (len, mtime) = std::fs::metadata(&path)
+                .map(|m| {
+                    let mtime = m
+                        .modified()
+                        .ok()
+                        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                        .map_or(0, |d| d.as_nanos());
+                    (m.len(), mtime)
+                })
+                .unwrap_or((0, 0));
+            key.push_str(&format!("|{}:{len}:{mtime}", path.display()));
+        }
+        key
+    }
+}
+
+pub fn load_model(args: &ModelArgs, towers: Towers, quiet: bool) -> Result<LoadedModel> {
+    plan_model(args, quiet)?.load(towers)
+}
+
+/// The text cache of a run, unless `--no-cache` or no cache folder can be found.
+fn text_cache(no_cache: bool) -> Option<TextCache> {
+    if no_cache {
+        return None;
+    }
+    TextCache::default_dir().map(TextCache::new)
+}
+
+/// Loads the model for a run whose text side is `units` (each the prompts of one label, whose
+/// normalised embeddings are averaged). Units found in the cache are not encoded again, and when all
+/// are there the text tower and tokenizer are not even loaded. Returns the model and one ensembled,
+/// normalised embedding per unit.
+fn load_with_text(
+    plan: ModelPlan,
+    units: &[Vec<String>],
+    cache: Option<&TextCache>,
+    run: &RunArgs,
+) -> Result<(LoadedModel, Vec<Vec<f32>>)> {
+    let quiet = run.quiet;
+    let started = std::time::Instant::now();
+    let key = plan.cache_key();
+    let mut embeds: Vec<Option<Vec<f32>>> = units
+        .iter()
+        .map(|u| cache.and_then(|c| c.get(&key, u)))
+        .collect();
+    let missing: Vec<usize> = (0..units.len()).filter(|&i| embeds[i].is_none()).collect();
+    let towers = Towers {
+        vision: true,
+        text: !missing.is_empty(),
+    };
+    let model = plan.load(towers)?;
+    if run.verbose {
+        output::info(&format!(
+            "model loaded in {:.2} s ({})",
+            started.elapsed().as_secs_f64(),
+            if towers.text {
+                "vision and text towers"
+            } else {
+                "vision tower only: every label was in the text cache"
+            }
+        ));
+    }
+    let started = std::time::Instant::now();
+    if !missing.is_empty() {
+        let prompts: Vec<String> = missing.iter().flat_map(|&i| units[i].clone()).collect();
+        let raw = model.encode_prompts(&prompts, quiet)?;
+        let mut raw = raw.iter();
+        let mut cache_failed = false;
+        for &i in &missing {
+            let parts: Vec<&[f32]> = raw
+                .by_ref()
+                .take(units[i].len())
+                .map(Vec::as_slice)
+                .collect();
+            let e = classify::ensemble(parts);
+            if let Some(c) = cache {
+                if let Err(err) = c.put(&key, &units[i], &e) {
+                    if !cache_failed && !quiet {
+                        output::warn(&format!(
+                            "text cache not written ({}); use --no-cache to skip it",
+                            one_line(&err)
+                        ));
+                    }
+                    cache_failed = true;
+                }
+            }
+            embeds[i] = Some(e);
+        }
+    }
+    if run.verbose {
+        output::info(&format!(
+            "text: {} labels, {} from the cache, {} encoded ({} prompts) in {:.2} s{}",
+            units.len(),
+            units.len() - missing.len(),
+            missing.len(),
+            missing.iter().map(|&i| units[i].len()).sum::<usize>(),
+            started.elapsed().as_secs_f64(),
+            match cache {
+                Some(c) => format!("; cache: {}", c.dir().display()),
+                None => "; no cache".into(),
+            }
+        ));
+    }
+    let embeds = embeds
+        .into_iter()
+        .map(|e| e.context("a text embedding is missing"))
+        .collect::<Result<Vec<_>>>()?;
+    Ok((model, embeds))
 }
 
 /// Text embeddings are computed in chunks so that thousands of prompts do not become one huge batch.
@@ -193,7 +366,11 @@ impl LoadedModel {
     /// Text embeddings (projected, not normalised) of prompts, in order. Prompts are encoded in
     /// chunks of similar token length, so that short prompts are not padded to long ones.
     pub fn encode_prompts(&self, prompts: &[String], quiet: bool) -> Result<Vec<Vec<f32>>> {
-        let tokens = self.tokenizer.encode(prompts)?;
+        let tokenizer = self
+            .tokenizer
+            .as_ref()
+            .context("the tokenizer was not loaded")?;
+        let tokens = tokenizer.encode(prompts)?;
         if let (false, Some(&first)) = (quiet, tokens.truncated.first()) {
             output::warn(&format!(
                 "{} prompt(s) longer than the model's {} tokens were cut, e.g. {:?}",
@@ -452,8 +629,17 @@ pub fn classify(args: &ClassifyArgs) -> Result<Outcome> {
     let inputs = collect_inputs(&args.inputs)?;
     let dest = open_destination(&args.run)?;
     let inputs = skip_completed(inputs, &dest.completed, quiet);
-    let model = load_model(&args.model, Towers::BOTH, quiet)?;
-    let label_embeds = model.label_embeddings(&labels, &templates, quiet)?;
+    let plan = plan_model(&args.model, quiet)?;
+    let units: Vec<Vec<String>> = labels
+        .iter()
+        .map(|l| templates.iter().map(|t| t.fill(l)).collect())
+        .collect();
+    let cache = text_cache(args.run.no_cache);
+    let (model, embeddings) = load_with_text(plan, &units, cache.as_ref(), &args.run)?;
+    let label_embeds = LabelEmbeddings {
+        labels: labels.clone(),
+        embeddings,
+    };
     let run = RunInfo {
         model: model.info(),
         labels,
@@ -489,6 +675,214 @@ pub fn classify(args: &ClassifyArgs) -> Result<Outcome> {
     } else {
         Outcome::SomeFailed
     })
+}
+
+/// The effective rule of every aspect; a per-aspect option naming an aspect that is not in the
+/// run is a usage error (a typo would otherwise be silently ignored).
+fn aspect_rules(aspects: &[Aspect], args: &TagArgs) -> Result<Vec<Rule>> {
+    let names: Vec<&str> = aspects.iter().map(|a| a.name.as_str()).collect();
+    let named = args
+        .threshold
+        .iter()
+        .filter_map(|p| p.aspect.as_ref().map(|a| ("--threshold", a)))
+        .chain(
+            args.top_k
+                .iter()
+                .filter_map(|p| p.aspect.as_ref().map(|a| ("--top-k", a))),
+        );
+    for (flag, name) in named {
+        if !names.contains(&name.as_str()) {
+            return Err(Error::Usage(format!(
+                "{flag} {name}=...: no aspect {name:?} in this run (aspects: {})",
+                names.join(", ")
+            ))
+            .into());
+        }
+    }
+    Ok(aspects
+        .iter()
+        .map(|a| {
+            Rule::resolve(
+                a.kind,
+                (a.top_k, a.threshold),
+                (
+                    PerAspect::lookup(&args.top_k, &a.name),
+                    PerAspect::lookup(&args.threshold, &a.name),
+                ),
+            )
+        })
+        .collect())
+}
+
+pub fn tag(args: &TagArgs) -> Result<Outcome> {
+    let quiet = args.run.quiet;
+    let aspects = aspects::resolve(&args.aspects)?;
+    let rules = aspect_rules(&aspects, args)?;
+    let inputs = collect_inputs(&args.inputs)?;
+    let dest = open_destination(&args.run)?;
+    let inputs = skip_completed(inputs, &dest.completed, quiet);
+    let plan = plan_model(&args.model, quiet)?;
+
+    // One text unit per label, then the neutral prompt of a multi aspect.
+    let mut units: Vec<Vec<String>> = Vec::new();
+    for a in &aspects {
+        units.extend(a.labels.iter().map(|l| a.prompts_for(l)));
+        if let Some(n) = &a.neutral {
+            units.push(a.prompts_for(n));
+        }
+    }
+    let cache = text_cache(args.run.no_cache);
+    let (model, mut embeds) = load_with_text(plan, &units, cache.as_ref(), &args.run)?;
+    let mut prepared = Vec::with_capacity(aspects.len());
+    let mut rest = embeds.drain(..);
+    for (a, rule) in aspects.iter().zip(&rules) {
+        let embeddings: Vec<Vec<f32>> = rest.by_ref().take(a.labels.len()).collect();
+        let neutral = match &a.neutral {
+            Some(_) => Some(rest.next().context("missing neutral embedding")?),
+            None => None,
+        };
+        prepared.push(AspectEmbeddings {
+            name: a.name.clone(),
+            kind: a.kind,
+            labels: LabelEmbeddings {
+                labels: a.labels.iter().map(|l| l.name.clone()).collect(),
+                embeddings,
+            },
+            neutral,
+            rule: *rule,
+        });
+    }
+    drop(rest);
+    let header = TagRunInfo {
+        model: model.info(),
+        aspects: aspects
+            .iter()
+            .zip(&rules)
+            .map(|(a, r)| aspect_info(a, r))
+            .collect(),
+    };
+    let logit_scale = model.clip.logit_scale();
+    let mut writer = ResultWriter::begin(dest.sink, dest.format, &header)?;
+    let progress = Progress::new(inputs.len(), show_progress(quiet));
+    let failed = encode_images(&model, &inputs, &args.run, &progress, |input, embedding| {
+        let path = display_path(&input.path);
+        let result = match embedding {
+            Ok(embed) => TagResult {
+                path,
+                aspects: prepared
+                    .iter()
+                    .map(|a| AspectTags {
+                        aspect: a.name.clone(),
+                        kind: a.kind,
+                        tags: tag::tag(&embed, a, logit_scale),
+                    })
+                    .collect(),
+                error: None,
+            },
+            Err(message) => TagResult {
+                path,
+                aspects: Vec::new(),
+                error: Some(message),
+            },
+        };
+        Ok(writer.record(&result)?)
+    })?;
+    progress.finish();
+    writer.finish()?.commit()?;
+    Ok(if failed == 0 {
+        Outcome::Success
+    } else {
+        Outcome::SomeFailed
+    })
+}
+
+fn aspect_info(a: &Aspect, rule: &Rule) -> AspectInfo {
+    AspectInfo {
+        name: a.name.clone(),
+        kind: a.kind,
+        description: a.description.clone(),
+        source: a.source.clone(),
+        labels: a.labels.len(),
+        templates: a.templates.iter().map(|t| t.as_str().to_string()).collect(),
+        top_k: rule.top_k,
+        threshold: rule.threshold,
+    }
+}
+
+/// One aspect in `vlm aspects --format json`: its description, rule and (when asked for) labels.
+#[derive(Debug, serde::Serialize)]
+struct AspectListing {
+    #[serde(flatten)]
+    info: AspectInfo,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    neutral: Option<Vec<String>>,
+    /// Each label with its prompts; only when aspects are named.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    label_prompts: Option<Vec<LabelListing>>,
+}
+
+#[derive(Debug, serde::Serialize)]
+struct LabelListing {
+    label: String,
+    prompts: Vec<String>,
+}
+
+/// `vlm aspects`: a summary of the built-ins, or the named aspects in full.
+pub fn list_aspects(args: &AspectsArgs, out: &mut impl std::io::Write) -> Result<Outcome> {
+    let detailed = !args.aspects.is_empty();
+    let list = if detailed {
+        aspects::resolve(&args.aspects)?
+    } else {
+        aspects::builtins()
+    };
+    let format = args.format.unwrap_or(if std::io::stdout().is_terminal() {
+        ListFormat::Table
+    } else {
+        ListFormat::Json
+    });
+    let listings: Vec<AspectListing> = list
+        .iter()
+        .map(|a| {
+            let rule = Rule::resolve(a.kind, (a.top_k, a.threshold), (None, None));
+            AspectListing {
+                info: aspect_info(a, &rule),
+                neutral: a.neutral.as_ref().map(|n| a.prompts_for(n)),
+                label_prompts: detailed.then(|| {
+                    a.labels
+                        .iter()
+                        .map(|l| LabelListing {
+                            label: l.name.clone(),
+                            prompts: a.prompts_for(l),
+                        })
+                        .collect()
+                }),
+            }
+        })
+        .collect();
+    let bytes = match format {
+        ListFormat::Json => {
+            let mut b = serde_json::to_vec_pretty(&serde_json::json!({ "aspects": listings }))?;
+            b.push(b'\n');
+            b
+        }
+        ListFormat::Table => output::aspects_table(
+            &listings
+                .iter()
+                .map(|l| {
+                    (
+                        &l.info,
+                        l.label_prompts
+                            .as_ref()
+                            .map(|p| p.iter().map(|x| x.label.as_str()).collect::<Vec<_>>()),
+                    )
+                })
+                .collect::<Vec<_>>(),
+        )
+        .into_bytes(),
+    };
+    out.write_all(&bytes)?;
+    out.flush()?;
+    Ok(Outcome::Success)
 }
 
 fn show_progress(quiet: bool) -> bool {

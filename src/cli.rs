@@ -9,16 +9,122 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 /// Exit codes: 0 every image was processed; 1 some images failed (the others are in the output);
 /// 2 usage or model error, before any image was processed.
 #[derive(Debug, Parser)]
-#[command(name = "vlm", version, about, long_about = None, max_term_width = 100)]
+#[command(
+    name = "vlm",
+    version,
+    about,
+    long_about = None,
+    max_term_width = 100,
+    after_help = EXIT_CODES
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
 }
 
+const EXIT_CODES: &str =
+    "Exit codes: 0 every image was processed; 1 some images failed (the others \
+are in the output); 2 usage or model error, before any image was processed.";
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Rank labels for each image by CLIP image-text similarity.
+    #[command(after_help = EXIT_CODES)]
     Classify(ClassifyArgs),
+    /// Tag each image along several aspects at once (color, scene, object, ...).
+    #[command(after_help = EXIT_CODES)]
+    Tag(TagArgs),
+    /// List the built-in aspects, or show the labels of some.
+    Aspects(AspectsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TagArgs {
+    /// Aspects: built-in names (see `vlm aspects`), `all`, or paths to aspect files (TOML);
+    /// comma-separated, repeatable.
+    #[arg(short, long, value_name = "NAMES|FILES", required = true)]
+    pub aspects: Vec<String>,
+
+    /// Report tags scoring at least this: `0.3` for every aspect, or `object=0.3` for one;
+    /// repeatable. Overrides the aspect file's threshold (multi aspects default to 0.5: the label
+    /// beats the aspect's neutral prompt; single aspects to 0).
+    #[arg(long, value_name = "[ASPECT=]SCORE", value_parser = parse_threshold)]
+    pub threshold: Vec<PerAspect<f32>>,
+
+    /// Report at most K tags per aspect: `3`, or `scene=1` for one aspect; repeatable. Overrides
+    /// the aspect file's top_k (single aspects default to 3, multi aspects to no limit).
+    #[arg(short = 'k', long, value_name = "[ASPECT=]K", value_parser = parse_top_k)]
+    pub top_k: Vec<PerAspect<usize>>,
+
+    #[command(flatten)]
+    pub inputs: InputArgs,
+
+    #[command(flatten)]
+    pub model: ModelArgs,
+
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// A value for every aspect (`aspect: None`) or for one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PerAspect<T> {
+    pub aspect: Option<String>,
+    pub value: T,
+}
+
+impl<T: Copy> PerAspect<T> {
+    /// The value for `aspect`: its own if given, else the last one for every aspect.
+    pub fn lookup(list: &[PerAspect<T>], aspect: &str) -> Option<T> {
+        list.iter()
+            .rev()
+            .find(|p| p.aspect.as_deref() == Some(aspect))
+            .or_else(|| list.iter().rev().find(|p| p.aspect.is_none()))
+            .map(|p| p.value)
+    }
+}
+
+fn split_per_aspect(s: &str) -> (Option<String>, &str) {
+    match s.split_once('=') {
+        Some((name, value)) => (Some(name.trim().to_string()), value.trim()),
+        None => (None, s.trim()),
+    }
+}
+
+fn parse_threshold(s: &str) -> Result<PerAspect<f32>, String> {
+    let (aspect, value) = split_per_aspect(s);
+    match value.parse::<f32>() {
+        Ok(v) if (0.0..=1.0).contains(&v) => Ok(PerAspect { aspect, value: v }),
+        _ => Err(format!("{value:?} is not a score between 0 and 1")),
+    }
+}
+
+fn parse_top_k(s: &str) -> Result<PerAspect<usize>, String> {
+    let (aspect, value) = split_per_aspect(s);
+    match value.parse::<usize>() {
+        Ok(v) if v >= 1 => Ok(PerAspect { aspect, value: v }),
+        _ => Err(format!("{value:?} is not a whole number of at least 1")),
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct AspectsArgs {
+    /// Aspects to show in full, with their labels: built-in names, `all`, or aspect files. Without
+    /// any, a summary of the built-in aspects.
+    #[arg(value_name = "NAME|FILE")]
+    pub aspects: Vec<String>,
+
+    /// Output format. Default: table on a terminal, json otherwise.
+    #[arg(short, long, value_enum)]
+    pub format: Option<ListFormat>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ListFormat {
+    /// Aligned, human-readable text.
+    Table,
+    /// One JSON document.
+    Json,
 }
 
 #[derive(Debug, Args)]
@@ -147,6 +253,16 @@ pub struct RunArgs {
     /// Refuse images with more pixels than this (decompression-bomb guard).
     #[arg(long, value_name = "N", default_value_t = crate::preprocess::DEFAULT_MAX_PIXELS)]
     pub max_pixels: u64,
+
+    /// Do not read or write the text-embedding cache (in $VLM_CACHE_DIR, else $XDG_CACHE_HOME/vlm,
+    /// else ~/.cache/vlm), which spares later runs encoding the same labels again.
+    #[arg(long)]
+    pub no_cache: bool,
+
+    /// Report on stderr what the run did besides images: how many prompts came from the text cache
+    /// and how many were encoded, and how long loading took.
+    #[arg(short, long, conflicts_with = "quiet")]
+    pub verbose: bool,
 
     /// No warnings or progress on stderr (errors are still reported).
     #[arg(short, long)]

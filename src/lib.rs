@@ -17,6 +17,7 @@ pub mod model;
 pub mod output;
 pub mod pipeline;
 pub mod preprocess;
+pub mod tag;
 pub mod text;
 
 pub use error::Error;

@@ -10,8 +10,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::aspects::AspectKind;
 use crate::classify::Prediction;
 use crate::cli::Format;
+use crate::tag::Tag;
 
 /// Which model produced the results.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -23,15 +25,15 @@ pub struct ModelInfo {
     pub revision: Option<String>,
 }
 
-/// What a whole run is about, known before the first image.
-#[derive(Debug, Clone)]
+/// What a `classify` run is about, known before the first image: the JSON document's header.
+#[derive(Debug, Clone, Serialize)]
 pub struct RunInfo {
     pub model: ModelInfo,
     pub labels: Vec<String>,
     pub templates: Vec<String>,
 }
 
-/// The outcome for one input image: ranked predictions, or the error that stopped it.
+/// The outcome of `classify` for one input image: ranked predictions, or the error that stopped it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ImageResult {
@@ -43,16 +45,179 @@ pub struct ImageResult {
     pub error: Option<String>,
 }
 
+/// One aspect of a `tag` run, as the JSON document's header describes it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AspectInfo {
+    pub name: String,
+    pub kind: AspectKind,
+    pub description: String,
+    /// "built-in", or the aspect file's path.
+    pub source: String,
+    /// Number of labels.
+    pub labels: usize,
+    pub templates: Vec<String>,
+    /// The rule in force (command line over aspect file over defaults).
+    pub top_k: Option<usize>,
+    pub threshold: f32,
+}
+
+/// What a `tag` run is about: the JSON document's header.
+#[derive(Debug, Clone, Serialize)]
+pub struct TagRunInfo {
+    pub model: ModelInfo,
+    pub aspects: Vec<AspectInfo>,
+}
+
+/// One aspect's tags for one image.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AspectTags {
+    pub aspect: String,
+    pub kind: AspectKind,
+    /// Best first; may be empty when nothing passes the threshold.
+    pub tags: Vec<Tag>,
+}
+
+/// The outcome of `tag` for one input image: its tags grouped by aspect, in `--aspects` order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TagResult {
+    pub path: String,
+    /// Empty when the image failed.
+    pub aspects: Vec<AspectTags>,
+    pub error: Option<String>,
+}
+
+/// A per-image result, in the shapes the non-JSON formats need.
+pub trait Record: Serialize {
+    /// The CSV header row, with its newline.
+    fn csv_header() -> &'static str
+    where
+        Self: Sized;
+    /// This result's CSV rows.
+    fn csv_rows(&self, out: &mut String);
+    /// This result as human-readable lines.
+    fn table(&self, out: &mut String);
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+impl Record for ImageResult {
+    /// One row per image and label; a failed image has one row with only the error.
+    fn csv_header() -> &'static str {
+        "path,rank,label,probability,cosine,error\n"
+    }
+
+    fn csv_rows(&self, out: &mut String) {
+        let path = csv_field(&self.path);
+        if let Some(err) = &self.error {
+            out.push_str(&format!("{path},,,,,{}\n", csv_field(err)));
+        }
+        for (i, p) in self.predictions.iter().enumerate() {
+            out.push_str(&format!(
+                "{path},{},{},{},{},\n",
+                i + 1,
+                csv_field(&p.label),
+                p.probability,
+                p.cosine
+            ));
+        }
+    }
+
+    /// The path, then the labels aligned with probability and cosine.
+    fn table(&self, out: &mut String) {
+        out.push_str(&format!("{}\n", self.path));
+        if let Some(err) = &self.error {
+            out.push_str(&format!("  error: {err}\n"));
+        }
+        let width = self
+            .predictions
+            .iter()
+            .map(|p| p.label.chars().count())
+            .max()
+            .unwrap_or(5)
+            .clamp(5, 40);
+        for p in &self.predictions {
+            out.push_str(&format!(
+                "  {:<width$}  {:>6.2}%  cos {:+.4}\n",
+                p.label,
+                p.probability * 100.0,
+                p.cosine,
+            ));
+        }
+    }
+}
+
+impl Record for TagResult {
+    /// One row per image, aspect and tag; a failed image has one row with only the error.
+    fn csv_header() -> &'static str {
+        "path,aspect,rank,label,score,cosine,error\n"
+    }
+
+    fn csv_rows(&self, out: &mut String) {
+        let path = csv_field(&self.path);
+        if let Some(err) = &self.error {
+            out.push_str(&format!("{path},,,,,,{}\n", csv_field(err)));
+        }
+        for group in &self.aspects {
+            let aspect = csv_field(&group.aspect);
+            for (i, t) in group.tags.iter().enumerate() {
+                out.push_str(&format!(
+                    "{path},{aspect},{},{},{},{},\n",
+                    i + 1,
+                    csv_field(&t.label),
+                    t.score,
+                    t.cosine
+                ));
+            }
+        }
+    }
+
+    /// The path, then one line per aspect with its tags and scores.
+    fn table(&self, out: &mut String) {
+        out.push_str(&format!("{}\n", self.path));
+        if let Some(err) = &self.error {
+            out.push_str(&format!("  error: {err}\n"));
+        }
+        let width = self
+            .aspects
+            .iter()
+            .map(|a| a.aspect.chars().count())
+            .max()
+            .unwrap_or(0);
+        for group in &self.aspects {
+            let tags: Vec<String> = group
+                .tags
+                .iter()
+                .map(|t| format!("{} {:.0}%", t.label, t.score * 100.0))
+                .collect();
+            let tags = if tags.is_empty() {
+                "-".to_string()
+            } else {
+                tags.join(", ")
+            };
+            out.push_str(&format!("  {:<width$}  {tags}\n", group.aspect));
+        }
+    }
+}
+
 /// One `--format`: turns the run's header, each record and the trailer into bytes.
-pub trait Exporter {
-    fn begin(&mut self, run: &RunInfo) -> io::Result<Vec<u8>>;
-    fn record(&mut self, result: &ImageResult) -> io::Result<Vec<u8>>;
+pub trait Exporter<R> {
+    fn begin(&mut self, header: &serde_json::Value) -> io::Result<Vec<u8>>;
+    fn record(&mut self, result: &R) -> io::Result<Vec<u8>>;
     fn end(&mut self) -> io::Result<Vec<u8>>;
 }
 
-pub fn exporter(format: Format) -> Box<dyn Exporter> {
+pub fn exporter<R: Record>(format: Format) -> Box<dyn Exporter<R>> {
     match format {
-        Format::Table => Box::new(TableExporter::default()),
+        Format::Table => Box::new(TableExporter),
         Format::Json => Box::new(JsonExporter::default()),
         Format::Jsonl => Box::new(JsonlExporter),
         Format::Csv => Box::new(CsvExporter),
@@ -60,23 +225,25 @@ pub fn exporter(format: Format) -> Box<dyn Exporter> {
 }
 
 /// Writes an exporter's bytes and flushes after every record.
-pub struct ResultWriter<W: Write> {
+pub struct ResultWriter<W: Write, R> {
     out: W,
-    exporter: Box<dyn Exporter>,
+    exporter: Box<dyn Exporter<R>>,
 }
 
-impl<W: Write> ResultWriter<W> {
-    pub fn begin(out: W, format: Format, run: &RunInfo) -> io::Result<Self> {
+impl<W: Write, R: Record> ResultWriter<W, R> {
+    /// `header` (a JSON object) opens the JSON document; the other formats do not print it.
+    pub fn begin(out: W, format: Format, header: &impl Serialize) -> io::Result<Self> {
         let mut w = Self {
             out,
             exporter: exporter(format),
         };
-        let bytes = w.exporter.begin(run)?;
+        let header = serde_json::to_value(header)?;
+        let bytes = w.exporter.begin(&header)?;
         w.out.write_all(&bytes)?;
         Ok(w)
     }
 
-    pub fn record(&mut self, result: &ImageResult) -> io::Result<()> {
+    pub fn record(&mut self, result: &R) -> io::Result<()> {
         let bytes = self.exporter.record(result)?;
         self.out.write_all(&bytes)?;
         self.out.flush()
@@ -90,35 +257,27 @@ impl<W: Write> ResultWriter<W> {
     }
 }
 
-/// A JSON document `{"model":…, "labels":…, "templates":…, "results":[…]}`, streamed record by record
-/// so that memory does not grow with the number of images.
+/// A JSON document: the header's fields, then `"results": [...]`, streamed record by record so
+/// that memory does not grow with the number of images.
 #[derive(Default)]
 struct JsonExporter {
     count: usize,
 }
 
-#[derive(Serialize)]
-struct JsonHeader<'a> {
-    model: &'a ModelInfo,
-    labels: &'a [String],
-    templates: &'a [String],
-}
-
-impl Exporter for JsonExporter {
-    fn begin(&mut self, run: &RunInfo) -> io::Result<Vec<u8>> {
-        let header = serde_json::to_string(&JsonHeader {
-            model: &run.model,
-            labels: &run.labels,
-            templates: &run.templates,
-        })?;
+impl<R: Record> Exporter<R> for JsonExporter {
+    fn begin(&mut self, header: &serde_json::Value) -> io::Result<Vec<u8>> {
+        let mut bytes = serde_json::to_vec(header)?;
         // Reopen the header object to append the results array.
-        let mut bytes = header.into_bytes();
-        bytes.pop();
-        bytes.extend_from_slice(b",\"results\":[");
+        match bytes.pop() {
+            Some(b'}') if bytes.len() > 1 => bytes.push(b','),
+            Some(b'}') => {}
+            _ => return Err(io::Error::other("the JSON header must be an object")),
+        }
+        bytes.extend_from_slice(b"\"results\":[");
         Ok(bytes)
     }
 
-    fn record(&mut self, result: &ImageResult) -> io::Result<Vec<u8>> {
+    fn record(&mut self, result: &R) -> io::Result<Vec<u8>> {
         let mut bytes = if self.count == 0 {
             b"\n".to_vec()
         } else {
@@ -137,12 +296,12 @@ impl Exporter for JsonExporter {
 /// One JSON object per line, the same object as in the JSON document's `results`.
 struct JsonlExporter;
 
-impl Exporter for JsonlExporter {
-    fn begin(&mut self, _run: &RunInfo) -> io::Result<Vec<u8>> {
+impl<R: Record> Exporter<R> for JsonlExporter {
+    fn begin(&mut self, _: &serde_json::Value) -> io::Result<Vec<u8>> {
         Ok(Vec::new())
     }
 
-    fn record(&mut self, result: &ImageResult) -> io::Result<Vec<u8>> {
+    fn record(&mut self, result: &R) -> io::Result<Vec<u8>> {
         let mut bytes = serde_json::to_vec(result)?;
         bytes.push(b'\n');
         Ok(bytes)
@@ -153,38 +312,17 @@ impl Exporter for JsonlExporter {
     }
 }
 
-/// `path,rank,label,probability,cosine,error`: one row per image and label, one row with only the
-/// error for a failed image. RFC 4180 quoting.
+/// RFC 4180 CSV with a header row; the rows are the record's own.
 struct CsvExporter;
 
-fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_string()
-    }
-}
-
-impl Exporter for CsvExporter {
-    fn begin(&mut self, _run: &RunInfo) -> io::Result<Vec<u8>> {
-        Ok(b"path,rank,label,probability,cosine,error\n".to_vec())
+impl<R: Record> Exporter<R> for CsvExporter {
+    fn begin(&mut self, _: &serde_json::Value) -> io::Result<Vec<u8>> {
+        Ok(R::csv_header().as_bytes().to_vec())
     }
 
-    fn record(&mut self, result: &ImageResult) -> io::Result<Vec<u8>> {
-        let path = csv_field(&result.path);
+    fn record(&mut self, result: &R) -> io::Result<Vec<u8>> {
         let mut out = String::new();
-        if let Some(err) = &result.error {
-            out.push_str(&format!("{path},,,,,{}\n", csv_field(err)));
-        }
-        for (i, p) in result.predictions.iter().enumerate() {
-            out.push_str(&format!(
-                "{path},{},{},{},{},\n",
-                i + 1,
-                csv_field(&p.label),
-                p.probability,
-                p.cosine
-            ));
-        }
+        result.csv_rows(&mut out);
         Ok(out.into_bytes())
     }
 
@@ -193,49 +331,71 @@ impl Exporter for CsvExporter {
     }
 }
 
-/// For people: each image's path, then its labels aligned with probability and cosine.
-#[derive(Default)]
-struct TableExporter {
-    label_width: usize,
-}
+/// For people: each image's path, then its results.
+struct TableExporter;
 
-impl Exporter for TableExporter {
-    fn begin(&mut self, run: &RunInfo) -> io::Result<Vec<u8>> {
-        self.label_width = run
-            .labels
-            .iter()
-            .map(|l| l.chars().count())
-            .max()
-            .unwrap_or(5)
-            .clamp(5, 40);
+impl<R: Record> Exporter<R> for TableExporter {
+    fn begin(&mut self, _: &serde_json::Value) -> io::Result<Vec<u8>> {
         Ok(Vec::new())
     }
 
-    fn record(&mut self, result: &ImageResult) -> io::Result<Vec<u8>> {
-        let mut out = format!("{}\n", result.path);
-        if let Some(err) = &result.error {
-            out.push_str(&format!("  error: {err}\n"));
-        }
-        for p in &result.predictions {
-            out.push_str(&format!(
-                "  {:<w$}  {:>6.2}%  cos {:+.4}\n",
-                p.label,
-                p.probability * 100.0,
-                p.cosine,
-                w = self.label_width
-            ));
-        }
+    fn record(&mut self, result: &R) -> io::Result<Vec<u8>> {
+        let mut out = String::new();
+        result.table(&mut out);
         Ok(out.into_bytes())
     }
 
     fn end(&mut self) -> io::Result<Vec<u8>> {
         Ok(Vec::new())
     }
+}
+
+/// `vlm aspects` as a table: one line per aspect, then its labels when they were asked for.
+pub fn aspects_table(aspects: &[(&AspectInfo, Option<Vec<&str>>)]) -> String {
+    let width = aspects
+        .iter()
+        .map(|(a, _)| a.name.chars().count())
+        .max()
+        .unwrap_or(4)
+        .max(4);
+    let mut out = format!(
+        "{:<width$}  {:<6}  {:>6}  {:>9}  DESCRIPTION\n",
+        "NAME", "KIND", "LABELS", "TEMPLATES"
+    );
+    for (a, labels) in aspects {
+        out.push_str(&format!(
+            "{:<width$}  {:<6}  {:>6}  {:>9}  {}\n",
+            a.name,
+            a.kind.to_string(),
+            a.labels,
+            a.templates.len(),
+            a.description
+        ));
+        if let Some(labels) = labels {
+            out.push_str(&format!("  source: {}\n", a.source));
+            for t in &a.templates {
+                out.push_str(&format!("  template: {t}\n"));
+            }
+            let rule = match (a.top_k, a.kind) {
+                (Some(k), AspectKind::Single) => format!("top {k}, score >= {}", a.threshold),
+                (Some(k), AspectKind::Multi) => format!("score >= {}, at most {k}", a.threshold),
+                (None, _) => format!("score >= {}", a.threshold),
+            };
+            out.push_str(&format!("  reports: {rule}\n"));
+            out.push_str(&format!("  labels: {}\n", labels.join(", ")));
+        }
+    }
+    out
 }
 
 /// A warning on stderr (suppressed by `--quiet` at the call site).
 pub fn warn(message: &str) {
     eprintln!("vlm: warning: {message}");
+}
+
+/// What the run did (`--verbose`), on stderr.
+pub fn info(message: &str) {
+    eprintln!("vlm: {message}");
 }
 
 /// A per-input error on stderr; the run goes on.
@@ -548,7 +708,7 @@ mod tests {
     }
 
     fn render(format: Format) -> String {
-        let mut w = ResultWriter::begin(Vec::new(), format, &run_info()).unwrap();
+        let mut w = ResultWriter::<_, ImageResult>::begin(Vec::new(), format, &run_info()).unwrap();
         for r in results() {
             w.record(&r).unwrap();
         }
@@ -572,7 +732,8 @@ mod tests {
         assert_eq!(doc.templates, run_info().templates);
         assert_eq!(doc.results, results());
         // An empty run is still a valid document.
-        let w = ResultWriter::begin(Vec::new(), Format::Json, &run_info()).unwrap();
+        let w =
+            ResultWriter::<_, ImageResult>::begin(Vec::new(), Format::Json, &run_info()).unwrap();
         let doc: Doc = serde_json::from_slice(&w.finish().unwrap()).unwrap();
         assert!(doc.results.is_empty());
     }

@@ -39,6 +39,11 @@ fn vlm() -> Command {
         .env("RUST_BACKTRACE", "1")
         .env("HF_HUB_OFFLINE", "1")
         .env("HF_HUB_CACHE", "/nonexistent/vlm-test-cache")
+        // The text cache of the tests, never the user's.
+        .env(
+            "VLM_CACHE_DIR",
+            Path::new(env!("CARGO_TARGET_TMPDIR")).join("vlm-cache"),
+        )
         .args(["classify", "--model", &tiny_model(), "--labels", "cat,dog"]);
     cmd
 }

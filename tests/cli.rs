@@ -70,7 +70,12 @@ fn vlm() -> Command {
     cmd.env_remove("VLM_MODEL")
         .env("RUST_BACKTRACE", "1")
         .env("HF_HUB_OFFLINE", "1")
-        .env("HF_HUB_CACHE", "/nonexistent/vlm-test-cache");
+        .env("HF_HUB_CACHE", "/nonexistent/vlm-test-cache")
+        // The text cache of the tests, never the user's.
+        .env(
+            "VLM_CACHE_DIR",
+            Path::new(env!("CARGO_TARGET_TMPDIR")).join("vlm-cache"),
+        );
     cmd
 }
 

@@ -90,7 +90,7 @@ fn ranking(v: &[f32]) -> Vec<usize> {
 fn check_text(model: &str) {
     let r = reference(model);
     let m = load(model, DTypeArg::F32);
-    let tokens = m.tokenizer.encode(&r.prompts).unwrap();
+    let tokens = m.tokenizer.as_ref().unwrap().encode(&r.prompts).unwrap();
     assert_eq!(tokens.ids, r.input_ids, "{model}: token ids");
     // Exactly the over-long prompt is cut.
     assert_eq!(tokens.truncated, vec![r.prompts.len() - 1]);
@@ -139,7 +139,7 @@ fn check_images(model: &str) {
     assert!((m.clip.logit_scale() - r.logit_scale).abs() < 1e-6);
 
     // Probabilities over the prompts, from our embeddings: same winner, close values.
-    let tokens = m.tokenizer.encode(&r.prompts).unwrap();
+    let tokens = m.tokenizer.as_ref().unwrap().encode(&r.prompts).unwrap();
     let text: Vec<Vec<f32>> = m
         .clip
         .text()
