@@ -867,3 +867,30 @@ fn fuzz_regressions() {
     }
     println!("{n} fuzz regression inputs replayed");
 }
+
+/// Label files that once crashed the `label_file` fuzz target, and its seeds: parsing each must
+/// give labels or a one-line error naming the file.
+#[test]
+fn label_file_regressions_and_seeds() {
+    let mut n = 0;
+    for dir in ["label-seeds", "label-regressions"] {
+        let Ok(entries) = std::fs::read_dir(hostile(dir)) else {
+            continue;
+        };
+        for entry in entries {
+            let path = entry.unwrap().path();
+            let text = String::from_utf8_lossy(&std::fs::read(&path).unwrap()).into_owned();
+            let mut labels = vlm::text::LabelList::default();
+            if let Err(e) = labels.add_text(&text, "labels.txt") {
+                let msg = e.to_string();
+                assert!(
+                    msg.starts_with("labels.txt") && !msg.contains('\n'),
+                    "{msg:?}"
+                );
+            }
+            let _ = labels.finish();
+            n += 1;
+        }
+    }
+    assert!(n >= 5, "only {n} label files found");
+}
