@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -34,8 +34,10 @@ struct TensorInfo {
 
 /// The tensors of one checkpoint (one file, or the shards of an index).
 pub struct Safetensors {
-    files: Vec<(PathBuf, Mutex<File>)>,
+    files: Vec<(PathBuf, File)>,
     tensors: HashMap<String, TensorInfo>,
+    /// Tensors read ahead by [`Safetensors::preload`], handed out (and dropped from here) by `get`.
+    preloaded: Mutex<HashMap<String, Tensor>>,
 }
 
 fn dtype_of(name: &str) -> Option<DType> {
@@ -69,9 +71,36 @@ impl Safetensors {
                     bail!("tensor {name} appears in two weight files");
                 }
             }
-            files.push((path.clone(), Mutex::new(file)));
+            files.push((path.clone(), file));
         }
-        Ok(Self { files, tensors })
+        Ok(Self {
+            files,
+            tensors,
+            preloaded: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Reads every tensor whose name passes `wanted` on `threads` threads, ahead of the `get`s that
+    /// will ask for them: building a model asks one tensor at a time, and one thread copying pages
+    /// out of the page cache leaves the other cores idle. Errors are left for `get` to report.
+    pub fn preload(&self, wanted: impl Fn(&str) -> bool + Sync, threads: usize) {
+        let mut names: Vec<&String> = self.tensors.keys().filter(|n| wanted(n)).collect();
+        // Largest first, so that the threads finish together.
+        names.sort_by_key(|n| std::cmp::Reverse(self.tensors[*n].len));
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        std::thread::scope(|scope| {
+            for _ in 0..threads.max(1) {
+                scope.spawn(|| loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(name) = names.get(i) else { return };
+                    if let Ok(t) = self.read(name) {
+                        if let Ok(mut map) = self.preloaded.lock() {
+                            map.insert((*name).clone(), t);
+                        }
+                    }
+                });
+            }
+        });
     }
 
     pub fn contains(&self, name: &str) -> bool {
@@ -80,28 +109,27 @@ impl Safetensors {
 
     /// Reads one tensor as stored, onto the CPU.
     fn read(&self, name: &str) -> Result<Tensor> {
+        if let Some(t) = self.preloaded.lock().ok().and_then(|mut m| m.remove(name)) {
+            return Ok(t);
+        }
         let info = self
             .tensors
             .get(name)
             .with_context(|| format!("the checkpoint has no tensor {name}"))?;
         let (path, file) = &self.files[info.file];
-        let mut file = file
-            .lock()
-            .map_err(|_| anyhow::anyhow!("a weight file reader panicked"))?;
         let context = || format!("cannot read tensor {name} from {}", path.display());
-        file.seek(SeekFrom::Start(info.start))
-            .with_context(context)?;
         let elems: usize = info.shape.iter().product();
         let shape = Shape::from(info.shape.clone());
         if info.dtype == DType::F32 {
             // The common case, read into the f32 buffer the tensor will own: no second copy.
             let mut values = vec![0f32; elems];
+            advise_huge_pages(&mut values);
             // SAFETY: any byte pattern is a valid f32, and the slice covers exactly the Vec's
             // initialised elements.
             let bytes = unsafe {
                 std::slice::from_raw_parts_mut(values.as_mut_ptr().cast::<u8>(), elems * 4)
             };
-            file.read_exact(bytes).with_context(context)?;
+            read_at(file, bytes, info.start).with_context(context)?;
             if cfg!(target_endian = "big") {
                 // safetensors is little-endian.
                 values
@@ -111,7 +139,7 @@ impl Safetensors {
             return Ok(Tensor::from_vec(values, shape, &Device::Cpu)?);
         }
         let mut bytes = vec![0u8; info.len as usize];
-        file.read_exact(&mut bytes).with_context(context)?;
+        read_at(file, &mut bytes, info.start).with_context(context)?;
         Ok(Tensor::from_raw_buffer(
             &bytes,
             info.dtype,
@@ -143,6 +171,47 @@ impl Safetensors {
             tensor.to_device(device)?
         })
     }
+}
+
+/// Asks Linux to back a large, not yet touched buffer with transparent huge pages, so that filling
+/// it takes one page fault per 2 MB instead of per 4 KB. Advice only: failure changes nothing.
+#[cfg(target_os = "linux")]
+fn advise_huge_pages(buf: &mut [f32]) {
+    const HUGE: usize = 2 << 20;
+    let start = buf.as_mut_ptr() as usize;
+    let end = start + std::mem::size_of_val(buf);
+    let first = start.div_ceil(HUGE) * HUGE;
+    if end > first + HUGE {
+        let len = (end - first) / HUGE * HUGE;
+        // SAFETY: the range lies inside `buf`, which we own; MADV_HUGEPAGE does not change its
+        // contents or validity.
+        unsafe {
+            libc::madvise(first as *mut libc::c_void, len, libc::MADV_HUGEPAGE);
+        }
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn advise_huge_pages(_: &mut [f32]) {}
+
+/// A positioned read: several threads can read one file at once.
+#[cfg(unix)]
+fn read_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+    std::os::unix::fs::FileExt::read_exact_at(file, buf, offset)
+}
+
+#[cfg(windows)]
+fn read_at(file: &File, mut buf: &mut [u8], mut offset: u64) -> std::io::Result<()> {
+    while !buf.is_empty() {
+        match std::os::windows::fs::FileExt::seek_read(file, buf, offset)? {
+            0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            n => {
+                buf = &mut buf[n..];
+                offset += n as u64;
+            }
+        }
+    }
+    Ok(())
 }
 
 fn read_header(file: &mut File, path: &Path, index: usize) -> Result<Vec<(String, TensorInfo)>> {
