@@ -84,6 +84,26 @@ pub fn one_line(err: &anyhow::Error) -> String {
     parts.join(": ")
 }
 
+/// A command-line error from clap as one line: its message without the "error: " prefix, the
+/// usage block and the tips, plus where to read more.
+pub fn clap_one_line(err: &clap::Error) -> String {
+    let text = err.render().to_string();
+    // The message is the first paragraph (a list of missing arguments continues on indented lines).
+    let message: Vec<&str> = text
+        .lines()
+        .skip_while(|l| l.trim().is_empty())
+        .take_while(|l| !l.trim().is_empty())
+        .map(str::trim)
+        .collect();
+    let message = message.join(" ");
+    let message = message.strip_prefix("error: ").unwrap_or(&message);
+    if message.is_empty() {
+        "invalid arguments (see --help)".into()
+    } else {
+        format!("{message} (see --help)")
+    }
+}
+
 /// A model ready to score images: its files, configs, tokenizer and network.
 pub struct LoadedModel {
     pub files: ModelFiles,
@@ -317,7 +337,7 @@ fn load_with_text(
     }
     if run.verbose {
         output::info(&format!(
-            "text: {} labels, {} from the cache, {} encoded ({} prompts) in {:.2} s{}",
+            "text: {} entries (labels and neutral prompts), {} from the cache, {} encoded ({} prompts) in {:.2} s{}",
             units.len(),
             units.len() - missing.len(),
             missing.len(),

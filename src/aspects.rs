@@ -550,7 +550,7 @@ pub fn resolve(specs: &[String]) -> Result<Vec<Aspect>> {
                 match builtin(part) {
                     Some(aspect) => vec![aspect],
                     None => anyhow::bail!(Error::Usage(format!(
-                        "--aspects {part}: no such built-in aspect (built-ins: {}, or all); \
+                        "{part}: no such built-in aspect (built-ins: {}, or all); \
                          a file of your own must contain '/' or end in .toml",
                         BUILTIN_NAMES.join(", ")
                     ))),
@@ -879,7 +879,7 @@ labels = [
             .unwrap_err()
             .to_string();
         assert!(
-            e.starts_with("--aspects colour: no such built-in aspect (built-ins: color, scene,"),
+            e.starts_with("colour: no such built-in aspect (built-ins: color, scene,"),
             "{e}"
         );
         let e = resolve(&strings(&["scene,,mood"])).unwrap_err().to_string();

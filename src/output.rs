@@ -198,10 +198,11 @@ impl Record for TagResult {
                 .iter()
                 .map(|t| format!("{} {:.0}%", t.label, t.score * 100.0))
                 .collect();
+            // Two spaces between tags: a label may contain a comma ("hot, dog").
             let tags = if tags.is_empty() {
                 "-".to_string()
             } else {
-                tags.join(", ")
+                tags.join("  ")
             };
             out.push_str(&format!("  {:<width$}  {tags}\n", group.aspect));
         }
