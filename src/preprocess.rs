@@ -46,7 +46,7 @@
 
 use std::fmt;
 use std::fs::File;
-use std::io::{BufRead, BufReader, Cursor, Seek};
+use std::io::{BufRead, BufReader, Cursor, Read, Seek, SeekFrom};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
@@ -827,10 +827,20 @@ fn decode<R: BufRead + Seek>(
     };
     // An empty file is common (an interrupted download or copy) and deserves a plainer message
     // than "unrecognised file signature".
-    if reader.fill_buf().map_err(io_err)?.is_empty() {
+    let head = reader.fill_buf().map_err(io_err)?;
+    if head.is_empty() {
         return Err(ImageLoadError::Empty {
             path: path.to_path_buf(),
         });
+    }
+    if head.len() >= 12 && &head[..4] == b"RIFF" && &head[8..12] == b"WEBP" {
+        check_riff_chunks(&mut reader).map_err(|e| match e {
+            RiffError::Io(cause) => io_err(cause),
+            RiffError::Corrupt(detail) => ImageLoadError::Decode {
+                path: path.to_path_buf(),
+                detail,
+            },
+        })?;
     }
     let image_err = |e: image::ImageError| match e {
         // The file was opened and read; running out of data means it is cut short, which is a
@@ -918,6 +928,45 @@ fn decode<R: BufRead + Seek>(
     // `PIL.ImageOps.exif_transpose`, as in `transformers.image_utils.load_image`.
     img.apply_orientation(orientation);
     Ok(convert_to_rgb(img))
+}
+
+enum RiffError {
+    Io(std::io::Error),
+    Corrupt(String),
+}
+
+/// Checks that every top-level chunk of a RIFF (WebP) file fits in the file, and leaves the
+/// reader where it was. `image-webp` trusts the declared sizes of metadata chunks and
+/// allocates them in one piece before reading (found by fuzzing: a 268-byte file whose EXIF
+/// chunk claims 2 GiB, allocated when we ask for the orientation), so a lying size is refused
+/// here, before any decoder sees it.
+fn check_riff_chunks<R: Read + Seek>(reader: &mut R) -> Result<(), RiffError> {
+    let start = reader.stream_position().map_err(RiffError::Io)?;
+    let end = reader.seek(SeekFrom::End(0)).map_err(RiffError::Io)?;
+    let mut pos = start + 12;
+    let mut header = [0u8; 8];
+    let result = loop {
+        // Fewer than 8 bytes left: no further chunk header (trailing bytes are the decoder's
+        // business, as in libwebp).
+        if end.saturating_sub(pos) < 8 {
+            break Ok(());
+        }
+        reader.seek(SeekFrom::Start(pos)).map_err(RiffError::Io)?;
+        reader.read_exact(&mut header).map_err(RiffError::Io)?;
+        let [a, b, c, d, s0, s1, s2, s3] = header;
+        let size = u64::from(u32::from_le_bytes([s0, s1, s2, s3]));
+        let left = end - pos - 8;
+        if size > left {
+            break Err(RiffError::Corrupt(format!(
+                "WebP chunk {:?} claims {size} bytes but only {left} follow (corrupt or truncated file)",
+                String::from_utf8_lossy(&[a, b, c, d])
+            )));
+        }
+        // Chunks are padded to an even size.
+        pos += 8 + size + (size & 1);
+    };
+    reader.seek(SeekFrom::Start(start)).map_err(RiffError::Io)?;
+    result
 }
 
 /// `transformers.image_transforms.convert_to_rgb` for PIL images: images with an alpha channel
