@@ -514,12 +514,6 @@ pub fn display_path(path: &Path) -> String {
     path.to_string_lossy().into_owned()
 }
 
-/// Loads and preprocesses one image; the error names the file.
-fn prepare(path: &Path, limits: &DecodeLimits, cfg: &PreprocessConfig) -> Result<Vec<f32>, String> {
-    let img = preprocess::load_image(path, limits).map_err(|e| e.to_string())?;
-    preprocess::preprocess(&img, cfg).map_err(|e| format!("{}: {}", path.display(), one_line(&e)))
-}
-
 /// Decodes images on worker threads and encodes them batch by batch on this one, handing each
 /// input's embedding (or the error that stopped it) to `emit` in input order. Returns how many
 /// inputs failed.
@@ -563,7 +557,8 @@ pub fn encode_images(
         opts,
         |input| match &input.error {
             Some(message) => Err(message.clone()),
-            None => prepare(&input.path, &limits, &model.preprocess),
+            None => preprocess::prepare_file(&input.path, &limits, &model.preprocess)
+                .map_err(|e| e.to_string()),
         },
         |i, prepared| {
             let prepared = prepared.unwrap_or_else(|Panicked(message)| {
