@@ -32,16 +32,20 @@ LABELS = "cat,dog,car"
 
 
 def run(cmd: list[str], env: dict | None = None) -> tuple[float, float]:
-    """(wall seconds, peak RSS in MB) of one process, whose output is discarded."""
-    t = time.perf_counter()
-    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                         env={**os.environ, **(env or {})})
-    _, status, usage = os.wait4(p.pid, 0)
-    wall = time.perf_counter() - t
-    err = p.stderr.read().decode(errors="replace") if p.stderr else ""
-    if os.waitstatus_to_exitcode(status) != 0:
-        sys.exit(f"failed ({status}): {' '.join(cmd)}\n{err}")
-    return wall, usage.ru_maxrss / 1024
+    """(wall seconds, peak RSS in MB) of one process, whose output is discarded.
+
+    Measured by GNU time, not by this (large) Python process: a child forked from it would report
+    the parent's resident memory as its own peak."""
+    with tempfile.NamedTemporaryFile("r") as report:
+        t = time.perf_counter()
+        p = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", report.name, *cmd],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                           env={**os.environ, **(env or {})})
+        wall = time.perf_counter() - t
+        if p.returncode != 0:
+            sys.exit(f"failed ({p.returncode}): {' '.join(cmd)}\n{p.stderr.decode(errors='replace')}")
+        peak_kib = int(report.read().split()[-1])
+    return wall, peak_kib / 1024
 
 
 def make_images(n: int, out: Path) -> list[str]:
