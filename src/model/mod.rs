@@ -524,16 +524,6 @@ impl Clip {
             bail!("no weight files");
         }
         let files = weights::Safetensors::open(weights)?;
-        let towers = opts.towers;
-        files.preload(
-            |name| {
-                let vision =
-                    name.starts_with("vision_model.") || name.starts_with("visual_projection.");
-                let text = name.starts_with("text_model.") || name.starts_with("text_projection.");
-                (vision && towers.vision) || (text && towers.text)
-            },
-            candle_core::utils::get_num_threads(),
-        );
         let vb = VarBuilder::from_backend(Box::new(files), opts.dtype, opts.device.clone());
         let vision = if opts.towers.vision {
             Some(VisionTower::new(&config, vb.clone()).context("cannot build the vision tower")?)

@@ -9,7 +9,6 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Shape, Tensor};
@@ -36,8 +35,6 @@ struct TensorInfo {
 pub struct Safetensors {
     files: Vec<(PathBuf, File)>,
     tensors: HashMap<String, TensorInfo>,
-    /// Tensors read ahead by [`Safetensors::preload`], handed out (and dropped from here) by `get`.
-    preloaded: Mutex<HashMap<String, Tensor>>,
 }
 
 fn dtype_of(name: &str) -> Option<DType> {
@@ -73,34 +70,7 @@ impl Safetensors {
             }
             files.push((path.clone(), file));
         }
-        Ok(Self {
-            files,
-            tensors,
-            preloaded: Mutex::new(HashMap::new()),
-        })
-    }
-
-    /// Reads every tensor whose name passes `wanted` on `threads` threads, ahead of the `get`s that
-    /// will ask for them: building a model asks one tensor at a time, and one thread copying pages
-    /// out of the page cache leaves the other cores idle. Errors are left for `get` to report.
-    pub fn preload(&self, wanted: impl Fn(&str) -> bool + Sync, threads: usize) {
-        let mut names: Vec<&String> = self.tensors.keys().filter(|n| wanted(n)).collect();
-        // Largest first, so that the threads finish together.
-        names.sort_by_key(|n| std::cmp::Reverse(self.tensors[*n].len));
-        let next = std::sync::atomic::AtomicUsize::new(0);
-        std::thread::scope(|scope| {
-            for _ in 0..threads.max(1) {
-                scope.spawn(|| loop {
-                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let Some(name) = names.get(i) else { return };
-                    if let Ok(t) = self.read(name) {
-                        if let Ok(mut map) = self.preloaded.lock() {
-                            map.insert((*name).clone(), t);
-                        }
-                    }
-                });
-            }
-        });
+        Ok(Self { files, tensors })
     }
 
     pub fn contains(&self, name: &str) -> bool {
@@ -109,9 +79,6 @@ impl Safetensors {
 
     /// Reads one tensor as stored, onto the CPU.
     fn read(&self, name: &str) -> Result<Tensor> {
-        if let Some(t) = self.preloaded.lock().ok().and_then(|mut m| m.remove(name)) {
-            return Ok(t);
-        }
         let info = self
             .tensors
             .get(name)
@@ -123,7 +90,6 @@ impl Safetensors {
         if info.dtype == DType::F32 {
             // The common case, read into the f32 buffer the tensor will own: no second copy.
             let mut values = vec![0f32; elems];
-            advise_huge_pages(&mut values);
             // SAFETY: any byte pattern is a valid f32, and the slice covers exactly the Vec's
             // initialised elements.
             let bytes = unsafe {
@@ -172,27 +138,6 @@ impl Safetensors {
         })
     }
 }
-
-/// Asks Linux to back a large, not yet touched buffer with transparent huge pages, so that filling
-/// it takes one page fault per 2 MB instead of per 4 KB. Advice only: failure changes nothing.
-#[cfg(target_os = "linux")]
-fn advise_huge_pages(buf: &mut [f32]) {
-    const HUGE: usize = 2 << 20;
-    let start = buf.as_mut_ptr() as usize;
-    let end = start + std::mem::size_of_val(buf);
-    let first = start.div_ceil(HUGE) * HUGE;
-    if end > first + HUGE {
-        let len = (end - first) / HUGE * HUGE;
-        // SAFETY: the range lies inside `buf`, which we own; MADV_HUGEPAGE does not change its
-        // contents or validity.
-        unsafe {
-            libc::madvise(first as *mut libc::c_void, len, libc::MADV_HUGEPAGE);
-        }
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn advise_huge_pages(_: &mut [f32]) {}
 
 /// A positioned read: several threads can read one file at once.
 #[cfg(unix)]
