@@ -392,11 +392,16 @@ impl LoadedModel {
             .context("the tokenizer was not loaded")?;
         let tokens = tokenizer.encode(prompts)?;
         if let (false, Some(&first)) = (quiet, tokens.truncated.first()) {
+            let example: String = prompts[first].chars().take(60).collect();
+            let more = if prompts[first].chars().count() > 60 {
+                "..."
+            } else {
+                ""
+            };
             output::warn(&format!(
-                "{} prompt(s) longer than the model's {} tokens were cut, e.g. {:?}",
+                "{} prompt(s) longer than the model's {} tokens were cut, e.g. {example:?}{more}",
                 tokens.truncated.len(),
                 self.clip.config.text.max_position_embeddings,
-                prompts[first]
             ));
         }
         let tower = self.clip.text()?;

@@ -228,8 +228,17 @@ fn resolve_hub(req: &ModelRequest) -> Result<ModelFiles> {
                     id,
                     format!("{file} is not in the cache ({}) and HF_HUB_OFFLINE is set: run once online, or pass a local folder", cache_dir().display()),
                 )
+            } else if file == CONFIG {
+                // The first file asked for: a 404 here almost always means a mistyped id.
+                model_error(
+                    id,
+                    format!("not found on the Hub (no {file} at revision {revision}): check the model id and --revision"),
+                )
             } else {
-                model_error(id, format!("the repository has no {file}"))
+                model_error(
+                    id,
+                    format!("the repository has no {file}: it is not a CLIP checkpoint in transformers' format"),
+                )
             }
         })
     };

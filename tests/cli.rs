@@ -452,6 +452,104 @@ fn hub_unreachable_says_what_to_do() {
     );
 }
 
+/// A stand-in Hub on a local port that answers every request with `status` (nothing leaves the
+/// machine), serving until the test ends.
+fn fake_hub(status: &'static str) -> String {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut buf = [0u8; 4096];
+            let _ = stream.read(&mut buf);
+            let _ = write!(
+                stream,
+                "HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+        }
+    });
+    format!("http://{addr}")
+}
+
+#[test]
+fn a_hub_id_that_does_not_exist_says_so() {
+    for (status, want) in [
+        (
+            "404 Not Found",
+            "model nobody/no-such-clip: not found on the Hub",
+        ),
+        // The real Hub answers 401 for a repository that does not exist when no token is set.
+        ("401 Unauthorized", "set HF_TOKEN"),
+    ] {
+        let cache = tempfile::tempdir().unwrap();
+        let endpoint = fake_hub(status);
+        fails_with(
+            &[
+                "--model",
+                "nobody/no-such-clip",
+                "--labels",
+                "cat",
+                &image("horse.png"),
+            ],
+            &[
+                ("HF_HUB_OFFLINE", "0"),
+                ("HF_HUB_CACHE", cache.path().to_str().unwrap()),
+                ("HF_ENDPOINT", &endpoint),
+            ],
+            want,
+        );
+    }
+}
+
+#[test]
+fn a_label_longer_than_the_context_is_cut_with_one_warning() {
+    let long = "a very long label ".repeat(28); // ~500 characters, ~112 tokens
+    let long = long.trim().to_string();
+    let out = vlm()
+        .args(["classify", "--model", &model("tiny-openai"), "-f", "jsonl"])
+        .args(["--labels", &format!("{long},cat,猫,🐈")])
+        .arg(image("horse.png"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let stderr = stderr_of(&out);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("1 prompt(s) longer than the model's 77 tokens were cut"));
+    assert!(
+        stderr.len() < 200,
+        "the warning quotes a short excerpt: {stderr}"
+    );
+    let record: ImageResult = serde_json::from_slice(&out.stdout).unwrap();
+    // The label is reported as given, emoji and all.
+    let mut labels: Vec<&str> = record
+        .predictions
+        .iter()
+        .map(|p| p.label.as_str())
+        .collect();
+    labels.sort();
+    let mut want = vec![long.as_str(), "cat", "猫", "🐈"];
+    want.sort();
+    assert_eq!(labels, want);
+}
+
+#[test]
+fn missing_tokenizer_or_weights_name_the_folder() {
+    broken_model("tiny-openai", "missing tokenizer.json", |d| {
+        std::fs::remove_file(d.join("tokenizer.json")).unwrap()
+    });
+    broken_model(
+        "tiny-openai",
+        "no weights: expected model.safetensors or model.safetensors.index.json",
+        |d| std::fs::remove_file(d.join("model.safetensors")).unwrap(),
+    );
+    broken_model("tiny-openai", "truncated (an interrupted download?)", |d| {
+        let weights = d.join("model.safetensors");
+        let bytes = std::fs::read(&weights).unwrap();
+        std::fs::write(&weights, &bytes[..bytes.len() / 2]).unwrap();
+    });
+}
+
 /// A Hub model found in a standard-layout cache (`models--org--name/refs/main`, `snapshots/<commit>/`)
 /// loads offline, and the output names the commit.
 #[test]
