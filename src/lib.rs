@@ -13,6 +13,7 @@ pub mod cli;
 pub mod error;
 pub mod hub;
 pub mod inputs;
+pub mod jpeg;
 pub mod model;
 pub mod output;
 pub mod pipeline;
