@@ -562,7 +562,11 @@ pub fn encode_images(
         opts,
         |input| match &input.error {
             Some(message) => Err(message.clone()),
-            None => preprocess::prepare_file(&input.path, &limits, &model.preprocess)
+            None if run.exact_decode => {
+                preprocess::prepare_file(&input.path, &limits, &model.preprocess)
+                    .map_err(|e| e.to_string())
+            }
+            None => preprocess::prepare_file_reduced(&input.path, &limits, &model.preprocess)
                 .map_err(|e| e.to_string()),
         },
         |i, prepared| {

@@ -250,6 +250,12 @@ pub struct RunArgs {
     #[arg(short, long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub batch_size: u32,
 
+    /// Decode every pixel of large JPEGs, as transformers does. By default a JPEG more than 8
+    /// times the model's input size is decoded at 1/2, 1/4 or 1/8 scale (DCT scaling), still 4
+    /// times the input: much faster on camera photos, within a few grey levels of the exact pixels.
+    #[arg(long)]
+    pub exact_decode: bool,
+
     /// Refuse images with more pixels than this (decompression-bomb guard).
     #[arg(long, value_name = "N", default_value_t = crate::preprocess::DEFAULT_MAX_PIXELS)]
     pub max_pixels: u64,
