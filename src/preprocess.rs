@@ -776,11 +776,7 @@ pub fn prepare_file_reduced(
     limits: &DecodeLimits,
     cfg: &PreprocessConfig,
 ) -> Result<Vec<f32>, ImageLoadError> {
-    let target = match cfg.size {
-        ResizeSize::ShortestEdge { shortest_edge, .. } => shortest_edge,
-        ResizeSize::Exact { height, width } => height.max(width),
-    };
-    let min_short_side = target.saturating_mul(JPEG_REDUCTION_MARGIN);
+    let min_short_side = reduction_min_short_side(cfg);
     let io_err = |cause| ImageLoadError::Io {
         path: path.to_path_buf(),
         cause,
@@ -802,6 +798,30 @@ pub fn prepare_file_reduced(
         limits,
         Some((&bytes, min_short_side)),
     )?;
+    preprocess_named(&img, path, cfg)
+}
+
+/// The short side a DCT-reduced JPEG must keep for this config.
+fn reduction_min_short_side(cfg: &PreprocessConfig) -> u32 {
+    let target = match cfg.size {
+        ResizeSize::ShortestEdge { shortest_edge, .. } => shortest_edge,
+        ResizeSize::Exact { height, width } => height.max(width),
+    };
+    target.saturating_mul(JPEG_REDUCTION_MARGIN)
+}
+
+/// [`prepare_file_reduced`] for an encoded image in memory (the `decode_reduced` fuzz target's
+/// entry point); errors name it `name`.
+pub fn prepare_bytes_reduced(
+    bytes: &[u8],
+    name: &str,
+    limits: &DecodeLimits,
+    cfg: &PreprocessConfig,
+) -> Result<Vec<f32>, ImageLoadError> {
+    let path = Path::new(name);
+    let is_jpeg = cfg.do_resize && bytes.starts_with(&[0xFF, 0xD8, 0xFF]);
+    let reduce = is_jpeg.then(|| (bytes, reduction_min_short_side(cfg)));
+    let img = decode(Cursor::new(bytes), path, limits, reduce)?;
     preprocess_named(&img, path, cfg)
 }
 
@@ -879,14 +899,17 @@ fn decode<R: BufRead + Seek>(
             path: path.to_path_buf(),
         });
     }
+    let structure_err = |e| match e {
+        StructureError::Io(cause) => io_err(cause),
+        StructureError::Corrupt(detail) => ImageLoadError::Decode {
+            path: path.to_path_buf(),
+            detail,
+        },
+    };
     if head.len() >= 12 && &head[..4] == b"RIFF" && &head[8..12] == b"WEBP" {
-        check_riff_chunks(&mut reader).map_err(|e| match e {
-            RiffError::Io(cause) => io_err(cause),
-            RiffError::Corrupt(detail) => ImageLoadError::Decode {
-                path: path.to_path_buf(),
-                detail,
-            },
-        })?;
+        check_riff_chunks(&mut reader).map_err(structure_err)?;
+    } else if head.starts_with(&[0xFF, 0xD8, 0xFF]) {
+        check_jpeg_complete(&mut reader).map_err(structure_err)?;
     }
     let image_err = |e: image::ImageError| match e {
         // The file was opened and read; running out of data means it is cut short, which is a
@@ -981,9 +1004,127 @@ fn decode<R: BufRead + Seek>(
     Ok(convert_to_rgb(img))
 }
 
-enum RiffError {
+/// Why a container's structure was refused before decoding.
+enum StructureError {
     Io(std::io::Error),
     Corrupt(String),
+}
+
+/// Checks that a JPEG reaches its end-of-image marker, and leaves the reader where it was.
+/// zune-jpeg decodes a file cut short in its entropy-coded data "as far as it goes" and fills
+/// the rest, so a half-downloaded photo would be classified as half a photo; Pillow (and so
+/// transformers) refuses it ("image file is truncated"), even when only the final marker is
+/// missing. Walking the marker segments finds that without decoding anything.
+fn check_jpeg_complete<R: BufRead + Seek>(reader: &mut R) -> Result<(), StructureError> {
+    let start = reader.stream_position().map_err(StructureError::Io)?;
+    let end = reader.seek(SeekFrom::End(0)).map_err(StructureError::Io)?;
+    reader
+        .seek(SeekFrom::Start(start))
+        .map_err(StructureError::Io)?;
+    let result = walk_jpeg_segments(reader, end);
+    reader
+        .seek(SeekFrom::Start(start))
+        .map_err(StructureError::Io)?;
+    result
+}
+
+fn walk_jpeg_segments<R: BufRead + Seek>(r: &mut R, end: u64) -> Result<(), StructureError> {
+    let truncated = || {
+        StructureError::Corrupt(
+            "the JPEG data ends before its end-of-image marker (truncated file?)".into(),
+        )
+    };
+    let byte = |r: &mut R| -> Result<Option<u8>, StructureError> {
+        let mut b = [0u8; 1];
+        match r.read(&mut b).map_err(StructureError::Io)? {
+            0 => Ok(None),
+            _ => Ok(Some(b[0])),
+        }
+    };
+    // The marker found at the end of entropy-coded data, still to be handled.
+    let mut pending: Option<u8> = None;
+    loop {
+        let marker = match pending.take() {
+            Some(m) => m,
+            None => {
+                // Bytes other than 0xFF between segments are skipped, as libjpeg does (with a
+                // warning); any number of 0xFF fill bytes may precede a marker code.
+                let mut b = byte(r)?.ok_or_else(truncated)?;
+                while b != 0xFF {
+                    b = byte(r)?.ok_or_else(truncated)?;
+                }
+                while b == 0xFF {
+                    b = byte(r)?.ok_or_else(truncated)?;
+                }
+                b
+            }
+        };
+        match marker {
+            0xD9 => return Ok(()),
+            // Markers without a length: SOI, TEM, RSTn (and a stray stuffed zero).
+            0xD8 | 0x01 | 0xD0..=0xD7 | 0x00 => continue,
+            _ => {}
+        }
+        let (Some(hi), Some(lo)) = (byte(r)?, byte(r)?) else {
+            return Err(truncated());
+        };
+        let len = u64::from(u16::from_be_bytes([hi, lo]));
+        if len < 2 {
+            return Err(StructureError::Corrupt(format!(
+                "JPEG segment 0xFF{marker:02X} has an impossible length {len}"
+            )));
+        }
+        let pos = r.stream_position().map_err(StructureError::Io)?;
+        if pos + (len - 2) > end {
+            return Err(truncated());
+        }
+        r.seek(SeekFrom::Current((len - 2) as i64))
+            .map_err(StructureError::Io)?;
+        if marker == 0xDA {
+            // Start of scan: entropy-coded data up to the next real marker.
+            pending = Some(scan_entropy_coded_data(r)?.ok_or_else(truncated)?);
+        }
+    }
+}
+
+/// Skips entropy-coded data: 0xFF is followed there by a stuffed 0x00 or a restart marker;
+/// anything else is the next marker, whose code is returned (None at the end of the data).
+fn scan_entropy_coded_data<R: BufRead>(r: &mut R) -> Result<Option<u8>, StructureError> {
+    let mut after_ff = false;
+    loop {
+        let buf = r.fill_buf().map_err(StructureError::Io)?;
+        if buf.is_empty() {
+            return Ok(None);
+        }
+        let mut found = None;
+        let mut i = 0;
+        while i < buf.len() {
+            if after_ff {
+                match buf[i] {
+                    0x00 | 0xD0..=0xD7 => after_ff = false,
+                    0xFF => {}
+                    code => {
+                        found = Some((i + 1, code));
+                        break;
+                    }
+                }
+                i += 1;
+            } else {
+                match buf[i..].iter().position(|&b| b == 0xFF) {
+                    Some(p) => {
+                        i += p + 1;
+                        after_ff = true;
+                    }
+                    None => i = buf.len(),
+                }
+            }
+        }
+        let consumed = found.map_or(buf.len(), |(n, _)| n);
+        r.consume(consumed);
+        if let Some((_, code)) = found {
+            return Ok(Some(code));
+        }
+    }
 }
 
 /// Checks that every top-level chunk of a RIFF (WebP) file fits in the file, and leaves the
@@ -991,9 +1132,9 @@ enum RiffError {
 /// allocates them in one piece before reading (found by fuzzing: a 268-byte file whose EXIF
 /// chunk claims 2 GiB, allocated when we ask for the orientation), so a lying size is refused
 /// here, before any decoder sees it.
-fn check_riff_chunks<R: Read + Seek>(reader: &mut R) -> Result<(), RiffError> {
-    let start = reader.stream_position().map_err(RiffError::Io)?;
-    let end = reader.seek(SeekFrom::End(0)).map_err(RiffError::Io)?;
+fn check_riff_chunks<R: Read + Seek>(reader: &mut R) -> Result<(), StructureError> {
+    let start = reader.stream_position().map_err(StructureError::Io)?;
+    let end = reader.seek(SeekFrom::End(0)).map_err(StructureError::Io)?;
     let mut pos = start + 12;
     let mut header = [0u8; 8];
     let result = loop {
@@ -1002,13 +1143,15 @@ fn check_riff_chunks<R: Read + Seek>(reader: &mut R) -> Result<(), RiffError> {
         if end.saturating_sub(pos) < 8 {
             break Ok(());
         }
-        reader.seek(SeekFrom::Start(pos)).map_err(RiffError::Io)?;
-        reader.read_exact(&mut header).map_err(RiffError::Io)?;
+        reader
+            .seek(SeekFrom::Start(pos))
+            .map_err(StructureError::Io)?;
+        reader.read_exact(&mut header).map_err(StructureError::Io)?;
         let [a, b, c, d, s0, s1, s2, s3] = header;
         let size = u64::from(u32::from_le_bytes([s0, s1, s2, s3]));
         let left = end - pos - 8;
         if size > left {
-            break Err(RiffError::Corrupt(format!(
+            break Err(StructureError::Corrupt(format!(
                 "WebP chunk {:?} claims {size} bytes but only {left} follow (corrupt or truncated file)",
                 String::from_utf8_lossy(&[a, b, c, d])
             )));
@@ -1016,7 +1159,9 @@ fn check_riff_chunks<R: Read + Seek>(reader: &mut R) -> Result<(), RiffError> {
         // Chunks are padded to an even size.
         pos += 8 + size + (size & 1);
     };
-    reader.seek(SeekFrom::Start(start)).map_err(RiffError::Io)?;
+    reader
+        .seek(SeekFrom::Start(start))
+        .map_err(StructureError::Io)?;
     result
 }
 

@@ -374,11 +374,27 @@ fn build_corpus() -> Corpus {
         &base_png[..base_png.len() / 2],
         err("cannot decode image: the file ends too early (truncated?)"),
     );
+    // zune-jpeg would decode these "as far as they go"; Pillow refuses them, and so do we.
+    let truncated_jpeg = "cannot decode image: the JPEG data ends before its end-of-image marker";
     c.write(
         "truncated.jpg",
         &base_jpeg[..base_jpeg.len() / 2],
-        err("cannot decode image"),
+        err(truncated_jpeg),
     );
+    let big_jpeg = encode(&pattern(512, 384).into(), ImageFormat::Jpeg);
+    c.write(
+        "truncated-in-scan.jpg",
+        &big_jpeg[..big_jpeg.len() * 3 / 4],
+        err(truncated_jpeg),
+    );
+    c.write(
+        "no-end-marker.jpg",
+        &big_jpeg[..big_jpeg.len() - 2],
+        err(truncated_jpeg),
+    );
+    let mut junk_after_end = big_jpeg.clone();
+    junk_after_end.extend_from_slice(b"trailing bytes after the end-of-image marker");
+    c.write("junk-after-end.jpg", &junk_after_end, Expect::Ok);
     c.write(
         "truncated-header.png",
         &base_png[..20],
@@ -824,6 +840,24 @@ fn prepare_file_and_prepare_bytes_agree_and_name_their_input() {
         )
     );
 
+    // The CLI's default path, with DCT-reduced decoding of large JPEGs: file and bytes agree,
+    // and a 2048x1792 JPEG (short side twice the ViT-B/32 margin of 4 x 224) takes it.
+    let big = dir.path().join("big.jpg");
+    let jpeg = encode(&pattern(2048, 1792).into(), ImageFormat::Jpeg);
+    std::fs::write(&big, &jpeg).unwrap();
+    let from_file = preprocess::prepare_file_reduced(&big, &limits, &cfg).unwrap();
+    let from_bytes = preprocess::prepare_bytes_reduced(&jpeg, "big", &limits, &cfg).unwrap();
+    assert_eq!(from_file, from_bytes);
+    let exact = preprocess::prepare_file(&big, &limits, &cfg).unwrap();
+    assert!(exact != from_file, "the reduced path was not taken");
+    let err = preprocess::prepare_bytes_reduced(&jpeg[..jpeg.len() / 2], "cut", &limits, &cfg)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("cut: ") && err.contains("end-of-image marker"),
+        "{err}"
+    );
+
     // A preprocessing refusal (no crop: a 20000x1 image would become 4,480,000x224) also names
     // the file, on one line.
     let no_crop = PreprocessConfig {
@@ -906,4 +940,34 @@ fn label_file_regressions_and_seeds() {
         }
     }
     assert!(n >= 5, "only {n} label files found");
+}
+
+/// The JPEG completeness check must never refuse a file Pillow decodes. Run against a list of
+/// files Pillow opened and loaded without error (one path per line):
+/// `VLM_JPEG_LIST=list.txt cargo test --test hostile -- --ignored --nocapture`.
+#[test]
+#[ignore = "needs VLM_JPEG_LIST, a list of JPEGs that Pillow decodes"]
+fn jpegs_that_pillow_decodes_are_not_called_truncated() {
+    let list = std::env::var("VLM_JPEG_LIST").expect("VLM_JPEG_LIST");
+    let cfg = vit_b32_config();
+    let limits = DecodeLimits::default();
+    let (mut n, mut other_errors) = (0, 0);
+    let mut refused = Vec::new();
+    for line in std::fs::read_to_string(list).unwrap().lines() {
+        let path = Path::new(line);
+        match preprocess::prepare_file(path, &limits, &cfg) {
+            Ok(_) => {}
+            Err(e) if e.to_string().contains("end-of-image marker") => refused.push(e.to_string()),
+            Err(e) => {
+                other_errors += 1;
+                println!("other error: {e}");
+            }
+        }
+        n += 1;
+    }
+    println!(
+        "{n} JPEGs, {} refused as truncated, {other_errors} other errors",
+        refused.len()
+    );
+    assert!(refused.is_empty(), "{refused:#?}");
 }
