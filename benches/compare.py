@@ -87,6 +87,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--repeat", type=int, default=5, help="runs of each single-image call")
     ap.add_argument("--skip-batch", action="store_true")
+    ap.add_argument("--skip-single", action="store_true", help="only the batch runs")
     args = ap.parse_args()
     py = sys.executable
     ref = str(REPO / "benches/transformers_classify.py")
@@ -101,6 +102,8 @@ def main() -> None:
               f"{gemm_rate(args.threads):.1f} GFLOP/s; weights {weights_mb:.0f} MiB\n")
         images = make_images(max(args.images, 1), work)
 
+        if args.skip_single:
+            return batches(args, py, ref, vlm, model, env, images)
         # Single image: process start to output. vlm's text cache is warm after the first run,
         # as it is for a user's second call; both cold and warm are shown.
         one = images[:1]
@@ -129,14 +132,20 @@ def main() -> None:
         print(f"| first run (text cache empty) | {first[0]:.2f} s | {first[1]:.0f} MB |")
         print(f"| second run (text from the cache) | {second[0]:.2f} s | {second[1]:.0f} MB |\n")
 
-        if args.skip_batch:
-            return
+        if not args.skip_batch:
+            batches(args, py, ref, vlm, model, env, images)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def batches(args, py, ref, vlm, model, env, images) -> None:
+    if True:
         n = len(images)
         print(f"| batch | vlm img/s | vlm peak RSS | transformers img/s | transformers peak RSS | ratio |")
         print("| ---: | ---: | ---: | ---: | ---: | ---: |")
         for b in [int(x) for x in args.batch_sizes.split(",")]:
             # A list file, as a script would pass thousands of names.
-            listing = work / "list.txt"
+            listing = Path(images[0]).parent / "list.txt"
             listing.write_text("\n".join(images) + "\n")
             v = run([vlm, "classify", "-m", model, "-l", LABELS, "-f", "jsonl", "-b", str(b),
                      "-j", str(args.threads), "-q", "--files-from", str(listing)], env)
@@ -144,8 +153,6 @@ def main() -> None:
                      "--threads", str(args.threads), *images])
             print(f"| {b} | {n / v[0]:.2f} | {v[1]:.0f} MB | {n / t[0]:.2f} | {t[1]:.0f} MB | "
                   f"{t[0] / v[0]:.2f}x |", flush=True)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
