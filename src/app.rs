@@ -19,8 +19,8 @@ use crate::hub::{self, ModelFiles, ModelRequest};
 use crate::inputs::{self, Input, InputOptions};
 use crate::model::{Clip, ClipConfig, LoadOptions, Towers};
 use crate::output::{
-    self, AspectInfo, AspectTags, ImageResult, ModelInfo, Progress, ResultWriter, RunInfo, Sink,
-    TagResult, TagRunInfo,
+    self, AspectInfo, AspectTags, ImageResult, ModelInfo, Progress, Record, ResultWriter, RunInfo,
+    Sink, TagResult, TagRunInfo,
 };
 use crate::pipeline::{self, Panicked, PoolOptions};
 use crate::preprocess::{self, DecodeLimits, PreprocessConfig};
@@ -671,11 +671,13 @@ pub fn classify(args: &ClassifyArgs) -> Result<Outcome> {
     };
     let top_k = args.top_k.map(|k| k as usize);
     let logit_scale = model.clip.logit_scale();
-    let mut writer = ResultWriter::begin(dest.sink, dest.format, &run)?;
-    let progress = Progress::new(inputs.len(), show_progress(quiet));
-    let failed = encode_images(&model, &inputs, &args.run, &progress, |input, embedding| {
-        let path = display_path(&input.path);
-        let result = match embedding {
+    write_results(
+        &model,
+        &inputs,
+        &args.run,
+        dest,
+        &run,
+        |path, embedding| match embedding {
             Ok(embed) => {
                 let preds = classify::scores(&embed, &label_embeds, logit_scale);
                 ImageResult {
@@ -689,8 +691,25 @@ pub fn classify(args: &ClassifyArgs) -> Result<Outcome> {
                 predictions: Vec::new(),
                 error: Some(message),
             },
-        };
-        Ok(writer.record(&result)?)
+        },
+    )
+}
+
+/// The end of every command: opens the output with `header`, encodes the inputs, turns each
+/// image's embedding (or error) into a record with `record`, writes it, and puts the output in
+/// place. The outcome says whether any input failed.
+fn write_results<R: Record>(
+    model: &LoadedModel,
+    inputs: &[Input],
+    run: &RunArgs,
+    dest: Destination,
+    header: &impl serde::Serialize,
+    record: impl Fn(String, Result<Vec<f32>, String>) -> R,
+) -> Result<Outcome> {
+    let mut writer = ResultWriter::begin(dest.sink, dest.format, header)?;
+    let progress = Progress::new(inputs.len(), show_progress(run.quiet));
+    let failed = encode_images(model, inputs, run, &progress, |input, embedding| {
+        Ok(writer.record(&record(display_path(&input.path), embedding))?)
     })?;
     progress.finish();
     writer.finish()?.commit()?;
@@ -786,11 +805,13 @@ pub fn tag(args: &TagArgs) -> Result<Outcome> {
             .collect(),
     };
     let logit_scale = model.clip.logit_scale();
-    let mut writer = ResultWriter::begin(dest.sink, dest.format, &header)?;
-    let progress = Progress::new(inputs.len(), show_progress(quiet));
-    let failed = encode_images(&model, &inputs, &args.run, &progress, |input, embedding| {
-        let path = display_path(&input.path);
-        let result = match embedding {
+    write_results(
+        &model,
+        &inputs,
+        &args.run,
+        dest,
+        &header,
+        |path, embedding| match embedding {
             Ok(embed) => TagResult {
                 path,
                 aspects: prepared
@@ -808,16 +829,8 @@ pub fn tag(args: &TagArgs) -> Result<Outcome> {
                 aspects: Vec::new(),
                 error: Some(message),
             },
-        };
-        Ok(writer.record(&result)?)
-    })?;
-    progress.finish();
-    writer.finish()?.commit()?;
-    Ok(if failed == 0 {
-        Outcome::Success
-    } else {
-        Outcome::SomeFailed
-    })
+        },
+    )
 }
 
 fn aspect_info(a: &Aspect, rule: &Rule) -> AspectInfo {
