@@ -516,6 +516,7 @@ pub fn builtin(name: &str) -> Option<Aspect> {
         .map(|(stem, text)| builtin_or_panic(stem, text))
 }
 
+#[allow(clippy::panic)]
 fn builtin_or_panic(stem: &str, text: &str) -> Aspect {
     // The built-in files are compiled in, not user input, and the unit test
     // `every_builtin_parses_and_is_big_enough` parses each one: a failure here is a defect of the

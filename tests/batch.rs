@@ -368,3 +368,82 @@ fn resume_skips_done_images_and_retries_failed_ones() {
     assert_eq!(csv.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&csv.stderr).contains("--resume needs --format jsonl"));
 }
+
+/// A file and a folder without read permission, inside a walked library: each is reported by
+/// name with the OS's reason, and every other image is still processed (exit 1). File
+/// permissions do not bind root, so as root the binary is run as `nobody` (uid 65534), which
+/// they do bind; the library and the fixture model are world-readable, and `--no-cache` keeps
+/// it from writing.
+#[cfg(unix)]
+#[test]
+fn unreadable_files_and_folders_are_reported_and_the_rest_finish() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    fs::set_permissions(root, fs::Permissions::from_mode(0o755)).unwrap();
+    let src = fixtures().join("images");
+    fs::copy(src.join("horse.png"), root.join("a-good.png")).unwrap();
+    fs::copy(src.join("coins.png"), root.join("b-locked.png")).unwrap();
+    fs::create_dir(root.join("c-sealed")).unwrap();
+    fs::copy(src.join("logo.png"), root.join("c-sealed/inside.png")).unwrap();
+    fs::copy(src.join("camera.png"), root.join("d-good.png")).unwrap();
+    fs::write(root.join("list.txt"), "a-good.png\n").unwrap();
+    fs::set_permissions(root.join("b-locked.png"), fs::Permissions::from_mode(0o000)).unwrap();
+    fs::set_permissions(root.join("c-sealed"), fs::Permissions::from_mode(0o000)).unwrap();
+    fs::set_permissions(root.join("list.txt"), fs::Permissions::from_mode(0o000)).unwrap();
+
+    let unprivileged = || {
+        let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("vlm"));
+        cmd.env_remove("VLM_MODEL")
+            .env("HF_HUB_OFFLINE", "1")
+            .env("HF_HUB_CACHE", "/nonexistent/vlm-test-cache")
+            .current_dir(root)
+            .args(["classify", "--model", &tiny_model(), "--labels", "cat,dog"])
+            .args(["--no-cache", "--format", "jsonl"]);
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        if unsafe { libc::geteuid() } == 0 {
+            cmd.uid(65534).gid(65534);
+        }
+        cmd
+    };
+
+    let out = unprivileged().arg(root).arg("-r").output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let records = jsonl(&out.stdout);
+    assert_eq!(
+        relative(&records, root),
+        ["/a-good.png", "/b-locked.png", "/c-sealed", "/d-good.png"],
+        "{stderr}"
+    );
+    let locked = format!("{}: cannot read file: Permission denied", records[1].path);
+    let sealed = format!("{}: cannot read folder: Permission denied", records[2].path);
+    for (r, want) in [(&records[1], &locked), (&records[2], &sealed)] {
+        let error = r.error.as_deref().unwrap_or_default();
+        assert!(error.starts_with(want.as_str()), "{error:?} vs {want:?}");
+        assert!(r.predictions.is_empty());
+        assert!(
+            stderr.lines().any(|l| l == format!("vlm: {error}")),
+            "{stderr}"
+        );
+    }
+    for r in [&records[0], &records[3]] {
+        assert!(r.error.is_none() && r.predictions.len() == 2, "{r:?}");
+    }
+
+    // An unreadable list is a usage error naming it, before any image.
+    let out = unprivileged()
+        .args(["--files-from", "list.txt"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(out.stdout.is_empty());
+    assert!(
+        stderr.starts_with("vlm: --files-from list.txt: ") && stderr.contains("Permission denied"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+}

@@ -9,11 +9,14 @@
 //! output parsed into strict structs. Questions of "are these the right pixels" are answered
 //! through the library (`vlm::preprocess`), where exact comparisons are possible.
 
+mod common;
+
 use std::collections::HashMap;
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
 
 use assert_cmd::Command;
+use common::png_claiming;
 use image::codecs::gif::{GifEncoder, Repeat};
 use image::codecs::png::{CompressionType, FilterType, PngEncoder};
 use image::codecs::webp::WebPEncoder;
@@ -205,48 +208,6 @@ fn noise(len: usize, mut seed: u64) -> Vec<u8> {
             (seed >> 24) as u8
         })
         .collect()
-}
-
-fn crc32(bytes: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &b in bytes {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0xEDB8_8320
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
-}
-
-fn png_chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
-    out.extend_from_slice(&(data.len() as u32).to_be_bytes());
-    let start = out.len();
-    out.extend_from_slice(kind);
-    out.extend_from_slice(data);
-    let crc = crc32(&out[start..]);
-    out.extend_from_slice(&crc.to_be_bytes());
-}
-
-/// A well-formed PNG (valid CRCs) whose IHDR claims `width`×`height` RGB8 pixels, followed by
-/// a few bytes of real deflate data: the classic decompression bomb header.
-fn png_claiming(width: u32, height: u32) -> Vec<u8> {
-    let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
-    let mut ihdr = Vec::new();
-    ihdr.extend_from_slice(&width.to_be_bytes());
-    ihdr.extend_from_slice(&height.to_be_bytes());
-    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]); // 8-bit RGB, deflate, no filter, no interlace
-    png_chunk(&mut out, b"IHDR", &ihdr);
-    // zlib stream of 64 zero bytes: the first scanline's start.
-    let idat = [
-        0x78, 0x9c, 0x63, 0x60, 0x18, 0x05, 0x00, 0x01, 0x00, 0x00, 0x40, 0x00, 0x01,
-    ];
-    png_chunk(&mut out, b"IDAT", &idat);
-    png_chunk(&mut out, b"IEND", &[]);
-    out
 }
 
 /// A baseline JPEG whose SOF0 header is patched to claim `width`×`height`.
@@ -552,7 +513,7 @@ fn add_unix_cases(c: &mut Corpus, good_png: &[u8]) {
     if std::fs::File::open(&locked).is_ok() {
         // Root (or CAP_DAC_OVERRIDE) reads it anyway; nothing to test.
         println!(
-            "note: skipping the unreadable-file case: running with privileges that ignore file permissions"
+            "note: skipping the unreadable-file case here (privileges ignore file permissions); tests/batch.rs runs it as an unprivileged user"
         );
     } else {
         c.cases
@@ -627,6 +588,10 @@ fn one_batch_with_every_hostile_case() {
         run.stderr
     );
     assert_eq!(run.results.len(), expect.len());
+    println!(
+        "{} inputs in one batch, {failures} of them refused",
+        expect.len()
+    );
     assert_eq!(
         run.stderr.lines().count(),
         failures,

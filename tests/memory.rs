@@ -1,26 +1,95 @@
-//! Memory stays flat however many images a run has: 10,000 tiny images need no more memory than
-//! 1,000. Alone in its own test binary, because it reads the peak RSS of this process's children.
+//! Memory guarantees, measured on the real binary: peak RSS stays flat however many images a run
+//! has, and an image costs memory in proportion to its pixels, which `--max-pixels` bounds (a
+//! refused image, bomb or not, costs nothing). Each child's own peak is read with `wait4`, so the
+//! tests can run side by side.
+#![cfg(target_os = "linux")]
 
-use std::path::Path;
+mod common;
 
-use assert_cmd::Command;
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 
-/// Peak resident set of all children waited for so far, in KiB.
-#[cfg(target_os = "linux")]
-fn children_peak_rss_kib() -> i64 {
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct Prediction {
+    label: String,
+    probability: f32,
+    cosine: f32,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Record {
+    path: String,
+    predictions: Vec<Prediction>,
+    error: Option<String>,
+}
+
+const MIB: i64 = 1024;
+
+fn model() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/tiny-openai")
+}
+
+/// What one run of the binary left: exit code, stdout, and its peak resident set in KiB.
+struct Run {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+    peak_kib: i64,
+}
+
+/// Runs `vlm classify` with the tiny model and `args`, and reads the child's own peak RSS.
+fn classify(dir: &Path, args: &[&str]) -> Run {
+    let out_path = dir.join("stdout");
+    let err_path = dir.join("stderr");
+    let mut child = Command::new(assert_cmd::cargo::cargo_bin("vlm"))
+        .env("HF_HUB_OFFLINE", "1")
+        .env("VLM_CACHE_DIR", dir.join("cache"))
+        .args(["classify", "-l", "cat,dog", "-q"])
+        .arg("-m")
+        .arg(model())
+        .args(args)
+        .stdin(Stdio::null())
+        // Files, not pipes: nothing reads pipes while `wait4` waits.
+        .stdout(File::create(&out_path).unwrap())
+        .stderr(File::create(&err_path).unwrap())
+        .spawn()
+        .unwrap();
+    let mut status = 0;
     let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
-    // SAFETY: getrusage fills the struct it is given.
+    // SAFETY: waits for our own child (std has not reaped it: `wait` was never called) and fills
+    // the status and rusage it is given.
     let usage = unsafe {
         assert_eq!(
-            libc::getrusage(libc::RUSAGE_CHILDREN, usage.as_mut_ptr()),
-            0
+            libc::wait4(child.id() as i32, &mut status, 0, usage.as_mut_ptr()),
+            child.id() as i32
         );
         usage.assume_init()
     };
-    usage.ru_maxrss
+    // The process is gone; keep `Child`'s drop from doing anything else with it.
+    drop(child.stdin.take());
+    std::mem::forget(child);
+    Run {
+        code: libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status)),
+        stdout: std::fs::read_to_string(out_path).unwrap(),
+        stderr: std::fs::read_to_string(err_path).unwrap(),
+        peak_kib: usage.ru_maxrss,
+    }
 }
 
-#[cfg(target_os = "linux")]
+fn records(run: &Run) -> Vec<Record> {
+    run.stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
 #[test]
 fn ten_thousand_images_in_flat_memory() {
     let dir = tempfile::tempdir().unwrap();
@@ -33,37 +102,134 @@ fn ten_thousand_images_in_flat_memory() {
         });
         img.save(images.join(format!("{i:05}.png"))).unwrap();
     }
-    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/tiny-openai");
     let run = |list: &[String], out: &Path| {
         let listing = dir.path().join("list.txt");
         std::fs::write(&listing, list.join("\n")).unwrap();
-        let status = Command::cargo_bin("vlm")
-            .unwrap()
-            .env("HF_HUB_OFFLINE", "1")
-            .env("VLM_CACHE_DIR", dir.path().join("cache"))
-            .args(["classify", "-l", "cat,dog", "-f", "jsonl", "-q", "-b", "32"])
-            .arg("-m")
-            .arg(&model)
-            .arg("--files-from")
-            .arg(&listing)
-            .arg("-o")
-            .arg(out)
-            .output()
-            .unwrap();
-        assert!(status.status.success(), "{status:?}");
-        std::fs::read_to_string(out).unwrap().lines().count()
+        let (listing, out) = (listing.display().to_string(), out.display().to_string());
+        let run = classify(
+            dir.path(),
+            &[
+                "-f",
+                "jsonl",
+                "-b",
+                "32",
+                "--files-from",
+                &listing,
+                "-o",
+                &out,
+            ],
+        );
+        assert_eq!(run.code, Some(0), "{}", run.stderr);
+        let n = std::fs::read_to_string(out).unwrap().lines().count();
+        (n, run.peak_kib)
     };
     let names: Vec<String> = (0..10_000)
         .map(|i| images.join(format!("{i:05}.png")).display().to_string())
         .collect();
-    assert_eq!(run(&names[..1_000], &dir.path().join("small.jsonl")), 1_000);
-    let small = children_peak_rss_kib();
-    assert_eq!(run(&names, &dir.path().join("large.jsonl")), 10_000);
-    let large = children_peak_rss_kib();
-    // The peak over both runs: if the 10,000-image run had grown with its input, it would show here.
-    // 16 MiB of slack for allocator noise; the images' pixels alone would be 10,000 x 600 KB = 6 GB.
+    // Caches the labels' embeddings, so that both measured runs load the vision tower only.
+    assert_eq!(run(&names[..1], &dir.path().join("warm.jsonl")).0, 1);
+    let (n, small) = run(&names[..1_000], &dir.path().join("small.jsonl"));
+    assert_eq!(n, 1_000);
+    let (n, large) = run(&names, &dir.path().join("large.jsonl"));
+    assert_eq!(n, 10_000);
+    // 16 MiB of slack for allocator noise; the images' pixels alone would be 10,000 x 600 KB = 6 GB
+    // had they been kept.
     assert!(
-        large <= small + 16 * 1024,
+        large <= small + 16 * MIB,
         "peak RSS grew from {small} KiB (1,000 images) to {large} KiB (10,000 images)"
+    );
+}
+
+/// README "Guarantees": an image in flight holds at most 8 bytes per pixel of its decoded size
+/// beyond the run's baseline, and `--max-pixels` refuses larger images from their header, so
+/// refused images (a 10-gigapixel PNG bomb, or a real image over a lowered limit) cost nothing.
+/// The lower bound checks that the measurement sees a decoded image at all.
+#[test]
+fn memory_per_image_is_bounded_by_the_pixel_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let tiny = dir.path().join("tiny.png");
+    image::RgbImage::from_pixel(8, 8, image::Rgb([200, 30, 30]))
+        .save(&tiny)
+        .unwrap();
+    let bomb = dir.path().join("bomb.png");
+    std::fs::write(&bomb, common::png_claiming(100_000, 100_000)).unwrap();
+    // 16 megapixels of gradient: 48 MB as RGB8, a few hundred KB as PNG, written row by row.
+    const SIDE: u32 = 4_000;
+    let big = dir.path().join("big.png");
+    {
+        let mut encoder = png::Encoder::new(File::create(&big).unwrap(), SIDE, SIDE);
+        encoder.set_color(png::ColorType::Rgb);
+        encoder.set_depth(png::BitDepth::Eight);
+        let mut rows = encoder
+            .write_header()
+            .unwrap()
+            .into_stream_writer()
+            .unwrap();
+        for y in 0..SIDE {
+            let row: Vec<u8> = (0..SIDE)
+                .flat_map(|x| [(x % 256) as u8, (y % 256) as u8, ((x + y) % 256) as u8])
+                .collect();
+            rows.write_all(&row).unwrap();
+        }
+        rows.finish().unwrap();
+    }
+    let big_bytes = i64::from(SIDE * SIDE) * 3;
+
+    let path = |p: &Path| p.display().to_string();
+    let (tiny, bomb, big) = (path(&tiny), path(&bomb), path(&big));
+    // One image at a time: one decode thread, batches of one.
+    let one_at_a_time = ["-f", "jsonl", "-j", "1", "-b", "1", "--exact-decode"];
+    let run = |images: &[&str], extra: &[&str]| {
+        let args: Vec<&str> = one_at_a_time
+            .iter()
+            .chain(extra)
+            .chain(images)
+            .copied()
+            .collect();
+        let run = classify(dir.path(), &args);
+        (records(&run), run)
+    };
+
+    // The first run encodes the labels and caches them; the measured runs then load only the
+    // vision tower, so the text tower's peak cannot hide an image's.
+    assert_eq!(run(&[&tiny], &[]).1.code, Some(0));
+    let (recs, baseline) = run(&[&tiny], &[]);
+    assert_eq!(baseline.code, Some(0), "{}", baseline.stderr);
+    assert!(recs[0].error.is_none());
+
+    let (recs, refused) = run(&[&tiny, &bomb, &big], &["--max-pixels", "1000000"]);
+    assert_eq!(refused.code, Some(1), "{}", refused.stderr);
+    let errors: Vec<&str> = recs.iter().filter_map(|r| r.error.as_deref()).collect();
+    assert_eq!(errors.len(), 2, "{errors:?}");
+    assert!(errors[0].starts_with(&format!("{bomb}: image is 100000x100000")));
+    assert!(errors[1].starts_with(&format!("{big}: image is 4000x4000")));
+    assert!(
+        refused.peak_kib <= baseline.peak_kib + 16 * MIB,
+        "refused images raised the peak from {} KiB to {} KiB",
+        baseline.peak_kib,
+        refused.peak_kib
+    );
+
+    let (recs, admitted) = run(&[&tiny, &big], &[]);
+    assert_eq!(admitted.code, Some(0), "{}", admitted.stderr);
+    assert!(recs
+        .iter()
+        .all(|r| r.error.is_none() && r.predictions.len() == 2));
+    let extra_kib = admitted.peak_kib - baseline.peak_kib;
+    let bound_kib = 8 * i64::from(SIDE * SIDE) / 1024;
+    assert!(
+        extra_kib >= big_bytes / 1024 / 2,
+        "a 16-megapixel decode added only {extra_kib} KiB: the measurement does not see it"
+    );
+    assert!(
+        extra_kib <= bound_kib,
+        "a 16-megapixel image added {extra_kib} KiB, over 8 bytes per pixel ({bound_kib} KiB)"
+    );
+    println!(
+        "baseline {} KiB, with a 16-megapixel PNG {} KiB (+{extra_kib} KiB, {:.2} bytes/pixel), with it and a bomb refused {} KiB",
+        baseline.peak_kib,
+        admitted.peak_kib,
+        extra_kib as f64 * 1024.0 / f64::from(SIDE * SIDE),
+        refused.peak_kib
     );
 }

@@ -1,0 +1,47 @@
+//! Helpers shared by the integration tests (each test binary includes this module with
+//! `mod common;` and uses what it needs).
+#![allow(dead_code)]
+
+/// CRC-32 (ISO-HDLC, as PNG uses it), bit by bit: the tests write only a few small chunks.
+pub fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in bytes {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+/// Appends one PNG chunk (length, type, data, CRC).
+pub fn png_chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
+    out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+    let start = out.len();
+    out.extend_from_slice(kind);
+    out.extend_from_slice(data);
+    let crc = crc32(&out[start..]);
+    out.extend_from_slice(&crc.to_be_bytes());
+}
+
+/// A well-formed PNG (valid CRCs) whose IHDR claims `width`×`height` RGB8 pixels, followed by
+/// a few bytes of real deflate data: the classic decompression bomb header.
+pub fn png_claiming(width: u32, height: u32) -> Vec<u8> {
+    let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut ihdr = Vec::new();
+    ihdr.extend_from_slice(&width.to_be_bytes());
+    ihdr.extend_from_slice(&height.to_be_bytes());
+    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]); // 8-bit RGB, deflate, no filter, no interlace
+    png_chunk(&mut out, b"IHDR", &ihdr);
+    // zlib stream of 64 zero bytes: the first scanline's start.
+    let idat = [
+        0x78, 0x9c, 0x63, 0x60, 0x18, 0x05, 0x00, 0x01, 0x00, 0x00, 0x40, 0x00, 0x01,
+    ];
+    png_chunk(&mut out, b"IDAT", &idat);
+    png_chunk(&mut out, b"IEND", &[]);
+    out
+}
