@@ -199,6 +199,8 @@ fn memory_per_image_is_bounded_by_the_pixel_limit() {
 
     let (recs, refused) = run(&[&tiny, &bomb, &big], &["--max-pixels", "1000000"]);
     assert_eq!(refused.code, Some(1), "{}", refused.stderr);
+    let paths: Vec<&str> = recs.iter().map(|r| r.path.as_str()).collect();
+    assert_eq!(paths, [&tiny, &bomb, &big]);
     let errors: Vec<&str> = recs.iter().filter_map(|r| r.error.as_deref()).collect();
     assert_eq!(errors.len(), 2, "{errors:?}");
     assert!(errors[0].starts_with(&format!("{bomb}: image is 100000x100000")));
