@@ -81,7 +81,7 @@ pub fn one_line(err: &anyhow::Error) -> String {
             parts.push(first);
         }
     }
-    parts.join(": ")
+    crate::error::escape_controls(&parts.join(": ")).into_owned()
 }
 
 /// A command-line error from clap as one line: its message without the "error: " prefix, the
@@ -100,7 +100,7 @@ pub fn clap_one_line(err: &clap::Error) -> String {
     if message.is_empty() {
         "invalid arguments (see --help)".into()
     } else {
-        format!("{message} (see --help)")
+        format!("{} (see --help)", crate::error::escape_controls(message))
     }
 }
 
@@ -550,6 +550,8 @@ pub fn encode_images(
     let mut failed = 0usize;
     let mut on_done = |i: usize, r: Result<Vec<f32>, String>| -> Result<()> {
         let input = &inputs[i];
+        // The record's error and the stderr line are the same one line, whatever the file name.
+        let r = r.map_err(|m| crate::error::escape_controls(&m).into_owned());
         if let Err(message) = &r {
             failed += 1;
             progress.error(message);

@@ -184,12 +184,15 @@ fn line_of(text: &str, offset: usize) -> usize {
 
 /// The toml crate's message on one line: syntax errors come as "invalid string\nexpected ...".
 fn one_line(message: &str) -> String {
-    message
+    let joined = message
         .lines()
         .map(str::trim)
         .filter(|l| !l.is_empty())
         .collect::<Vec<_>>()
-        .join("; ")
+        .join("; ");
+    // `lines` leaves a lone \r, and toml quotes keys as written: `"a\rb" = 1` is an unknown field
+    // whose name holds a carriage return (found by the aspect_file fuzz target).
+    crate::error::escape_controls(&joined).into_owned()
 }
 
 /// Builds errors for one file.
@@ -253,8 +256,12 @@ impl Aspect {
         if description.is_empty() {
             return Err(r.at(Some(raw.description.span()), "description is empty"));
         }
-        if description.contains(['\n', '\r']) {
-            return Err(r.at(Some(raw.description.span()), "description must be one line"));
+        // `vlm aspects` prints it as one line of a table; a tab or an escape sequence would break it.
+        if description.chars().any(char::is_control) {
+            return Err(r.at(
+                Some(raw.description.span()),
+                "description must be one line, without control characters",
+            ));
         }
 
         let templates = parse_templates(&r, &raw.templates)?;
@@ -771,6 +778,16 @@ labels = [
                 2,
                 "description is empty",
             ),
+            (
+                single("").replace("\"Where.\"", "\"Where\\tnow.\""),
+                2,
+                "description must be one line, without control characters",
+            ),
+            (
+                format!("\"a\\rb\" = 1\n{}", single("")),
+                1,
+                "unknown field `a\\rb`",
+            ),
         ];
         for (text, line, message) in cases {
             let e = err(text);
@@ -780,7 +797,7 @@ labels = [
                 shown.starts_with(&format!("vehicle.toml:{line}: {message}")),
                 "{shown}\n---\n{text}"
             );
-            assert!(!shown.contains('\n'), "{shown}");
+            assert!(!shown.chars().any(char::is_control), "{shown:?}");
         }
     }
 

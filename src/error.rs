@@ -1,5 +1,6 @@
 //! The error kinds that callers and tests match on; everything else travels as `anyhow` context.
 
+use std::borrow::Cow;
 use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
@@ -13,4 +14,39 @@ pub enum Error {
     /// One input image failed; the batch goes on.
     #[error("{}: {reason}", path.display())]
     Image { path: PathBuf, reason: String },
+}
+
+/// `text` with its control characters escaped (`\n`, `\r`, `\t`, `\u{1b}`, ...). Messages quote
+/// file names, keys and labels, and Linux file names may hold any byte but `/` and NUL: an escaped
+/// one can never split a message over two lines of stderr or a table, nor move a terminal's cursor.
+/// Idempotent: escaped text has no control characters left.
+pub fn escape_controls(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::escape_controls;
+
+    #[test]
+    fn control_characters_are_escaped_and_nothing_else() {
+        assert_eq!(escape_controls("a/b c.jpg: é 猫"), "a/b c.jpg: é 猫");
+        assert_eq!(
+            escape_controls("bad\nname\r.jpg\t\u{1b}[2J\u{7f}"),
+            "bad\\nname\\r.jpg\\t\\u{1b}[2J\\u{7f}"
+        );
+        let once = escape_controls("x\ny").into_owned();
+        assert_eq!(escape_controls(&once), once);
+    }
 }

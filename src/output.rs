@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::aspects::AspectKind;
 use crate::classify::Prediction;
 use crate::cli::Format;
+use crate::error::escape_controls;
 use crate::tag::Tag;
 
 /// Which model produced the results.
@@ -133,9 +134,10 @@ impl Record for ImageResult {
 
     /// The path, then the labels aligned with probability and cosine.
     fn table(&self, out: &mut String) {
-        out.push_str(&format!("{}\n", self.path));
+        // A table is for reading: a file name with a newline must not split its entry.
+        out.push_str(&format!("{}\n", escape_controls(&self.path)));
         if let Some(err) = &self.error {
-            out.push_str(&format!("  error: {err}\n"));
+            out.push_str(&format!("  error: {}\n", escape_controls(err)));
         }
         let width = self
             .predictions
@@ -182,9 +184,10 @@ impl Record for TagResult {
 
     /// The path, then one line per aspect with its tags and scores.
     fn table(&self, out: &mut String) {
-        out.push_str(&format!("{}\n", self.path));
+        // A table is for reading: a file name with a newline must not split its entry.
+        out.push_str(&format!("{}\n", escape_controls(&self.path)));
         if let Some(err) = &self.error {
-            out.push_str(&format!("  error: {err}\n"));
+            out.push_str(&format!("  error: {}\n", escape_controls(err)));
         }
         let width = self
             .aspects
@@ -391,17 +394,17 @@ pub fn aspects_table(aspects: &[(&AspectInfo, Option<Vec<&str>>)]) -> String {
 
 /// A warning on stderr (suppressed by `--quiet` at the call site).
 pub fn warn(message: &str) {
-    eprintln!("vlm: warning: {message}");
+    eprintln!("vlm: warning: {}", escape_controls(message));
 }
 
 /// What the run did (`--verbose`), on stderr.
 pub fn info(message: &str) {
-    eprintln!("vlm: {message}");
+    eprintln!("vlm: {}", escape_controls(message));
 }
 
 /// A per-input error on stderr; the run goes on.
 pub fn report_error(message: &str) {
-    eprintln!("vlm: {message}");
+    eprintln!("vlm: {}", escape_controls(message));
 }
 
 /// Where results go: stdout, or `--output FILE`.

@@ -447,3 +447,57 @@ fn unreadable_files_and_folders_are_reported_and_the_rest_finish() {
     );
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
 }
+
+/// File names may hold newlines, carriage returns and escape sequences: the JSON `path` keeps the
+/// name exactly, while every message (the record's `error`, the stderr line, the table) shows them
+/// escaped, so one error is still one line and a table entry is not split.
+#[cfg(unix)]
+#[test]
+fn control_characters_in_file_names_never_split_a_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let bad = root.join("bad\nname\r\u{1b}[2J.jpg");
+    let good = root.join("good\nname.png");
+    fs::write(&bad, "not a jpeg").unwrap();
+    fs::copy(fixtures().join("images/horse.png"), &good).unwrap();
+
+    let out = vlm()
+        .args(["--format", "jsonl"])
+        .arg(root)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let records = jsonl(&out.stdout);
+    assert_eq!(records.len(), 2);
+    assert_eq!(records[0].path, bad.display().to_string());
+    assert_eq!(records[1].path, good.display().to_string());
+    let shown = format!("{}/bad\\nname\\r\\u{{1b}}[2J.jpg", root.display());
+    let error = records[0].error.as_deref().unwrap();
+    assert!(
+        error.starts_with(&format!("{shown}: not an image")),
+        "{error}"
+    );
+    assert_eq!(stderr, format!("vlm: {error}\n"));
+    assert!(records[1].error.is_none());
+
+    let out = vlm()
+        .args(["--format", "table"])
+        .arg(root)
+        .output()
+        .unwrap();
+    let table = String::from_utf8(out.stdout).unwrap();
+    let entries: Vec<&str> = table.lines().filter(|l| !l.starts_with(' ')).collect();
+    assert_eq!(
+        entries,
+        [
+            shown.as_str(),
+            &format!("{}/good\\nname.png", root.display())
+        ],
+        "{table}"
+    );
+    assert!(
+        !table.contains('\r') && !table.contains('\u{1b}'),
+        "{table:?}"
+    );
+}

@@ -936,3 +936,42 @@ fn jpegs_that_pillow_decodes_are_not_called_truncated() {
     );
     assert!(refused.is_empty(), "{refused:#?}");
 }
+
+/// Aspect files that once crashed the `aspect_file` fuzz target: each must parse, or give one
+/// line that starts with the file's name (and a line number the file has).
+#[test]
+fn aspect_file_regressions() {
+    let expected: HashMap<&str, &str> = [(
+        "key-with-carriage-return.toml",
+        // The key holds a real carriage return (TOML's \r escape); the message shows it escaped.
+        "fuzz.toml:2: unknown field `a photo lit by ght \\rom the sidy ght \\rom the side.`",
+    )]
+    .into_iter()
+    .collect();
+    let mut n = 0;
+    for entry in std::fs::read_dir(hostile("aspect-regressions")).unwrap() {
+        let path = entry.unwrap().path();
+        let text = String::from_utf8_lossy(&std::fs::read(&path).unwrap()).into_owned();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if let Err(e) = vlm::aspects::Aspect::parse(&text, "fuzz.toml") {
+            let msg = e.to_string();
+            assert!(
+                msg.starts_with("fuzz.toml") && !msg.chars().any(char::is_control),
+                "{name}: {msg:?}"
+            );
+            if let Some(line) = e.line {
+                assert!(
+                    line >= 1 && line <= text.split('\n').count(),
+                    "{name}: {msg}"
+                );
+            }
+            if let Some(want) = expected.get(name.as_str()) {
+                assert!(msg.starts_with(want), "{name}: {msg:?}");
+            }
+        } else {
+            assert!(!expected.contains_key(name.as_str()), "{name} parsed");
+        }
+        n += 1;
+    }
+    assert!(n >= expected.len(), "regression inputs missing");
+}
