@@ -5,6 +5,10 @@ use clap::Parser;
 use vlm::app::{self, Outcome};
 use vlm::cli::Cli;
 
+// Lets model weights stay in the mapped checkpoint instead of being copied (see `vlm::alloc`).
+#[global_allocator]
+static ALLOC: vlm::alloc::Allocator = vlm::alloc::Allocator;
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
