@@ -1,29 +1,14 @@
 //! Batch runs through the built binary: folders, lists on stdin, shards, ordering, per-image errors,
 //! `--output` and `--resume`. Records are checked by deserialising into strict structs.
 
+mod common;
+
 use std::collections::HashSet;
 use std::fs;
 use std::path::{Path, PathBuf};
 
 use assert_cmd::Command;
-use serde::Deserialize;
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-#[allow(dead_code)]
-struct Prediction {
-    label: String,
-    probability: f32,
-    cosine: f32,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Record {
-    path: String,
-    predictions: Vec<Prediction>,
-    error: Option<String>,
-}
+use common::ImageResult as Record;
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")

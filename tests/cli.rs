@@ -1,26 +1,13 @@
 //! Drives the built `vlm` binary against the fixture model folders. JSON output is checked by
 //! deserialising into strict structs (unknown fields are errors), not by comparing strings.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use assert_cmd::Command;
+use common::ImageResult;
 use serde::Deserialize;
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Prediction {
-    label: String,
-    probability: f32,
-    cosine: f32,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ImageResult {
-    path: String,
-    predictions: Vec<Prediction>,
-    error: Option<String>,
-}
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 
 use assert_cmd::Command;
 use common::png_claiming;
+use common::ImageResult;
 use image::codecs::gif::{GifEncoder, Repeat};
 use image::codecs::png::{CompressionType, FilterType, PngEncoder};
 use image::codecs::webp::WebPEncoder;
@@ -24,24 +25,7 @@ use image::{
     DynamicImage, Frame, GrayAlphaImage, GrayImage, ImageBuffer, ImageEncoder, ImageFormat, Luma,
     LumaA, Rgb, RgbImage, Rgba, RgbaImage,
 };
-use serde::Deserialize;
 use vlm::preprocess::{self, DecodeLimits, PreprocessConfig, DEFAULT_MAX_PIXELS};
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Prediction {
-    label: String,
-    probability: f32,
-    cosine: f32,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ImageResult {
-    path: String,
-    predictions: Vec<Prediction>,
-    error: Option<String>,
-}
 
 const LABELS: &str = "cat,dog,car,tree,sky,a red square,a blue bar";
 const N_LABELS: usize = 7;

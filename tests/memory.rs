@@ -11,24 +11,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use serde::Deserialize;
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-#[allow(dead_code)]
-struct Prediction {
-    label: String,
-    probability: f32,
-    cosine: f32,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Record {
-    path: String,
-    predictions: Vec<Prediction>,
-    error: Option<String>,
-}
+use common::ImageResult as Record;
 
 const MIB: i64 = 1024;
 

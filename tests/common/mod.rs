@@ -2,6 +2,24 @@
 //! `mod common;` and uses what it needs).
 #![allow(dead_code)]
 
+/// One label's score in `vlm classify` JSON output; unknown fields are errors.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Prediction {
+    pub label: String,
+    pub probability: f32,
+    pub cosine: f32,
+}
+
+/// One image's record in `vlm classify` JSON/JSONL output; unknown fields are errors.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageResult {
+    pub path: String,
+    pub predictions: Vec<Prediction>,
+    pub error: Option<String>,
+}
+
 /// CRC-32 (ISO-HDLC, as PNG uses it), bit by bit: the tests write only a few small chunks.
 pub fn crc32(bytes: &[u8]) -> u32 {
     let mut crc = !0u32;
