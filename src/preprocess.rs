@@ -767,6 +767,9 @@ pub fn prepare_file(
 /// a full decode (measured on 12 MP photos: at most 5 levels, mean 0.1-0.35; see `jpeg`).
 pub const JPEG_REDUCTION_MARGIN: u32 = 4;
 
+/// How every JPEG file starts: the start-of-image marker and the 0xFF of the next marker.
+const JPEG_SIGNATURE: [u8; 3] = [0xFF, 0xD8, 0xFF];
+
 /// [`prepare_file`], except that a JPEG far larger than the model input is decoded at 1/2, 1/4
 /// or 1/8 scale (DCT scaling), keeping its short side at least [`JPEG_REDUCTION_MARGIN`] times
 /// the resize target. Faster on large photos, and no longer bit-exact with transformers (which
@@ -776,7 +779,6 @@ pub fn prepare_file_reduced(
     limits: &DecodeLimits,
     cfg: &PreprocessConfig,
 ) -> Result<Vec<f32>, ImageLoadError> {
-    let min_short_side = reduction_min_short_side(cfg);
     let io_err = |cause| ImageLoadError::Io {
         path: path.to_path_buf(),
         cause,
@@ -786,19 +788,14 @@ pub fn prepare_file_reduced(
     let is_jpeg = cfg.do_resize
         && file.metadata().map_err(io_err)?.is_file()
         && file.read_exact(&mut magic).is_ok()
-        && magic == [0xFF, 0xD8, 0xFF];
+        && magic == JPEG_SIGNATURE;
     if !is_jpeg {
+        // Other formats stream from the file; only a JPEG that may be reduced is read whole.
         return prepare_file(path, limits, cfg);
     }
     let mut bytes = magic.to_vec();
     file.read_to_end(&mut bytes).map_err(io_err)?;
-    let img = decode(
-        Cursor::new(&bytes[..]),
-        path,
-        limits,
-        Some((&bytes, min_short_side)),
-    )?;
-    preprocess_named(&img, path, cfg)
+    prepare_encoded(&bytes, path, limits, cfg, true)
 }
 
 /// The short side a DCT-reduced JPEG must keep for this config.
@@ -818,11 +815,7 @@ pub fn prepare_bytes_reduced(
     limits: &DecodeLimits,
     cfg: &PreprocessConfig,
 ) -> Result<Vec<f32>, ImageLoadError> {
-    let path = Path::new(name);
-    let is_jpeg = cfg.do_resize && bytes.starts_with(&[0xFF, 0xD8, 0xFF]);
-    let reduce = is_jpeg.then(|| (bytes, reduction_min_short_side(cfg)));
-    let img = decode(Cursor::new(bytes), path, limits, reduce)?;
-    preprocess_named(&img, path, cfg)
+    prepare_encoded(bytes, Path::new(name), limits, cfg, true)
 }
 
 /// [`prepare_file`] for an encoded image in memory; errors name it `name`.
@@ -832,8 +825,21 @@ pub fn prepare_bytes(
     limits: &DecodeLimits,
     cfg: &PreprocessConfig,
 ) -> Result<Vec<f32>, ImageLoadError> {
-    let path = Path::new(name);
-    let img = decode(Cursor::new(bytes), path, limits, None)?;
+    prepare_encoded(bytes, Path::new(name), limits, cfg, false)
+}
+
+/// An encoded image in memory, decoded (DCT-reduced when `reduce` is asked for and it is a JPEG
+/// to be resized) and preprocessed; errors name `path`.
+fn prepare_encoded(
+    bytes: &[u8],
+    path: &Path,
+    limits: &DecodeLimits,
+    cfg: &PreprocessConfig,
+    reduce: bool,
+) -> Result<Vec<f32>, ImageLoadError> {
+    let reduce = (reduce && cfg.do_resize && bytes.starts_with(&JPEG_SIGNATURE))
+        .then(|| (bytes, reduction_min_short_side(cfg)));
+    let img = decode(Cursor::new(bytes), path, limits, reduce)?;
     preprocess_named(&img, path, cfg)
 }
 
@@ -908,7 +914,7 @@ fn decode<R: BufRead + Seek>(
     };
     if head.len() >= 12 && &head[..4] == b"RIFF" && &head[8..12] == b"WEBP" {
         check_riff_chunks(&mut reader).map_err(structure_err)?;
-    } else if head.starts_with(&[0xFF, 0xD8, 0xFF]) {
+    } else if head.starts_with(&JPEG_SIGNATURE) {
         check_jpeg_complete(&mut reader).map_err(structure_err)?;
     }
     let image_err = |e: image::ImageError| match e {
@@ -1016,12 +1022,21 @@ enum StructureError {
 /// transformers) refuses it ("image file is truncated"), even when only the final marker is
 /// missing. Walking the marker segments finds that without decoding anything.
 fn check_jpeg_complete<R: BufRead + Seek>(reader: &mut R) -> Result<(), StructureError> {
+    check_in_place(reader, |r, _, end| walk_jpeg_segments(r, end))
+}
+
+/// Runs `check` with the stream's current and end offsets, and puts the reader back where it
+/// was, whatever the outcome: the decoder reads the stream next.
+fn check_in_place<R: Seek>(
+    reader: &mut R,
+    check: impl FnOnce(&mut R, u64, u64) -> Result<(), StructureError>,
+) -> Result<(), StructureError> {
     let start = reader.stream_position().map_err(StructureError::Io)?;
     let end = reader.seek(SeekFrom::End(0)).map_err(StructureError::Io)?;
     reader
         .seek(SeekFrom::Start(start))
         .map_err(StructureError::Io)?;
-    let result = walk_jpeg_segments(reader, end);
+    let result = check(reader, start, end);
     reader
         .seek(SeekFrom::Start(start))
         .map_err(StructureError::Io)?;
@@ -1133,36 +1148,32 @@ fn scan_entropy_coded_data<R: BufRead>(r: &mut R) -> Result<Option<u8>, Structur
 /// chunk claims 2 GiB, allocated when we ask for the orientation), so a lying size is refused
 /// here, before any decoder sees it.
 fn check_riff_chunks<R: Read + Seek>(reader: &mut R) -> Result<(), StructureError> {
-    let start = reader.stream_position().map_err(StructureError::Io)?;
-    let end = reader.seek(SeekFrom::End(0)).map_err(StructureError::Io)?;
-    let mut pos = start + 12;
-    let mut header = [0u8; 8];
-    let result = loop {
-        // Fewer than 8 bytes left: no further chunk header (trailing bytes are the decoder's
-        // business, as in libwebp).
-        if end.saturating_sub(pos) < 8 {
-            break Ok(());
+    check_in_place(reader, |reader, start, end| {
+        let mut pos = start + 12;
+        let mut header = [0u8; 8];
+        loop {
+            // Fewer than 8 bytes left: no further chunk header (trailing bytes are the decoder's
+            // business, as in libwebp).
+            if end.saturating_sub(pos) < 8 {
+                return Ok(());
+            }
+            reader
+                .seek(SeekFrom::Start(pos))
+                .map_err(StructureError::Io)?;
+            reader.read_exact(&mut header).map_err(StructureError::Io)?;
+            let [a, b, c, d, s0, s1, s2, s3] = header;
+            let size = u64::from(u32::from_le_bytes([s0, s1, s2, s3]));
+            let left = end - pos - 8;
+            if size > left {
+                return Err(StructureError::Corrupt(format!(
+                    "WebP chunk {:?} claims {size} bytes but only {left} follow (corrupt or truncated file)",
+                    String::from_utf8_lossy(&[a, b, c, d])
+                )));
+            }
+            // Chunks are padded to an even size.
+            pos += 8 + size + (size & 1);
         }
-        reader
-            .seek(SeekFrom::Start(pos))
-            .map_err(StructureError::Io)?;
-        reader.read_exact(&mut header).map_err(StructureError::Io)?;
-        let [a, b, c, d, s0, s1, s2, s3] = header;
-        let size = u64::from(u32::from_le_bytes([s0, s1, s2, s3]));
-        let left = end - pos - 8;
-        if size > left {
-            break Err(StructureError::Corrupt(format!(
-                "WebP chunk {:?} claims {size} bytes but only {left} follow (corrupt or truncated file)",
-                String::from_utf8_lossy(&[a, b, c, d])
-            )));
-        }
-        // Chunks are padded to an even size.
-        pos += 8 + size + (size & 1);
-    };
-    reader
-        .seek(SeekFrom::Start(start))
-        .map_err(StructureError::Io)?;
-    result
+    })
 }
 
 /// `transformers.image_transforms.convert_to_rgb` for PIL images: images with an alpha channel
@@ -1570,6 +1581,8 @@ pub fn to_tensor(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use image::{ImageBuffer, Rgb, Rgba};
+    use std::collections::HashMap;
 
     /// A large JPEG goes through the DCT-reduced decode: close to the exact pixels, not equal.
     #[test]
@@ -1623,8 +1636,6 @@ mod tests {
             prepare_file_reduced(&small, &limits, &cfg).unwrap()
         );
     }
-    use image::{ImageBuffer, Rgb, Rgba};
-    use std::collections::HashMap;
 
     fn fixture(rel: &str) -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR"))
