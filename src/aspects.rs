@@ -15,6 +15,7 @@ use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
+use crate::error::single_line;
 use crate::text::{self, Template};
 use crate::Error;
 
@@ -182,19 +183,6 @@ fn line_of(text: &str, offset: usize) -> usize {
         + 1
 }
 
-/// The toml crate's message on one line: syntax errors come as "invalid string\nexpected ...".
-fn one_line(message: &str) -> String {
-    let joined = message
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect::<Vec<_>>()
-        .join("; ");
-    // `lines` leaves a lone \r, and toml quotes keys as written: `"a\rb" = 1` is an unknown field
-    // whose name holds a carriage return (found by the aspect_file fuzz target).
-    crate::error::escape_controls(&joined).into_owned()
-}
-
 /// Builds errors for one file.
 struct Reporter<'a> {
     text: &'a str,
@@ -231,7 +219,7 @@ impl Aspect {
             let span = e
                 .span()
                 .filter(|s| !(s.start == 0 && s.end >= text.trim_end().len()));
-            r.at(span, one_line(e.message()))
+            r.at(span, single_line(e.message()))
         })?;
 
         let name = raw.name.get_ref().as_str();

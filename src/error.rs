@@ -35,9 +35,32 @@ pub fn escape_controls(text: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// A multi-line message from a library (a decoder, the toml parser) as one line: its non-blank
+/// lines trimmed and joined with "; ", control characters escaped (`lines` leaves a lone `\r`,
+/// and the toml crate quotes keys as written: `"a\rb" = 1` is an unknown field whose name holds
+/// a carriage return, found by the aspect_file fuzz target).
+pub fn single_line(message: &str) -> String {
+    let joined = message
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ");
+    escape_controls(&joined).into_owned()
+}
+
 #[cfg(test)]
 mod tests {
-    use super::escape_controls;
+    use super::{escape_controls, single_line};
+
+    #[test]
+    fn single_line_joins_lines_and_escapes_the_rest() {
+        assert_eq!(
+            single_line("invalid string\n  expected `\"`\n\n"),
+            "invalid string; expected `\"`"
+        );
+        assert_eq!(single_line("unknown field `a\rb`"), "unknown field `a\\rb`");
+    }
 
     #[test]
     fn control_characters_are_escaped_and_nothing_else() {

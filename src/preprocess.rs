@@ -56,6 +56,8 @@ use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits, RgbIma
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::error::single_line;
+
 /// `transformers.image_utils.OPENAI_CLIP_MEAN`.
 pub const OPENAI_CLIP_MEAN: [f64; 3] = [0.48145466, 0.4578275, 0.40821073];
 /// `transformers.image_utils.OPENAI_CLIP_STD`.
@@ -854,16 +856,6 @@ fn preprocess_named(
     })
 }
 
-/// Decoder messages may carry line breaks (zune-jpeg ends some with `\n`); every error we
-/// report is one line.
-fn single_line(text: &str) -> String {
-    text.lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect::<Vec<_>>()
-        .join("; ")
-}
-
 /// anyhow's `a: b: c` chain with each part cut to its first line, so that a multi-line cause
 /// can never break the one-line-per-error promise.
 fn one_line(err: &anyhow::Error) -> String {
@@ -929,6 +921,7 @@ fn decode<R: BufRead + Seek>(
         image::ImageError::IoError(cause) => io_err(cause),
         image::ImageError::Unsupported(u) => ImageLoadError::Unsupported {
             path: path.to_path_buf(),
+            // Decoder messages may carry line breaks (zune-jpeg ends some with `\n`).
             detail: single_line(&u.to_string()),
         },
         other => ImageLoadError::Decode {
