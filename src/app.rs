@@ -81,7 +81,7 @@ pub fn one_line(err: &anyhow::Error) -> String {
             parts.push(first);
         }
     }
-    crate::error::escape_controls(&parts.join(": ")).into_owned()
+    parts.join(": ")
 }
 
 /// A command-line error from clap as one line: its message without the "error: " prefix, the
@@ -100,7 +100,7 @@ pub fn clap_one_line(err: &clap::Error) -> String {
     if message.is_empty() {
         "invalid arguments (see --help)".into()
     } else {
-        format!("{} (see --help)", crate::error::escape_controls(message))
+        format!("{message} (see --help)")
     }
 }
 

@@ -4,6 +4,7 @@ use clap::error::ErrorKind;
 use clap::Parser;
 use vlm::app::{self, Outcome};
 use vlm::cli::Cli;
+use vlm::output;
 
 // Lets model weights stay in the mapped checkpoint instead of being copied (see `vlm::alloc`).
 #[global_allocator]
@@ -17,7 +18,7 @@ fn main() -> ExitCode {
             e.exit()
         }
         Err(e) => {
-            eprintln!("vlm: {}", app::clap_one_line(&e));
+            output::report_error(&app::clap_one_line(&e));
             return ExitCode::from(2);
         }
     };
@@ -26,7 +27,7 @@ fn main() -> ExitCode {
         Ok(Outcome::SomeFailed) => ExitCode::from(1),
         Err(err) if app::is_broken_pipe(&err) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("vlm: {}", app::one_line(&err));
+            output::report_error(&app::one_line(&err));
             ExitCode::from(2)
         }
     }

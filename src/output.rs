@@ -402,7 +402,9 @@ pub fn info(message: &str) {
     eprintln!("vlm: {}", escape_controls(message));
 }
 
-/// A per-input error on stderr; the run goes on.
+/// An error on stderr, one line: a per-input error (the run goes on) or, from `main`, the error
+/// that stopped the run. `warn`, `info` and this are the only writers to stderr besides the
+/// progress bar, so escaping control characters here keeps every line one line.
 pub fn report_error(message: &str) {
     eprintln!("vlm: {}", escape_controls(message));
 }
