@@ -110,6 +110,15 @@ fn csv_field(s: &str) -> String {
     }
 }
 
+/// The first lines of an image's table entry: its path, and its error if it failed. A table is for
+/// reading: a file name with a newline must not split its entry.
+fn table_entry_head(out: &mut String, path: &str, error: Option<&str>) {
+    out.push_str(&format!("{}\n", escape_controls(path)));
+    if let Some(err) = error {
+        out.push_str(&format!("  error: {}\n", escape_controls(err)));
+    }
+}
+
 impl Record for ImageResult {
     /// One row per image and label; a failed image has one row with only the error.
     fn csv_header() -> &'static str {
@@ -134,11 +143,7 @@ impl Record for ImageResult {
 
     /// The path, then the labels aligned with probability and cosine.
     fn table(&self, out: &mut String) {
-        // A table is for reading: a file name with a newline must not split its entry.
-        out.push_str(&format!("{}\n", escape_controls(&self.path)));
-        if let Some(err) = &self.error {
-            out.push_str(&format!("  error: {}\n", escape_controls(err)));
-        }
+        table_entry_head(out, &self.path, self.error.as_deref());
         let width = self
             .predictions
             .iter()
@@ -184,11 +189,7 @@ impl Record for TagResult {
 
     /// The path, then one line per aspect with its tags and scores.
     fn table(&self, out: &mut String) {
-        // A table is for reading: a file name with a newline must not split its entry.
-        out.push_str(&format!("{}\n", escape_controls(&self.path)));
-        if let Some(err) = &self.error {
-            out.push_str(&format!("  error: {}\n", escape_controls(err)));
-        }
+        table_entry_head(out, &self.path, self.error.as_deref());
         let width = self
             .aspects
             .iter()
