@@ -8,11 +8,11 @@
 //! tensor is read with one positioned read into the buffer that becomes its storage, so peak memory
 //! is the weights plus one tensor in flight.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Shape, Tensor};
@@ -27,7 +27,7 @@ struct HeaderEntry {
     data_offsets: [u64; 2],
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct TensorInfo {
     file: usize,
     dtype: DType,
@@ -35,6 +35,9 @@ struct TensorInfo {
     /// Absolute byte range in the file.
     start: u64,
     len: u64,
+    /// Set once the tensor has been handed out in place (mapped): a second request for it gets a
+    /// copy, so that no two tensors share a buffer.
+    in_place: AtomicBool,
 }
 
 /// The tensors of one checkpoint (one file, or the shards of an index).
@@ -43,9 +46,6 @@ pub struct Safetensors {
     /// Each file mapped, when the binary's allocator allows tensors to use it in place
     /// (`crate::alloc`); `None` entries are read with positioned reads.
     maps: Vec<Option<Mapping>>,
-    /// Tensors already handed out in place: a second request for one gets a copy, so that no two
-    /// tensors share a buffer.
-    in_place: Mutex<HashSet<String>>,
     tensors: HashMap<String, TensorInfo>,
 }
 
@@ -87,7 +87,6 @@ impl Safetensors {
         Ok(Self {
             files,
             maps,
-            in_place: Mutex::default(),
             tensors,
         })
     }
@@ -108,16 +107,11 @@ impl Safetensors {
         let shape = Shape::from(info.shape.clone());
         if info.dtype == DType::F32 && cfg!(target_endian = "little") {
             // The common case: the tensor uses the mapped file's bytes in place, when it can.
-            let first_time = self
-                .in_place
-                .lock()
-                .map(|mut names| names.insert(name.to_string()))
-                .unwrap_or(false);
             let mapped = self
                 .maps
                 .get(info.file)
                 .and_then(Option::as_ref)
-                .filter(|_| first_time)
+                .filter(|_| !info.in_place.swap(true, Ordering::AcqRel))
                 .zip(usize::try_from(info.start).ok())
                 // SAFETY: tensors do not overlap in the file (`read_header` checks) and each is
                 // handed out in place at most once (`in_place`), so no two Vecs share bytes.
@@ -127,7 +121,7 @@ impl Safetensors {
             }
         }
         if info.dtype == DType::F32 {
-            // Otherwise read, read into the f32 buffer the tensor will own: no second copy.
+            // Otherwise read into the f32 buffer the tensor will own: no second copy.
             let mut values = vec![0f32; elems];
             // SAFETY: any byte pattern is a valid f32, and the slice covers exactly the Vec's
             // initialised elements.
@@ -250,6 +244,7 @@ fn read_header(file: &mut File, path: &Path, index: usize) -> Result<Vec<(String
                 shape: entry.shape,
                 start: data_start + begin,
                 len: end - begin,
+                in_place: AtomicBool::new(false),
             },
         ));
     }
