@@ -7,7 +7,7 @@
 //! single-image call.
 //!
 //! [`Allocator`] is the system allocator plus a small table of mapped regions. A `Vec` built by
-//! [`Mapping::vec`] points into a region; when it is freed (or grown), the allocator recognises the
+//! [`Mapping::f32s`] points into a region; when it is freed (or grown), the allocator recognises the
 //! address, and the region is unmapped once its last `Vec` and its [`Mapping`] are gone. Nothing else
 //! changes: every other pointer goes to the system allocator after two relaxed loads.
 //!
@@ -183,9 +183,10 @@ impl Mapping {
         self.region.live.fetch_add(1, Ordering::AcqRel);
         // SAFETY: the range lies inside a live private mapping that stays mapped while this Vec
         // holds its reference; it is readable and writable (copy-on-write), aligned for f32, no
-        // other live Vec covers it (the caller's promise), and every bit pattern is a valid f32. The global allocator is `Allocator`
-        // (`mapping_available`), which recognises the address when the Vec frees or grows it and
-        // drops the reference instead of handing the pointer to the system allocator.
+        // other live Vec covers it (the caller's promise), and every bit pattern is a valid f32.
+        // The global allocator is `Allocator` (`mapping_available`), which recognises the address
+        // when the Vec frees or grows it and drops the reference instead of handing the pointer
+        // to the system allocator.
         Some(unsafe { Vec::from_raw_parts(addr as *mut f32, count, count) })
     }
 }
@@ -234,7 +235,8 @@ fn unmap(_: usize, _: usize) {}
 #[cfg(target_os = "linux")]
 fn populate(addr: usize, size: usize) {
     const MADV_POPULATE_READ: libc::c_int = 22;
-    let start = addr / page_size() * page_size();
+    let page = page_size();
+    let start = addr / page * page;
     // SAFETY: advice only, on a range inside our mapping (rounded down to its page).
     unsafe {
         libc::madvise(

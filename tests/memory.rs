@@ -31,7 +31,7 @@ struct Run {
 fn classify(dir: &Path, args: &[&str]) -> Run {
     let out_path = dir.join("stdout");
     let err_path = dir.join("stderr");
-    let mut child = Command::new(assert_cmd::cargo::cargo_bin("vlm"))
+    let child = Command::new(assert_cmd::cargo::cargo_bin("vlm"))
         .env("HF_HUB_OFFLINE", "1")
         .env("VLM_CACHE_DIR", dir.join("cache"))
         .args(["classify", "-l", "cat,dog", "-q"])
@@ -55,9 +55,6 @@ fn classify(dir: &Path, args: &[&str]) -> Run {
         );
         usage.assume_init()
     };
-    // The process is gone; keep `Child`'s drop from doing anything else with it.
-    drop(child.stdin.take());
-    std::mem::forget(child);
     Run {
         code: libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status)),
         stdout: std::fs::read_to_string(out_path).unwrap(),
