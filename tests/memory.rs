@@ -31,6 +31,8 @@ struct Run {
 fn classify(dir: &Path, args: &[&str]) -> Run {
     let out_path = dir.join("stdout");
     let err_path = dir.join("stderr");
+    // Reaped by `wait4` below, which clippy's zombie check cannot see.
+    #[allow(clippy::zombie_processes)]
     let child = Command::new(assert_cmd::cargo::cargo_bin("vlm"))
         .env("HF_HUB_OFFLINE", "1")
         .env("VLM_CACHE_DIR", dir.join("cache"))
