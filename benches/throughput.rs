@@ -12,8 +12,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use vlm::app::load_model;
-use vlm::cli::{DTypeArg, ModelArgs};
+use vlm::engine::{Engine, ModelOptions, Precision};
 use vlm::model::Towers;
 use vlm::preprocess::{self, DecodeLimits};
 
@@ -45,14 +44,14 @@ fn main() -> anyhow::Result<()> {
         .map(str::parse)
         .collect::<Result<_, _>>()?;
 
-    let args = ModelArgs {
+    let args = ModelOptions {
         model: model_dir.display().to_string(),
         revision: None,
         device: env_or("VLM_BENCH_DEVICE", "cpu"),
-        dtype: DTypeArg::F32,
+        precision: Precision::F32,
     };
     let t = Instant::now();
-    let model = load_model(
+    let model = Engine::load(
         &args,
         Towers {
             vision: true,

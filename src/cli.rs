@@ -2,7 +2,16 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
+
+use crate::commands::aspects::AspectsOptions;
+use crate::commands::classify::ClassifyOptions;
+use crate::commands::tag::TagOptions;
+use crate::commands::{InputSpec, OutputOptions, Request, RunOptions};
+use crate::engine::images::BatchOptions;
+use crate::engine::{ModelOptions, Precision};
+use crate::inputs::InputOptions;
+use crate::output::{Format, ListFormat};
 
 /// Zero-shot image classification with CLIP.
 ///
@@ -15,7 +24,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
     about,
     long_about = None,
     max_term_width = 100,
-    after_help = EXIT_CODES
+    after_help = EXIT_CODES,
+    arg_required_else_help = true
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -114,17 +124,10 @@ pub struct AspectsArgs {
     #[arg(value_name = "NAME|FILE")]
     pub aspects: Vec<String>,
 
-    /// Output format. Default: table on a terminal, json otherwise.
+    /// Output format. Default: table on a terminal; piped, the labels of named aspects one per
+    /// line, else json.
     #[arg(short, long, value_enum)]
     pub format: Option<ListFormat>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum ListFormat {
-    /// Aligned, human-readable text.
-    Table,
-    /// One JSON document.
-    Json,
 }
 
 #[derive(Debug, Args)]
@@ -220,14 +223,15 @@ pub struct ModelArgs {
     pub device: String,
 
     /// Numeric type of the weights and activations.
-    #[arg(long, value_enum, default_value_t = DTypeArg::F32)]
-    pub dtype: DTypeArg,
+    #[arg(long, value_enum, default_value_t = Precision::F32)]
+    pub dtype: Precision,
 }
 
 #[derive(Debug, Args)]
 #[command(next_help_heading = "Run")]
 pub struct RunArgs {
-    /// Output format. Default: table on a terminal, json otherwise.
+    /// Output format. Default: from --output's extension (.json, .jsonl, .csv, .txt), jsonl with
+    /// --resume, else table on a terminal and json otherwise.
     #[arg(short, long, value_enum)]
     pub format: Option<Format>,
 
@@ -275,21 +279,109 @@ pub struct RunArgs {
     pub quiet: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Format {
-    /// Aligned, human-readable text.
-    Table,
-    /// One JSON document.
-    Json,
-    /// One JSON object per image per line, flushed as each image is done.
-    Jsonl,
-    /// Comma-separated values with a header row: one row per image and label.
-    Csv,
+
+impl Cli {
+    /// The command as the library runs it: typed options, no clap types.
+    pub fn into_request(self) -> Request {
+        match self.command {
+            Command::Classify(a) => Request::Classify(ClassifyOptions {
+                labels: a.labels,
+                labels_files: a.labels_file,
+                templates: a.template,
+                template_set: a.templates,
+                top_k: a.top_k.map(|k| k as usize),
+                inputs: a.inputs.into(),
+                model: a.model.into(),
+                run: a.run.into(),
+            }),
+            Command::Tag(a) => Request::Tag(TagOptions {
+                aspects: a.aspects,
+                threshold: a.threshold,
+                top_k: a.top_k,
+                inputs: a.inputs.into(),
+                model: a.model.into(),
+                run: a.run.into(),
+            }),
+            Command::Aspects(a) => Request::Aspects(AspectsOptions {
+                aspects: a.aspects,
+                format: a.format,
+            }),
+        }
+    }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum DTypeArg {
-    F32,
-    F16,
-    Bf16,
+impl From<InputArgs> for InputSpec {
+    fn from(a: InputArgs) -> Self {
+        InputSpec {
+            paths: a.paths,
+            options: InputOptions {
+                recursive: a.recursive,
+                hidden: a.hidden,
+                all_files: a.all_files,
+                files_from: a.files_from,
+                null_separated: a.null,
+                shard: a.shard,
+            },
+        }
+    }
+}
+
+impl From<ModelArgs> for ModelOptions {
+    fn from(a: ModelArgs) -> Self {
+        ModelOptions {
+            model: a.model,
+            revision: a.revision,
+            device: a.device,
+            precision: a.dtype,
+        }
+    }
+}
+
+impl From<RunArgs> for RunOptions {
+    fn from(a: RunArgs) -> Self {
+        RunOptions {
+            output: OutputOptions {
+                format: a.format,
+                output: a.output,
+                resume: a.resume,
+            },
+            batch: BatchOptions {
+                threads: a.threads.map(|n| n as usize),
+                batch_size: a.batch_size as usize,
+                exact_decode: a.exact_decode,
+                max_pixels: a.max_pixels,
+            },
+            no_cache: a.no_cache,
+            verbose: a.verbose,
+            quiet: a.quiet,
+        }
+    }
+}
+
+/// A command-line error from clap as one line: its message without the "error: " prefix and the
+/// usage block, clap's suggestion kept (`did you mean '--labels'?`), plus where to read more.
+pub fn clap_one_line(err: &clap::Error) -> String {
+    let text = err.render().to_string();
+    // The message is the first paragraph (a list of missing arguments continues on indented lines).
+    let message: Vec<&str> = text
+        .lines()
+        .skip_while(|l| l.trim().is_empty())
+        .take_while(|l| !l.trim().is_empty())
+        .map(str::trim)
+        .collect();
+    let message = message.join(" ");
+    let message = message.strip_prefix("error: ").unwrap_or(&message);
+    // clap's tips ("a similar argument exists: '--labels'", "a similar subcommand exists:
+    // 'classify'") name the likely fix.
+    let suggestion = text.lines().find_map(|l| {
+        let tip = l.trim().strip_prefix("tip: ")?;
+        let (_, name) = tip.split_once("exists: ")?;
+        Some(format!("; did you mean {name}?"))
+    });
+    let suggestion = suggestion.unwrap_or_default();
+    if message.is_empty() {
+        "invalid arguments (see --help)".into()
+    } else {
+        format!("{message}{suggestion} (see --help)")
+    }
 }

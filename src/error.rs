@@ -49,6 +49,29 @@ pub fn single_line(message: &str) -> String {
     escape_controls(&joined).into_owned()
 }
 
+/// True when the error is stdout closing under us (`vlm … | head`): the user got what they wanted.
+pub fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| {
+        e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// An error as one line: anyhow's `a: b: c` chain, each part cut to its first line. Candle appends a
+/// backtrace to its errors' text when `RUST_BACKTRACE` is set; users get the message, never the trace.
+pub fn one_line(err: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        let first = text.lines().next().unwrap_or("").trim().to_string();
+        // A wrapper error often repeats its source's text; print it once.
+        if !first.is_empty() && !parts.last().is_some_and(|p| p.ends_with(&first)) {
+            parts.push(first);
+        }
+    }
+    parts.join(": ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::{escape_controls, single_line};

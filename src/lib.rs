@@ -1,9 +1,11 @@
 //! vlm: zero-shot image classification and tagging with CLIP.
 //!
 //! `main.rs` only parses arguments and maps the outcome to an exit code; the work lives here:
-//! `cli` (arguments), `hub` (the only network access), `model` (config + network), `preprocess`
-//! (image + config -> pixels), `text` (tokenizer, templates, labels), `classify` (embeddings ->
-//! ranked results), `output` (the only place that prints) and `app` (wires them together).
+//! `cli` (arguments, converted to typed options), `commands` (one file per command), `engine`
+//! (model loading, the text side, image batches), `model` (the family seam; one folder per family),
+//! `hub` (the only network access), `preprocess` (image + config -> pixels), `text` (tokenizer,
+//! templates, labels), `score` (embeddings -> scores), `output` (records, formats; the only place
+//! that prints). The README's "Architecture" section follows one image through them.
 
 // README "Guarantees": nothing a user or a file controls may reach a panic. Library code does not
 // unwrap, expect or panic (unit tests may); `.ci/run` runs clippy with `-D warnings`, so this is
@@ -23,11 +25,11 @@
 )]
 
 pub mod alloc;
-pub mod app;
 pub mod aspects;
 pub mod cache;
-pub mod classify;
 pub mod cli;
+pub mod commands;
+pub mod engine;
 pub mod error;
 pub mod hub;
 pub mod inputs;
@@ -36,7 +38,7 @@ pub mod model;
 pub mod output;
 pub mod pipeline;
 pub mod preprocess;
-pub mod tag;
+pub mod score;
 pub mod text;
 
 pub use error::Error;

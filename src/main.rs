@@ -2,9 +2,10 @@ use std::process::ExitCode;
 
 use clap::error::ErrorKind;
 use clap::Parser;
-use vlm::app::{self, Outcome};
-use vlm::cli::Cli;
-use vlm::output;
+use vlm::cli::{clap_one_line, Cli};
+use vlm::commands::{self, Outcome};
+use vlm::error::{is_broken_pipe, one_line};
+use vlm::output::report_error;
 
 // Lets model weights stay in the mapped checkpoint instead of being copied (see `vlm::alloc`).
 #[global_allocator]
@@ -17,17 +18,22 @@ fn main() -> ExitCode {
         Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
             e.exit()
         }
+        // Bare `vlm`: the help, listing the commands, on stderr; a usage error.
+        Err(e) if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            eprint!("{}", e.render().ansi());
+            return ExitCode::from(2);
+        }
         Err(e) => {
-            output::report_error(&app::clap_one_line(&e));
+            report_error(&clap_one_line(&e));
             return ExitCode::from(2);
         }
     };
-    match app::run(cli) {
+    match commands::run(cli.into_request()) {
         Ok(Outcome::Success) => ExitCode::SUCCESS,
         Ok(Outcome::SomeFailed) => ExitCode::from(1),
-        Err(err) if app::is_broken_pipe(&err) => ExitCode::SUCCESS,
+        Err(err) if is_broken_pipe(&err) => ExitCode::SUCCESS,
         Err(err) => {
-            output::report_error(&app::one_line(&err));
+            report_error(&one_line(&err));
             ExitCode::from(2)
         }
     }

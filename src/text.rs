@@ -3,13 +3,16 @@
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
+use tokenizers::{TruncationDirection, TruncationParams, TruncationStrategy};
 
+use crate::model::TextPolicy;
 use crate::Error;
 
-/// The checkpoint's `tokenizer.json`, set to cut prompts to the text tower's context.
-pub struct ClipTokenizer {
-    inner: Tokenizer,
+/// The checkpoint's `tokenizer.json`, set to cut prompts to the text tower's context as the model
+/// family's [`TextPolicy`] says.
+pub struct Tokenizer {
+    inner: tokenizers::Tokenizer,
+    policy: TextPolicy,
 }
 
 /// Token ids of a batch of prompts, unpadded, and which prompts had to be cut to fit.
@@ -19,9 +22,10 @@ pub struct Tokenized {
     pub truncated: Vec<usize>,
 }
 
-impl ClipTokenizer {
-    pub fn from_file(path: &Path, context_len: usize) -> Result<Self> {
-        let mut inner = Tokenizer::from_file(path)
+impl Tokenizer {
+    pub fn from_file(path: &Path, policy: TextPolicy) -> Result<Self> {
+        let context_len = policy.context_len;
+        let mut inner = tokenizers::Tokenizer::from_file(path)
             .map_err(|e| anyhow::anyhow!("{e}"))
             .with_context(|| format!("cannot load tokenizer {}", path.display()))?;
         // Truncate the content and keep the start and end tokens, as transformers' CLIPTokenizer does
@@ -36,9 +40,13 @@ impl ClipTokenizer {
             }))
             .map_err(|e| anyhow::anyhow!("{e}"))
             .with_context(|| format!("cannot configure tokenizer {}", path.display()))?;
-        // The model pads per batch itself.
+        // The model pads itself, as its family's policy says.
         inner.with_padding(None);
-        Ok(Self { inner })
+        Ok(Self { inner, policy })
+    }
+
+    pub fn policy(&self) -> TextPolicy {
+        self.policy
     }
 
     pub fn encode(&self, prompts: &[String]) -> Result<Tokenized> {
@@ -59,8 +67,8 @@ impl ClipTokenizer {
     }
 }
 
-/// The default prompt, from the CLIP paper.
-pub const DEFAULT_TEMPLATE: &str = "a photo of a {}.";
+
+
 
 /// Built-in template sets, kept as data under `prompts/templates/`.
 pub const BUILTIN_TEMPLATE_SETS: &[(&str, &str)] = &[(
@@ -158,6 +166,8 @@ fn list_lines(text: &str) -> impl Iterator<Item = (usize, &str)> {
 #[derive(Debug, Default)]
 pub struct LabelList {
     labels: Vec<String>,
+    /// Lines of label files that look like a mistake (a comma-separated list on one line).
+    warnings: Vec<String>,
 }
 
 impl LabelList {
@@ -186,6 +196,11 @@ impl LabelList {
     pub fn add_text(&mut self, text: &str, source: &str) -> Result<(), Error> {
         let before = self.labels.len();
         for (line_no, label) in list_lines(text) {
+            if label.contains(',') {
+                self.warnings.push(format!(
+                    "{source}, line {line_no}: {label:?} is one label (a label file takes one label per line; --labels takes comma-separated lists)"
+                ));
+            }
             self.push(label, &format!("{source}, line {line_no}"))?;
         }
         if self.labels.len() == before {
@@ -203,12 +218,17 @@ impl LabelList {
     }
 
     pub fn finish(self) -> Result<Vec<String>, Error> {
+        Ok(self.finish_with_warnings()?.0)
+    }
+
+    /// The labels, and what looked like a mistake in the label files.
+    pub fn finish_with_warnings(self) -> Result<(Vec<String>, Vec<String>), Error> {
         if self.labels.is_empty() {
             return Err(Error::Usage(
                 "no labels: give --labels a,b,c and/or --labels-file FILE".into(),
             ));
         }
-        Ok(self.labels)
+        Ok((self.labels, self.warnings))
     }
 }
 
@@ -216,10 +236,15 @@ impl LabelList {
 mod tests {
     use super::*;
 
-    fn tokenizer() -> ClipTokenizer {
+    fn tokenizer() -> Tokenizer {
         let path = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("tests/fixtures/models/tiny-openai/tokenizer.json");
-        ClipTokenizer::from_file(&path, 77).unwrap()
+        let policy = TextPolicy {
+            context_len: 77,
+            padding: crate::model::Padding::Longest,
+            normalization: crate::model::TextNormalization::None,
+        };
+        Tokenizer::from_file(&path, policy).unwrap()
     }
 
     #[test]

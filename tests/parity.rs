@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use serde::Deserialize;
-use vlm::classify::{self, LabelEmbeddings};
-use vlm::cli::{DTypeArg, ModelArgs};
+use vlm::engine::{Engine, ModelOptions, Precision};
 use vlm::model::Towers;
+use vlm::score::{self, LabelEmbeddings, Scoring};
 use vlm::preprocess::{self, DecodeLimits};
 use vlm::text::Template;
 
@@ -48,14 +48,20 @@ fn reference(model: &str) -> Reference {
     serde_json::from_str(&text).unwrap()
 }
 
-fn load(model: &str, dtype: DTypeArg) -> vlm::app::LoadedModel {
-    let args = ModelArgs {
+fn load(model: &str, precision: Precision) -> Engine {
+    let opts = ModelOptions {
         model: fixtures().join("models").join(model).display().to_string(),
         revision: None,
         device: "cpu".into(),
-        dtype,
+        precision,
     };
-    vlm::app::load_model(&args, Towers::BOTH, true).unwrap()
+    Engine::load(&opts, Towers::BOTH, true).unwrap()
+}
+
+/// The model's scores of one image against the labels, as `classify` computes them.
+fn scores(m: &Engine, image: &[f32], labels: &LabelEmbeddings) -> Vec<score::LabelScore> {
+    let head = m.head();
+    score::score_labels(image, labels, &head, |_| Scoring::of_head(&head))
 }
 
 fn reference_pixels() -> HashMap<String, Tensor> {
@@ -89,13 +95,13 @@ fn ranking(v: &[f32]) -> Vec<usize> {
 
 fn check_text(model: &str) {
     let r = reference(model);
-    let m = load(model, DTypeArg::F32);
+    let m = load(model, Precision::F32);
     let tokens = m.tokenizer.as_ref().unwrap().encode(&r.prompts).unwrap();
     assert_eq!(tokens.ids, r.input_ids, "{model}: token ids");
     // Exactly the over-long prompt is cut.
     assert_eq!(tokens.truncated, vec![r.prompts.len() - 1]);
     // Padded batch, as transformers ran it.
-    let embeds = m.clip.text().unwrap().forward(&tokens.ids).unwrap();
+    let embeds = m.model.encode_texts(&tokens.ids).unwrap();
     let diff = max_abs_diff(&embeds.to_vec2().unwrap(), &r.text_embeds);
     assert!(
         diff <= EMBED_TOL,
@@ -103,12 +109,7 @@ fn check_text(model: &str) {
     );
     // One at a time: padding must not change anything.
     for (ids, want) in tokens.ids.iter().zip(&r.text_embeds) {
-        let one = m
-            .clip
-            .text()
-            .unwrap()
-            .forward(std::slice::from_ref(ids))
-            .unwrap();
+        let one = m.model.encode_texts(std::slice::from_ref(ids)).unwrap();
         let diff = max_abs_diff(&one.to_vec2().unwrap(), std::slice::from_ref(want));
         assert!(
             diff <= EMBED_TOL,
@@ -119,47 +120,30 @@ fn check_text(model: &str) {
 
 fn check_images(model: &str) {
     let r = reference(model);
-    let m = load(model, DTypeArg::F32);
+    let m = load(model, Precision::F32);
     let pixels = reference_pixels();
     let batch: Vec<Tensor> = r.images.iter().map(|n| pixels[n].clone()).collect();
     let batch = Tensor::stack(&batch, 0).unwrap();
-    let embeds: Vec<Vec<f32>> = m
-        .clip
-        .vision()
-        .unwrap()
-        .forward(&batch)
-        .unwrap()
-        .to_vec2()
-        .unwrap();
+    let embeds: Vec<Vec<f32>> = m.model.encode_images(&batch).unwrap().to_vec2().unwrap();
     let diff = max_abs_diff(&embeds, &r.image_embeds);
     assert!(
         diff <= EMBED_TOL,
         "{model}: image embeddings differ by {diff}"
     );
-    assert!((m.clip.logit_scale() - r.logit_scale).abs() < 1e-6);
+    assert!((m.head().logit_scale - r.logit_scale).abs() < 1e-6);
 
     // Probabilities over the prompts, from our embeddings: same winner, close values.
     let tokens = m.tokenizer.as_ref().unwrap().encode(&r.prompts).unwrap();
-    let text: Vec<Vec<f32>> = m
-        .clip
-        .text()
-        .unwrap()
-        .forward(&tokens.ids)
-        .unwrap()
-        .to_vec2()
-        .unwrap();
+    let text: Vec<Vec<f32>> = m.model.encode_texts(&tokens.ids).unwrap().to_vec2().unwrap();
     let labels = LabelEmbeddings {
         labels: r.prompts.clone(),
         embeddings: text
             .iter()
-            .map(|t| classify::ensemble([t.as_slice()]))
+            .map(|t| score::ensemble([t.as_slice()]))
             .collect(),
     };
     for (i, image) in embeds.iter().enumerate() {
-        let probs: Vec<f32> = classify::scores(image, &labels, m.clip.logit_scale())
-            .iter()
-            .map(|p| p.probability)
-            .collect();
+        let probs: Vec<f32> = scores(&m, image, &labels).iter().map(|p| p.score).collect();
         let diff = max_abs_diff(
             std::slice::from_ref(&probs),
             std::slice::from_ref(&r.probs[i]),
@@ -182,7 +166,7 @@ fn check_images(model: &str) {
 fn check_classify_end_to_end(model: &str) {
     let r = reference(model);
     let c = &r.classify;
-    let m = load(model, DTypeArg::F32);
+    let m = load(model, Precision::F32);
     let templates: Vec<Template> = c
         .templates
         .iter()
@@ -209,9 +193,9 @@ fn check_classify_end_to_end(model: &str) {
         .collect();
     let embeds = m.image_embeddings(&pixels).unwrap();
     for (i, image) in embeds.iter().enumerate() {
-        let preds = classify::scores(image, &labels, m.clip.logit_scale());
+        let preds = scores(&m, image, &labels);
         let cos: Vec<f32> = preds.iter().map(|p| p.cosine).collect();
-        let probs: Vec<f32> = preds.iter().map(|p| p.probability).collect();
+        let probs: Vec<f32> = preds.iter().map(|p| p.score).collect();
         // Decoding (JPEG IDCT) and resize rounding differ by a grey level here and there, so from
         // files the cosines agree to a few 1e-4, not 1e-5; the ranking must still be identical.
         let dc = max_abs_diff(
@@ -278,9 +262,9 @@ fn bf16_and_f16_keep_the_winner() {
     let pixels = reference_pixels();
     let batch: Vec<Tensor> = r.images.iter().map(|n| pixels[n].clone()).collect();
     let batch = Tensor::stack(&batch, 0).unwrap();
-    for dtype in [DTypeArg::F16, DTypeArg::Bf16] {
+    for dtype in [Precision::F16, Precision::Bf16] {
         let m = load("tiny-openai", dtype);
-        let embeds = m.clip.vision().unwrap().forward(&batch).unwrap();
+        let embeds = m.model.encode_images(&batch).unwrap();
         assert_eq!(embeds.dtype(), DType::F32);
         let embeds: Vec<Vec<f32>> = embeds.to_vec2().unwrap();
         let cos = |a: &[f32], b: &[f32]| {

@@ -9,16 +9,7 @@ use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 use serde_json::Value;
 
-/// The activation of the MLP blocks. OpenAI checkpoints use `quick_gelu`; LAION's use `gelu` (exact, erf).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Activation {
-    QuickGelu,
-    Gelu,
-    /// transformers' `gelu_new` / `gelu_pytorch_tanh`: the tanh approximation.
-    #[serde(alias = "gelu_new", alias = "gelu_pytorch_tanh")]
-    GeluTanh,
-}
+pub use crate::model::nn::Activation;
 
 /// `eos_token_id` is an int in every CLIP config seen so far, but transformers types it `int | list[int]`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]

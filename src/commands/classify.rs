@@ -1,0 +1,133 @@
+//! `vlm classify`: rank labels for each image.
+
+use anyhow::{Context, Result};
+
+use super::{
+    collect_inputs, open_destination, skip_completed, write_results, InputSpec, Outcome,
+    RunOptions,
+};
+use crate::engine::text::{load_with_text, text_cache, TextReport};
+use crate::engine::{plan_model, ModelOptions};
+use crate::output::{self, ImageResult, Prediction, RunInfo};
+use crate::score::{self, LabelEmbeddings, Scoring, Selection};
+use crate::text::{self, LabelList, Template};
+
+/// Everything `vlm classify` needs.
+#[derive(Debug, Clone)]
+pub struct ClassifyOptions {
+    /// `--labels` values, each comma-separated.
+    pub labels: Vec<String>,
+    pub labels_files: Vec<std::path::PathBuf>,
+    /// `--template` values.
+    pub templates: Vec<String>,
+    /// `--templates NAME|FILE`.
+    pub template_set: Option<String>,
+    pub top_k: Option<usize>,
+    pub inputs: InputSpec,
+    pub model: ModelOptions,
+    pub run: RunOptions,
+}
+
+fn collect_labels(opts: &ClassifyOptions, quiet: bool) -> Result<Vec<String>> {
+    let mut labels = LabelList::default();
+    for value in &opts.labels {
+        labels.add_csv(value)?;
+    }
+    for file in &opts.labels_files {
+        labels.add_file(file)?;
+    }
+    let (labels, warnings) = labels.finish_with_warnings()?;
+    if !quiet {
+        for w in &warnings {
+            output::warn(w);
+        }
+        if labels.len() == 1 {
+            output::warn(&format!(
+                "only one label ({:?}): with a softmax head its probability is always 1; give two or more (comma-separated) to compare",
+                labels[0]
+            ));
+        }
+    }
+    Ok(labels)
+}
+
+/// The user's templates, or `None` for the model's default.
+fn collect_templates(opts: &ClassifyOptions) -> Result<Vec<Template>> {
+    let mut templates = opts
+        .templates
+        .iter()
+        .map(|t| Template::new(t).context("--template"))
+        .collect::<Result<Vec<_>>>()?;
+    if let Some(set) = &opts.template_set {
+        for t in text::template_set(set)? {
+            if !templates.contains(&t) {
+                templates.push(t);
+            }
+        }
+    }
+    Ok(templates)
+}
+
+pub fn run(opts: &ClassifyOptions) -> Result<Outcome> {
+    // Everything the user typed is checked before the model is touched.
+    let quiet = opts.run.quiet;
+    let labels = collect_labels(opts, quiet)?;
+    let mut templates = collect_templates(opts)?;
+    let inputs = collect_inputs(&opts.inputs)?;
+    let dest = open_destination(&opts.run.output)?;
+    let inputs = skip_completed(inputs, &dest.completed, quiet);
+    let plan = plan_model(&opts.model, quiet)?;
+    if templates.is_empty() {
+        templates.push(Template::new(plan.spec.default_template())?);
+    }
+    let units: Vec<Vec<String>> = labels
+        .iter()
+        .map(|l| templates.iter().map(|t| t.fill(l)).collect())
+        .collect();
+    let cache = text_cache(opts.run.no_cache);
+    let report = TextReport {
+        quiet,
+        verbose: opts.run.verbose,
+    };
+    let (engine, embeddings) = load_with_text(plan, &units, cache.as_ref(), report)?;
+    let label_embeds = LabelEmbeddings {
+        labels: labels.clone(),
+        embeddings,
+    };
+    let header = RunInfo {
+        model: engine.info(),
+        labels,
+        templates: templates.iter().map(|t| t.as_str().to_string()).collect(),
+    };
+    let head = engine.head();
+    let selection = Selection {
+        top_k: opts.top_k,
+        threshold: None,
+    };
+    write_results(
+        &engine,
+        &inputs,
+        &opts.run,
+        dest,
+        &header,
+        |path, embedding| match embedding {
+            Ok(embed) => {
+                let scores =
+                    score::score_labels(&embed, &label_embeds, &head, |_| Scoring::of_head(&head));
+                ImageResult {
+                    path,
+                    predictions: score::select(scores, selection)
+                        .into_iter()
+                        .map(Prediction::from)
+                        .collect(),
+                    error: None,
+                }
+            }
+            Err(message) => ImageResult {
+                path,
+                predictions: Vec::new(),
+                error: Some(message),
+            },
+        },
+    )
+}

@@ -1,0 +1,202 @@
+//! The commands, one file each, over the [`crate::engine`]. Each takes typed options (the command
+//! line's are converted in `cli`), and the run-wide parts live here: inputs, the destination,
+//! `--resume`, and writing every record through the output layer.
+
+pub mod aspects;
+pub mod classify;
+pub mod tag;
+
+use std::collections::HashSet;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+
+use crate::engine::images::{self, BatchOptions};
+use crate::engine::Engine;
+use crate::inputs::{self, Input, InputOptions};
+use crate::output::{self, Format, Progress, Record, ResultWriter, Sink};
+use crate::Error;
+
+/// How a run ended when it did not fail as a whole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Every input was processed.
+    Success,
+    /// Some inputs failed; the others are in the output.
+    SomeFailed,
+}
+
+/// One command with its options, as the library runs it.
+#[derive(Debug)]
+pub enum Request {
+    Classify(classify::ClassifyOptions),
+    Tag(tag::TagOptions),
+    Aspects(aspects::AspectsOptions),
+}
+
+pub fn run(request: Request) -> Result<Outcome> {
+    match request {
+        Request::Classify(opts) => {
+            limit_threads(&opts.run);
+            classify::run(&opts)
+        }
+        Request::Tag(opts) => {
+            limit_threads(&opts.run);
+            tag::run(&opts)
+        }
+        Request::Aspects(opts) => aspects::run(&opts, &mut std::io::stdout().lock()),
+    }
+}
+
+/// Which images a run processes.
+#[derive(Debug, Clone, Default)]
+pub struct InputSpec {
+    /// Files, folders and glob patterns, in order.
+    pub paths: Vec<PathBuf>,
+    pub options: InputOptions,
+}
+
+/// Where results go.
+#[derive(Debug, Clone, Default)]
+pub struct OutputOptions {
+    /// `None`: from `--output`'s extension, else table on a terminal and JSON otherwise.
+    pub format: Option<Format>,
+    pub output: Option<PathBuf>,
+    /// Append to the JSONL `output`, skipping the images it already has.
+    pub resume: bool,
+}
+
+/// The options every image command shares.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub output: OutputOptions,
+    pub batch: BatchOptions,
+    /// Neither read nor write the text-embedding cache.
+    pub no_cache: bool,
+    pub verbose: bool,
+    pub quiet: bool,
+}
+
+/// `--threads` bounds the model's thread pool too (Candle's CPU kernels read `RAYON_NUM_THREADS`).
+/// Called before any thread is started; an explicit `RAYON_NUM_THREADS` wins.
+fn limit_threads(run: &RunOptions) {
+    if let Some(n) = run.batch.threads {
+        if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+            std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+        }
+    }
+}
+
+/// The format of a run: `--format`, else `--output`'s extension, else JSONL for `--resume`, else
+/// a table on a terminal and JSON otherwise.
+pub fn format_for(out: &OutputOptions) -> Format {
+    if let Some(f) = out.format {
+        return f;
+    }
+    if let Some(f) = out.output.as_deref().and_then(Format::from_extension) {
+        return f;
+    }
+    if out.resume {
+        return Format::Jsonl;
+    }
+    if out.output.is_none() && std::io::stdout().is_terminal() {
+        Format::Table
+    } else {
+        Format::Json
+    }
+}
+
+/// The inputs of a run, in order, after `--shard`; usage errors (an unreadable list) end the run.
+pub fn collect_inputs(spec: &InputSpec) -> Result<Vec<Input>> {
+    inputs::collect(&spec.paths, &spec.options, &mut std::io::stdin().lock())
+}
+
+/// Where the results go, and which inputs `--resume` can skip. Checked before the model loads.
+pub struct Destination {
+    pub sink: Sink,
+    pub format: Format,
+    /// Paths (as printed) that already have a result in the `--resume` file.
+    pub completed: HashSet<String>,
+}
+
+pub fn open_destination(out: &OutputOptions) -> Result<Destination> {
+    let format = format_for(out);
+    let mut completed = HashSet::new();
+    if out.resume {
+        if format != Format::Jsonl {
+            return Err(Error::Usage(
+                "--resume needs --format jsonl: only JSONL output can be appended to".into(),
+            )
+            .into());
+        }
+        if let Some(path) = &out.output {
+            completed = output::read_completed(path)?;
+        }
+    }
+    let sink = Sink::open(out.output.as_deref(), format, out.resume)?;
+    Ok(Destination {
+        sink,
+        format,
+        completed,
+    })
+}
+
+/// The name of an input in the output: its path as given, lossily converted to UTF-8.
+pub fn display_path(path: &Path) -> String {
+    path.to_string_lossy().into_owned()
+}
+
+/// Inputs minus those `--resume` found done; warns how many were skipped.
+pub fn skip_completed(inputs: Vec<Input>, completed: &HashSet<String>, quiet: bool) -> Vec<Input> {
+    if completed.is_empty() {
+        return inputs;
+    }
+    let before = inputs.len();
+    let left: Vec<Input> = inputs
+        .into_iter()
+        .filter(|i| !completed.contains(&display_path(&i.path)))
+        .collect();
+    if !quiet {
+        output::warn(&format!(
+            "--resume: {} of {before} images already done, {} to go",
+            before - left.len(),
+            left.len()
+        ));
+    }
+    left
+}
+
+/// The end of every image command: opens the output with `header`, encodes the inputs, turns each
+/// image's embedding (or error) into a record with `record`, writes it, and puts the output in
+/// place. The outcome says whether any input failed.
+pub fn write_results<R: Record>(
+    engine: &Engine,
+    inputs: &[Input],
+    run: &RunOptions,
+    dest: Destination,
+    header: &impl serde::Serialize,
+    record: impl Fn(String, Result<Vec<f32>, String>) -> R,
+) -> Result<Outcome> {
+    let table = dest.format == Format::Table;
+    let progress = Progress::images(inputs.len(), show_progress(run.quiet));
+    let mut writer = ResultWriter::begin(dest.sink, dest.format, header)?;
+    let failed = images::encode_images(engine, inputs, &run.batch, &progress, |input, embedding| {
+        let rec = record(display_path(&input.path), embedding);
+        Ok(progress.suspend(|| writer.record(&rec))?)
+    })?;
+    progress.finish();
+    let sink = writer.finish()?;
+    sink.commit()?;
+    // A failed image is in the table and on stderr; on a terminal, say so once.
+    let _ = table;
+    Ok(if failed == 0 {
+        Outcome::Success
+    } else {
+        Outcome::SomeFailed
+    })
+}
+
+pub fn show_progress(quiet: bool) -> bool {
+    !quiet && std::io::stderr().is_terminal()
+}

@@ -1,0 +1,244 @@
+//! The engine every command runs on: it resolves and loads a model of any family, owns its text side
+//! (tokenising, the embedding cache: [`text`]) and turns image files into embeddings batch by batch
+//! ([`images`]). Commands only say which texts they need and what to do with each embedding.
+
+pub mod images;
+pub mod text;
+
+use std::io::IsTerminal;
+
+use anyhow::{Context, Result};
+use candle_core::{DType, Device};
+
+use crate::hub::{self, ModelFiles, ModelRequest};
+use crate::model::{self, ImageTextModel, LoadOptions, ModelSpec, ScoreHead, Towers};
+use crate::output::ModelInfo;
+use crate::preprocess::PreprocessConfig;
+use crate::text::Tokenizer;
+use crate::Error;
+
+/// Numeric type of the weights and activations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Precision {
+    F32,
+    F16,
+    Bf16,
+}
+
+impl Precision {
+    pub fn dtype(self) -> DType {
+        match self {
+            Precision::F32 => DType::F32,
+            Precision::F16 => DType::F16,
+            Precision::Bf16 => DType::BF16,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::F16 => "f16",
+            Precision::Bf16 => "bf16",
+        }
+    }
+}
+
+/// Which model to run, where.
+#[derive(Debug, Clone)]
+pub struct ModelOptions {
+    /// Hub repo id or local folder.
+    pub model: String,
+    /// Hub branch, tag or commit.
+    pub revision: Option<String>,
+    /// `auto`, `cpu`, `cuda` or `cuda:N`.
+    pub device: String,
+    pub precision: Precision,
+}
+
+/// A model ready to score images: its files, configs, tokenizer and network.
+pub struct Engine {
+    pub files: ModelFiles,
+    pub spec: Box<dyn ModelSpec>,
+    pub preprocess: PreprocessConfig,
+    /// Loaded with the text tower only.
+    pub tokenizer: Option<Tokenizer>,
+    pub model: Box<dyn ImageTextModel>,
+}
+
+/// A resolved model whose configs are read and checked, before any weights are loaded: enough to
+/// know the text cache's key and whether the text tower is needed at all.
+pub struct ModelPlan {
+    pub files: ModelFiles,
+    pub spec: Box<dyn ModelSpec>,
+    pub preprocess: PreprocessConfig,
+    pub device: Device,
+    pub precision: Precision,
+}
+
+/// An error about the model as a whole: exit code 2, one line naming it.
+pub fn model_error(model: &str, e: anyhow::Error) -> anyhow::Error {
+    anyhow::anyhow!(Error::Model {
+        model: model.to_string(),
+        reason: crate::error::one_line(&e),
+    })
+}
+
+pub fn parse_device(spec: &str) -> Result<Device> {
+    let cuda = |ordinal: usize| {
+        Device::new_cuda(ordinal).map_err(|e| {
+            if cfg!(feature = "cuda") {
+                anyhow::anyhow!(Error::Usage(format!(
+                    "--device {spec}: cannot open CUDA device {ordinal}: {e}"
+                )))
+            } else {
+                anyhow::anyhow!(Error::Usage(format!(
+                    "--device {spec}: this vlm was built without CUDA; rebuild with `cargo build --release --features cuda`"
+                )))
+            }
+        })
+    };
+    match spec {
+        "cpu" => Ok(Device::Cpu),
+        "cuda" => cuda(0),
+        // `cuda_is_available()` only says CUDA was compiled in, not that a device is present.
+        "auto" if candle_core::utils::cuda_is_available() => {
+            Ok(Device::new_cuda(0).unwrap_or(Device::Cpu))
+        }
+        "auto" => Ok(Device::Cpu),
+        _ => match spec.strip_prefix("cuda:").map(str::parse::<usize>) {
+            Some(Ok(n)) => cuda(n),
+            _ => Err(Error::Usage(format!(
+                "--device {spec}: expected auto, cpu, cuda or cuda:N"
+            ))
+            .into()),
+        },
+    }
+}
+
+/// Resolves `--model` (local folder or Hub) and reads its configs; no weights yet.
+pub fn plan_model(opts: &ModelOptions, quiet: bool) -> Result<ModelPlan> {
+    let device = parse_device(&opts.device)?;
+    let files = hub::resolve(&ModelRequest {
+        model: opts.model.clone(),
+        revision: opts.revision.clone(),
+        progress: !quiet && std::io::stderr().is_terminal(),
+    })?;
+    let in_model = |e: anyhow::Error| model_error(&files.id, e);
+    let spec = model::read_config(&files.config).map_err(in_model)?;
+    let preprocess = PreprocessConfig::from_file(&files.preprocessor).map_err(in_model)?;
+    let size = spec.image_size();
+    match preprocess.output_size() {
+        Some((w, h)) if (w as usize, h as usize) == (size, size) => {}
+        Some((w, h)) => {
+            return Err(in_model(anyhow::anyhow!(
+                "{} makes images {w}x{h} but the vision tower takes {size}x{size}",
+                files.preprocessor.display()
+            )))
+        }
+        None => {
+            return Err(in_model(anyhow::anyhow!(
+                "{} gives no fixed image size (no center crop and no exact resize)",
+                files.preprocessor.display()
+            )))
+        }
+    }
+    Ok(ModelPlan {
+        files,
+        spec,
+        preprocess,
+        device,
+        precision: opts.precision,
+    })
+}
+
+impl ModelPlan {
+    /// Loads the towers asked for (and the tokenizer with the text tower).
+    pub fn load(self, towers: Towers) -> Result<Engine> {
+        let in_model = |e: anyhow::Error| model_error(&self.files.id, e);
+        let tokenizer = if towers.text {
+            Some(
+                Tokenizer::from_file(&self.files.tokenizer, self.spec.text_policy())
+                    .map_err(in_model)?,
+            )
+        } else {
+            None
+        };
+        let opts = LoadOptions {
+            device: self.device,
+            dtype: self.precision.dtype(),
+            towers,
+        };
+        let model = self
+            .spec
+            .load(&self.files.weights, &opts)
+            .map_err(in_model)?;
+        Ok(Engine {
+            files: self.files,
+            spec: self.spec,
+            preprocess: self.preprocess,
+            tokenizer,
+            model,
+        })
+    }
+
+    /// What the text cache's entries for this model are keyed by: the Hub commit, or for a local
+    /// folder the files' identity (path, size, modification time), plus the numeric type and the
+    /// family's text policy (everything that changes a text embedding).
+    pub fn cache_key(&self) -> String {
+        let tail = format!(
+            "{}|{}|{}",
+            self.precision.name(),
+            self.spec.family(),
+            self.spec.text_policy().cache_tag()
+        );
+        if let Some(rev) = &self.files.revision {
+            return format!("hub:{}@{rev}|{tail}", self.files.id);
+        }
+        let mut key = format!("local|{tail}");
+        let files = [&self.files.config, &self.files.tokenizer]
+            .into_iter()
+            .chain(&self.files.weights);
+        for path in files {
+            let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.clone());
+            let (len, mtime) = std::fs::metadata(&path)
+                .map(|m| {
+                    let mtime = m
+                        .modified()
+                        .ok()
+                        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                        .map_or(0, |d| d.as_nanos());
+                    (m.len(), mtime)
+                })
+                .unwrap_or((0, 0));
+            key.push_str(&format!("|{}:{len}:{mtime}", path.display()));
+        }
+        key
+    }
+}
+
+impl Engine {
+    /// Resolves and loads a model in one step.
+    pub fn load(opts: &ModelOptions, towers: Towers, quiet: bool) -> Result<Engine> {
+        plan_model(opts, quiet)?.load(towers)
+    }
+
+    pub fn head(&self) -> ScoreHead {
+        self.model.head()
+    }
+
+    pub fn info(&self) -> ModelInfo {
+        ModelInfo {
+            id: self.files.id.clone(),
+            revision: self.files.revision.clone(),
+        }
+    }
+
+    /// Image embeddings of already preprocessed images.
+    pub fn image_embeddings(&self, pixels: &[Vec<f32>]) -> Result<Vec<Vec<f32>>> {
+        let batch = crate::preprocess::to_tensor(pixels, &self.preprocess, self.model.device())?;
+        self.model
+            .encode_images(&batch)?
+            .to_vec2::<f32>()
+            .context("cannot read the image embeddings")
+    }
+}
