@@ -279,7 +279,6 @@ pub struct RunArgs {
     pub quiet: bool,
 }
 
-
 impl Cli {
     /// The command as the library runs it: typed options, no clap types.
     pub fn into_request(self) -> Request {

@@ -88,7 +88,10 @@ impl Scoring {
                 baseline: Some(base),
             } => {
                 let scale = head.scale();
-                cosines.iter().map(|&c| sigmoid(scale * (c - base))).collect()
+                cosines
+                    .iter()
+                    .map(|&c| sigmoid(scale * (c - base)))
+                    .collect()
             }
         }
     }

@@ -67,9 +67,6 @@ impl Tokenizer {
     }
 }
 
-
-
-
 /// Built-in template sets, kept as data under `prompts/templates/`.
 pub const BUILTIN_TEMPLATE_SETS: &[(&str, &str)] = &[(
     "imagenet",

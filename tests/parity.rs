@@ -11,8 +11,8 @@ use candle_core::{DType, Device, Tensor};
 use serde::Deserialize;
 use vlm::engine::{Engine, ModelOptions, Precision};
 use vlm::model::Towers;
-use vlm::score::{self, LabelEmbeddings, Scoring};
 use vlm::preprocess::{self, DecodeLimits};
+use vlm::score::{self, LabelEmbeddings, Scoring};
 use vlm::text::Template;
 
 /// f32 embeddings on identical input: transformers' eager attention and ours sum in different orders.
@@ -134,7 +134,12 @@ fn check_images(model: &str) {
 
     // Probabilities over the prompts, from our embeddings: same winner, close values.
     let tokens = m.tokenizer.as_ref().unwrap().encode(&r.prompts).unwrap();
-    let text: Vec<Vec<f32>> = m.model.encode_texts(&tokens.ids).unwrap().to_vec2().unwrap();
+    let text: Vec<Vec<f32>> = m
+        .model
+        .encode_texts(&tokens.ids)
+        .unwrap()
+        .to_vec2()
+        .unwrap();
     let labels = LabelEmbeddings {
         labels: r.prompts.clone(),
         embeddings: text

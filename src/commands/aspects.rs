@@ -105,4 +105,3 @@ pub fn run(opts: &AspectsOptions, out: &mut impl std::io::Write) -> Result<Outco
     out.flush()?;
     Ok(Outcome::Success)
 }
-

@@ -3,11 +3,11 @@
 use anyhow::{Context, Result};
 
 use super::{
-    collect_inputs, open_destination, skip_completed, write_results, InputSpec, Outcome,
-    RunOptions,
+    collect_inputs, open_destination, skip_completed, write_results, InputSpec, Outcome, RunOptions,
 };
 use crate::engine::text::{load_with_text, text_cache, TextReport};
 use crate::engine::{plan_model, ModelOptions};
+use crate::model::HeadKind;
 use crate::output::{self, ImageResult, Prediction, RunInfo};
 use crate::score::{self, LabelEmbeddings, Scoring, Selection};
 use crate::text::{self, LabelList, Template};
@@ -28,7 +28,7 @@ pub struct ClassifyOptions {
     pub run: RunOptions,
 }
 
-fn collect_labels(opts: &ClassifyOptions, quiet: bool) -> Result<Vec<String>> {
+fn collect_labels(opts: &ClassifyOptions) -> Result<(Vec<String>, Vec<String>)> {
     let mut labels = LabelList::default();
     for value in &opts.labels {
         labels.add_csv(value)?;
@@ -36,19 +36,21 @@ fn collect_labels(opts: &ClassifyOptions, quiet: bool) -> Result<Vec<String>> {
     for file in &opts.labels_files {
         labels.add_file(file)?;
     }
-    let (labels, warnings) = labels.finish_with_warnings()?;
-    if !quiet {
-        for w in &warnings {
-            output::warn(w);
-        }
-        if labels.len() == 1 {
-            output::warn(&format!(
-                "only one label ({:?}): with a softmax head its probability is always 1; give two or more (comma-separated) to compare",
-                labels[0]
-            ));
-        }
+    Ok(labels.finish_with_warnings()?)
+}
+
+/// What looks like a mistake in the labels, said once the model is known to load (so that a model
+/// error stays the only line): label-file lines holding commas, and a lone label under a softmax
+/// head, whose probability is always 1.
+fn warn_about_labels(labels: &[String], warnings: &[String], head: HeadKind) {
+    for w in warnings {
+        output::warn(w);
     }
-    Ok(labels)
+    if let ([only], HeadKind::Softmax) = (labels, head) {
+        output::warn(&format!(
+            "only one label ({only:?}): its probability is always 1 with this model; give two or more (comma-separated) to compare"
+        ));
+    }
 }
 
 /// The user's templates, or `None` for the model's default.
@@ -71,7 +73,7 @@ fn collect_templates(opts: &ClassifyOptions) -> Result<Vec<Template>> {
 pub fn run(opts: &ClassifyOptions) -> Result<Outcome> {
     // Everything the user typed is checked before the model is touched.
     let quiet = opts.run.quiet;
-    let labels = collect_labels(opts, quiet)?;
+    let (labels, label_warnings) = collect_labels(opts)?;
     let mut templates = collect_templates(opts)?;
     let inputs = collect_inputs(&opts.inputs)?;
     let dest = open_destination(&opts.run.output)?;
@@ -90,6 +92,9 @@ pub fn run(opts: &ClassifyOptions) -> Result<Outcome> {
         verbose: opts.run.verbose,
     };
     let (engine, embeddings) = load_with_text(plan, &units, cache.as_ref(), report)?;
+    if !quiet {
+        warn_about_labels(&labels, &label_warnings, engine.head().kind);
+    }
     let label_embeds = LabelEmbeddings {
         labels: labels.clone(),
         embeddings,

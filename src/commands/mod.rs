@@ -181,10 +181,11 @@ pub fn write_results<R: Record>(
     let table = dest.format == Format::Table;
     let progress = Progress::images(inputs.len(), show_progress(run.quiet));
     let mut writer = ResultWriter::begin(dest.sink, dest.format, header)?;
-    let failed = images::encode_images(engine, inputs, &run.batch, &progress, |input, embedding| {
-        let rec = record(display_path(&input.path), embedding);
-        Ok(progress.suspend(|| writer.record(&rec))?)
-    })?;
+    let failed =
+        images::encode_images(engine, inputs, &run.batch, &progress, |input, embedding| {
+            let rec = record(display_path(&input.path), embedding);
+            Ok(progress.suspend(|| writer.record(&rec))?)
+        })?;
     progress.finish();
     let sink = writer.finish()?;
     sink.commit()?;

@@ -14,8 +14,7 @@
 use anyhow::{Context, Result};
 
 use super::{
-    collect_inputs, open_destination, skip_completed, write_results, InputSpec, Outcome,
-    RunOptions,
+    collect_inputs, open_destination, skip_completed, write_results, InputSpec, Outcome, RunOptions,
 };
 use crate::aspects::{self, Aspect, AspectKind};
 use crate::cli::PerAspect;
@@ -87,9 +86,11 @@ fn multi_scoring(head: &ScoreHead, neutral: Option<&[f32]>, image: &[f32]) -> Sc
 }
 
 fn score_all(image: &[f32], aspect: &AspectEmbeddings, head: &ScoreHead) -> Vec<LabelScore> {
-    score::score_labels(image, &aspect.labels, head, |normalised| match aspect.kind {
-        AspectKind::Single => Scoring::Softmax,
-        AspectKind::Multi => multi_scoring(head, aspect.neutral.as_deref(), normalised),
+    score::score_labels(image, &aspect.labels, head, |normalised| {
+        match aspect.kind {
+            AspectKind::Single => Scoring::Softmax,
+            AspectKind::Multi => multi_scoring(head, aspect.neutral.as_deref(), normalised),
+        }
     })
 }
 

@@ -76,7 +76,9 @@ pub fn load_with_text(
         while start < missing.len() {
             let mut end = start;
             let mut count = 0usize;
-            while end < missing.len() && (count == 0 || count + units[missing[end]].len() <= TEXT_CHUNK) {
+            while end < missing.len()
+                && (count == 0 || count + units[missing[end]].len() <= TEXT_CHUNK)
+            {
                 count += units[missing[end]].len();
                 end += 1;
             }

@@ -18,4 +18,3 @@ pub fn info(message: &str) {
 pub fn report_error(message: &str) {
     eprintln!("vlm: {}", escape_controls(message));
 }
-

@@ -103,4 +103,3 @@ impl<R: Record> Exporter<R> for TableExporter {
         Ok(Vec::new())
     }
 }
-

@@ -155,7 +155,6 @@ impl<W: Write, R: Record> ResultWriter<W, R> {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -86,7 +86,8 @@ fn bar(total: usize, template: &str, unit: &'static str) -> ProgressBar {
             },
         )
         .progress_chars("=> ");
-    ProgressBar::with_draw_target(Some(total as u64), ProgressDrawTarget::stderr()).with_style(style)
+    ProgressBar::with_draw_target(Some(total as u64), ProgressDrawTarget::stderr())
+        .with_style(style)
 }
 
 /// Remembers when the first item finished (and how many had then).

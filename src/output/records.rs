@@ -172,8 +172,9 @@ impl Record for ImageResult {
 
 impl Record for TagResult {
     /// One row per image, aspect and tag; a failed image has one row with only the error.
-    const COLUMNS: &'static [&'static str] =
-        &["path", "aspect", "rank", "label", "score", "cosine", "error"];
+    const COLUMNS: &'static [&'static str] = &[
+        "path", "aspect", "rank", "label", "score", "cosine", "error",
+    ];
 
     fn rows(&self) -> Vec<Vec<Cell<'_>>> {
         let mut rows = Vec::new();

@@ -271,4 +271,3 @@ pub fn read_completed(path: &Path) -> Result<HashSet<String>> {
     }
     Ok(done)
 }
-

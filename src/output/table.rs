@@ -88,14 +88,19 @@ pub fn aspects_table(width: Option<usize>, aspects: &[(&AspectInfo, Option<Vec<&
             let items: Vec<String> = labels
                 .iter()
                 .enumerate()
-                .map(|(i, l)| if i + 1 < n { format!("{l},") } else { l.to_string() })
+                .map(|(i, l)| {
+                    if i + 1 < n {
+                        format!("{l},")
+                    } else {
+                        l.to_string()
+                    }
+                })
                 .collect();
             out.push_str(&wrap_items("  labels: ", &items, " ", width));
         }
     }
     out
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -117,6 +122,9 @@ mod tests {
         );
         // An item wider than the line still comes whole.
         let long = vec!["a".repeat(50)];
-        assert_eq!(wrap_items("x ", &long, " ", Some(10)), format!("x {}\n", "a".repeat(50)));
+        assert_eq!(
+            wrap_items("x ", &long, " ", Some(10)),
+            format!("x {}\n", "a".repeat(50))
+        );
     }
 }
