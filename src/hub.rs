@@ -219,7 +219,8 @@ fn resolve_hub(req: &ModelRequest) -> Result<ModelFiles> {
             .build()
             .map_err(|e| model_error(id, format!("cannot set up the Hub client: {e}")))?;
         let api_repo = api.repo(repo.clone());
-        Box::new(move |file| fetch_online(&api_repo, id, file))
+        let cached = cache.repo(repo.clone());
+        Box::new(move |file| fetch_online(&api_repo, id, file, cached.get(file).is_some()))
     };
     let require = |file: &str| -> Result<PathBuf> {
         fetch(file)?.ok_or_else(|| {
@@ -277,8 +278,9 @@ fn resolve_hub(req: &ModelRequest) -> Result<ModelFiles> {
     })
 }
 
-/// Fetches one file through the cache; `Ok(None)` when the repository does not have it.
-fn fetch_online(repo: &ApiRepo, id: &str, file: &str) -> Result<Option<PathBuf>> {
+/// Fetches one file through the cache; `Ok(None)` when the repository does not have it. `in_cache`:
+/// whether the cache holds the file already, so that `HF_HUB_OFFLINE=1` would help.
+fn fetch_online(repo: &ApiRepo, id: &str, file: &str, in_cache: bool) -> Result<Option<PathBuf>> {
     match repo.get(file) {
         Ok(path) => Ok(Some(path)),
         Err(hf_hub::api::sync::ApiError::RequestError(err)) => match *err {
@@ -291,7 +293,11 @@ fn fetch_online(repo: &ApiRepo, id: &str, file: &str) -> Result<Option<PathBuf>>
             // both cases land above. Anything else is the network.
             other => Err(model_error(
                 id,
-                format!("cannot fetch {file} from the Hub ({other}): check the network, or set HF_HUB_OFFLINE=1 to use the cache, or pass a local folder"),
+                if in_cache {
+                    format!("cannot fetch {file} from the Hub ({other}): check the network, or set HF_HUB_OFFLINE=1 to use the cached copy, or pass a local folder")
+                } else {
+                    format!("cannot fetch {file} from the Hub ({other}): check the network (the model is not in the cache at {} yet), or pass a local folder", cache_dir().display())
+                },
             )),
         },
         Err(e) => Err(model_error(id, format!("cannot fetch {file}: {e}"))),

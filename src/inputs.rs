@@ -182,7 +182,13 @@ impl Walker<'_> {
                 let mut ancestors = Vec::new();
                 self.folder(path, &mut ancestors);
                 if self.out.len() == before {
-                    let hint = if self.opts.recursive {
+                    // --recursive can only help where there are subfolders to walk.
+                    let has_subfolders = fs::read_dir(path).is_ok_and(|entries| {
+                        entries
+                            .flatten()
+                            .any(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    });
+                    let hint = if self.opts.recursive || !has_subfolders {
                         ""
                     } else {
                         " (use --recursive to include subfolders)"
@@ -195,6 +201,12 @@ impl Walker<'_> {
             }
             Ok(_) => self.push_file(path.to_path_buf()),
             Err(_) if is_glob(path) => self.glob(path),
+            // `vlm classify -`: a list on stdin is `--files-from -`.
+            Err(_) if path.as_os_str() == "-" => self.out.push(Input::failed(
+                path.to_path_buf(),
+                "-: no such file (to read a list of images from stdin, use --files-from -)"
+                    .to_string(),
+            )),
             // Missing or unreadable files are still inputs: the decoder reports them with the
             // path, in order, like any other failed image.
             Err(_) => self.push_file(path.to_path_buf()),
@@ -430,7 +442,20 @@ mod tests {
         assert_eq!(got.len(), 1);
         let err = got[0].error.as_deref().unwrap();
         assert!(err.contains("empty: no image files"), "{err}");
+        // No subfolders: --recursive would not help, so it is not suggested.
+        assert!(!err.contains("--recursive"), "{err}");
+        // With a subfolder, it is.
+        fs::create_dir(dir.path().join("empty/sub")).unwrap();
+        let got = run(&[dir.path().join("empty")], &InputOptions::default());
+        let err = got[0].error.as_deref().unwrap();
         assert!(err.contains("--recursive"), "{err}");
+    }
+
+    #[test]
+    fn a_dash_points_to_files_from() {
+        let got = run(&[PathBuf::from("-")], &InputOptions::default());
+        let err = got[0].error.as_deref().unwrap();
+        assert!(err.contains("--files-from -"), "{err}");
     }
 
     #[cfg(unix)]

@@ -178,8 +178,13 @@ pub fn write_results<R: Record>(
     header: &impl serde::Serialize,
     record: impl Fn(String, Result<Vec<f32>, String>) -> R,
 ) -> Result<Outcome> {
-    let table = dest.format == Format::Table;
-    let progress = Progress::images(inputs.len(), show_progress(run.quiet));
+    // A failed image is in the table; when that table is on the terminal, the stderr line would
+    // show the same error twice.
+    let table_on_terminal = dest.format == Format::Table
+        && matches!(dest.sink, Sink::Stdout(_))
+        && std::io::stdout().is_terminal();
+    let progress =
+        Progress::images(inputs.len(), show_progress(run.quiet)).with_errors(!table_on_terminal);
     let mut writer = ResultWriter::begin(dest.sink, dest.format, header)?;
     let failed =
         images::encode_images(engine, inputs, &run.batch, &progress, |input, embedding| {
@@ -189,8 +194,6 @@ pub fn write_results<R: Record>(
     progress.finish();
     let sink = writer.finish()?;
     sink.commit()?;
-    // A failed image is in the table and on stderr; on a terminal, say so once.
-    let _ = table;
     Ok(if failed == 0 {
         Outcome::Success
     } else {
