@@ -5,31 +5,19 @@ mod common;
 
 use std::collections::HashSet;
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use assert_cmd::Command;
-use common::ImageResult as Record;
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
+use common::{fixtures, ImageResult as Record};
 
 fn tiny_model() -> String {
     fixtures().join("models/tiny-openai").display().to_string()
 }
 
+/// `vlm classify` with the tiny model and two labels, in the tests' isolated environment.
 fn vlm() -> Command {
-    let mut cmd = Command::cargo_bin("vlm").unwrap();
-    cmd.env_remove("VLM_MODEL")
-        .env("RUST_BACKTRACE", "1")
-        .env("HF_HUB_OFFLINE", "1")
-        .env("HF_HUB_CACHE", "/nonexistent/vlm-test-cache")
-        // The text cache of the tests, never the user's.
-        .env(
-            "VLM_CACHE_DIR",
-            Path::new(env!("CARGO_TARGET_TMPDIR")).join("vlm-cache"),
-        )
-        .args(["classify", "--model", &tiny_model(), "--labels", "cat,dog"]);
+    let mut cmd = common::vlm();
+    cmd.args(["classify", "--model", &tiny_model(), "--labels", "cat,dog"]);
     cmd
 }
 

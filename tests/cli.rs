@@ -3,10 +3,9 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use assert_cmd::Command;
-use common::ImageResult;
+use common::{fixtures, image, model, vlm, ImageResult};
 use serde::Deserialize;
 
 #[derive(Debug, Deserialize)]
@@ -36,34 +35,6 @@ struct RefClassify {
     labels: Vec<String>,
     templates: Vec<String>,
     probs: Vec<Vec<f32>>,
-}
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
-
-fn model(name: &str) -> String {
-    fixtures().join("models").join(name).display().to_string()
-}
-
-fn image(name: &str) -> String {
-    fixtures().join("images").join(name).display().to_string()
-}
-
-/// `vlm` with an environment that cannot reach the Hub or a user's cache by accident.
-fn vlm() -> Command {
-    let mut cmd = Command::cargo_bin("vlm").unwrap();
-    // Backtraces on, so that a test fails if one ever reaches the user.
-    cmd.env_remove("VLM_MODEL")
-        .env("RUST_BACKTRACE", "1")
-        .env("HF_HUB_OFFLINE", "1")
-        .env("HF_HUB_CACHE", "/nonexistent/vlm-test-cache")
-        // The text cache of the tests, never the user's.
-        .env(
-            "VLM_CACHE_DIR",
-            Path::new(env!("CARGO_TARGET_TMPDIR")).join("vlm-cache"),
-        );
-    cmd
 }
 
 fn classify_json(args: &[&str]) -> Document {

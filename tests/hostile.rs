@@ -15,9 +15,8 @@ use std::collections::HashMap;
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
 
-use assert_cmd::Command;
-use common::png_claiming;
 use common::ImageResult;
+use common::{fixtures, png_claiming, vlm};
 use image::codecs::gif::{GifEncoder, Repeat};
 use image::codecs::png::{CompressionType, FilterType, PngEncoder};
 use image::codecs::webp::WebPEncoder;
@@ -36,10 +35,6 @@ const FUZZ_LIMITS: DecodeLimits = DecodeLimits {
     max_pixels: 1 << 20,
 };
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
-
 fn hostile(name: &str) -> PathBuf {
     fixtures().join("hostile").join(name)
 }
@@ -51,17 +46,6 @@ fn model() -> PathBuf {
 fn vit_b32_config() -> PreprocessConfig {
     PreprocessConfig::from_file(&fixtures().join("configs/openai-legacy-preprocessor_config.json"))
         .unwrap()
-}
-
-/// `vlm` with an environment that cannot reach the Hub or a user's cache by accident, and with
-/// backtraces on so that a panic could not hide.
-fn vlm() -> Command {
-    let mut cmd = Command::cargo_bin("vlm").unwrap();
-    cmd.env_remove("VLM_MODEL")
-        .env("RUST_BACKTRACE", "1")
-        .env("HF_HUB_OFFLINE", "1")
-        .env("HF_HUB_CACHE", "/nonexistent/vlm-test-cache");
-    cmd
 }
 
 struct Run {
@@ -884,7 +868,15 @@ fn label_file_regressions_and_seeds() {
                     "{msg:?}"
                 );
             }
-            let _ = labels.finish();
+            // A file whose text was accepted either holds labels or is refused as empty, with
+            // one line naming it; never anything else.
+            if let Err(e) = labels.finish() {
+                let msg = e.to_string();
+                assert!(
+                    msg.starts_with("no labels") && !msg.contains('\n'),
+                    "{msg:?}"
+                );
+            }
             n += 1;
         }
     }

@@ -2,6 +2,62 @@
 //! `mod common;` and uses what it needs).
 #![allow(dead_code)]
 
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use assert_cmd::Command;
+
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+/// A fixture model folder, as `--model` takes it.
+pub fn model(name: &str) -> String {
+    fixtures().join("models").join(name).display().to_string()
+}
+
+/// A fixture image, as an input argument.
+pub fn image(name: &str) -> String {
+    fixtures().join("images").join(name).display().to_string()
+}
+
+/// `vlm` with an environment that cannot reach the Hub or a user's cache by accident; the text
+/// cache is the tests' shared one (use [`vlm_cache`] where the cache matters). Backtraces are on,
+/// so that a test fails if one ever reaches the user.
+pub fn vlm() -> Command {
+    vlm_cache(&Path::new(env!("CARGO_TARGET_TMPDIR")).join("vlm-cache"))
+}
+
+/// [`vlm`] with `VLM_CACHE_DIR` set to `cache`.
+pub fn vlm_cache(cache: &Path) -> Command {
+    let mut cmd = Command::cargo_bin("vlm").unwrap();
+    cmd.env_remove("VLM_MODEL")
+        .env_remove("XDG_CACHE_HOME")
+        .env("RUST_BACKTRACE", "1")
+        .env("HF_HUB_OFFLINE", "1")
+        .env("HF_HUB_CACHE", "/nonexistent/vlm-test-cache")
+        .env("VLM_CACHE_DIR", cache);
+    cmd
+}
+
+pub fn stdout_of(out: &Output) -> String {
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
+
+pub fn stderr_of(out: &Output) -> String {
+    String::from_utf8(out.stderr.clone()).unwrap()
+}
+
+/// Asserts exit code 0, showing stderr otherwise.
+pub fn success(out: &Output) {
+    assert!(
+        out.status.success(),
+        "status {:?}, stderr: {}",
+        out.status,
+        stderr_of(out)
+    );
+}
+
 /// One label's score in `vlm classify` JSON output; unknown fields are errors.
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
