@@ -1,0 +1,24 @@
+//! The records vlm writes: each run's header (what the JSON document opens with) and one record per
+//! input. A record describes its rows once ([`Record::rows`]: the flat view CSV prints) and how a
+//! person reads it ([`Record::table`]); JSON and JSONL come from `Serialize`.
+
+//!
+//! A new command adds a file here with its header and record types.
+
+mod classify;
+mod tag;
+
+use serde::{Deserialize, Serialize};
+
+pub use classify::{ImageResult, Prediction, RunInfo};
+pub use tag::{AspectInfo, AspectTags, Tag, TagResult, TagRunInfo};
+
+/// Which model produced the results.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelInfo {
+    /// The Hub id or local folder given with `--model`.
+    pub id: String,
+    /// The Hub commit the weights came from; null for a local folder.
+    pub revision: Option<String>,
+}
