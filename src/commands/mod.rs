@@ -4,6 +4,7 @@
 
 pub mod aspects;
 pub mod classify;
+pub mod explain;
 pub mod tag;
 
 use std::collections::HashSet;
@@ -33,6 +34,7 @@ pub enum Request {
     Classify(classify::ClassifyOptions),
     Tag(tag::TagOptions),
     Aspects(aspects::AspectsOptions),
+    Explain(explain::ExplainOptions),
 }
 
 pub fn run(request: Request) -> Result<Outcome> {
@@ -46,6 +48,10 @@ pub fn run(request: Request) -> Result<Outcome> {
             tag::run(&opts)
         }
         Request::Aspects(opts) => aspects::run(&opts, &mut std::io::stdout().lock()),
+        Request::Explain(opts) => {
+            limit_threads(&opts.run);
+            explain::run(&opts)
+        }
     }
 }
 

@@ -6,11 +6,13 @@
 //! A new command adds a file here with its header and record types.
 
 mod classify;
+mod explain;
 mod tag;
 
 use serde::{Deserialize, Serialize};
 
 pub use classify::{ImageResult, Prediction, RunInfo};
+pub use explain::{ExplainResult, Grid, LabelMap};
 pub use tag::{AspectInfo, AspectTags, Tag, TagResult, TagRunInfo};
 
 /// Which model produced the results.
