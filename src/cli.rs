@@ -47,8 +47,7 @@ pub enum Command {
     Tag(TagArgs),
     /// List the built-in aspects, or show the labels of some.
     Aspects(AspectsArgs),
-    /// Show where in each image each label is seen: a heat map of patch-label similarity,
-    /// as numbers or drawn over the photo (-o DIR).
+    /// Show where in each image each label is seen: patch heat maps as numbers or pictures.
     #[command(after_help = EXIT_CODES)]
     Explain(ExplainArgs),
 }
