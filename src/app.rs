@@ -414,6 +414,8 @@ impl LoadedModel {
                 embeds[i] = e;
             }
         }
+        crate::model::checks::finite_embeddings("text", &embeds)
+            .map_err(|e| model_error(&self.files.id, e))?;
         Ok(embeds)
     }
 
@@ -421,7 +423,10 @@ impl LoadedModel {
     pub fn image_embeddings(&self, pixels: &[Vec<f32>]) -> Result<Vec<Vec<f32>>> {
         let device = self.clip.vision()?.device();
         let batch = preprocess::to_tensor(pixels, &self.preprocess, device)?;
-        Ok(self.clip.vision()?.forward(&batch)?.to_vec2::<f32>()?)
+        let embeds = self.clip.vision()?.forward(&batch)?.to_vec2::<f32>()?;
+        crate::model::checks::finite_embeddings("image", &embeds)
+            .map_err(|e| model_error(&self.files.id, e))?;
+        Ok(embeds)
     }
 
     pub fn info(&self) -> ModelInfo {

@@ -5,6 +5,7 @@
 //! Candle's stock `clip` module has fixed presets and quick_gelu only; this one reads every size, the
 //! activation and the epsilons from `config.json`, so OpenAI and LAION checkpoints alike load.
 
+pub mod checks;
 pub mod config;
 pub mod weights;
 
@@ -546,6 +547,7 @@ impl Clip {
         } else {
             bail!("the checkpoint has no logit_scale tensor: is this a CLIPModel checkpoint?");
         };
+        let logit_scale = checks::logit_scale(logit_scale)?;
         Ok(Self {
             config,
             vision,
