@@ -182,8 +182,8 @@ pub fn plan_model(args: &ModelArgs, quiet: bool) -> Result<ModelPlan> {
     let config = ClipConfig::from_file(&files.config).map_err(in_model)?;
     let preprocess = PreprocessConfig::from_file(&files.preprocessor).map_err(in_model)?;
     if let Some((w, h)) = preprocess.output_size() {
-        let size = config.vision.image_size as u32;
-        if (w, h) != (size, size) {
+        let size = config.vision.image_size;
+        if (w as usize, h as usize) != (size, size) {
             return Err(in_model(anyhow::anyhow!(
                 "{} crops images to {w}x{h} but the vision tower takes {size}x{size}",
                 files.preprocessor.display()
