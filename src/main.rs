@@ -11,6 +11,8 @@ use vlm::output;
 static ALLOC: vlm::alloc::Allocator = vlm::alloc::Allocator;
 
 fn main() -> ExitCode {
+    // SAFETY: `ALLOC` above, a `vlm::alloc::Allocator`, is this program's global allocator.
+    unsafe { vlm::alloc::enable_in_place() };
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         // --help and --version print to stdout and succeed.
