@@ -290,3 +290,26 @@ fn discard(addr: usize, size: usize) {
 
 #[cfg(not(unix))]
 fn discard(_: usize, _: usize) {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The unit tests never call `enable_in_place`: mapping must then be off, even after
+    /// allocations through `Allocator` (before, the first one turned it on, which a wrapping
+    /// allocator's would too).
+    #[test]
+    fn nothing_is_mapped_until_the_program_enables_it() {
+        let layout = Layout::from_size_align(64, 8).unwrap();
+        // SAFETY: a valid non-zero layout; the pointer is freed with the same layout.
+        unsafe {
+            let p = Allocator.alloc(layout);
+            assert!(!p.is_null());
+            Allocator.dealloc(p, layout);
+        }
+        assert!(!mapping_available());
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(f.path(), [0u8; 64]).unwrap();
+        assert!(Mapping::new(f.as_file()).is_none());
+    }
+}
