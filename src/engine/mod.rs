@@ -236,9 +236,13 @@ impl Engine {
     /// Image embeddings of already preprocessed images.
     pub fn image_embeddings(&self, pixels: &[Vec<f32>]) -> Result<Vec<Vec<f32>>> {
         let batch = crate::preprocess::to_tensor(pixels, &self.preprocess, self.model.device())?;
-        self.model
+        let embeds = self
+            .model
             .encode_images(&batch)?
             .to_vec2::<f32>()
-            .context("cannot read the image embeddings")
+            .context("cannot read the image embeddings")?;
+        crate::model::checks::finite_embeddings("image", &embeds)
+            .map_err(|e| model_error(&self.files.id, e))?;
+        Ok(embeds)
     }
 }

@@ -9,6 +9,7 @@
 //!
 //! Adding a family = a new folder here plus one line in [`FAMILIES`].
 
+pub mod checks;
 pub mod clip;
 pub mod nn;
 pub mod weights;
