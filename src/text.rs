@@ -1,5 +1,6 @@
 //! Text side: the checkpoint's tokenizer, prompt templates and label lists.
 
+use std::io::Read;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
@@ -22,10 +23,40 @@ pub struct Tokenized {
     pub truncated: Vec<usize>,
 }
 
+/// Largest decompressed `tokenizer.json.gz` accepted (the real Gemma tokenizer of SigLIP 2 is
+/// 34 MB): a corrupt or hostile archive cannot fill the memory.
+const MAX_TOKENIZER_BYTES: u64 = 1 << 30;
+
+/// Reads `tokenizer.json`, or `tokenizer.json.gz` (gzip, e.g. a large tokenizer kept compressed in
+/// a model folder), whole.
+fn read_tokenizer_file(path: &Path) -> Result<Vec<u8>> {
+    let file =
+        std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut bytes = Vec::new();
+    if path.extension().is_some_and(|e| e == "gz") {
+        flate2::read::GzDecoder::new(file)
+            .take(MAX_TOKENIZER_BYTES + 1)
+            .read_to_end(&mut bytes)
+            .with_context(|| format!("cannot decompress {}", path.display()))?;
+        if bytes.len() as u64 > MAX_TOKENIZER_BYTES {
+            bail!(
+                "{} decompresses to more than {MAX_TOKENIZER_BYTES} bytes",
+                path.display()
+            );
+        }
+    } else {
+        std::io::BufReader::new(file)
+            .read_to_end(&mut bytes)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+    }
+    Ok(bytes)
+}
+
 impl Tokenizer {
     pub fn from_file(path: &Path, policy: TextPolicy) -> Result<Self> {
         let context_len = policy.context_len;
-        let mut inner = tokenizers::Tokenizer::from_file(path)
+        let bytes = read_tokenizer_file(path)?;
+        let mut inner = tokenizers::Tokenizer::from_bytes(&bytes)
             .map_err(|e| anyhow::anyhow!("{e}"))
             .with_context(|| format!("cannot load tokenizer {}", path.display()))?;
         // Truncate the content and keep the start and end tokens, as transformers' CLIPTokenizer does
@@ -261,6 +292,34 @@ mod tests {
         assert_eq!(t.ids[0][0], 49406);
         assert_eq!(t.ids[0][76], 49407);
         assert_eq!(t.truncated, vec![0]);
+    }
+
+    #[test]
+    fn gzipped_tokenizers_load() {
+        use std::io::Write;
+        let plain = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/models/tiny-openai/tokenizer.json");
+        let dir = tempfile::tempdir().unwrap();
+        let gz = dir.path().join("tokenizer.json.gz");
+        let mut enc = flate2::write::GzEncoder::new(
+            std::fs::File::create(&gz).unwrap(),
+            flate2::Compression::fast(),
+        );
+        enc.write_all(&std::fs::read(&plain).unwrap()).unwrap();
+        enc.finish().unwrap();
+        let policy = tokenizer().policy();
+        let prompts = ["A photo of a cat".to_string()];
+        let a = Tokenizer::from_file(&plain, policy).unwrap();
+        let b = Tokenizer::from_file(&gz, policy).unwrap();
+        assert_eq!(a.encode(&prompts).unwrap(), b.encode(&prompts).unwrap());
+
+        let bad = dir.path().join("bad.json.gz");
+        std::fs::write(&bad, b"not gzip at all").unwrap();
+        let err = format!("{:#}", Tokenizer::from_file(&bad, policy).err().unwrap());
+        assert!(
+            err.starts_with("cannot decompress") && err.contains("bad.json.gz"),
+            "{err}"
+        );
     }
 
     #[test]
