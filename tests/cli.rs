@@ -381,8 +381,8 @@ fn model_errors_name_the_model_and_the_problem() {
         &[],
         "model ./no/such/folder: no such folder",
     );
-    broken_model("tiny-openai", "unsupported model_type \"siglip\"", |d| {
-        edit_config(d, "\"model_type\": \"clip\"", "\"model_type\": \"siglip\"")
+    broken_model("tiny-openai", "unsupported model_type \"blip\"", |d| {
+        edit_config(d, "\"model_type\": \"clip\"", "\"model_type\": \"blip\"")
     });
     broken_model("tiny-openai", "missing config.json", |d| {
         std::fs::remove_file(d.join("config.json")).unwrap()
