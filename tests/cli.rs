@@ -6,15 +6,8 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use assert_cmd::Command;
-use common::ImageResult;
+use common::{Head, ImageResult, ModelInfo};
 use serde::Deserialize;
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ModelInfo {
-    id: String,
-    revision: Option<String>,
-}
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -109,6 +102,8 @@ fn classify_ranks_like_transformers() {
 
     assert_eq!(doc.model.id, model("tiny-laion"));
     assert_eq!(doc.model.revision, None);
+    assert_eq!(doc.model.family, "clip");
+    assert_eq!(doc.model.head, Head::Softmax);
     assert_eq!(doc.labels, c.labels);
     assert_eq!(doc.templates, c.templates);
     assert_eq!(doc.results.len(), reference.images.len());

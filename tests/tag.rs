@@ -7,11 +7,14 @@
 //! `tests/fixtures/reference/tag-*.json`, written by
 //! `/work/.venv/bin/python tests/fixtures/make_fixtures.py --tag`.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use assert_cmd::Command;
+use common::{Head, ModelInfo};
 use serde::Deserialize;
 
 // ---------------------------------------------------------------------------------------------
@@ -47,13 +50,6 @@ struct TagResult {
     path: String,
     aspects: Vec<AspectTags>,
     error: Option<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ModelInfo {
-    id: String,
-    revision: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -407,6 +403,8 @@ fn check_parity(model_name: &str) {
     );
     assert_eq!(doc.model.id, model(model_name));
     assert_eq!(doc.model.revision, None);
+    assert_eq!(doc.model.family, "clip");
+    assert_eq!(doc.model.head, Head::Softmax);
     let names: Vec<&str> = doc.aspects.iter().map(|a| a.name.as_str()).collect();
     assert_eq!(names, ["kind", "thing"]);
     for (h, a) in doc.aspects.iter().zip(&r.aspects) {

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use super::table::{table_entry_head, wrap_items};
 use super::{Cell, Record};
 use crate::aspects::AspectKind;
+use crate::model::HeadKind;
 use crate::score::LabelScore;
 
 /// Which model produced the results.
@@ -17,6 +18,11 @@ pub struct ModelInfo {
     pub id: String,
     /// The Hub commit the weights came from; null for a local folder.
     pub revision: Option<String>,
+    /// The model family (`clip`, `siglip`).
+    pub family: String,
+    /// The score head: `softmax` (CLIP: probabilities over the labels sum to 1) or `sigmoid`
+    /// (SigLIP: each label's probability on its own).
+    pub head: HeadKind,
 }
 
 /// What a `classify` run is about, known before the first image: the JSON document's header.
@@ -32,7 +38,8 @@ pub struct RunInfo {
 #[serde(deny_unknown_fields)]
 pub struct Prediction {
     pub label: String,
-    /// The model's score head on `cosine`: a softmax over all labels for CLIP.
+    /// The model's score head on `cosine`: a softmax over all labels for CLIP, each label's own
+    /// sigmoid for SigLIP (see [`ModelInfo::head`]).
     pub probability: f32,
     /// Cosine similarity of the image and label embeddings.
     pub cosine: f32,
