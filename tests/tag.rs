@@ -190,6 +190,11 @@ const SCORE_TOL: f64 = 2e-4;
 
 /// Same text, same image, different batch composition: only the last bits may differ.
 const SAME_TOL: f32 = 1e-6;
+/// A multi score whose label or neutral was re-encoded in another batch: the last-bit difference of
+/// the cosines is multiplied by exp(logit_scale) = 100 before the sigmoid (measured: 1.3e-6, when the
+/// entry repaired in `text_cache_is_written_read_and_repaired` is the neutral; which entry that is
+/// depends on the cache key, i.e. on the checkout's path and file dates).
+const SAME_SCORE_TOL: f32 = 1e-5;
 
 const KIND: &str = "kind.toml";
 const KIND_PLUS: &str = "kind_plus.toml";
@@ -334,7 +339,7 @@ fn assert_same_results(a: &[TagResult], b: &[TagResult], what: &str) {
             for (l, t) in &p {
                 let u = q[l];
                 assert!(
-                    (t.score - u.score).abs() <= SAME_TOL
+                    (t.score - u.score).abs() <= SAME_SCORE_TOL
                         && (t.cosine - u.cosine).abs() <= SAME_TOL,
                     "{what}: {} {l}: {t:?} vs {u:?}",
                     x.path
