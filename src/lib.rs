@@ -1,4 +1,4 @@
-//! vlm: zero-shot image classification and tagging with CLIP.
+//! vlm: zero-shot image classification and tagging with CLIP and SigLIP.
 //!
 //! `main.rs` only parses arguments and maps the outcome to an exit code; the work lives here:
 //! `cli` (arguments, converted to typed options), `commands` (one file per command), `engine`

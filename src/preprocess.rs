@@ -14,6 +14,8 @@
 //!    default_to_square=False)` → `PIL.Image.resize`), center crop with zero padding
 //!    (`image_transforms.center_crop`), rescale in float64 then cast to float32
 //!    (`image_transforms.rescale`), normalise in float32 (`image_transforms.normalize`).
+//!    `SiglipImageProcessorPil` is the same pipeline with an exact `{"height", "width"}` resize and
+//!    no crop step; its class defaults apply when `image_processor_type` names it.
 //!
 //! [`prepare_file`] (and [`prepare_bytes`] for data in memory) runs both steps for one input
 //! and is the whole per-image step of a batch: it never panics on any input, and its error is
@@ -214,8 +216,9 @@ pub struct CropSize {
 }
 
 /// Preprocessing settings from a checkpoint's `preprocessor_config.json`, with transformers'
-/// `CLIPImageProcessor` class defaults for anything missing (or `null`). Unknown fields are
-/// ignored. Both the legacy (`"size": 224`, `"crop_size": 224`) and the current
+/// `CLIPImageProcessor` class defaults for anything missing (or `null`), or
+/// `SiglipImageProcessor`'s when `image_processor_type` names it ([`Self::siglip`]). Unknown fields
+/// are ignored. Both the legacy (`"size": 224`, `"crop_size": 224`) and the current
 /// (`{"shortest_edge": 224}`, `{"height": 224, "width": 224}`) forms are accepted.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(try_from = "RawConfig")]
@@ -259,10 +262,38 @@ impl Default for PreprocessConfig {
     }
 }
 
+impl PreprocessConfig {
+    /// `SiglipImageProcessor`'s class attributes (SigLIP and SigLIP 2 alike): resize straight to
+    /// 224×224 (no aspect ratio kept), no center crop (the class has no crop step at all), rescale,
+    /// normalise with mean = std = 0.5 (`IMAGENET_STANDARD_MEAN`/`_STD`).
+    pub fn siglip() -> Self {
+        Self {
+            do_resize: true,
+            size: ResizeSize::Exact {
+                height: 224,
+                width: 224,
+            },
+            resample: Resample::Bicubic,
+            do_center_crop: false,
+            crop_size: CropSize {
+                height: 224,
+                width: 224,
+            },
+            do_rescale: true,
+            rescale_factor: 1.0 / 255.0,
+            do_normalize: true,
+            image_mean: [0.5; 3],
+            image_std: [0.5; 3],
+            do_convert_rgb: true,
+        }
+    }
+}
+
 /// The JSON as written; every field optional. Shape-polymorphic fields are kept as JSON values
 /// and interpreted by hand so that errors can say what was expected.
 #[derive(Debug, Default, Deserialize)]
 struct RawConfig {
+    image_processor_type: Option<String>,
     do_resize: Option<bool>,
     size: Option<Value>,
     resample: Option<Value>,
@@ -288,7 +319,17 @@ impl TryFrom<RawConfig> for PreprocessConfig {
 
 impl PreprocessConfig {
     fn from_raw(raw: RawConfig) -> anyhow::Result<Self> {
-        let d = Self::default();
+        // `SiglipImageProcessor`, `...Fast`, `...Pil`: other defaults, and no crop step, whatever
+        // a `do_center_crop` key says (transformers ignores it there).
+        let siglip = raw
+            .image_processor_type
+            .as_deref()
+            .is_some_and(|t| t.starts_with("SiglipImageProcessor"));
+        let d = if siglip {
+            Self::siglip()
+        } else {
+            Self::default()
+        };
         let cfg = Self {
             do_resize: raw.do_resize.unwrap_or(d.do_resize),
             size: match raw.size.as_ref().filter(|v| !v.is_null()) {
@@ -304,7 +345,7 @@ impl PreprocessConfig {
                 }
                 None => d.resample,
             },
-            do_center_crop: raw.do_center_crop.unwrap_or(d.do_center_crop),
+            do_center_crop: !siglip && raw.do_center_crop.unwrap_or(d.do_center_crop),
             crop_size: match raw.crop_size.as_ref().filter(|v| !v.is_null()) {
                 Some(v) => parse_crop_size(v).context("invalid `crop_size`")?,
                 None => d.crop_size,
@@ -1672,6 +1713,40 @@ mod tests {
         .unwrap();
         assert_eq!(cfg, PreprocessConfig::default());
         assert_eq!(cfg.output_size(), Some((224, 224)));
+    }
+
+    #[test]
+    fn siglip_processors_resize_exactly_without_a_crop() {
+        // The published google/siglip-base-patch16-224 and google/siglip2-base-patch16-224
+        // files: no do_center_crop key, which for CLIP would mean a 224 crop; SigLIP 2 says
+        // "do_convert_rgb": null (the class default, true, stays).
+        for (name, resample) in [
+            ("siglip-base-patch16-224", Resample::Bicubic),
+            ("siglip2-base-patch16-224", Resample::Bilinear),
+        ] {
+            let cfg = PreprocessConfig::from_file(&fixture(&format!(
+                "configs/siglip/{name}/preprocessor_config.json"
+            )))
+            .unwrap();
+            assert_eq!(
+                cfg,
+                PreprocessConfig {
+                    resample,
+                    ..PreprocessConfig::siglip()
+                },
+                "{name}"
+            );
+            assert_eq!(cfg.output_size(), Some((224, 224)));
+            assert_eq!(cfg.resized_size(640, 480).unwrap(), (224, 224));
+        }
+        let cfg = PreprocessConfig::from_json_str(
+            r#"{"image_processor_type": "SiglipImageProcessorFast", "do_center_crop": true,
+                "size": {"height": 384, "width": 384}}"#,
+        )
+        .unwrap();
+        assert!(!cfg.do_center_crop);
+        assert_eq!(cfg.output_size(), Some((384, 384)));
+        assert_eq!(cfg.image_mean, [0.5; 3]);
     }
 
     #[test]

@@ -230,6 +230,8 @@ impl Engine {
         ModelInfo {
             id: self.files.id.clone(),
             revision: self.files.revision.clone(),
+            family: self.spec.family().to_string(),
+            head: self.model.head().kind,
         }
     }
 

@@ -27,6 +27,7 @@ use crate::model::{
 pub const FAMILY: Family = Family {
     name: "clip",
     model_types: &["clip"],
+    refused: &[],
     parse: |text| Ok(Box::new(ClipConfig::from_json(text)?)),
 };
 
