@@ -1,5 +1,5 @@
-//! GEMM rate (GFLOP/s) of the encoder's linear layers: Candle's matmul against PyTorch's, measured in
-//! the same run.
+//! GEMM rate (GFLOP/s) of the encoder's linear layers: Candle's matmul and `vlm::kernels` (f32, bf16)
+//! against PyTorch's, measured in the same run.
 //!
 //!     cargo bench --bench kernels
 //!
@@ -15,6 +15,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
+use vlm::kernels::{Backend, PackedLinear, Precision};
 
 const DEFAULT_SHAPES: &str = "1600x768x2304,1600x768x768,1600x768x3072,1600x3072x768,\
                               50x768x2304,50x768x768,50x768x3072,50x3072x768";
@@ -141,11 +142,25 @@ fn main() -> anyhow::Result<()> {
         .collect::<anyhow::Result<_>>()?;
     let threads = candle_core::utils::get_num_threads();
     let (torch_version, torch) = torch_rates(&shapes, threads);
+    let backends: Vec<Backend> = [
+        Backend::best(Precision::F32),
+        Backend::best(Precision::Bf16),
+        Backend::Avx512Bf16,
+    ]
+    .into_iter()
+    .filter(|b| b.is_available())
+    .fold(Vec::new(), |mut v, b| {
+        if !v.contains(&b) {
+            v.push(b);
+        }
+        v
+    });
     println!("threads: {threads}; {torch_version}");
-    println!(
-        "{:>16} {:>12} {:>12} {:>12}",
-        "MxKxN", "candle f32", "torch f32", "torch bf16"
-    );
+    print!("{:>16} {:>12}", "MxKxN", "candle f32");
+    for b in &backends {
+        print!(" {:>12}", format!("{b:?}"));
+    }
+    println!(" {:>12} {:>12}", "torch f32", "torch bf16");
     let dev = Device::Cpu;
     for s in &shapes {
         let x = values(s.m * s.k, 1);
@@ -159,18 +174,30 @@ fn main() -> anyhow::Result<()> {
                 Ok(())
             })?
             / 1e9;
+        let bias = values(s.n, 3);
+        let mut ours = Vec::new();
+        for &b in &backends {
+            let lin = PackedLinear::with_backend(&w, Some(&bias), s.n, s.k, b)?;
+            let mut y = vec![0f32; s.m * s.n];
+            let g = s.flop()
+                / seconds_per_call(|| {
+                    lin.forward(&x, s.m, &mut y)?;
+                    std::hint::black_box(&mut y);
+                    Ok(())
+                })?
+                / 1e9;
+            ours.push(g);
+        }
         let t = |d: &str| {
             torch
                 .get(&(s.name(), d.to_string()))
                 .map_or("-".to_string(), |g| format!("{g:.1}"))
         };
-        println!(
-            "{:>16} {:>12.1} {:>12} {:>12}",
-            s.name(),
-            candle,
-            t("f32"),
-            t("bf16")
-        );
+        print!("{:>16} {:>12.1}", s.name(), candle);
+        for g in ours {
+            print!(" {g:>12.1}");
+        }
+        println!(" {:>12} {:>12}", t("f32"), t("bf16"));
     }
     Ok(())
 }

@@ -32,6 +32,7 @@ pub mod error;
 pub mod hub;
 pub mod inputs;
 pub mod jpeg;
+pub mod kernels;
 pub mod model;
 pub mod output;
 pub mod pipeline;
