@@ -4,7 +4,10 @@
 
 Each shape is MxKxN: `y = x @ w.T + b` with x [M, K], w [N, K], as `torch.nn.functional.linear`
 computes it, in f32 and in bf16 (x and w both bf16, as a model converted with `.to(torch.bfloat16)`
-runs). Prints one JSON object per line: {"shape": "MxKxN", "dtype": "f32"|"bf16", "gflops": median}.
+runs). Prints one JSON object per line: {"shape": "MxKxN", "dtype": "f32"|"bf16", "gflops": median,
+"gflops_cpu": median}: GFLOP per second of wall-clock time, and per second of the process's CPU
+time summed over its threads (on a machine shared with other work, the second is steadier: it
+leaves out the time the threads waited for a core).
 """
 
 import argparse
@@ -29,13 +32,15 @@ def rate(m, k, n, dtype, min_time, repeats):
         f(x, w, b)
         one = max(time.perf_counter() - t, 1e-6)
         iters = max(1, int(min_time / one))
-        samples = []
+        wall, cpu = [], []
         for _ in range(repeats):
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             for _ in range(iters):
                 f(x, w, b)
-            samples.append((time.perf_counter() - t) / iters)
-    return 2.0 * m * k * n / statistics.median(samples) / 1e9
+            wall.append((time.perf_counter() - t) / iters)
+            cpu.append((time.process_time() - c) / iters)
+    flop = 2.0 * m * k * n
+    return flop / statistics.median(wall) / 1e9, flop / statistics.median(cpu) / 1e9
 
 
 def main():
@@ -52,8 +57,11 @@ def main():
     for shape in a.shapes.split(","):
         m, k, n = (int(v) for v in shape.split("x"))
         for d in a.dtypes.split(","):
-            g = rate(m, k, n, dtypes[d], a.min_time, a.repeats)
-            print(json.dumps({"shape": shape, "dtype": d, "gflops": round(g, 1)}), flush=True)
+            g, gc = rate(m, k, n, dtypes[d], a.min_time, a.repeats)
+            print(
+                json.dumps({"shape": shape, "dtype": d, "gflops": round(g, 1), "gflops_cpu": round(gc, 1)}),
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

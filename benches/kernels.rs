@@ -7,7 +7,9 @@
 //! linear layers at batch 32 and at batch 1), `VLM_BENCH_PYTHON` (interpreter with torch for
 //! `benches/gemm_torch.py`, default `python3`; the PyTorch columns are left empty when it fails),
 //! `RAYON_NUM_THREADS` (threads for Candle and for PyTorch, default: all cores).
-//! Each figure is the median of 7 samples of at least 0.2 s each.
+//! Each figure is the median of 7 samples of at least 0.2 s each, printed twice: per second of wall
+//! time, and per second of the process's CPU time (all threads; Unix only): on a machine shared with
+//! other work the second is steadier, as it leaves out the time the threads waited for a core.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -51,8 +53,24 @@ impl Shape {
     }
 }
 
-/// Median seconds per call of `f`, over SAMPLES samples of at least MIN_SAMPLE_S each.
-fn seconds_per_call(mut f: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<f64> {
+/// This process's CPU time (all threads), in seconds; NaN where not measured.
+fn cpu_seconds() -> f64 {
+    #[cfg(unix)]
+    {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_gettime writes one timespec, which ts is.
+        if unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) } == 0 {
+            return ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9;
+        }
+    }
+    f64::NAN
+}
+
+/// Median (wall, CPU) seconds per call of `f`, over SAMPLES samples of at least MIN_SAMPLE_S each.
+fn seconds_per_call(mut f: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<(f64, f64)> {
     for _ in 0..3 {
         f()?;
     }
@@ -60,16 +78,18 @@ fn seconds_per_call(mut f: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result
     f()?;
     let one = t.elapsed().as_secs_f64().max(1e-7);
     let iters = ((MIN_SAMPLE_S / one) as usize).max(1);
-    let mut samples = Vec::with_capacity(SAMPLES);
+    let (mut wall, mut cpu) = (Vec::with_capacity(SAMPLES), Vec::with_capacity(SAMPLES));
     for _ in 0..SAMPLES {
-        let t = Instant::now();
+        let (t, c) = (Instant::now(), cpu_seconds());
         for _ in 0..iters {
             f()?;
         }
-        samples.push(t.elapsed().as_secs_f64() / iters as f64);
+        wall.push(t.elapsed().as_secs_f64() / iters as f64);
+        cpu.push((cpu_seconds() - c) / iters as f64);
     }
-    samples.sort_by(f64::total_cmp);
-    Ok(samples[SAMPLES / 2])
+    wall.sort_by(f64::total_cmp);
+    cpu.sort_by(f64::total_cmp);
+    Ok((wall[SAMPLES / 2], cpu[SAMPLES / 2]))
 }
 
 /// Deterministic values in [-1, 1).
@@ -87,8 +107,13 @@ fn values(len: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
-/// PyTorch's GFLOP/s per (shape, dtype), from benches/gemm_torch.py; empty if it cannot run.
-fn torch_rates(shapes: &[Shape], threads: usize) -> (String, HashMap<(String, String), f64>) {
+/// PyTorch's (wall, CPU) GFLOP/s per (shape, dtype), from benches/gemm_torch.py; empty if it cannot
+/// run.
+#[allow(clippy::type_complexity)]
+fn torch_rates(
+    shapes: &[Shape],
+    threads: usize,
+) -> (String, HashMap<(String, String), (f64, f64)>) {
     let python = std::env::var("VLM_BENCH_PYTHON").unwrap_or_else(|_| "python3".to_string());
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/gemm_torch.py");
     let names: Vec<String> = shapes.iter().map(Shape::name).collect();
@@ -128,7 +153,8 @@ fn torch_rates(shapes: &[Shape], threads: usize) -> (String, HashMap<(String, St
             v["dtype"].as_str(),
             v["gflops"].as_f64(),
         ) {
-            rates.insert((s.to_string(), d.to_string()), g);
+            let gc = v["gflops_cpu"].as_f64().unwrap_or(f64::NAN);
+            rates.insert((s.to_string(), d.to_string()), (g, gc));
         }
     }
     (version, rates)
@@ -155,49 +181,61 @@ fn main() -> anyhow::Result<()> {
         }
         v
     });
-    println!("threads: {threads}; {torch_version}");
-    print!("{:>16} {:>12}", "MxKxN", "candle f32");
-    for b in &backends {
-        print!(" {:>12}", format!("{b:?}"));
-    }
-    println!(" {:>12} {:>12}", "torch f32", "torch bf16");
+    let mut columns = vec!["candle f32".to_string()];
+    columns.extend(backends.iter().map(|b| format!("{b:?}")));
+    columns.extend(["torch f32".to_string(), "torch bf16".to_string()]);
+    // rows[shape][column] = (wall, cpu) GFLOP/s
+    let mut rows: Vec<Vec<Option<(f64, f64)>>> = Vec::new();
     let dev = Device::Cpu;
     for s in &shapes {
+        let rate = |(wall, cpu): (f64, f64)| Some((s.flop() / wall / 1e9, s.flop() / cpu / 1e9));
         let x = values(s.m * s.k, 1);
         let w = values(s.n * s.k, 2);
+        let bias = values(s.n, 3);
+        let mut row = Vec::new();
         let xt = Tensor::from_slice(&x, (s.m, s.k), &dev)?;
         // As the model holds it: the [out, in] weight, transposed as a view.
         let wt = Tensor::from_slice(&w, (s.n, s.k), &dev)?.t()?;
-        let candle = s.flop()
-            / seconds_per_call(|| {
-                std::hint::black_box(xt.matmul(&wt)?);
-                Ok(())
-            })?
-            / 1e9;
-        let bias = values(s.n, 3);
-        let mut ours = Vec::new();
+        row.push(rate(seconds_per_call(|| {
+            std::hint::black_box(xt.matmul(&wt)?);
+            Ok(())
+        })?));
         for &b in &backends {
             let lin = PackedLinear::with_backend(&w, Some(&bias), s.n, s.k, b)?;
             let mut y = vec![0f32; s.m * s.n];
-            let g = s.flop()
-                / seconds_per_call(|| {
-                    lin.forward(&x, s.m, &mut y)?;
-                    std::hint::black_box(&mut y);
-                    Ok(())
-                })?
-                / 1e9;
-            ours.push(g);
+            row.push(rate(seconds_per_call(|| {
+                lin.forward(&x, s.m, &mut y)?;
+                std::hint::black_box(&mut y);
+                Ok(())
+            })?));
         }
-        let t = |d: &str| {
-            torch
-                .get(&(s.name(), d.to_string()))
-                .map_or("-".to_string(), |g| format!("{g:.1}"))
-        };
-        print!("{:>16} {:>12.1}", s.name(), candle);
-        for g in ours {
-            print!(" {g:>12.1}");
+        for d in ["f32", "bf16"] {
+            row.push(torch.get(&(s.name(), d.to_string())).copied());
         }
-        println!(" {:>12} {:>12}", t("f32"), t("bf16"));
+        rows.push(row);
+    }
+    println!("threads: {threads}; {torch_version}");
+    for (title, pick) in [
+        ("GFLOP/s (wall clock)", 0),
+        ("GFLOP per CPU-second (all threads)", 1),
+    ] {
+        println!("\n{title}");
+        print!("{:>16}", "MxKxN");
+        for c in &columns {
+            print!(" {c:>12}");
+        }
+        println!();
+        for (s, row) in shapes.iter().zip(&rows) {
+            print!("{:>16}", s.name());
+            for cell in row {
+                match cell {
+                    Some(g) if pick == 0 => print!(" {:>12.1}", g.0),
+                    Some(g) => print!(" {:>12.1}", g.1),
+                    None => print!(" {:>12}", "-"),
+                }
+            }
+            println!();
+        }
     }
     Ok(())
 }

@@ -1,6 +1,9 @@
 //! Cache-line-aligned buffers of plain numbers: packed weights, and per-thread scratch for the
 //! converted inputs.
 
+// Used by the x86 kernels only; tested everywhere.
+#![cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+
 use std::cell::RefCell;
 
 /// One 64-byte cache line; a `Vec<Line>` is 64-byte aligned.

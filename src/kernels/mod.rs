@@ -6,7 +6,7 @@
 //!
 //! | precision | backend | needs | weights held as |
 //! | --- | --- | --- | --- |
-//! | `F32` | [`Backend::Avx512F32`]: AVX-512 FMA microkernel, 14 rows × 32 columns | `avx512f` | f32 panels |
+//! | `F32` | [`Backend::Avx512F32`]: AVX-512 FMA microkernel, 8 rows × 48 columns | `avx512f` | f32 panels |
 //! | `Bf16` | [`Backend::AmxBf16`]: AMX tiles, `tdpbf16ps`, 32 × 32 per step | `amx-tile`, `amx-bf16` (CPUID), the kernel's permission (Linux `arch_prctl`), `avx512bf16` | bf16 pairs |
 //! | `Bf16` | [`Backend::Avx512Bf16`]: `vdpbf16ps` microkernel, 14 × 32 | `avx512bf16`, `avx512bw` | bf16 pairs |
 //! | either | [`Backend::Portable`]: the `gemm` crate (Candle's own CPU matmul, AVX-512/AVX2/NEON/scalar, its own dispatch) | nothing | f32, `[out, in]` |
@@ -29,8 +29,6 @@ mod x86;
 
 mod tensor;
 pub use tensor::Linear;
-
-use rayon::prelude::*;
 
 /// Arithmetic a [`PackedLinear`] may use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -188,7 +186,7 @@ impl PackedLinear {
             Backend::Avx512F32 | Backend::AmxBf16 | Backend::Avx512Bf16 => Packed::X86 {
                 backend,
                 weight: x86::PackedWeights::new(weight, out_dim, in_dim, backend),
-                bias: x86::padded_bias(bias, out_dim),
+                bias: x86::padded_bias(bias, out_dim, backend),
             },
             _ => Packed::Portable {
                 weight: weight.to_vec(),
@@ -293,6 +291,7 @@ impl PackedLinear {
                 if g.tasks() == 1 {
                     task(0);
                 } else {
+                    use rayon::prelude::*;
                     (0..g.tasks()).into_par_iter().for_each(task);
                 }
             }
@@ -302,12 +301,16 @@ impl PackedLinear {
 }
 
 /// The output pointer, shared by tasks that write disjoint parts of it.
+#[cfg(target_arch = "x86_64")]
 #[derive(Clone, Copy)]
 struct OutPtr(*mut f32);
 // SAFETY: only used in `forward_threads`, whose tasks write disjoint rectangles of the buffer.
+#[cfg(target_arch = "x86_64")]
 unsafe impl Send for OutPtr {}
 // SAFETY: as above.
+#[cfg(target_arch = "x86_64")]
 unsafe impl Sync for OutPtr {}
+#[cfg(target_arch = "x86_64")]
 impl OutPtr {
     // A method (not field access) so closures capture the whole Send + Sync wrapper.
     fn get(self) -> *mut f32 {
@@ -315,7 +318,10 @@ impl OutPtr {
     }
 }
 
-/// How a `rows × (panels · 32)` output is cut into tasks: `row_tasks` blocks of `row_step` rows
+// The grid serves the x86 kernels (other targets run the gemm crate, which threads itself); its
+// tests run everywhere.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+/// How a `rows × panels` output (panels of 32 or 48 columns) is cut into tasks: `row_tasks` blocks of `row_step` rows
 /// (the last may be shorter) × `col_tasks` blocks of `panel_step` panels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Grid {
@@ -328,6 +334,7 @@ struct Grid {
 /// Cuts the output into about `threads` (or a multiple of it) tasks: row blocks of at most
 /// `max_rows` rows (so a task's converted input stays in L2), in multiples of `unit` rows (the
 /// microkernel's height); when there are fewer row blocks than threads, the columns are split too.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 fn grid(rows: usize, panels: usize, threads: usize, unit: usize, max_rows: usize) -> Grid {
     let threads = threads.max(1);
     let unit = unit.max(1);
@@ -355,6 +362,7 @@ fn grid(rows: usize, panels: usize, threads: usize, unit: usize, max_rows: usize
     }
 }
 
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 impl Grid {
     fn tasks(&self) -> usize {
         self.row_tasks * self.col_tasks

@@ -1,12 +1,12 @@
 //! x86-64 kernels: f32 with AVX-512 FMA, bf16 with AVX512-BF16 `vdpbf16ps` (and the AMX tiles of
 //! `amx.rs`), the weight packing they read, and the per-task loops.
 //!
-//! Weights are cut into panels of NR = 32 output features (two 16-lane vectors, or two AMX tiles
-//! wide), zero-padded at the end:
-//! - f32: panel p holds, for k in 0..K, the 32 values W[32p + j][k] (k-major), so a K-block of a
-//!   panel is contiguous.
-//! - bf16: K is padded to Kp, a multiple of 32; panel p holds, for each block of 32 k (kb), two
-//!   AMX B tiles of 16 rows × 64 bytes: tile t, row r holds for c in 0..16 the pair
+//! Weights are cut into panels of output features, zero-padded at the end:
+//! - f32: panels of NRF = 48 (three 16-lane vectors); panel p holds, for k in 0..K, the 48 values
+//!   W[48p + j][k] (k-major), so a K-block of a panel is contiguous.
+//! - bf16: panels of NR = 32 (two AMX tiles wide); K is padded to Kp, a multiple of 32; panel p
+//!   holds, for each block of 32 k (kb), two AMX B tiles of 16 rows × 64 bytes: tile t, row r
+//!   holds for c in 0..16 the pair
 //!   (W[32p + 16t + c][32kb + 2r], W[32p + 16t + c][32kb + 2r + 1]) ("VNNI" pairs). Row r of both
 //!   tiles is also what one step of the `vdpbf16ps` kernel reads, so both bf16 backends share it.
 //!
@@ -18,11 +18,18 @@ use std::arch::x86_64::*;
 use super::buf::{with_scratch, Aligned};
 use super::{amx, Backend};
 
-/// Panel width: output features per panel.
+/// Panel width of the bf16 layouts: output features per panel.
 pub(super) const NR: usize = 32;
-/// Rows of the f32 and the `vdpbf16ps` microkernels: 14 × 2 accumulators + 2 weight vectors of
-/// the 32 registers.
+/// Rows of the `vdpbf16ps` microkernel: 14 × 2 accumulators + 2 weight vectors of the 32
+/// registers.
 const MR: usize = 14;
+/// Rows and 16-lane vectors (columns / 16) of the f32 microkernel, and its panel width: 8 × 3
+/// accumulators. Measured against 14 × 2, 12 × 2, 6 × 4 and 4 × 4: 14 × 2 reads the weights
+/// least per FMA (best when they stream from L3, M ≈ 50, by ~10%), 8 × 3 and 6 × 4 run ~10%
+/// faster once rows are many (M = 1600), where weights come from L2.
+const MRF: usize = 8;
+const NVF: usize = 3;
+pub(super) const NRF: usize = 16 * NVF;
 /// K-block of the f32 kernel: a 256 × 32 f32 weight block (32 KiB) stays in L1 while it meets
 /// every row block of the task.
 const KC: usize = 256;
@@ -51,6 +58,7 @@ pub(super) struct Shape {
 pub(super) fn row_unit(backend: Backend) -> usize {
     match backend {
         Backend::AmxBf16 => amx::ROWS,
+        Backend::Avx512F32 => MRF,
         _ => MR,
     }
 }
@@ -85,12 +93,13 @@ impl PackedWeights {
             }
             PackedWeights::Bf16 { data, panels }
         } else {
-            let mut data = Aligned::<f32>::zeroed(panels * k * NR);
+            let panels = n.div_ceil(NRF);
+            let mut data = Aligned::<f32>::zeroed(panels * k * NRF);
             let d = data.as_mut_slice();
             for (col, row) in w.chunks_exact(k).enumerate() {
-                let (p, j) = (col / NR, col % NR);
+                let (p, j) = (col / NRF, col % NRF);
                 for (kk, &v) in row.iter().enumerate() {
-                    d[(p * k + kk) * NR + j] = v;
+                    d[(p * k + kk) * NRF + j] = v;
                 }
             }
             PackedWeights::F32 { data, panels }
@@ -104,9 +113,10 @@ impl PackedWeights {
     }
 }
 
-/// The bias (or zeros), padded to whole panels.
-pub(super) fn padded_bias(bias: Option<&[f32]>, n: usize) -> Vec<f32> {
-    let mut b = vec![0.0; n.div_ceil(NR) * NR];
+/// The bias (or zeros), padded to whole panels of `backend`'s layout.
+pub(super) fn padded_bias(bias: Option<&[f32]>, n: usize, backend: Backend) -> Vec<f32> {
+    let width = if backend.is_bf16() { NR } else { NRF };
+    let mut b = vec![0.0; n.div_ceil(width) * width];
     if let Some(bias) = bias {
         b[..n].copy_from_slice(bias);
     }
@@ -147,7 +157,7 @@ pub(super) unsafe fn run_task(
         (Backend::Avx512F32, PackedWeights::F32 { data, .. }) => {
             let kc_blocks = s.k.div_ceil(KC);
             let kc = s.k.div_ceil(kc_blocks);
-            let rows = (r1 - r0).next_multiple_of(MR);
+            let rows = (r1 - r0).next_multiple_of(MRF);
             with_scratch::<f32, _>(rows * kc, |apack| {
                 // SAFETY: forwarded from the caller; apack holds rows × kc values.
                 unsafe {
@@ -257,12 +267,12 @@ fn convert16(src: &[f32], dst: &mut [u16]) {
     }
 }
 
-/// f32 task: for each K-block, pack the task's rows into `apack` (blocks of MR rows, k-major, MR
+/// f32 task: for each K-block, pack the task's rows into `apack` (blocks of MRF rows, k-major, MRF
 /// values per k), then run every (panel, row block) through `kernel_f32`.
 ///
 /// # Safety
 /// As `run_task`, with avx512f, `w` packed as f32 panels, and `apack` holding at least
-/// `(r1 - r0).next_multiple_of(MR) × kc` values.
+/// `(r1 - r0).next_multiple_of(MRF) × kc` values.
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn task_f32(
@@ -276,45 +286,46 @@ unsafe fn task_f32(
     kc: usize,
     apack: &mut [f32],
 ) {
-    let blocks = (r1 - r0).div_ceil(MR);
+    let blocks = (r1 - r0).div_ceil(MRF);
     let mut k0 = 0;
     while k0 < s.k {
         let klen = kc.min(s.k - k0);
         for b in 0..blocks {
-            let blk = &mut apack[b * MR * klen..(b + 1) * MR * klen];
-            for i in 0..MR {
-                let r = r0 + b * MR + i;
+            let blk = &mut apack[b * MRF * klen..(b + 1) * MRF * klen];
+            for i in 0..MRF {
+                let r = r0 + b * MRF + i;
                 if r < r1 {
                     let src = &x[r * s.k + k0..r * s.k + k0 + klen];
                     for (kk, &v) in src.iter().enumerate() {
-                        blk[kk * MR + i] = v;
+                        blk[kk * MRF + i] = v;
                     }
                 } else {
                     for kk in 0..klen {
-                        blk[kk * MR + i] = 0.0;
+                        blk[kk * MRF + i] = 0.0;
                     }
                 }
             }
         }
         for p in p0..p1 {
-            let wp = &w[(p * s.k + k0) * NR..(p * s.k + k0 + klen) * NR];
-            let cols = NR.min(s.n - p * NR);
+            let wp = &w[(p * s.k + k0) * NRF..(p * s.k + k0 + klen) * NRF];
+            let cols = NRF.min(s.n - p * NRF);
             for b in 0..blocks {
-                let r = r0 + b * MR;
-                // SAFETY: wp holds klen × NR values and the block klen × MR; the kernel writes
-                // rows r..r + min(MR, r1 - r) and columns 32p..32p + cols of out (this task's
-                // rectangle, in bounds by the caller's contract); bias holds 32 values from 32p.
+                let r = r0 + b * MRF;
+                // SAFETY: wp holds klen × NRF values and the block klen × MRF; the kernel writes
+                // rows r..r + min(MRF, r1 - r) and columns NRF·p..NRF·p + cols of out (this
+                // task's rectangle, in bounds by the caller's contract); bias holds NRF values
+                // from NRF·p.
                 unsafe {
                     kernel_f32(
                         klen,
-                        apack[b * MR * klen..].as_ptr(),
+                        apack[b * MRF * klen..].as_ptr(),
                         wp.as_ptr(),
-                        out.add(r * s.n + p * NR),
+                        out.add(r * s.n + p * NRF),
                         s.n,
-                        MR.min(r1 - r),
+                        MRF.min(r1 - r),
                         cols,
                         if k0 == 0 {
-                            Some(bias[p * NR..].as_ptr())
+                            Some(bias[p * NRF..].as_ptr())
                         } else {
                             None
                         },
@@ -326,12 +337,13 @@ unsafe fn task_f32(
     }
 }
 
-/// `MR × 32` f32 microkernel: `c[i][j] = init[i][j] + Σ_k a[k·MR + i] · b[k·32 + j]` for i < rows,
-/// j < cols, where init is `bias[j]` when given, else `c[i][j]` (accumulating K-blocks).
+/// `MRF × NRF` f32 microkernel: `c[i][j] = init[i][j] + Σ_k a[k·MRF + i] · b[k·NRF + j]` for
+/// i < rows, j < cols, where init is `bias[j]` when given, else `c[i][j]` (accumulating K-blocks).
 ///
 /// # Safety
-/// avx512f; `a` readable for `k · MR`, `b` for `k · 32` values; `c` row i (i < rows) writable at
-/// `c + i·ldc + j` for j < cols; `bias` (if given) readable for 32 values; rows ≤ MR, cols ≤ 32.
+/// avx512f; `a` readable for `k · MRF`, `b` for `k · NRF` values; `c` row i (i < rows) writable at
+/// `c + i·ldc + j` for j < cols; `bias` (if given) readable for NRF values; rows ≤ MRF,
+/// 1 ≤ cols ≤ NRF.
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn kernel_f32(
@@ -346,39 +358,58 @@ unsafe fn kernel_f32(
 ) {
     // SAFETY: all reads and writes stay in the ranges the contract above names.
     unsafe {
-        let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+        // The output rows are read (later K-blocks) and written only after the K loop; ask for
+        // their lines now, so that the epilogue does not wait for L3 one row at a time.
+        for i in 0..MRF {
+            if i < rows {
+                let ci = c.add(i * ldc);
+                let mut j = 0;
+                while j < cols {
+                    _mm_prefetch::<_MM_HINT_ET0>(ci.add(j).cast());
+                    j += 16;
+                }
+                _mm_prefetch::<_MM_HINT_ET0>(ci.add(cols - 1).cast());
+            }
+        }
+        let mut acc = [[_mm512_setzero_ps(); NVF]; MRF];
         let (mut a, mut b) = (a, b);
         for _ in 0..k {
-            let b0 = _mm512_loadu_ps(b);
-            let b1 = _mm512_loadu_ps(b.add(16));
+            let mut bv = [_mm512_setzero_ps(); NVF];
+            for (v, bv) in bv.iter_mut().enumerate() {
+                *bv = _mm512_loadu_ps(b.add(16 * v));
+            }
             for (i, acc) in acc.iter_mut().enumerate() {
                 let av = _mm512_set1_ps(*a.add(i));
-                acc[0] = _mm512_fmadd_ps(av, b0, acc[0]);
-                acc[1] = _mm512_fmadd_ps(av, b1, acc[1]);
+                for (acc, &bv) in acc.iter_mut().zip(&bv) {
+                    *acc = _mm512_fmadd_ps(av, bv, *acc);
+                }
             }
-            a = a.add(MR);
-            b = b.add(NR);
+            a = a.add(MRF);
+            b = b.add(NRF);
         }
-        let m0 = lane_mask(cols);
-        let m1 = lane_mask(cols.saturating_sub(16));
-        let init = bias.map(|p| {
-            (
-                _mm512_maskz_loadu_ps(m0, p),
-                _mm512_maskz_loadu_ps(m1, p.add(16)),
-            )
-        });
+        let mut masks = [0 as __mmask16; NVF];
+        for (v, m) in masks.iter_mut().enumerate() {
+            *m = lane_mask(cols.saturating_sub(16 * v));
+        }
+        let mut init = [_mm512_setzero_ps(); NVF];
+        if let Some(p) = bias {
+            for (v, init) in init.iter_mut().enumerate() {
+                *init = _mm512_maskz_loadu_ps(masks[v], p.add(16 * v));
+            }
+        }
         for (i, acc) in acc.iter().enumerate() {
             if i < rows {
                 let ci = c.add(i * ldc);
-                let (i0, i1) = match init {
-                    Some(v) => v,
-                    None => (
-                        _mm512_maskz_loadu_ps(m0, ci),
-                        _mm512_maskz_loadu_ps(m1, ci.add(16)),
-                    ),
-                };
-                _mm512_mask_storeu_ps(ci, m0, _mm512_add_ps(acc[0], i0));
-                _mm512_mask_storeu_ps(ci.add(16), m1, _mm512_add_ps(acc[1], i1));
+                for (v, &acc) in acc.iter().enumerate() {
+                    // wrapping: past the row's end when the mask is empty (no access then).
+                    let cv = ci.wrapping_add(16 * v);
+                    let i0 = if bias.is_some() {
+                        init[v]
+                    } else {
+                        _mm512_maskz_loadu_ps(masks[v], cv)
+                    };
+                    _mm512_mask_storeu_ps(cv, masks[v], _mm512_add_ps(acc, i0));
+                }
             }
         }
     }
@@ -455,7 +486,7 @@ unsafe fn kernel_bf16(
         let m0 = lane_mask(cols);
         let m1 = lane_mask(cols.saturating_sub(16));
         let bias0 = _mm512_maskz_loadu_ps(m0, bias);
-        let bias1 = _mm512_maskz_loadu_ps(m1, bias.add(16));
+        let bias1 = _mm512_maskz_loadu_ps(m1, bias.wrapping_add(16));
         let mut acc = [[bias0, bias1]; MR];
         let mut a = a.cast::<i32>();
         let mut w = w;
@@ -477,7 +508,8 @@ unsafe fn kernel_bf16(
             if i < rows {
                 let ci = c.add(i * ldc);
                 _mm512_mask_storeu_ps(ci, m0, acc[0]);
-                _mm512_mask_storeu_ps(ci.add(16), m1, acc[1]);
+                // wrapping: past the row's end when m1 is empty (no access then).
+                _mm512_mask_storeu_ps(ci.wrapping_add(16), m1, acc[1]);
             }
         }
     }
