@@ -34,6 +34,9 @@ pub mod error;
 pub mod hub;
 pub mod inputs;
 pub mod jpeg;
+// AVX-512 intrinsics: stable since Rust 1.89 (rust-version to follow, with `is_multiple_of` for 1.89's lints).
+#[clippy::msrv = "1.89"]
+pub mod kernels;
 pub mod model;
 pub mod output;
 pub mod pipeline;
