@@ -1,6 +1,8 @@
 //! Arbitrary bytes as the files of a model folder that `vlm` reads before any weight:
 //! `config.json`, `preprocessor_config.json` and the start of a `.safetensors` file. The first
-//! byte chooses which (0, 1, 2, modulo 3); the rest is the file. Parsing must never panic, and
+//! byte chooses which (0, 1, 2, modulo 3); the rest is the file (for a `.safetensors` file, the
+//! length of the file past the bytes given, then those bytes: a header can be accepted only
+//! when the file's length is exactly what it says). Parsing must never panic, and
 //! what is accepted must keep the promises the loader relies on: every size within the bounds
 //! of `model::config`, no product of them (positions, attention, pixel buffers, weight shapes)
 //! overflowing, every tensor inside the file, disjoint from the others and exactly as long as
@@ -85,9 +87,15 @@ fn preprocessor(text: &str) {
     }
 }
 
-fn safetensors(bytes: &[u8]) {
-    // The input as the whole file, then as the start of a file of 2^64 - 1 bytes.
-    for file_len in [bytes.len() as u64, u64::MAX] {
+/// `input`: 8 bytes (little-endian) saying how many bytes the file has after the rest of the
+/// input, then the start of the file.
+fn safetensors(input: &[u8]) {
+    let Some((missing, bytes)) = input.split_first_chunk::<8>() else {
+        return;
+    };
+    let file_len = (bytes.len() as u64).saturating_add(u64::from_le_bytes(*missing));
+    // As the start of a file of that length, and as a whole file.
+    for file_len in [file_len, bytes.len() as u64] {
         let Ok(tensors) = parse_header(bytes, file_len) else {
             continue;
         };
