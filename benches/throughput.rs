@@ -14,8 +14,8 @@ use std::time::Instant;
 
 use vlm::app::load_model;
 use vlm::cli::{DTypeArg, ModelArgs};
+use vlm::images::{self as preprocess, DecodeLimits};
 use vlm::model::Towers;
-use vlm::preprocess::{self, DecodeLimits};
 
 fn env_or(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.to_string())

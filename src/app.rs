@@ -16,6 +16,7 @@ use crate::cli::{
     PerAspect, RunArgs, TagArgs,
 };
 use crate::hub::{self, ModelFiles, ModelRequest};
+use crate::images::{self as preprocess, DecodeLimits, PreprocessConfig};
 use crate::inputs::{self, Input, InputOptions};
 use crate::model::{Clip, ClipConfig, LoadOptions, Towers};
 use crate::output::{
@@ -23,7 +24,6 @@ use crate::output::{
     Sink, TagResult, TagRunInfo,
 };
 use crate::pipeline::{self, Panicked, PoolOptions};
-use crate::preprocess::{self, DecodeLimits, PreprocessConfig};
 use crate::tag::{self, AspectEmbeddings, Rule};
 use crate::text::{self, ClipTokenizer, LabelList, Template};
 use crate::Error;

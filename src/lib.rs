@@ -1,9 +1,10 @@
 //! vlm: zero-shot image classification and tagging with CLIP.
 //!
 //! `main.rs` only parses arguments and maps the outcome to an exit code; the work lives here:
-//! `cli` (arguments), `hub` (the only network access), `model` (config + network), `preprocess`
-//! (image + config -> pixels), `text` (tokenizer, templates, labels), `classify` (embeddings ->
-//! ranked results), `output` (the only place that prints) and `app` (wires them together).
+//! `cli` (arguments), `hub` (the only network access), `model` (config + network), `images`
+//! (image file + config -> pixels), `text` (tokenizer, templates, labels), `classify`
+//! (embeddings -> ranked results), `output` (the only place that prints) and `app` (wires them
+//! together).
 
 // README "Guarantees": nothing a user or a file controls may reach a panic. Library code does not
 // unwrap, expect or panic (unit tests may); `.ci/run` runs clippy with `-D warnings`, so this is
@@ -30,12 +31,11 @@ pub mod classify;
 pub mod cli;
 pub mod error;
 pub mod hub;
+pub mod images;
 pub mod inputs;
-pub mod jpeg;
 pub mod model;
 pub mod output;
 pub mod pipeline;
-pub mod preprocess;
 pub mod tag;
 pub mod text;
 

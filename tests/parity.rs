@@ -11,8 +11,8 @@ use candle_core::{DType, Device, Tensor};
 use serde::Deserialize;
 use vlm::classify::{self, LabelEmbeddings};
 use vlm::cli::{DTypeArg, ModelArgs};
+use vlm::images::{self as preprocess, DecodeLimits};
 use vlm::model::Towers;
-use vlm::preprocess::{self, DecodeLimits};
 use vlm::text::Template;
 
 /// f32 embeddings on identical input: transformers' eager attention and ours sum in different orders.
