@@ -26,7 +26,9 @@
 //! a per-resize precision, and so differs from mainline Pillow by ±1 on some pixels. The port
 //! also computes only the output pixels that survive the center crop, which keeps extreme
 //! aspect ratios (a 20000×1 image becomes 4,480,000×224 before cropping) cheap while giving
-//! the same values as the full resize.
+//! the same values as the full resize, and never holds Pillow's weight tables or intermediate
+//! image, which grow with the image's shape rather than its pixels (an exact resize of a
+//! 100,000,000×1 image to 224×224 needs 1.6 GB of weights in Pillow).
 //!
 //! Deliberate deviations from transformers (all documented where they happen):
 //! * 16-bit greyscale is scaled to 8 bit by taking the high byte; Pillow's `I;16 → RGB`
