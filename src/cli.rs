@@ -262,7 +262,7 @@ pub struct RunArgs {
     pub exact_decode: bool,
 
     /// Refuse images with more pixels than this (decompression-bomb guard).
-    #[arg(long, value_name = "N", default_value_t = crate::preprocess::DEFAULT_MAX_PIXELS)]
+    #[arg(long, value_name = "N", default_value_t = crate::images::DEFAULT_MAX_PIXELS)]
     pub max_pixels: u64,
 
     /// Do not read or write the text-embedding cache (in $VLM_CACHE_DIR, else $XDG_CACHE_HOME/vlm,

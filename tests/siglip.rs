@@ -24,8 +24,8 @@ use candle_core::{DType, Device, Tensor};
 use common::{Head, ImageResult, ModelInfo};
 use serde::Deserialize;
 use vlm::engine::{plan_model, Engine, ModelOptions, Precision};
+use vlm::images::{self as preprocess, DecodeLimits};
 use vlm::model::{HeadKind, Padding, TextNormalization, Towers};
-use vlm::preprocess::{self, DecodeLimits};
 use vlm::score::{self, LabelEmbeddings, Scoring};
 use vlm::text::siglip_canonical;
 

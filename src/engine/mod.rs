@@ -11,9 +11,9 @@ use anyhow::{Context, Result};
 use candle_core::{DType, Device};
 
 use crate::hub::{self, ModelFiles, ModelRequest};
+use crate::images::PreprocessConfig;
 use crate::model::{self, ImageTextModel, LoadOptions, ModelSpec, ScoreHead, Towers};
 use crate::output::ModelInfo;
-use crate::preprocess::PreprocessConfig;
 use crate::text::Tokenizer;
 use crate::Error;
 
@@ -237,7 +237,7 @@ impl Engine {
 
     /// Image embeddings of already preprocessed images.
     pub fn image_embeddings(&self, pixels: &[Vec<f32>]) -> Result<Vec<Vec<f32>>> {
-        let batch = crate::preprocess::to_tensor(pixels, &self.preprocess, self.model.device())?;
+        let batch = crate::images::to_tensor(pixels, &self.preprocess, self.model.device())?;
         let embeds = self
             .model
             .encode_images(&batch)?

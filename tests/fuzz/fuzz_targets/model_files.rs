@@ -14,7 +14,7 @@ use vlm::model::config::{
     ClipConfig, MAX_IMAGE_SIZE, MAX_LAYERS, MAX_PATCHES, MAX_TEXT_POSITIONS, MAX_VOCAB, MAX_WIDTH,
 };
 use vlm::model::weights::parse_header;
-use vlm::preprocess::PreprocessConfig;
+use vlm::images::PreprocessConfig;
 
 fn config(text: &str) {
     let Ok(cfg) = ClipConfig::from_json(text) else {

@@ -22,7 +22,7 @@
 use image::RgbImage;
 use jpeg_decoder::{CodingProcess, Decoder, PixelFormat};
 
-use crate::preprocess::DEFAULT_MAX_PIXELS;
+use super::decode::DEFAULT_MAX_PIXELS;
 
 /// The smallest `scale` (in eighths: 1, 2 or 4) whose output keeps the shorter side at least
 /// `min_short_side` pixels and whose factor (8/`scale`) divides both sides, or None when only
