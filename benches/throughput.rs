@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use vlm::engine::{Engine, ModelOptions, Precision};
+use vlm::images::{self as preprocess, DecodeLimits};
 use vlm::model::Towers;
-use vlm::preprocess::{self, DecodeLimits};
 
 fn env_or(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.to_string())

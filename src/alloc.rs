@@ -11,8 +11,12 @@
 //! address, and the region is unmapped once its last `Vec` and its [`Mapping`] are gone. Nothing else
 //! changes: every other pointer goes to the system allocator after two relaxed loads.
 //!
-//! The binary installs it (`#[global_allocator]` in `main.rs`). Library users and unit tests that do
-//! not get [`mapping_available`] `== false`, and the loader reads the weights into buffers as before.
+//! The binary installs it (`#[global_allocator]` in `main.rs`) and then says so with
+//! [`enable_in_place`], an `unsafe` call: only the program knows which allocator frees its memory,
+//! and a `Vec` pointing into a mapping must never reach any other allocator's `dealloc`. Installing
+//! [`Allocator`] alone changes nothing: until `enable_in_place` is called, [`mapping_available`]
+//! is false and the loader reads the weights into buffers as before. Library users and unit tests
+//! get that by default, including a program that wraps [`Allocator`] in an allocator of its own.
 //!
 //! The mapping is private (copy-on-write): nothing is ever written to the file. As with every loader
 //! that maps its weights (Candle's, safetensors', llama.cpp's), truncating the file while `vlm` runs
@@ -26,9 +30,20 @@ use std::sync::Mutex;
 /// `#[global_allocator] static ALLOC: vlm::alloc::Allocator = vlm::alloc::Allocator;`.
 pub struct Allocator;
 
-/// Set by the first allocation that goes through [`Allocator`]: only then may `Vec`s point into a
-/// mapping, since only then are they freed by code that knows about mappings.
-static INSTALLED: AtomicBool = AtomicBool::new(false);
+/// Set by [`enable_in_place`]: only then may `Vec`s point into a mapping, since only then are they
+/// known to be freed by code that knows about mappings.
+static ENABLED: AtomicBool = AtomicBool::new(false);
+
+/// Lets [`Mapping::f32s`] hand out `Vec`s that point into mapped files (see the module docs).
+///
+/// # Safety
+/// [`Allocator`] must be the process's global allocator (`#[global_allocator]`), or every
+/// `dealloc` and `realloc` of the global allocator must reach [`Allocator`]'s, unchanged, for every
+/// pointer (a wrapper that only counts or logs, say). Otherwise a `Vec` whose buffer is a file
+/// mapping would be handed to an allocator that never gave it out.
+pub unsafe fn enable_in_place() {
+    ENABLED.store(true, Ordering::Release);
+}
 
 const SLOTS: usize = 64;
 
@@ -83,9 +98,6 @@ fn release(region: &Region) {
 
 unsafe impl GlobalAlloc for Allocator {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if !INSTALLED.load(Ordering::Relaxed) {
-            INSTALLED.store(true, Ordering::Relaxed);
-        }
         // SAFETY: forwarded with the caller's guarantees.
         unsafe { System.alloc(layout) }
     }
@@ -126,9 +138,9 @@ unsafe impl GlobalAlloc for Allocator {
     }
 }
 
-/// True when [`Allocator`] is the global allocator and this platform can map files.
+/// True when the program has called [`enable_in_place`] and this platform can map files.
 pub fn mapping_available() -> bool {
-    cfg!(unix) && INSTALLED.load(Ordering::Relaxed)
+    cfg!(unix) && ENABLED.load(Ordering::Acquire)
 }
 
 /// A whole file mapped privately (copy-on-write), registered with [`Allocator`].
@@ -184,7 +196,8 @@ impl Mapping {
         // SAFETY: the range lies inside a live private mapping that stays mapped while this Vec
         // holds its reference; it is readable and writable (copy-on-write), aligned for f32, no
         // other live Vec covers it (the caller's promise), and every bit pattern is a valid f32.
-        // The global allocator is `Allocator` (`mapping_available`), which recognises the address
+        // The global allocator is `Allocator` (the promise of `enable_in_place`, which
+        // `mapping_available` checks), which recognises the address
         // when the Vec frees or grows it and drops the reference instead of handing the pointer
         // to the system allocator.
         Some(unsafe { Vec::from_raw_parts(addr as *mut f32, count, count) })
@@ -277,3 +290,26 @@ fn discard(addr: usize, size: usize) {
 
 #[cfg(not(unix))]
 fn discard(_: usize, _: usize) {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The unit tests never call `enable_in_place`: mapping must then be off, even after
+    /// allocations through `Allocator` (before, the first one turned it on, which a wrapping
+    /// allocator's would too).
+    #[test]
+    fn nothing_is_mapped_until_the_program_enables_it() {
+        let layout = Layout::from_size_align(64, 8).unwrap();
+        // SAFETY: a valid non-zero layout; the pointer is freed with the same layout.
+        unsafe {
+            let p = Allocator.alloc(layout);
+            assert!(!p.is_null());
+            Allocator.dealloc(p, layout);
+        }
+        assert!(!mapping_available());
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(f.path(), [0u8; 64]).unwrap();
+        assert!(Mapping::new(f.as_file()).is_none());
+    }
+}

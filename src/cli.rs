@@ -14,7 +14,7 @@ use crate::engine::{ModelOptions, Precision};
 use crate::inputs::InputOptions;
 use crate::output::{Format, ListFormat};
 
-/// Zero-shot image classification with CLIP.
+/// Zero-shot image classification with CLIP and SigLIP.
 ///
 /// Exit codes: 0 every image was processed; 1 some images failed (the others are in the output);
 /// 2 usage or model error, before any image was processed.
@@ -39,7 +39,7 @@ are in the output); 2 usage or model error, before any image was processed.";
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Rank labels for each image by CLIP image-text similarity.
+    /// Rank labels for each image by image-text similarity (CLIP, SigLIP).
     #[command(after_help = EXIT_CODES)]
     Classify(ClassifyArgs),
     /// Tag each image along several aspects at once (color, scene, object, ...).
@@ -111,7 +111,7 @@ pub struct ExplainArgs {
     pub batch_size: u32,
 
     /// Refuse images with more pixels than this (decompression-bomb guard).
-    #[arg(long, value_name = "N", default_value_t = crate::preprocess::DEFAULT_MAX_PIXELS, help_heading = "Run")]
+    #[arg(long, value_name = "N", default_value_t = crate::images::DEFAULT_MAX_PIXELS, help_heading = "Run")]
     pub max_pixels: u64,
 
     /// Do not read or write the text-embedding cache.
@@ -219,7 +219,8 @@ pub struct ClassifyArgs {
     #[arg(long, value_name = "FILE")]
     pub labels_file: Vec<PathBuf>,
 
-    /// Prompt template, `{}` standing for the label; repeatable. Default: "a photo of a {}.".
+    /// Prompt template, `{}` standing for the label; repeatable. Default: the model's ("a photo of
+    /// a {}." for CLIP, "This is a photo of {}." for SigLIP).
     #[arg(short, long, value_name = "TEMPLATE")]
     pub template: Vec<String>,
 
@@ -340,7 +341,7 @@ pub struct RunArgs {
     pub exact_decode: bool,
 
     /// Refuse images with more pixels than this (decompression-bomb guard).
-    #[arg(long, value_name = "N", default_value_t = crate::preprocess::DEFAULT_MAX_PIXELS)]
+    #[arg(long, value_name = "N", default_value_t = crate::images::DEFAULT_MAX_PIXELS)]
     pub max_pixels: u64,
 
     /// Do not read or write the text-embedding cache (in $VLM_CACHE_DIR, else $XDG_CACHE_HOME/vlm,

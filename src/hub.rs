@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use crate::Error;
 
-/// The files of a CLIP checkpoint, on local disk.
+/// The files of a checkpoint, on local disk.
 #[derive(Debug, Clone)]
 pub struct ModelFiles {
     /// What the user named: a Hub id or a folder.
@@ -36,6 +36,8 @@ pub struct ModelRequest {
 const CONFIG: &str = "config.json";
 const PREPROCESSOR: &str = "preprocessor_config.json";
 const TOKENIZER: &str = "tokenizer.json";
+/// Accepted in a local folder in place of `tokenizer.json` (the Hub serves it uncompressed).
+const TOKENIZER_GZ: &str = "tokenizer.json.gz";
 const WEIGHTS: &str = "model.safetensors";
 const WEIGHTS_INDEX: &str = "model.safetensors.index.json";
 const PICKLE_WEIGHTS: [&str; 2] = ["pytorch_model.bin", "pytorch_model.bin.index.json"];
@@ -92,13 +94,16 @@ fn resolve_local(dir: &Path) -> Result<ModelFiles> {
         } else {
             Err(model_error(
                 &name,
-                format!("missing {file}: a CLIP model folder holds config.json, preprocessor_config.json, tokenizer.json and model.safetensors"),
+                format!("missing {file}: a model folder holds config.json, preprocessor_config.json, tokenizer.json and model.safetensors"),
             ))
         }
     };
     let config = need(CONFIG)?;
     let preprocessor = need(PREPROCESSOR)?;
-    let tokenizer = need(TOKENIZER)?;
+    let tokenizer = match dir.join(TOKENIZER_GZ) {
+        gz if gz.is_file() && !dir.join(TOKENIZER).is_file() => gz,
+        _ => need(TOKENIZER)?,
+    };
     let weights = if dir.join(WEIGHTS).is_file() {
         vec![dir.join(WEIGHTS)]
     } else if dir.join(WEIGHTS_INDEX).is_file() {
@@ -132,7 +137,7 @@ fn no_weights_error(name: &str, has: impl Fn(&str) -> bool) -> anyhow::Error {
         model_error(
             name,
             "has only pytorch_model.bin weights, which vlm never loads (unpickling can run code); \
-             convert them with transformers: CLIPModel.from_pretrained(dir).save_pretrained(dir, safe_serialization=True)",
+             convert them with transformers: AutoModel.from_pretrained(dir).save_pretrained(dir, safe_serialization=True)",
         )
     } else {
         model_error(
@@ -238,7 +243,7 @@ fn resolve_hub(req: &ModelRequest) -> Result<ModelFiles> {
             } else {
                 model_error(
                     id,
-                    format!("the repository has no {file}: it is not a CLIP checkpoint in transformers' format"),
+                    format!("the repository has no {file}: it is not an image-text checkpoint in transformers' format"),
                 )
             }
         })

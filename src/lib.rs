@@ -1,9 +1,9 @@
-//! vlm: zero-shot image classification and tagging with CLIP.
+//! vlm: zero-shot image classification and tagging with CLIP and SigLIP.
 //!
 //! `main.rs` only parses arguments and maps the outcome to an exit code; the work lives here:
 //! `cli` (arguments, converted to typed options), `commands` (one file per command), `engine`
 //! (model loading, the text side, image batches), `model` (the family seam; one folder per family),
-//! `hub` (the only network access), `preprocess` (image + config -> pixels), `text` (tokenizer,
+//! `hub` (the only network access), `images` (image file + config -> pixels), `text` (tokenizer,
 //! templates, labels), `score` (embeddings -> scores), `output` (records, formats; the only place
 //! that prints). The README's "Architecture" section follows one image through them.
 
@@ -32,12 +32,14 @@ pub mod commands;
 pub mod engine;
 pub mod error;
 pub mod hub;
+pub mod images;
 pub mod inputs;
-pub mod jpeg;
+// AVX-512 intrinsics: stable since Rust 1.89 (rust-version to follow, with `is_multiple_of` for 1.89's lints).
+#[clippy::msrv = "1.89"]
+pub mod kernels;
 pub mod model;
 pub mod output;
 pub mod pipeline;
-pub mod preprocess;
 pub mod score;
 pub mod text;
 

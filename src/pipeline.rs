@@ -4,9 +4,11 @@
 //! taken, so memory stays flat however long the input list is, even when one huge image holds up the
 //! line. Results reach the consumer in input order.
 
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
+use std::panic::AssertUnwindSafe;
 use std::sync::mpsc;
-use std::sync::{Condvar, Mutex};
+use std::sync::{Condvar, Mutex, Once};
 
 use anyhow::Result;
 
@@ -32,6 +34,70 @@ struct Ticket {
 /// (and must not leave the consumer waiting forever for an item that never comes).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Panicked(pub String);
+
+thread_local! {
+    /// Set while [`catch`] runs a closure on this thread.
+    static CATCHING: Cell<bool> = const { Cell::new(false) };
+    /// Where the panic [`catch`] is about to return happened, as the quiet hook saw it.
+    static LOCATION: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+static QUIET_HOOK: Once = Once::new();
+
+/// Installs a panic hook that keeps quiet about the panics [`catch`] turns into errors: the
+/// caller reports those itself, in one line per input, so the standard "thread panicked at"
+/// message on stderr would only add lines. The hook records where the panic happened, for
+/// [`catch`] to add to the message. Any other panic goes to the hook that was installed before
+/// (by default, the standard message). `main` calls this once; a library user who does not
+/// keeps their own hook untouched (the fuzz targets rely on that: libfuzzer's hook aborts on
+/// every panic, caught or not).
+pub fn quiet_caught_panics() {
+    QUIET_HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if CATCHING.with(Cell::get) {
+                let location = info
+                    .location()
+                    .map(|l| format!("{}:{}", short_source_path(l.file()), l.line()));
+                LOCATION.with(|slot| *slot.borrow_mut() = location);
+            } else {
+                previous(info);
+            }
+        }));
+    });
+}
+
+/// A dependency's source path from the cargo registry, from the crate's folder on
+/// (`tiff-0.11.3/src/decoder/mod.rs`); any other path as it is.
+fn short_source_path(file: &str) -> &str {
+    match file.find("/registry/src/") {
+        Some(i) => {
+            let rest = &file[i + "/registry/src/".len()..];
+            rest.split_once('/')
+                .map_or(rest, |(_, crate_path)| crate_path)
+        }
+        None => file,
+    }
+}
+
+/// Runs `f`, turning a panic into [`Panicked`] with the panic's message (and, once
+/// [`quiet_caught_panics`] is installed, where it happened) instead of unwinding further.
+pub fn catch<R>(f: impl FnOnce() -> R) -> Result<R, Panicked> {
+    let outer = CATCHING.with(|c| c.replace(true));
+    let result = std::panic::catch_unwind(AssertUnwindSafe(f));
+    CATCHING.with(|c| c.set(outer));
+    result.map_err(|payload| {
+        let message = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".into());
+        match LOCATION.with(RefCell::take) {
+            Some(location) => Panicked(format!("{message} at {location}")),
+            None => Panicked(message),
+        }
+    })
+}
 
 /// Calls `work` on every item on `opts.threads` threads and `consume(index, result)` on the calling
 /// thread, in item order. Stops early, without waiting for the remaining items, when `consume`
@@ -77,16 +143,7 @@ where
                     t.next += 1;
                     t.next - 1
                 };
-                let result =
-                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(&items[index])))
-                        .map_err(|payload| {
-                            let message = payload
-                                .downcast_ref::<&str>()
-                                .map(|s| s.to_string())
-                                .or_else(|| payload.downcast_ref::<String>().cloned())
-                                .unwrap_or_else(|| "unknown panic".into());
-                            Panicked(message)
-                        });
+                let result = catch(|| work(&items[index]));
                 if tx.send((index, result)).is_err() {
                     return;
                 }

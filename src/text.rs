@@ -1,36 +1,70 @@
 //! Text side: the checkpoint's tokenizer, prompt templates and label lists.
 
+use std::io::Read;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use tokenizers::{TruncationDirection, TruncationParams, TruncationStrategy};
 
-use crate::model::TextPolicy;
+use crate::model::{Padding, TextNormalization, TextPolicy};
 use crate::Error;
 
-/// The checkpoint's `tokenizer.json`, set to cut prompts to the text tower's context as the model
-/// family's [`TextPolicy`] says.
+/// The checkpoint's `tokenizer.json`, set to cut prompts to the text tower's context, normalise
+/// and pad them as the model family's [`TextPolicy`] says.
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     policy: TextPolicy,
+    /// The id of [`Padding::Full`]'s padding (`None` for [`Padding::Longest`]).
+    pad_id: Option<u32>,
 }
 
-/// Token ids of a batch of prompts, unpadded, and which prompts had to be cut to fit.
+/// Token ids of a batch of prompts (padded only under [`Padding::Full`]), and which prompts had to
+/// be cut to fit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tokenized {
     pub ids: Vec<Vec<u32>>,
     pub truncated: Vec<usize>,
 }
 
+/// Largest decompressed `tokenizer.json.gz` accepted (the real Gemma tokenizer of SigLIP 2 is
+/// 34 MB): a corrupt or hostile archive cannot fill the memory.
+const MAX_TOKENIZER_BYTES: u64 = 1 << 30;
+
+/// Reads `tokenizer.json`, or `tokenizer.json.gz` (gzip, e.g. a large tokenizer kept compressed in
+/// a model folder), whole.
+fn read_tokenizer_file(path: &Path) -> Result<Vec<u8>> {
+    let file =
+        std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut bytes = Vec::new();
+    if path.extension().is_some_and(|e| e == "gz") {
+        flate2::read::GzDecoder::new(file)
+            .take(MAX_TOKENIZER_BYTES + 1)
+            .read_to_end(&mut bytes)
+            .with_context(|| format!("cannot decompress {}", path.display()))?;
+        if bytes.len() as u64 > MAX_TOKENIZER_BYTES {
+            bail!(
+                "{} decompresses to more than {MAX_TOKENIZER_BYTES} bytes",
+                path.display()
+            );
+        }
+    } else {
+        std::io::BufReader::new(file)
+            .read_to_end(&mut bytes)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+    }
+    Ok(bytes)
+}
+
 impl Tokenizer {
     pub fn from_file(path: &Path, policy: TextPolicy) -> Result<Self> {
         let context_len = policy.context_len;
-        let mut inner = tokenizers::Tokenizer::from_file(path)
+        let bytes = read_tokenizer_file(path)?;
+        let mut inner = tokenizers::Tokenizer::from_bytes(&bytes)
             .map_err(|e| anyhow::anyhow!("{e}"))
             .with_context(|| format!("cannot load tokenizer {}", path.display()))?;
         // Truncate the content and keep the start and end tokens, as transformers' CLIPTokenizer does
-        // with `truncation=True, max_length=77`: the post-processor adds the special tokens after
-        // truncation leaves room for them.
+        // with `truncation=True, max_length=77` (SigLIP: 63 ids + the end token of 64): the
+        // post-processor adds the special tokens after truncation leaves room for them.
         inner
             .with_truncation(Some(TruncationParams {
                 direction: TruncationDirection::Right,
@@ -40,31 +74,89 @@ impl Tokenizer {
             }))
             .map_err(|e| anyhow::anyhow!("{e}"))
             .with_context(|| format!("cannot configure tokenizer {}", path.display()))?;
-        // The model pads itself, as its family's policy says.
+        let pad_id = match policy.padding {
+            Padding::Longest => None,
+            Padding::Full => Some(
+                inner
+                    .get_padding()
+                    .map(|p| p.pad_id)
+                    .or_else(|| inner.token_to_id("</s>"))
+                    .with_context(|| {
+                        format!(
+                            "cannot tell which id pads the text: {} has no padding section and no </s> token",
+                            path.display()
+                        )
+                    })?,
+            ),
+        };
+        // The padding is ours (below), as the family's policy says, not the file's.
         inner.with_padding(None);
-        Ok(Self { inner, policy })
+        Ok(Self {
+            inner,
+            policy,
+            pad_id,
+        })
     }
 
     pub fn policy(&self) -> TextPolicy {
         self.policy
     }
 
+    /// The id [`Padding::Full`] pads with; `None` under [`Padding::Longest`].
+    pub fn pad_id(&self) -> Option<u32> {
+        self.pad_id
+    }
+
     pub fn encode(&self, prompts: &[String]) -> Result<Tokenized> {
         let mut ids = Vec::with_capacity(prompts.len());
         let mut truncated = Vec::new();
         for (i, prompt) in prompts.iter().enumerate() {
+            let text = match self.policy.normalization {
+                TextNormalization::None => std::borrow::Cow::Borrowed(prompt.as_str()),
+                TextNormalization::SiglipCanonical => siglip_canonical(prompt).into(),
+            };
             let enc = self
                 .inner
-                .encode(prompt.as_str(), true)
+                .encode(text.as_ref(), true)
                 .map_err(|e| anyhow::anyhow!("{e}"))
                 .with_context(|| format!("cannot tokenize prompt {prompt:?}"))?;
             if !enc.get_overflowing().is_empty() {
                 truncated.push(i);
             }
-            ids.push(enc.get_ids().to_vec());
+            let mut seq = enc.get_ids().to_vec();
+            if let Some(pad) = self.pad_id {
+                let len = self.policy.context_len.max(seq.len());
+                seq.resize(len, pad);
+            }
+            ids.push(seq);
         }
         Ok(Tokenized { ids, truncated })
     }
+}
+
+/// Python's `str.isspace()`: Unicode White_Space (Rust's `char::is_whitespace`) plus the four
+/// information separators U+001C..U+001F, which Python counts as whitespace and Unicode does not.
+fn is_python_space(c: char) -> bool {
+    c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c)
+}
+
+/// transformers' `SiglipTokenizer` text canonicalisation (`models/siglip/tokenization_siglip.py`:
+/// `tokenize` then `canonicalize_text`), in order: U+2581 (SentencePiece's space) becomes a space;
+/// `str.lower()` (full Unicode lowercasing, final sigma included: Rust's `to_lowercase` on the
+/// whole string does the same); the 32 ASCII characters of Python's `string.punctuation` are
+/// deleted (no other punctuation); every run of whitespace as Python's `\s` knows it becomes one
+/// space; the ends are stripped.
+pub fn siglip_canonical(text: &str) -> String {
+    let lowered = text.replace('\u{2581}', " ").to_lowercase();
+    // `is_ascii_punctuation` is exactly `string.punctuation`: !"#$%&'()*+,-./:;<=>?@[\]^_`{|}~
+    let kept: String = lowered
+        .chars()
+        .filter(|c| !c.is_ascii_punctuation())
+        .collect();
+    kept.split(is_python_space)
+        .filter(|w| !w.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Built-in template sets, kept as data under `prompts/templates/`.
@@ -238,8 +330,8 @@ mod tests {
             .join("tests/fixtures/models/tiny-openai/tokenizer.json");
         let policy = TextPolicy {
             context_len: 77,
-            padding: crate::model::Padding::Longest,
-            normalization: crate::model::TextNormalization::None,
+            padding: Padding::Longest,
+            normalization: TextNormalization::None,
         };
         Tokenizer::from_file(&path, policy).unwrap()
     }
@@ -261,6 +353,68 @@ mod tests {
         assert_eq!(t.ids[0][0], 49406);
         assert_eq!(t.ids[0][76], 49407);
         assert_eq!(t.truncated, vec![0]);
+    }
+
+    #[test]
+    fn siglip_canonical_follows_python() {
+        assert_eq!(
+            siglip_canonical("  A PHOTO of 3 Coins, worth $1.50 (each)!  "),
+            "a photo of 3 coins worth 150 each"
+        );
+        // Python's whitespace includes \x1c-\x1f; U+2581 is SentencePiece's space.
+        assert_eq!(
+            siglip_canonical("a\x1fb\u{3000}c\u{2581}d\u{85}e\u{a0}f"),
+            "a b c d e f"
+        );
+        // Full lowercasing, final sigma included.
+        assert_eq!(siglip_canonical("ΟΔΟΣ ΣΊΣΥΦΟΣ"), "οδος σίσυφος");
+        // A zero-width space is not whitespace; only ASCII punctuation is removed.
+        assert_eq!(siglip_canonical("a\u{200b}b"), "a\u{200b}b");
+        assert_eq!(siglip_canonical("«¿Qué?» – “ok”"), "«¿qué» – “ok”");
+        assert_eq!(siglip_canonical("!!!"), "");
+        assert_eq!(siglip_canonical(""), "");
+    }
+
+    fn policy(padding: Padding, normalization: TextNormalization) -> TextPolicy {
+        TextPolicy {
+            context_len: 77,
+            padding,
+            normalization,
+        }
+    }
+
+    #[test]
+    fn gzipped_tokenizers_load_and_full_padding_needs_a_pad_id() {
+        use std::io::Write;
+        let plain = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/models/tiny-openai/tokenizer.json");
+        let dir = tempfile::tempdir().unwrap();
+        let gz = dir.path().join("tokenizer.json.gz");
+        let mut enc = flate2::write::GzEncoder::new(
+            std::fs::File::create(&gz).unwrap(),
+            flate2::Compression::fast(),
+        );
+        enc.write_all(&std::fs::read(&plain).unwrap()).unwrap();
+        enc.finish().unwrap();
+        let longest = policy(Padding::Longest, TextNormalization::None);
+        let prompts = ["A photo of a cat".to_string()];
+        let a = Tokenizer::from_file(&plain, longest).unwrap();
+        let b = Tokenizer::from_file(&gz, longest).unwrap();
+        assert_eq!(a.encode(&prompts).unwrap(), b.encode(&prompts).unwrap());
+        assert_eq!(b.pad_id(), None);
+
+        // CLIP's tokenizer.json has no padding section and no </s>: nothing to pad with.
+        let full = policy(Padding::Full, TextNormalization::SiglipCanonical);
+        let err = format!("{:#}", Tokenizer::from_file(&plain, full).err().unwrap());
+        assert!(err.contains("cannot tell which id pads the text"), "{err}");
+
+        let bad = dir.path().join("bad.json.gz");
+        std::fs::write(&bad, b"not gzip at all").unwrap();
+        let err = format!("{:#}", Tokenizer::from_file(&bad, longest).err().unwrap());
+        assert!(
+            err.starts_with("cannot decompress") && err.contains("bad.json.gz"),
+            "{err}"
+        );
     }
 
     #[test]

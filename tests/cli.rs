@@ -5,15 +5,8 @@ mod common;
 
 use std::path::Path;
 
-use common::{fixtures, image, model, vlm, ImageResult};
+use common::{fixtures, image, model, vlm, Head, ImageResult, ModelInfo};
 use serde::Deserialize;
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ModelInfo {
-    id: String,
-    revision: Option<String>,
-}
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -80,6 +73,8 @@ fn classify_ranks_like_transformers() {
 
     assert_eq!(doc.model.id, model("tiny-laion"));
     assert_eq!(doc.model.revision, None);
+    assert_eq!(doc.model.family, "clip");
+    assert_eq!(doc.model.head, Head::Softmax);
     assert_eq!(doc.labels, c.labels);
     assert_eq!(doc.templates, c.templates);
     assert_eq!(doc.results.len(), reference.images.len());
@@ -352,8 +347,8 @@ fn model_errors_name_the_model_and_the_problem() {
         &[],
         "model ./no/such/folder: no such folder",
     );
-    broken_model("tiny-openai", "unsupported model_type \"siglip\"", |d| {
-        edit_config(d, "\"model_type\": \"clip\"", "\"model_type\": \"siglip\"")
+    broken_model("tiny-openai", "unsupported model_type \"blip\"", |d| {
+        edit_config(d, "\"model_type\": \"clip\"", "\"model_type\": \"blip\"")
     });
     broken_model("tiny-openai", "missing config.json", |d| {
         std::fs::remove_file(d.join("config.json")).unwrap()

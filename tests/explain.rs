@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
-use common::{fixtures, image, model, stderr_of, stdout_of, success, vlm};
+use common::{fixtures, image, model, stderr_of, stdout_of, success, vlm, Head, ModelInfo};
 use serde::Deserialize;
 use vlm::engine::{Engine, ModelOptions, Precision};
 use vlm::model::Towers;
@@ -60,13 +60,6 @@ struct ExplainResult {
     grid: Option<Grid>,
     maps: Vec<LabelMap>,
     error: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ModelInfo {
-    id: String,
-    revision: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -205,6 +198,8 @@ fn the_command_gives_transformers_maps() {
         success(&out);
         assert_eq!(doc.model.id, model(name));
         assert_eq!(doc.model.revision, None);
+        assert_eq!(doc.model.family, "clip");
+        assert_eq!(doc.model.head, Head::Softmax);
         assert_eq!(doc.labels, r.labels);
         assert_eq!(doc.templates, r.templates);
         assert_eq!(doc.results.len(), r.images.len());
@@ -461,8 +456,7 @@ fn usage_errors_come_before_the_model() {
         "LOW < HIGH",
     );
     // A model family without a patch-level method (SigLIP, until it has one) is refused on
-    // one line naming the model. (Before the SigLIP family is merged, its model_type is
-    // simply unsupported.)
+    // one line naming the model, before any image.
     let out = vlm()
         .arg("explain")
         .arg(&horse)
@@ -477,10 +471,10 @@ fn usage_errors_come_before_the_model() {
         "{err}"
     );
     assert!(
-        err.contains("vlm explain has no patch-level method for siglip models")
-            || err.contains("unsupported model_type"),
+        err.contains("vlm explain has no patch-level method for siglip models yet"),
         "{err}"
     );
+    assert!(stdout_of(&out).is_empty());
 }
 
 #[test]

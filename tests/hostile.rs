@@ -7,7 +7,7 @@
 //!
 //! The CLI is driven as a user would: one batch with every bad file and every good one, jsonl
 //! output parsed into strict structs. Questions of "are these the right pixels" are answered
-//! through the library (`vlm::preprocess`), where exact comparisons are possible.
+//! through the library (`vlm::images`), where exact comparisons are possible.
 
 mod common;
 
@@ -24,7 +24,7 @@ use image::{
     DynamicImage, Frame, GrayAlphaImage, GrayImage, ImageBuffer, ImageEncoder, ImageFormat, Luma,
     LumaA, Rgb, RgbImage, Rgba, RgbaImage,
 };
-use vlm::preprocess::{self, DecodeLimits, PreprocessConfig, DEFAULT_MAX_PIXELS};
+use vlm::images::{self as preprocess, DecodeLimits, PreprocessConfig, DEFAULT_MAX_PIXELS};
 
 const LABELS: &str = "cat,dog,car,tree,sky,a red square,a blue bar";
 const N_LABELS: usize = 7;

@@ -29,6 +29,11 @@ struct Run {
 
 /// Runs `vlm classify` with the tiny model and `args`, and reads the child's own peak RSS.
 fn classify(dir: &Path, args: &[&str]) -> Run {
+    classify_with(&model(), dir, args)
+}
+
+/// [`classify`] with the model folder `model`.
+fn classify_with(model: &Path, dir: &Path, args: &[&str]) -> Run {
     let out_path = dir.join("stdout");
     let err_path = dir.join("stderr");
     // Reaped by `wait4` below, which clippy's zombie check cannot see.
@@ -38,7 +43,7 @@ fn classify(dir: &Path, args: &[&str]) -> Run {
         .env("VLM_CACHE_DIR", dir.join("cache"))
         .args(["classify", "-l", "cat,dog", "-q"])
         .arg("-m")
-        .arg(model())
+        .arg(model)
         .args(args)
         .stdin(Stdio::null())
         // Files, not pipes: nothing reads pipes while `wait4` waits.
@@ -216,4 +221,118 @@ fn memory_per_image_is_bounded_by_the_pixel_limit() {
         extra_kib as f64 * 1024.0 / f64::from(SIDE * SIDE),
         refused.peak_kib
     );
+}
+
+/// Writes a `width`×`height` 8-bit greyscale PNG (a gradient) without ever holding a row: the
+/// deflate stream is made of stored blocks, so it is written in 64 KiB pieces (the file is as
+/// large as the image, which is fine for a test).
+fn write_grey_png(path: &Path, width: u32, height: u32) {
+    let mut file = std::io::BufWriter::new(File::create(path).unwrap());
+    let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut ihdr = Vec::new();
+    ihdr.extend_from_slice(&width.to_be_bytes());
+    ihdr.extend_from_slice(&height.to_be_bytes());
+    ihdr.extend_from_slice(&[8, 0, 0, 0, 0]); // 8-bit grey, deflate, no filter, no interlace
+    common::png_chunk(&mut out, b"IHDR", &ihdr);
+    // The scanlines, each a filter byte (0, none) and then the pixels.
+    let row_len = u64::from(width) + 1;
+    let total = row_len * u64::from(height);
+    let byte = |i: u64| match i % row_len {
+        0 => 0u8,
+        x => ((x - 1 + i / row_len) % 256) as u8,
+    };
+    let (mut a, mut b) = (1u32, 0u32); // Adler-32 of the uncompressed stream
+    let mut done = 0u64;
+    let mut idat = vec![0x78, 0x01]; // zlib header: deflate, 32 KiB window, no dictionary
+    while done < total {
+        let len = (total - done).min(65_535) as u16;
+        let last = done + u64::from(len) == total;
+        idat.push(u8::from(last)); // BFINAL, BTYPE 00 (stored)
+        idat.extend_from_slice(&len.to_le_bytes());
+        idat.extend_from_slice(&(!len).to_le_bytes());
+        for i in done..done + u64::from(len) {
+            let v = byte(i);
+            idat.push(v);
+            a = (a + u32::from(v)) % 65_521;
+            b = (b + a) % 65_521;
+        }
+        done += u64::from(len);
+        if last {
+            idat.extend_from_slice(&((b << 16) | a).to_be_bytes());
+        }
+        common::png_chunk(&mut out, b"IDAT", &idat);
+        file.write_all(&out).unwrap();
+        out.clear();
+        idat.clear();
+    }
+    common::png_chunk(&mut out, b"IEND", &[]);
+    file.write_all(&out).unwrap();
+    file.flush().unwrap();
+}
+
+/// README "Guarantees" hold for every preprocessor config, not only CLIP's usual center crop: an
+/// exact resize without a crop (`{"height": 224, "width": 224}`) squeezes a whole one-row image
+/// into 224 columns. That once took Pillow's weight table for the long axis, 16 bytes per pixel
+/// of a one-row image (a 100,000,000x1 PNG of 290 KB peaked at 1.9 GB), and for a one-column
+/// image the whole intermediate image of the horizontal pass, 672 bytes per pixel; the same
+/// 8 bytes per pixel now bound both.
+#[test]
+fn extreme_aspect_ratios_with_an_exact_resize_stay_within_the_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let exact = dir.path().join("exact-resize-model");
+    std::fs::create_dir(&exact).unwrap();
+    for entry in std::fs::read_dir(model()).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, exact.join(path.file_name().unwrap())).unwrap();
+    }
+    std::fs::write(
+        exact.join("preprocessor_config.json"),
+        r#"{"do_resize": true, "size": {"height": 224, "width": 224}, "resample": 3,
+            "do_center_crop": false, "do_normalize": true, "do_rescale": true}"#,
+    )
+    .unwrap();
+    let tiny = dir.path().join("tiny.png");
+    image::RgbImage::from_pixel(8, 8, image::Rgb([200, 30, 30]))
+        .save(&tiny)
+        .unwrap();
+    const WIDE: u32 = 20_000_000;
+    const TALL: u32 = 1_000_000;
+    let wide = dir.path().join("wide.png");
+    write_grey_png(&wide, WIDE, 1);
+    let tall = dir.path().join("tall.png");
+    write_grey_png(&tall, 1, TALL);
+
+    let run = |image: &Path| {
+        let image = image.display().to_string();
+        let args = [
+            "-f",
+            "jsonl",
+            "-j",
+            "1",
+            "-b",
+            "1",
+            "--exact-decode",
+            &image,
+        ];
+        let run = classify_with(&exact, dir.path(), &args);
+        assert_eq!(run.code, Some(0), "{image}: {}", run.stderr);
+        let recs = records(&run);
+        assert!(recs[0].error.is_none() && recs[0].predictions.len() == 2);
+        run.peak_kib
+    };
+    // The first run caches the labels' embeddings (see above).
+    run(&tiny);
+    let baseline = run(&tiny);
+    for (name, image, pixels) in [("wide", &wide, WIDE), ("tall", &tall, TALL)] {
+        let extra_kib = run(image) - baseline;
+        // 16 MiB of slack for allocator noise, as above.
+        let bound_kib = 8 * i64::from(pixels) / 1024 + 16 * MIB;
+        println!(
+            "{name} ({pixels} pixels): +{extra_kib} KiB over the baseline of {baseline} KiB, bound {bound_kib} KiB"
+        );
+        assert!(
+            extra_kib <= bound_kib,
+            "a {pixels}-pixel {name} image added {extra_kib} KiB, over 8 bytes per pixel plus 16 MiB ({bound_kib} KiB)"
+        );
+    }
 }

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use serde::Deserialize;
 use vlm::engine::{Engine, ModelOptions, Precision};
+use vlm::images::{self as preprocess, DecodeLimits};
 use vlm::model::Towers;
-use vlm::preprocess::{self, DecodeLimits};
 use vlm::score::{self, LabelEmbeddings, Scoring};
 use vlm::text::Template;
 

@@ -13,7 +13,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use assert_cmd::Command;
-use common::{fixtures, image, model, stderr_of, stdout_of, success, vlm, vlm_cache};
+use common::{
+    fixtures, image, model, stderr_of, stdout_of, success, vlm, vlm_cache, Head, ModelInfo,
+};
 use serde::Deserialize;
 
 // ---------------------------------------------------------------------------------------------
@@ -49,13 +51,6 @@ struct TagResult {
     path: String,
     aspects: Vec<AspectTags>,
     error: Option<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ModelInfo {
-    id: String,
-    revision: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -196,6 +191,11 @@ const SCORE_TOL: f64 = 2e-4;
 
 /// Same text, same image, different batch composition: only the last bits may differ.
 const SAME_TOL: f32 = 1e-6;
+/// A multi score whose label or neutral was re-encoded in another batch: the last-bit difference of
+/// the cosines is multiplied by exp(logit_scale) = 100 before the sigmoid (measured: 1.3e-6, when the
+/// entry repaired in `text_cache_is_written_read_and_repaired` is the neutral; which entry that is
+/// depends on the cache key, i.e. on the checkout's path and file dates).
+const SAME_SCORE_TOL: f32 = 1e-5;
 
 const KIND: &str = "kind.toml";
 const KIND_PLUS: &str = "kind_plus.toml";
@@ -292,7 +292,7 @@ fn assert_same_results(a: &[TagResult], b: &[TagResult], what: &str) {
             for (l, t) in &p {
                 let u = q[l];
                 assert!(
-                    (t.score - u.score).abs() <= SAME_TOL
+                    (t.score - u.score).abs() <= SAME_SCORE_TOL
                         && (t.cosine - u.cosine).abs() <= SAME_TOL,
                     "{what}: {} {l}: {t:?} vs {u:?}",
                     x.path
@@ -361,6 +361,8 @@ fn check_parity(model_name: &str) {
     );
     assert_eq!(doc.model.id, model(model_name));
     assert_eq!(doc.model.revision, None);
+    assert_eq!(doc.model.family, "clip");
+    assert_eq!(doc.model.head, Head::Softmax);
     let names: Vec<&str> = doc.aspects.iter().map(|a| a.name.as_str()).collect();
     assert_eq!(names, ["kind", "thing"]);
     for (h, a) in doc.aspects.iter().zip(&r.aspects) {

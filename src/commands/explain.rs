@@ -242,7 +242,7 @@ fn draw(
     explained: Explained,
     labels: &[String],
     range: MapRange,
-    preprocess: &crate::preprocess::PreprocessConfig,
+    preprocess: &crate::images::PreprocessConfig,
     files: Option<&OverlayFiles>,
     montage: Option<&mut Montage>,
 ) -> Result<(Grid, Vec<LabelMap>)> {

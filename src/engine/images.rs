@@ -4,10 +4,10 @@
 use anyhow::{Context, Result};
 
 use super::Engine;
+use crate::images::{self as preprocess, DecodeLimits};
 use crate::inputs::Input;
 use crate::output::Progress;
 use crate::pipeline::{self, Panicked, PoolOptions};
-use crate::preprocess::{self, DecodeLimits};
 
 /// How images are decoded and batched.
 #[derive(Debug, Clone)]

@@ -12,9 +12,9 @@ use anyhow::{Context, Result};
 use candle_core::{DType, Device};
 
 use crate::hub::{self, ModelFiles, ModelRequest};
+use crate::images::PreprocessConfig;
 use crate::model::{self, ImageTextModel, LoadOptions, ModelSpec, ScoreHead, Towers};
 use crate::output::ModelInfo;
-use crate::preprocess::PreprocessConfig;
 use crate::text::Tokenizer;
 use crate::Error;
 
@@ -231,15 +231,21 @@ impl Engine {
         ModelInfo {
             id: self.files.id.clone(),
             revision: self.files.revision.clone(),
+            family: self.spec.family().to_string(),
+            head: self.model.head().kind,
         }
     }
 
     /// Image embeddings of already preprocessed images.
     pub fn image_embeddings(&self, pixels: &[Vec<f32>]) -> Result<Vec<Vec<f32>>> {
-        let batch = crate::preprocess::to_tensor(pixels, &self.preprocess, self.model.device())?;
-        self.model
+        let batch = crate::images::to_tensor(pixels, &self.preprocess, self.model.device())?;
+        let embeds = self
+            .model
             .encode_images(&batch)?
             .to_vec2::<f32>()
-            .context("cannot read the image embeddings")
+            .context("cannot read the image embeddings")?;
+        crate::model::checks::finite_embeddings("image", &embeds)
+            .map_err(|e| model_error(&self.files.id, e))?;
+        Ok(embeds)
     }
 }

@@ -8,10 +8,10 @@ use image::RgbImage;
 
 use super::images::BatchOptions;
 use super::Engine;
+use crate::images::{self, DecodeLimits, ImageLoadError};
 use crate::inputs::Input;
 use crate::output::Progress;
 use crate::pipeline::{self, Panicked, PoolOptions};
-use crate::preprocess::{self, DecodeLimits, ImageLoadError};
 use crate::score;
 
 /// One image's cosine maps: for each label, `rows * cols` cosines, row-major.
@@ -33,7 +33,7 @@ pub struct Explained {
 impl Engine {
     /// Cosine maps of preprocessed images against normalised label embeddings, in order.
     pub fn patch_maps(&self, pixels: &[Vec<f32>], labels: &[Vec<f32>]) -> Result<Vec<PatchMaps>> {
-        let batch = crate::preprocess::to_tensor(pixels, &self.preprocess, self.model.device())?;
+        let batch = crate::images::to_tensor(pixels, &self.preprocess, self.model.device())?;
         let Some(patches) = self.model.patch_embeddings(&batch)? else {
             bail!(
                 "vlm explain has no patch-level method for {} models yet",
@@ -176,8 +176,8 @@ fn prepare(
     if let Some(message) = &input.error {
         return Err(message.clone());
     }
-    let image = preprocess::load_image(&input.path, limits).map_err(|e| e.to_string())?;
-    let pixels = preprocess::preprocess(&image, &engine.preprocess).map_err(|e| {
+    let image = images::load_image(&input.path, limits).map_err(|e| e.to_string())?;
+    let pixels = images::preprocess(&image, &engine.preprocess).map_err(|e| {
         ImageLoadError::Preprocess {
             path: input.path.clone(),
             detail: crate::error::one_line(&e),

@@ -196,6 +196,8 @@ impl Engine {
                 embeds[i] = e;
             }
         }
+        crate::model::checks::finite_embeddings("text", &embeds)
+            .map_err(|e| super::model_error(&self.files.id, e))?;
         Ok(embeds)
     }
 }

@@ -1,6 +1,6 @@
 //! The model seam: what vlm needs from an image-text model family, and the list of families.
 //!
-//! A family (CLIP, ...) lives in a folder of its own and exposes a [`Family`]: the `model_type`s it
+//! A family (CLIP, SigLIP) lives in a folder of its own and exposes a [`Family`]: the `model_type`s it
 //! reads and a parser from `config.json` to a [`ModelSpec`]. The spec says, before any weight is
 //! read, what the rest of vlm must know: the image size the vision tower takes, how text is tokenised
 //! ([`TextPolicy`]), which score head turns similarities into scores ([`HeadKind`]), and the default
@@ -9,8 +9,10 @@
 //!
 //! Adding a family = a new folder here plus one line in [`FAMILIES`].
 
+pub mod checks;
 pub mod clip;
 pub mod nn;
+pub mod siglip;
 pub mod weights;
 
 use std::fmt::Debug;
@@ -22,13 +24,16 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 /// Every family vlm can load, tried in order by `model_type`.
-pub const FAMILIES: &[Family] = &[clip::FAMILY];
+pub const FAMILIES: &[Family] = &[clip::FAMILY, siglip::FAMILY];
 
 /// One model family: the `model_type` values of the configs it reads, and their parser.
 pub struct Family {
     /// Short name, as printed in messages and cache keys.
     pub name: &'static str,
     pub model_types: &'static [&'static str],
+    /// Related `model_type`s the family knows it cannot run, each with the rest of a one-line
+    /// message saying why and what to use instead (`"siglip2"`: NaFlex).
+    pub refused: &'static [(&'static str, &'static str)],
     /// Parses a whole `config.json` (already known to have one of `model_types`).
     pub parse: fn(&str) -> Result<Box<dyn ModelSpec>>,
 }
@@ -80,9 +85,13 @@ pub enum Padding {
     /// To the longest sequence of the batch (CLIP: the causal mask hides padding from the pooled
     /// token, so the amount of padding does not change the result).
     Longest,
-    /// Always to the full context with this id (SigLIP pools the last position, so the padding is
-    /// part of what the model sees).
-    Full { id: u32 },
+    /// Always to the full context, by the tokenizer, with the tokenizer's own padding id (SigLIP
+    /// pools the last position and masks nothing, so the padding is part of what the model sees).
+    /// The id is `tokenizer.json`'s `padding.pad_id` when it has a padding section (SigLIP 2's
+    /// Gemma tokenizer: `<pad>` = 0), else the id of `</s>` (SigLIP's `SiglipTokenizer` pads
+    /// with its end token, 1): it belongs to the tokenizer file, not to `config.json`, whose
+    /// `pad_token_id` defaults are CLIP's.
+    Full,
 }
 
 /// Text normalisation applied before the tokenizer (what `tokenizer.json` cannot express).
@@ -90,6 +99,11 @@ pub enum Padding {
 pub enum TextNormalization {
     /// The tokenizer file does everything.
     None,
+    /// SigLIP (v1) `SiglipTokenizer.canonicalize_text`, big_vision's prompt canonicalisation, done in
+    /// Python by transformers before SentencePiece: `U+2581` becomes a space, the text is
+    /// lowercased, the 32 ASCII punctuation characters are deleted, runs of whitespace become one
+    /// space and the ends are stripped ([`crate::text::siglip_canonical`]).
+    SiglipCanonical,
 }
 
 /// How a family tokenises text.
@@ -163,8 +177,9 @@ pub trait ImageTextModel: Send + Sync {
     /// Image embeddings (projected, not normalised) of pixels `[batch, 3, size, size]`, as f32
     /// `[batch, dim]`.
     fn encode_images(&self, pixels: &Tensor) -> Result<Tensor>;
-    /// Text embeddings (projected, not normalised) of token id sequences (unpadded, each within
-    /// the context), as f32 `[n, dim]`.
+    /// Text embeddings (projected, not normalised) of token id sequences as the tokenizer gives
+    /// them under the family's [`TextPolicy`] (unpadded for [`Padding::Longest`], padded to the
+    /// context for [`Padding::Full`]; each within the context), as f32 `[n, dim]`.
     fn encode_texts(&self, ids: &[Vec<u32>]) -> Result<Tensor>;
     fn head(&self) -> ScoreHead;
     fn device(&self) -> &Device;
@@ -202,6 +217,13 @@ pub fn parse_config(text: &str) -> Result<Box<dyn ModelSpec>> {
             supported()
         );
     };
+    if let Some((_, why)) = FAMILIES
+        .iter()
+        .flat_map(|f| f.refused.iter())
+        .find(|(t, _)| *t == model_type)
+    {
+        bail!("model_type {model_type:?} {why}");
+    }
     match FAMILIES
         .iter()
         .find(|f| f.model_types.contains(&model_type))
@@ -228,6 +250,37 @@ mod tests {
         assert!(format!("{err:#}").contains("unsupported model_type \"llama\""));
         let err = parse_config(r#"{"text_config":{}}"#).unwrap_err();
         assert!(format!("{err:#}").contains("no model_type"));
+        let spec = parse_config(r#"{"model_type":"siglip"}"#).unwrap();
+        assert_eq!(spec.family(), "siglip");
+        assert_eq!(spec.head_kind(), HeadKind::Sigmoid);
+        assert_eq!(spec.image_size(), 224);
+        assert_eq!(spec.default_template(), "This is a photo of {}.");
+        let policy = spec.text_policy();
+        assert_eq!(policy.context_len, 64);
+        assert_eq!(policy.padding, Padding::Full);
+        assert_eq!(policy.normalization, TextNormalization::SiglipCanonical);
+    }
+
+    #[test]
+    fn naflex_is_refused_by_name_with_what_to_use_instead() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/configs/siglip2-base-patch16-naflex.json");
+        let err = format!("{:#}", read_config(&path).unwrap_err());
+        assert!(
+            err.contains("model_type \"siglip2\" is SigLIP 2 NaFlex"),
+            "{err}"
+        );
+        assert!(err.contains("google/siglip2-base-patch16-224"), "{err}");
+        assert!(!err.contains('\n'), "{err}");
+        // The supported list names what runs, not what is refused.
+        let err = format!(
+            "{:#}",
+            parse_config(r#"{"model_type":"llama"}"#).unwrap_err()
+        );
+        assert!(
+            err.ends_with("with model_type \"clip\", \"siglip\""),
+            "{err}"
+        );
     }
 
     #[test]

@@ -42,6 +42,15 @@ impl Linear {
         })
     }
 
+    /// From a `[out, in]` weight and an optional `[out]` bias already read (e.g. slices of a packed
+    /// `in_proj_weight`).
+    pub fn from_weights(weight: &Tensor, bias: Option<Tensor>) -> Result<Self> {
+        Ok(Self {
+            weight_t: weight.t()?,
+            bias,
+        })
+    }
+
     /// Several projections of the same input fused into one, e.g. q, k and v: one wider product instead
     /// of three narrow ones.
     pub fn fused(parts: Vec<Linear>) -> Result<Self> {

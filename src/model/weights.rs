@@ -11,21 +11,16 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Shape, Tensor};
-use serde::Deserialize;
+use safetensors::tensor::{Metadata, TensorInfo as TensorLayout};
+use safetensors::Dtype;
 
 use crate::alloc::Mapping;
-
-#[derive(Debug, Deserialize)]
-struct HeaderEntry {
-    dtype: String,
-    shape: Vec<usize>,
-    data_offsets: [u64; 2],
-}
+use crate::error::single_line;
 
 #[derive(Debug)]
 struct TensorInfo {
@@ -49,21 +44,35 @@ pub struct Safetensors {
     tensors: HashMap<String, TensorInfo>,
 }
 
-fn dtype_of(name: &str) -> Option<DType> {
-    Some(match name {
-        "F32" => DType::F32,
-        "F16" => DType::F16,
-        "BF16" => DType::BF16,
-        "F64" => DType::F64,
-        "I64" => DType::I64,
-        "U32" => DType::U32,
-        "U8" => DType::U8,
+/// The Candle type of a stored dtype; `None` for those the loader does not convert (sub-byte and
+/// 8-bit floats, complex, ...).
+fn dtype_of(dtype: Dtype) -> Option<DType> {
+    Some(match dtype {
+        Dtype::F32 => DType::F32,
+        Dtype::F16 => DType::F16,
+        Dtype::BF16 => DType::BF16,
+        Dtype::F64 => DType::F64,
+        Dtype::I64 => DType::I64,
+        Dtype::U32 => DType::U32,
+        Dtype::U8 => DType::U8,
         _ => return None,
     })
 }
 
-/// Header sizes above this are not safetensors (the format caps it at 100 MB).
-const MAX_HEADER: u64 = 100 << 20;
+/// Header sizes above this are not safetensors (the format caps it at 100 MB; so does the
+/// `safetensors` crate, which refuses such files).
+const MAX_HEADER: u64 = 100_000_000;
+
+/// One tensor as a checked header describes it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeaderTensor {
+    pub name: String,
+    pub dtype: DType,
+    pub shape: Vec<usize>,
+    /// Absolute byte range in the file: inside the file, disjoint from every other tensor's, and
+    /// exactly `shape`'s element count times the dtype's size long.
+    pub range: std::ops::Range<u64>,
+}
 
 impl Safetensors {
     /// Reads and checks the headers; no tensor data is read yet.
@@ -74,7 +83,7 @@ impl Safetensors {
         for (index, path) in paths.iter().enumerate() {
             let mut file =
                 File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-            let entries = read_header(&mut file, path, index)
+            let entries = read_header(&mut file, index)
                 .with_context(|| format!("{} is not a valid safetensors file", path.display()))?;
             for (name, info) in entries {
                 if tensors.insert(name.clone(), info).is_some() {
@@ -113,7 +122,7 @@ impl Safetensors {
                 .and_then(Option::as_ref)
                 .filter(|_| !info.in_place.swap(true, Ordering::AcqRel))
                 .zip(usize::try_from(info.start).ok())
-                // SAFETY: tensors do not overlap in the file (`read_header` checks) and each is
+                // SAFETY: tensors do not overlap in the file (`parse_header` checks) and each is
                 // handed out in place at most once (`in_place`), so no two Vecs share bytes.
                 .and_then(|(map, start)| unsafe { map.f32s(start, elems) });
             if let Some(values) = mapped {
@@ -137,7 +146,7 @@ impl Safetensors {
             }
             return Ok(Tensor::from_vec(values, shape, &Device::Cpu)?);
         }
-        let mut bytes = vec![0u8; info.len as usize];
+        let mut bytes = vec![0u8; usize::try_from(info.len).with_context(context)?];
         read_at(file, &mut bytes, info.start).with_context(context)?;
         Ok(Tensor::from_raw_buffer(
             &bytes,
@@ -192,75 +201,132 @@ fn read_at(file: &File, mut buf: &mut [u8], mut offset: u64) -> std::io::Result<
     Ok(())
 }
 
-fn read_header(file: &mut File, path: &Path, index: usize) -> Result<Vec<(String, TensorInfo)>> {
+/// Reads the header of an open safetensors file and checks it against the file's length.
+fn read_header(file: &mut File, index: usize) -> Result<Vec<(String, TensorInfo)>> {
     let file_len = file.metadata()?.len();
     let mut len_bytes = [0u8; 8];
     file.read_exact(&mut len_bytes)
         .context("shorter than a safetensors header")?;
+    let header_len = header_length(len_bytes, file_len)?;
+    let mut start = vec![0u8; 8 + header_len];
+    start[..8].copy_from_slice(&len_bytes);
+    file.read_exact(&mut start[8..])?;
+    Ok(parse_header(&start, file_len)?
+        .into_iter()
+        .map(|t| {
+            let info = TensorInfo {
+                file: index,
+                dtype: t.dtype,
+                shape: t.shape,
+                start: t.range.start,
+                len: t.range.end - t.range.start,
+                in_place: AtomicBool::new(false),
+            };
+            (t.name, info)
+        })
+        .collect())
+}
+
+/// The header's length from the file's first 8 bytes, when it is plausible: at most the format's
+/// 100 MB, and inside a file of `file_len` bytes.
+fn header_length(len_bytes: [u8; 8], file_len: u64) -> Result<usize> {
     let header_len = u64::from_le_bytes(len_bytes);
-    if header_len > MAX_HEADER || 8 + header_len > file_len {
-        bail!("header length {header_len} does not fit the file of {file_len} bytes");
+    let fits =
+        header_len <= MAX_HEADER && header_len.checked_add(8).is_some_and(|end| end <= file_len);
+    match usize::try_from(header_len) {
+        Ok(len) if fits => Ok(len),
+        _ => bail!("header length {header_len} does not fit the file of {file_len} bytes"),
     }
-    let mut header = vec![0u8; header_len as usize];
-    file.read_exact(&mut header)?;
-    let raw: HashMap<String, serde_json::Value> =
-        serde_json::from_slice(&header).context("the header is not a JSON object")?;
-    let data_start = 8 + header_len;
-    let mut out = Vec::with_capacity(raw.len());
+}
+
+/// Parses and checks the start of a safetensors file (the 8-byte header length, then at least
+/// that many bytes of header) whose whole length is `file_len`. The header is parsed and its
+/// layout checked by the `safetensors` crate (the format's reference code, which Candle and
+/// Python use too): tensors lie back to back from the start of the data, each exactly as long
+/// as its shape and dtype say, with overflow-checked arithmetic. This function adds the checks
+/// against the file: the data ends exactly where the file does, and every dtype is one the
+/// loader converts. Nothing here can overflow or panic, whatever the bytes (fuzzed:
+/// `tests/fuzz`, target `model_files`).
+pub fn parse_header(file_start: &[u8], file_len: u64) -> Result<Vec<HeaderTensor>> {
+    let len_bytes: [u8; 8] = file_start
+        .get(..8)
+        .and_then(|b| b.try_into().ok())
+        .context("shorter than a safetensors header")?;
+    let header_len = header_length(len_bytes, file_len)?;
+    let json = file_start
+        .get(8..8 + header_len)
+        .context("the header is cut short")?;
+    let mut raw: HashMap<String, serde_json::Value> =
+        serde_json::from_slice(json).context("the header is not a JSON object")?;
+    // `__metadata__`, when present, maps strings to strings (the format says so and the crate
+    // insists).
+    let extra = match raw.remove("__metadata__") {
+        Some(value) => Some(
+            serde_json::from_value::<HashMap<String, String>>(value)
+                .context("__metadata__ is not a map of strings")?,
+        ),
+        None => None,
+    };
+    let mut entries = Vec::with_capacity(raw.len());
     for (name, value) in raw {
-        if name == "__metadata__" {
-            continue;
-        }
-        let entry: HeaderEntry = serde_json::from_value(value)
-            .with_context(|| format!("tensor {name}: malformed header entry"))?;
-        let dtype = dtype_of(&entry.dtype)
-            .with_context(|| format!("tensor {name}: unsupported dtype {}", entry.dtype))?;
-        let [begin, end] = entry.data_offsets;
-        let elems = entry
-            .shape
-            .iter()
-            .try_fold(1u64, |n, &d| n.checked_mul(d as u64));
-        let want = elems.and_then(|n| n.checked_mul(dtype.size_in_bytes() as u64));
-        if end < begin || Some(end - begin) != want {
+        let info: TensorLayout = serde_json::from_value(value).map_err(|e| {
+            anyhow::anyhow!(
+                "tensor {name}: malformed header entry: {}",
+                single_line(&e.to_string())
+            )
+        })?;
+        // The crate checks this too, but its error does not say which tensor.
+        let elems = info.shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
+        let bits = elems.and_then(|n| n.checked_mul(info.dtype.bitsize()));
+        let (begin, end) = info.data_offsets;
+        if end < begin || bits.map(|b| b.div_ceil(8)) != Some(end - begin) {
             bail!(
                 "tensor {name}: {} bytes for shape {:?} of {}",
                 end.saturating_sub(begin),
-                entry.shape,
-                entry.dtype
+                info.shape,
+                info.dtype
             );
         }
-        if data_start + end > file_len {
+        // Checked here too, to name the tensor and say "truncated" (the crate would only find
+        // that the offsets are not contiguous, or not the file's length).
+        let ends_at = u128::from(8 + header_len as u64) + end as u128;
+        if ends_at > u128::from(file_len) {
             bail!(
-                "tensor {name} ends at byte {} but the file has {file_len}: truncated (an interrupted download?) — delete {} and fetch it again",
-                data_start + end,
-                path.display()
+                "tensor {name} ends at byte {ends_at} but the file has {file_len}: truncated (an interrupted download?): delete it and fetch it again"
             );
         }
-        out.push((
-            name,
-            TensorInfo {
-                file: index,
-                dtype,
-                shape: entry.shape,
-                start: data_start + begin,
-                len: end - begin,
-                in_place: AtomicBool::new(false),
-            },
-        ));
+        entries.push((name, info));
     }
-    // Tensors must not share bytes (the format's own rule; the safetensors crate checks it too):
-    // a tensor that uses the mapped file in place must be the only one over its bytes.
-    let mut spans: Vec<(&str, u64, u64)> = out
-        .iter()
-        .map(|(name, t)| (name.as_str(), t.start, t.start + t.len))
-        .collect();
-    spans.sort_by_key(|&(_, start, end)| (start, end));
-    for pair in spans.windows(2) {
-        if let [(a, _, a_end), (b, b_start, _)] = pair {
-            if b_start < a_end {
-                bail!("tensors {a} and {b} overlap in the file");
-            }
-        }
+    // The crate's own check of the layout: sorted by offset, each tensor starts where the previous
+    // one ends (no overlap, no gap), with sizes checked against shapes without overflow.
+    entries.sort_by_key(|(_, info)| info.data_offsets);
+    let metadata = Metadata::new(extra, entries).map_err(|e| anyhow::anyhow!("{e}"))?;
+    // Both fit in u64: the header is at most 100 MB, and the data length is a usize offset.
+    let data_start = 8 + header_len as u64;
+    let data_len = u64::try_from(metadata.data_len()).context("tensor data too large")?;
+    match data_start.checked_add(data_len) {
+        Some(end) if end == file_len => {}
+        Some(end) if end < file_len => bail!(
+            "{} bytes follow the last tensor: not a safetensors file as the format defines it",
+            file_len - end
+        ),
+        // Cannot happen: every tensor ends inside the file (checked above).
+        _ => bail!("the tensors end past the end of the file ({file_len} bytes)"),
+    }
+    let tensors = metadata.tensors();
+    let mut out = Vec::with_capacity(tensors.len());
+    for (name, info) in tensors {
+        let dtype = dtype_of(info.dtype)
+            .with_context(|| format!("tensor {name}: unsupported dtype {}", info.dtype))?;
+        let (begin, end) = info.data_offsets;
+        // Inside the data (checked just above), so these cannot overflow.
+        let range = data_start + begin as u64..data_start + end as u64;
+        out.push(HeaderTensor {
+            name,
+            dtype,
+            shape: info.shape.clone(),
+            range,
+        });
     }
     Ok(out)
 }
@@ -353,7 +419,14 @@ mod tests {
                     r#"{"a":{"dtype":"Q4","shape":[4],"data_offsets":[0,16]}}"#,
                     &floats(&[1.0; 4]),
                 ),
-                "unsupported dtype Q4",
+                "unknown variant `Q4`",
+            ),
+            (
+                file(
+                    r#"{"a":{"dtype":"I8","shape":[4],"data_offsets":[0,4]}}"#,
+                    &[1, 2, 3, 4],
+                ),
+                "tensor a: unsupported dtype I8",
             ),
             (file("not json", b""), "not a JSON object"),
             (
@@ -361,7 +434,55 @@ mod tests {
                     r#"{"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]},"b":{"dtype":"F32","shape":[2],"data_offsets":[8,16]}}"#,
                     &floats(&[1.0; 4]),
                 ),
-                "tensors a and b overlap in the file",
+                "invalid offset for tensor `b`",
+            ),
+            // A gap between tensors, and bytes after the last one: not the format.
+            (
+                file(
+                    r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"b":{"dtype":"F32","shape":[2],"data_offsets":[8,16]}}"#,
+                    &floats(&[1.0; 4]),
+                ),
+                "invalid offset for tensor `b`",
+            ),
+            (
+                file(header, &floats(&[1.0; 5])),
+                "4 bytes follow the last tensor",
+            ),
+            // Offsets and shapes whose arithmetic would wrap.
+            (
+                file(
+                    r#"{"a":{"dtype":"F32","shape":[4],"data_offsets":[18446744073709551600,18446744073709551615]}}"#,
+                    &floats(&[1.0; 4]),
+                ),
+                "tensor a: 15 bytes for shape [4]",
+            ),
+            (
+                file(
+                    r#"{"a":{"dtype":"F32","shape":[],"data_offsets":[18446744073709551608,18446744073709551612]}}"#,
+                    &floats(&[1.0]),
+                ),
+                "tensor a ends at byte 18446744073709551711 but the file has 103: truncated",
+            ),
+            (
+                file(
+                    r#"{"a":{"dtype":"F32","shape":[4611686018427387904,4],"data_offsets":[0,0]}}"#,
+                    b"",
+                ),
+                "tensor a: 0 bytes for shape [4611686018427387904, 4]",
+            ),
+            (
+                file(
+                    r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"b":{"dtype":"F32","shape":[4611686018427387903],"data_offsets":[4,18446744073709551616]}}"#,
+                    &floats(&[1.0; 4]),
+                ),
+                "tensor b: malformed header entry",
+            ),
+            (
+                file(
+                    r#"{"__metadata__":{"format":1},"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}"#,
+                    &floats(&[1.0; 4]),
+                ),
+                "__metadata__ is not a map of strings",
             ),
         ];
         for (f, want) in cases {
@@ -390,5 +511,28 @@ mod tests {
                 .unwrap()
         );
         assert!(err.contains("does not fit the file"), "{err}");
+    }
+
+    #[test]
+    fn header_lengths_near_the_top_of_u64_are_refused_without_overflow() {
+        for len in [
+            u64::MAX,
+            u64::MAX - 7,
+            u64::MAX - 8,
+            1 << 63,
+            MAX_HEADER + 1,
+        ] {
+            let mut start = len.to_le_bytes().to_vec();
+            start.extend_from_slice(b"{}");
+            let err = parse_header(&start, u64::MAX).unwrap_err().to_string();
+            assert!(err.contains("does not fit the file"), "{len}: {err}");
+        }
+        // A header length that fits the file but not the bytes given.
+        let err = parse_header(&10u64.to_le_bytes(), 100)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cut short"), "{err}");
+        let ok = parse_header(b"\x02\0\0\0\0\0\0\0{}", 10).unwrap();
+        assert!(ok.is_empty());
     }
 }

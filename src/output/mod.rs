@@ -166,6 +166,8 @@ mod tests {
             model: ModelInfo {
                 id: "tiny".into(),
                 revision: None,
+                family: "clip".into(),
+                head: crate::model::HeadKind::Softmax,
             },
             labels: vec!["cat".into(), "hot, dog".into()],
             templates: vec!["a photo of a {}.".into()],

@@ -18,7 +18,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use image::{ImageEncoder, RgbImage};
 
 use crate::engine::patches::PatchMaps;
-use crate::preprocess::{center_crop_axis, PreprocessConfig};
+use crate::images::{center_crop_axis, PreprocessConfig};
 
 /// How much of the colour map covers the photo where the model looked.
 pub const OPACITY: f32 = 0.6;

@@ -58,6 +58,24 @@ pub fn success(out: &Output) {
     );
 }
 
+/// The score head named in a JSON header's `model` object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Head {
+    Softmax,
+    Sigmoid,
+}
+
+/// The `model` object of a `vlm classify` / `vlm tag` JSON header; unknown fields are errors.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelInfo {
+    pub id: String,
+    pub revision: Option<String>,
+    pub family: String,
+    pub head: Head,
+}
+
 /// One label's score in `vlm classify` JSON output; unknown fields are errors.
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]

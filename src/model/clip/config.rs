@@ -129,6 +129,19 @@ impl TextPooling {
     }
 }
 
+/// Widths (hidden, projection, heads; MLP widths may be 8 times this) a config may ask for.
+pub const MAX_WIDTH: usize = 1 << 14;
+/// Encoder layers per tower.
+pub const MAX_LAYERS: usize = 1 << 10;
+/// Token vocabulary.
+pub const MAX_VOCAB: usize = 1 << 22;
+/// Text positions (the context length).
+pub const MAX_TEXT_POSITIONS: usize = 1 << 12;
+/// Side of the square input image, in pixels (and so of a patch).
+pub const MAX_IMAGE_SIZE: usize = 1 << 12;
+/// Patches of one image (the vision tower's sequence is one longer, for the class token).
+pub const MAX_PATCHES: usize = 1 << 12;
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct ClipConfig {
     pub text: TextConfig,
@@ -159,10 +172,10 @@ impl ClipConfig {
         let vision = sub_config::<VisionConfig>(obj, "vision_config")?;
         let projection_dim = match obj.get("projection_dim") {
             None | Some(Value::Null) => 512,
-            Some(v) => {
-                v.as_u64()
-                    .context("projection_dim must be a positive integer")? as usize
-            }
+            Some(v) => v
+                .as_u64()
+                .and_then(|n| usize::try_from(n).ok())
+                .context("projection_dim must be a positive integer")?,
         };
         let logit_scale_init_value = obj
             .get("logit_scale_init_value")
@@ -181,22 +194,65 @@ impl ClipConfig {
     fn validate(&self) -> Result<()> {
         let t = &self.text;
         let v = &self.vision;
-        for (name, value) in [
-            ("text_config.hidden_size", t.hidden_size),
-            ("text_config.num_attention_heads", t.num_attention_heads),
+        // Every size is bounded before anything is allocated from it. The bounds are far above
+        // every published CLIP (the largest towers have a width of 1,664-1,792, 48 layers, a
+        // 250k vocabulary, 77-248 text positions and 336-448 px images with ~1,000 patches) and
+        // low enough that no product of them computed later (positions, attention scores,
+        // pixel batches) can overflow, nor ask for memory that the weights do not back.
+        for (name, value, max) in [
+            ("text_config.hidden_size", t.hidden_size, MAX_WIDTH),
+            (
+                "text_config.intermediate_size",
+                t.intermediate_size,
+                MAX_WIDTH * 8,
+            ),
+            (
+                "text_config.num_attention_heads",
+                t.num_attention_heads,
+                MAX_WIDTH,
+            ),
             (
                 "text_config.max_position_embeddings",
                 t.max_position_embeddings,
+                MAX_TEXT_POSITIONS,
             ),
-            ("text_config.vocab_size", t.vocab_size),
-            ("vision_config.hidden_size", v.hidden_size),
-            ("vision_config.num_attention_heads", v.num_attention_heads),
-            ("vision_config.patch_size", v.patch_size),
-            ("vision_config.image_size", v.image_size),
-            ("projection_dim", self.projection_dim),
+            ("text_config.vocab_size", t.vocab_size, MAX_VOCAB),
+            ("vision_config.hidden_size", v.hidden_size, MAX_WIDTH),
+            (
+                "vision_config.intermediate_size",
+                v.intermediate_size,
+                MAX_WIDTH * 8,
+            ),
+            (
+                "vision_config.num_attention_heads",
+                v.num_attention_heads,
+                MAX_WIDTH,
+            ),
+            ("vision_config.patch_size", v.patch_size, MAX_IMAGE_SIZE),
+            ("vision_config.image_size", v.image_size, MAX_IMAGE_SIZE),
+            ("projection_dim", self.projection_dim, MAX_WIDTH),
         ] {
             if value == 0 {
                 bail!("{name} must be positive");
+            }
+            if value > max {
+                bail!("{name} is {value}; vlm supports at most {max}");
+            }
+        }
+        for (name, value) in [
+            ("text_config.num_hidden_layers", t.num_hidden_layers),
+            ("vision_config.num_hidden_layers", v.num_hidden_layers),
+        ] {
+            if value > MAX_LAYERS {
+                bail!("{name} is {value}; vlm supports at most {MAX_LAYERS}");
+            }
+        }
+        for (name, value) in [
+            ("text_config.layer_norm_eps", t.layer_norm_eps),
+            ("vision_config.layer_norm_eps", v.layer_norm_eps),
+        ] {
+            if !(value.is_finite() && value > 0.0) {
+                bail!("{name} is {value}; it must be a positive number");
             }
         }
         if t.hidden_size % t.num_attention_heads != 0 {
@@ -220,11 +276,29 @@ impl ClipConfig {
                 v.patch_size
             );
         }
+        let patches = self.grid() * self.grid();
+        if patches > MAX_PATCHES {
+            bail!(
+                "vision_config.image_size {} with patch_size {} makes {patches} patches; vlm supports at most {MAX_PATCHES}",
+                v.image_size,
+                v.patch_size
+            );
+        }
         if v.num_channels != 3 {
             bail!(
                 "vision_config.num_channels is {}; only RGB (3) is supported",
                 v.num_channels
             );
+        }
+        // The pooled token is found by its id: one outside the vocabulary (or past u32) could
+        // never be found, and every prompt would pool at position 0.
+        if let Some(id) = t.eos_token_id.as_ref().and_then(TokenIds::first) {
+            if id >= 0 && usize::try_from(id).map_or(true, |id| id >= t.vocab_size) {
+                bail!(
+                    "text_config.eos_token_id {id} is outside the vocabulary (vocab_size {})",
+                    t.vocab_size
+                );
+            }
         }
         Ok(())
     }
@@ -232,7 +306,9 @@ impl ClipConfig {
     pub fn text_pooling(&self) -> TextPooling {
         match self.text.eos_token_id.as_ref().and_then(TokenIds::first) {
             Some(2) => TextPooling::ArgMaxId,
-            Some(id) if id >= 0 => TextPooling::FirstEos(id as u32),
+            Some(id) if id >= 0 => {
+                u32::try_from(id).map_or(TextPooling::FirstEos(49407), TextPooling::FirstEos)
+            }
             _ => TextPooling::FirstEos(49407),
         }
     }
@@ -350,6 +426,88 @@ mod tests {
             ClipConfig::from_json(r#"{"model_type":"clip","vision_config":{"hidden_act":"relu"}}"#)
                 .unwrap_err();
         assert!(format!("{err:#}").contains("vision_config"), "{err:#}");
+    }
+
+    #[test]
+    fn every_size_is_bounded_with_a_message_naming_it() {
+        let cases = [
+            (
+                r#""vision_config":{"image_size":274877907168}"#,
+                "vision_config.image_size is 274877907168; vlm supports at most 4096",
+            ),
+            (
+                r#""vision_config":{"image_size":4096,"patch_size":32}"#,
+                "makes 16384 patches",
+            ),
+            (
+                r#""vision_config":{"patch_size":448}"#,
+                "not a multiple of patch_size",
+            ),
+            (
+                r#""vision_config":{"hidden_size":18446744073709551615}"#,
+                "vision_config.hidden_size is 18446744073709551615",
+            ),
+            (
+                r#""vision_config":{"intermediate_size":0}"#,
+                "vision_config.intermediate_size must be positive",
+            ),
+            (
+                r#""vision_config":{"num_hidden_layers":1000000}"#,
+                "vision_config.num_hidden_layers is 1000000",
+            ),
+            (
+                r#""vision_config":{"layer_norm_eps":-1.0}"#,
+                "vision_config.layer_norm_eps is -1",
+            ),
+            (
+                r#""vision_config":{"layer_norm_eps":0.0}"#,
+                "must be a positive number",
+            ),
+            (
+                r#""text_config":{"vocab_size":4294967297}"#,
+                "text_config.vocab_size is 4294967297",
+            ),
+            (
+                r#""text_config":{"max_position_embeddings":100000}"#,
+                "text_config.max_position_embeddings is 100000",
+            ),
+            (
+                r#""text_config":{"num_hidden_layers":4096}"#,
+                "text_config.num_hidden_layers is 4096",
+            ),
+            (
+                r#""text_config":{"eos_token_id":4294967296}"#,
+                "eos_token_id 4294967296 is outside the vocabulary",
+            ),
+            (
+                r#""text_config":{"eos_token_id":49408}"#,
+                "eos_token_id 49408 is outside",
+            ),
+            (
+                r#""projection_dim":1e300"#,
+                "projection_dim must be a positive integer",
+            ),
+            (
+                r#""projection_dim":1000000000"#,
+                "projection_dim is 1000000000",
+            ),
+        ];
+        for (fields, want) in cases {
+            let json = format!(r#"{{"model_type":"clip",{fields}}}"#);
+            let err = format!("{:#}", ClipConfig::from_json(&json).unwrap_err());
+            assert!(err.contains(want), "{fields}: {err} should say {want}");
+        }
+        // The largest sizes in use load.
+        let cfg = ClipConfig::from_json(
+            r#"{"model_type":"clip","projection_dim":1280,
+                "text_config":{"hidden_size":1280,"num_attention_heads":20,"num_hidden_layers":32,
+                               "intermediate_size":5120,"max_position_embeddings":248,
+                               "vocab_size":250000,"eos_token_id":1},
+                "vision_config":{"hidden_size":1664,"num_attention_heads":16,"num_hidden_layers":48,
+                                 "intermediate_size":8192,"image_size":448,"patch_size":14}}"#,
+        )
+        .unwrap();
+        assert_eq!(cfg.grid(), 32);
     }
 
     #[test]

@@ -16,6 +16,7 @@ use candle_nn::VarBuilder;
 
 pub use config::{ClipConfig, TextPooling};
 
+use crate::model::checks;
 use crate::model::nn::{self, causal_mask, layer_norm, Encoder, EncoderSpec, Linear};
 use crate::model::{
     weights, Family, HeadKind, ImageTextModel, LoadOptions, ModelSpec, Padding, PatchEmbeddings,
@@ -26,6 +27,7 @@ use crate::model::{
 pub const FAMILY: Family = Family {
     name: "clip",
     model_types: &["clip"],
+    refused: &[],
     parse: |text| Ok(Box::new(ClipConfig::from_json(text)?)),
 };
 
@@ -326,7 +328,7 @@ impl Clip {
         if !vb.contains_tensor("logit_scale") {
             bail!("the checkpoint has no logit_scale tensor: is this a CLIPModel checkpoint?");
         }
-        let logit_scale = nn::scalar(&vb, "logit_scale")?;
+        let logit_scale = checks::logit_scale(nn::scalar(&vb, "logit_scale")?)?;
         Ok(Self {
             config,
             vision,

@@ -20,7 +20,8 @@ pub struct RunInfo {
 #[serde(deny_unknown_fields)]
 pub struct Prediction {
     pub label: String,
-    /// The model's score head on `cosine`: a softmax over all labels for CLIP.
+    /// The model's score head on `cosine`: a softmax over all labels for CLIP, each label's own
+    /// sigmoid for SigLIP (see [`super::ModelInfo::head`]).
     pub probability: f32,
     /// Cosine similarity of the image and label embeddings.
     pub cosine: f32,

@@ -11,6 +11,8 @@ mod tag;
 
 use serde::{Deserialize, Serialize};
 
+use crate::model::HeadKind;
+
 pub use classify::{ImageResult, Prediction, RunInfo};
 pub use explain::{ExplainResult, Grid, LabelMap};
 pub use tag::{AspectInfo, AspectTags, Tag, TagResult, TagRunInfo};
@@ -23,4 +25,9 @@ pub struct ModelInfo {
     pub id: String,
     /// The Hub commit the weights came from; null for a local folder.
     pub revision: Option<String>,
+    /// The model family (`clip`, `siglip`).
+    pub family: String,
+    /// The score head: `softmax` (CLIP: probabilities over the labels sum to 1) or `sigmoid`
+    /// (SigLIP: each label's probability on its own).
+    pub head: HeadKind,
 }

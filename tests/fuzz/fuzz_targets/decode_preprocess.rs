@@ -6,7 +6,7 @@
 use std::sync::LazyLock;
 
 use libfuzzer_sys::fuzz_target;
-use vlm::preprocess::{prepare_bytes, DecodeLimits, PreprocessConfig};
+use vlm::images::{prepare_bytes, DecodeLimits, PreprocessConfig};
 
 /// The real `openai/clip-vit-base-patch32` preprocessor config (legacy integer form).
 static CONFIG: LazyLock<PreprocessConfig> = LazyLock::new(|| {

@@ -3,13 +3,13 @@
 //! scaling), everything else as in `decode_preprocess`. A tiny preprocessor config (resize to
 //! 8, crop 8) makes the reduced path apply to JPEGs of 64 pixels and up, so that small fuzz
 //! inputs reach it. libfuzzer-sys's panic hook aborts on any panic, including the ones
-//! `jpeg::decode_reduced` catches (they would still print to stderr).
+//! `images::decode_reduced` catches (they would still print to stderr).
 #![no_main]
 
 use std::sync::LazyLock;
 
 use libfuzzer_sys::fuzz_target;
-use vlm::preprocess::{prepare_bytes_reduced, DecodeLimits, PreprocessConfig};
+use vlm::images::{prepare_bytes_reduced, DecodeLimits, PreprocessConfig};
 
 static CONFIG: LazyLock<PreprocessConfig> = LazyLock::new(|| {
     PreprocessConfig::from_json_str(r#"{"size": 8, "crop_size": 8}"#).expect("config parses")

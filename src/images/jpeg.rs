@@ -22,7 +22,7 @@
 use image::RgbImage;
 use jpeg_decoder::{CodingProcess, Decoder, PixelFormat};
 
-use crate::preprocess::DEFAULT_MAX_PIXELS;
+use super::decode::DEFAULT_MAX_PIXELS;
 
 /// The smallest `scale` (in eighths: 1, 2 or 4) whose output keeps the shorter side at least
 /// `min_short_side` pixels and whose factor (8/`scale`) divides both sides, or None when only
@@ -60,7 +60,7 @@ fn choose_scale(width: u32, height: u32, min_short_side: u32) -> Option<u32> {
 pub fn decode_reduced(bytes: &[u8], min_short_side: u32) -> Option<image::RgbImage> {
     // jpeg-decoder is fuzzed, but the callers promise never to panic on any input: a panic in
     // it only means "no reduced decode".
-    std::panic::catch_unwind(|| decode_reduced_inner(bytes, min_short_side))
+    crate::pipeline::catch(|| decode_reduced_inner(bytes, min_short_side))
         .ok()
         .flatten()
 }

@@ -1,0 +1,677 @@
+//! `preprocessor_config.json`: [`PreprocessConfig`] (transformers' `CLIPImageProcessor`
+//! settings, with its class defaults), its parsing and validation, and the sizes it gives an
+//! image (`get_resize_output_image_size`, `get_size_with_aspect_ratio`).
+
+use std::path::Path;
+
+use anyhow::{bail, Context};
+use serde::Deserialize;
+use serde_json::Value;
+
+/// `transformers.image_utils.OPENAI_CLIP_MEAN`.
+pub const OPENAI_CLIP_MEAN: [f64; 3] = [0.48145466, 0.4578275, 0.40821073];
+/// `transformers.image_utils.OPENAI_CLIP_STD`.
+pub const OPENAI_CLIP_STD: [f64; 3] = [0.26862954, 0.26130258, 0.27577711];
+
+/// Largest `size`/`crop_size` value we accept in a config; keeps all size arithmetic exact.
+const MAX_CONFIG_DIM: u64 = 1 << 16;
+/// Pillow resampling filters, numbered as `PIL.Image.Resampling` (the `resample` config field).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resample {
+    /// 1: `LANCZOS` (support 3).
+    Lanczos,
+    /// 2: `BILINEAR` (triangle, support 1).
+    Bilinear,
+    /// 3: `BICUBIC` (Keys cubic with a = -0.5, i.e. Catmull-Rom, support 2). CLIP's default.
+    Bicubic,
+    /// 4: `BOX` (support 0.5).
+    Box,
+    /// 5: `HAMMING` (support 1).
+    Hamming,
+}
+
+impl Resample {
+    /// Maps a `PIL.Image.Resampling` number. 0 (`NEAREST`) is not supported (see module docs).
+    pub fn from_pil(value: i64) -> anyhow::Result<Self> {
+        Ok(match value {
+            1 => Self::Lanczos,
+            2 => Self::Bilinear,
+            3 => Self::Bicubic,
+            4 => Self::Box,
+            5 => Self::Hamming,
+            0 => bail!(
+                "resample=0 (nearest) is not supported; use 2 (bilinear) or 3 (bicubic, CLIP's default)"
+            ),
+            other => bail!(
+                "unknown resample={other}; expected a PIL resampling filter: 1 (lanczos), 2 (bilinear), 3 (bicubic), 4 (box) or 5 (hamming)"
+            ),
+        })
+    }
+
+    /// The `PIL.Image.Resampling` number.
+    pub fn to_pil(self) -> i64 {
+        match self {
+            Self::Lanczos => 1,
+            Self::Bilinear => 2,
+            Self::Bicubic => 3,
+            Self::Box => 4,
+            Self::Hamming => 5,
+        }
+    }
+}
+
+/// The resize target (`size` in `preprocessor_config.json`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResizeSize {
+    /// `{"shortest_edge": S}` (or the legacy bare integer `S`): scale so the short side is `S`,
+    /// keeping the aspect ratio. With `longest_edge` as well, the long side is capped
+    /// (`image_transforms.get_size_with_aspect_ratio`).
+    ShortestEdge {
+        shortest_edge: u32,
+        longest_edge: Option<u32>,
+    },
+    /// `{"height": H, "width": W}` (or a legacy `[H, W]` list): resize to exactly this size.
+    Exact { height: u32, width: u32 },
+}
+
+/// `crop_size` in `preprocessor_config.json`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CropSize {
+    pub height: u32,
+    pub width: u32,
+}
+
+/// Preprocessing settings from a checkpoint's `preprocessor_config.json`, with transformers'
+/// `CLIPImageProcessor` class defaults for anything missing (or `null`). Unknown fields are
+/// ignored. Both the legacy (`"size": 224`, `"crop_size": 224`) and the current
+/// (`{"shortest_edge": 224}`, `{"height": 224, "width": 224}`) forms are accepted.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(try_from = "RawConfig")]
+pub struct PreprocessConfig {
+    pub do_resize: bool,
+    pub size: ResizeSize,
+    pub resample: Resample,
+    pub do_center_crop: bool,
+    pub crop_size: CropSize,
+    pub do_rescale: bool,
+    pub rescale_factor: f64,
+    pub do_normalize: bool,
+    pub image_mean: [f64; 3],
+    pub image_std: [f64; 3],
+    /// Accepted for completeness; we always convert to RGB (see module docs).
+    pub do_convert_rgb: bool,
+}
+
+impl Default for PreprocessConfig {
+    /// `CLIPImageProcessor`'s class attributes.
+    fn default() -> Self {
+        Self {
+            do_resize: true,
+            size: ResizeSize::ShortestEdge {
+                shortest_edge: 224,
+                longest_edge: None,
+            },
+            resample: Resample::Bicubic,
+            do_center_crop: true,
+            crop_size: CropSize {
+                height: 224,
+                width: 224,
+            },
+            do_rescale: true,
+            rescale_factor: 1.0 / 255.0,
+            do_normalize: true,
+            image_mean: OPENAI_CLIP_MEAN,
+            image_std: OPENAI_CLIP_STD,
+            do_convert_rgb: true,
+        }
+    }
+}
+
+impl PreprocessConfig {
+    /// `SiglipImageProcessor`'s class attributes (SigLIP and SigLIP 2 alike): resize straight to
+    /// 224×224 (no aspect ratio kept), no center crop (the class has no crop step at all), rescale,
+    /// normalise with mean = std = 0.5 (`IMAGENET_STANDARD_MEAN`/`_STD`).
+    pub fn siglip() -> Self {
+        Self {
+            do_resize: true,
+            size: ResizeSize::Exact {
+                height: 224,
+                width: 224,
+            },
+            resample: Resample::Bicubic,
+            do_center_crop: false,
+            crop_size: CropSize {
+                height: 224,
+                width: 224,
+            },
+            do_rescale: true,
+            rescale_factor: 1.0 / 255.0,
+            do_normalize: true,
+            image_mean: [0.5; 3],
+            image_std: [0.5; 3],
+            do_convert_rgb: true,
+        }
+    }
+}
+
+/// The JSON as written; every field optional. Shape-polymorphic fields are kept as JSON values
+/// and interpreted by hand so that errors can say what was expected.
+#[derive(Debug, Default, Deserialize)]
+struct RawConfig {
+    image_processor_type: Option<String>,
+    do_resize: Option<bool>,
+    size: Option<Value>,
+    resample: Option<Value>,
+    do_center_crop: Option<bool>,
+    crop_size: Option<Value>,
+    do_rescale: Option<bool>,
+    rescale_factor: Option<f64>,
+    do_normalize: Option<bool>,
+    image_mean: Option<Value>,
+    image_std: Option<Value>,
+    do_convert_rgb: Option<bool>,
+}
+
+impl TryFrom<RawConfig> for PreprocessConfig {
+    type Error = anyhow::Error;
+
+    fn try_from(raw: RawConfig) -> anyhow::Result<Self> {
+        // serde keeps only the top-level `Display` of this error, so flatten the context chain
+        // into one message ("invalid `image_mean`: expected 3 values ...").
+        Self::from_raw(raw).map_err(|e| anyhow::anyhow!("{e:#}"))
+    }
+}
+
+impl PreprocessConfig {
+    fn from_raw(raw: RawConfig) -> anyhow::Result<Self> {
+        // `SiglipImageProcessor`, `...Fast`, `...Pil`: other defaults, and no crop step, whatever
+        // a `do_center_crop` key says (transformers ignores it there).
+        let siglip = raw
+            .image_processor_type
+            .as_deref()
+            .is_some_and(|t| t.starts_with("SiglipImageProcessor"));
+        let d = if siglip {
+            Self::siglip()
+        } else {
+            Self::default()
+        };
+        let cfg = Self {
+            do_resize: raw.do_resize.unwrap_or(d.do_resize),
+            size: match raw.size.as_ref().filter(|v| !v.is_null()) {
+                Some(v) => parse_size(v).context("invalid `size`")?,
+                None => d.size,
+            },
+            resample: match raw.resample.as_ref().filter(|v| !v.is_null()) {
+                Some(v) => {
+                    let n = v
+                        .as_i64()
+                        .with_context(|| format!("invalid `resample` {v}: expected an integer"))?;
+                    Resample::from_pil(n).context("invalid `resample`")?
+                }
+                None => d.resample,
+            },
+            do_center_crop: !siglip && raw.do_center_crop.unwrap_or(d.do_center_crop),
+            crop_size: match raw.crop_size.as_ref().filter(|v| !v.is_null()) {
+                Some(v) => parse_crop_size(v).context("invalid `crop_size`")?,
+                None => d.crop_size,
+            },
+            do_rescale: raw.do_rescale.unwrap_or(d.do_rescale),
+            rescale_factor: raw.rescale_factor.unwrap_or(d.rescale_factor),
+            do_normalize: raw.do_normalize.unwrap_or(d.do_normalize),
+            image_mean: match raw.image_mean.as_ref().filter(|v| !v.is_null()) {
+                Some(v) => parse_rgb_triple(v).context("invalid `image_mean`")?,
+                None => d.image_mean,
+            },
+            image_std: match raw.image_std.as_ref().filter(|v| !v.is_null()) {
+                Some(v) => parse_rgb_triple(v).context("invalid `image_std`")?,
+                None => d.image_std,
+            },
+            do_convert_rgb: raw.do_convert_rgb.unwrap_or(d.do_convert_rgb),
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
+fn parse_dim(v: &Value, what: &str) -> anyhow::Result<u32> {
+    match v.as_u64() {
+        Some(n) if (1..=MAX_CONFIG_DIM).contains(&n) => Ok(n as u32),
+        _ => bail!("{what} must be an integer between 1 and {MAX_CONFIG_DIM}, got {v}"),
+    }
+}
+
+/// Mirrors `get_size_dict(size, default_to_square=False)` as CLIP uses it: a bare integer is a
+/// shortest edge, a 2-list is `(height, width)`, a dict is taken by key.
+fn parse_size(v: &Value) -> anyhow::Result<ResizeSize> {
+    match v {
+        Value::Number(_) => Ok(ResizeSize::ShortestEdge {
+            shortest_edge: parse_dim(v, "size")?,
+            longest_edge: None,
+        }),
+        Value::Array(a) if a.len() == 1 => Ok(ResizeSize::ShortestEdge {
+            shortest_edge: parse_dim(&a[0], "size[0]")?,
+            longest_edge: None,
+        }),
+        Value::Array(a) if a.len() == 2 => Ok(ResizeSize::Exact {
+            height: parse_dim(&a[0], "size[0] (height)")?,
+            width: parse_dim(&a[1], "size[1] (width)")?,
+        }),
+        Value::Object(m) => {
+            let get = |key: &str| -> anyhow::Result<Option<u32>> {
+                m.get(key)
+                    .filter(|v| !v.is_null())
+                    .map(|v| parse_dim(v, key))
+                    .transpose()
+            };
+            // Same precedence as `PilBackend.resize`: shortest_edge(+longest_edge), then
+            // height+width.
+            if let Some(shortest_edge) = get("shortest_edge")? {
+                Ok(ResizeSize::ShortestEdge {
+                    shortest_edge,
+                    longest_edge: get("longest_edge")?,
+                })
+            } else if let (Some(height), Some(width)) = (get("height")?, get("width")?) {
+                Ok(ResizeSize::Exact { height, width })
+            } else {
+                bail!(
+                    "unsupported size {v}: expected {{\"shortest_edge\": N}} (optionally with \"longest_edge\") or {{\"height\": H, \"width\": W}}"
+                )
+            }
+        }
+        _ => bail!("expected an integer, a [height, width] list or an object, got {v}"),
+    }
+}
+
+/// Mirrors `get_size_dict(crop_size, param_name="crop_size")`: an integer means a square.
+fn parse_crop_size(v: &Value) -> anyhow::Result<CropSize> {
+    match v {
+        Value::Number(_) => {
+            let n = parse_dim(v, "crop_size")?;
+            Ok(CropSize {
+                height: n,
+                width: n,
+            })
+        }
+        Value::Array(a) if a.len() == 2 => Ok(CropSize {
+            height: parse_dim(&a[0], "crop_size[0] (height)")?,
+            width: parse_dim(&a[1], "crop_size[1] (width)")?,
+        }),
+        Value::Object(m) => match (m.get("height"), m.get("width")) {
+            (Some(h), Some(w)) => Ok(CropSize {
+                height: parse_dim(h, "height")?,
+                width: parse_dim(w, "width")?,
+            }),
+            _ => bail!("expected {{\"height\": H, \"width\": W}}, got {v}"),
+        },
+        _ => bail!("expected an integer, a [height, width] list or an object, got {v}"),
+    }
+}
+
+/// A scalar applies to all channels (as in `image_transforms.normalize`); a list must have
+/// exactly 3 entries because we always produce RGB.
+fn parse_rgb_triple(v: &Value) -> anyhow::Result<[f64; 3]> {
+    match v {
+        Value::Number(n) => {
+            let x = n.as_f64().with_context(|| format!("not a number: {v}"))?;
+            Ok([x; 3])
+        }
+        Value::Array(a) => {
+            if a.len() != 3 {
+                bail!(
+                    "expected 3 values (one per RGB channel), got {} in {v}",
+                    a.len()
+                );
+            }
+            let mut out = [0.0; 3];
+            for (o, x) in out.iter_mut().zip(a) {
+                *o = x.as_f64().with_context(|| format!("not a number: {x}"))?;
+            }
+            Ok(out)
+        }
+        _ => bail!("expected a list of 3 numbers, got {v}"),
+    }
+}
+
+impl PreprocessConfig {
+    /// Reads and validates a `preprocessor_config.json`.
+    pub fn from_file(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read preprocessor config {}", path.display()))?;
+        Self::from_json_str(&text)
+            .with_context(|| format!("invalid preprocessor config {}", path.display()))
+    }
+
+    /// Parses and validates the JSON text of a `preprocessor_config.json`.
+    pub fn from_json_str(text: &str) -> anyhow::Result<Self> {
+        // `try_from = "RawConfig"` runs `validate`.
+        Ok(serde_json::from_str(text)?)
+    }
+
+    /// Checks the invariants the pipeline relies on (parsing already enforces most of them;
+    /// this catches hand-built configs).
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let dim_ok = |n: u32| (1..=MAX_CONFIG_DIM).contains(&u64::from(n));
+        match self.size {
+            ResizeSize::ShortestEdge {
+                shortest_edge,
+                longest_edge,
+            } => {
+                if !dim_ok(shortest_edge) {
+                    bail!("size.shortest_edge must be between 1 and {MAX_CONFIG_DIM}, got {shortest_edge}");
+                }
+                if let Some(l) = longest_edge {
+                    if !dim_ok(l) {
+                        bail!("size.longest_edge must be between 1 and {MAX_CONFIG_DIM}, got {l}");
+                    }
+                }
+            }
+            ResizeSize::Exact { height, width } => {
+                if !dim_ok(height) || !dim_ok(width) {
+                    bail!("size height/width must be between 1 and {MAX_CONFIG_DIM}, got {height}x{width}");
+                }
+            }
+        }
+        let CropSize { height, width } = self.crop_size;
+        if !dim_ok(height) || !dim_ok(width) {
+            bail!("crop_size height/width must be between 1 and {MAX_CONFIG_DIM}, got {height}x{width}");
+        }
+        if !self.rescale_factor.is_finite() {
+            bail!("rescale_factor must be finite, got {}", self.rescale_factor);
+        }
+        if self.image_mean.iter().any(|m| !m.is_finite()) {
+            bail!("image_mean must be finite, got {:?}", self.image_mean);
+        }
+        // Checked on the float32 values actually used: a tiny f64 could round to 0 in f32.
+        if self
+            .image_std
+            .iter()
+            .any(|&s| !s.is_finite() || s as f32 == 0.0)
+        {
+            bail!(
+                "image_std must be finite and non-zero, got {:?}",
+                self.image_std
+            );
+        }
+        Ok(())
+    }
+
+    /// `(width, height)` of the pixels [`preprocess`] returns, or `None` when it depends on the
+    /// input image (no center crop and a shortest-edge resize, or no resize at all).
+    pub fn output_size(&self) -> Option<(u32, u32)> {
+        if self.do_center_crop {
+            Some((self.crop_size.width, self.crop_size.height))
+        } else {
+            match (self.do_resize, self.size) {
+                (true, ResizeSize::Exact { height, width }) => Some((width, height)),
+                _ => None,
+            }
+        }
+    }
+
+    /// `(width, height)` after the resize step for a `width`×`height` input, as
+    /// `PilBackend.resize` computes it.
+    pub fn resized_size(&self, width: u32, height: u32) -> anyhow::Result<(u32, u32)> {
+        if width == 0 || height == 0 {
+            bail!("cannot resize an empty {width}x{height} image");
+        }
+        let (w, h) = match self.size {
+            ResizeSize::ShortestEdge {
+                shortest_edge,
+                longest_edge: None,
+            } => shortest_edge_output_size(width, height, shortest_edge),
+            ResizeSize::ShortestEdge {
+                shortest_edge,
+                longest_edge: Some(longest_edge),
+            } => size_with_aspect_ratio(width, height, shortest_edge, longest_edge),
+            ResizeSize::Exact { height, width } => (u64::from(width), u64::from(height)),
+        };
+        // Pillow sizes are C ints.
+        let max = i32::MAX as u64;
+        if w == 0 || h == 0 || w > max || h > max {
+            bail!(
+                "resizing {width}x{height} with {:?} gives an unusable size {w}x{h}",
+                self.size
+            );
+        }
+        Ok((w as u32, h as u32))
+    }
+}
+
+/// `transformers.image_transforms.get_resize_output_image_size(image, size,
+/// default_to_square=False)`: the short side becomes `size` and the long side is
+/// `int(size * long / short)` (truncation, not rounding). Returns `(width, height)`.
+///
+/// `size * long` is computed exactly (both < 2^32, product < 2^53) and the f64 division is
+/// correctly rounded, exactly like Python's `int / int`.
+pub fn shortest_edge_output_size(width: u32, height: u32, size: u32) -> (u64, u64) {
+    let (short, long) = if width <= height {
+        (width, height)
+    } else {
+        (height, width)
+    };
+    let new_short = u64::from(size);
+    let new_long = ((u64::from(size) * u64::from(long)) as f64 / f64::from(short.max(1))) as u64;
+    if width <= height {
+        (new_short, new_long)
+    } else {
+        (new_long, new_short)
+    }
+}
+
+/// `transformers.image_transforms.get_size_with_aspect_ratio((height, width), size,
+/// max_size)`, transcribed with Python's float semantics (`round` is round-half-even).
+/// Returns `(width, height)`.
+fn size_with_aspect_ratio(width: u32, height: u32, size: u32, max_size: u32) -> (u64, u64) {
+    let (h, w) = (u64::from(height), u64::from(width));
+    let mut size = u64::from(size);
+    let mut raw_size: Option<f64> = None;
+    let min_original = h.min(w) as f64;
+    let max_original = h.max(w) as f64;
+    if max_original / min_original * size as f64 > f64::from(max_size) {
+        let raw = f64::from(max_size) * min_original / max_original;
+        raw_size = Some(raw);
+        size = raw.round_ties_even() as u64;
+    }
+    let (oh, ow) = if (h <= w && h == size) || (w <= h && w == size) {
+        (h, w)
+    } else if w < h {
+        let oh = match raw_size {
+            Some(raw) => (raw * h as f64 / w as f64) as u64,
+            None => ((size * h) as f64 / w as f64) as u64,
+        };
+        (oh, size)
+    } else {
+        let ow = match raw_size {
+            Some(raw) => (raw * w as f64 / h as f64) as u64,
+            None => ((size * w) as f64 / h as f64) as u64,
+        };
+        (size, ow)
+    };
+    (ow, oh)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::images::test_util::fixture;
+
+    #[test]
+    fn siglip_processors_resize_exactly_without_a_crop() {
+        // The published google/siglip-base-patch16-224 and google/siglip2-base-patch16-224
+        // files: no do_center_crop key, which for CLIP would mean a 224 crop; SigLIP 2 says
+        // "do_convert_rgb": null (the class default, true, stays).
+        for (name, resample) in [
+            ("siglip-base-patch16-224", Resample::Bicubic),
+            ("siglip2-base-patch16-224", Resample::Bilinear),
+        ] {
+            let cfg = PreprocessConfig::from_file(&fixture(&format!(
+                "configs/siglip/{name}/preprocessor_config.json"
+            )))
+            .unwrap();
+            assert_eq!(
+                cfg,
+                PreprocessConfig {
+                    resample,
+                    ..PreprocessConfig::siglip()
+                },
+                "{name}"
+            );
+            assert_eq!(cfg.output_size(), Some((224, 224)));
+            assert_eq!(cfg.resized_size(640, 480).unwrap(), (224, 224));
+        }
+        let cfg = PreprocessConfig::from_json_str(
+            r#"{"image_processor_type": "SiglipImageProcessorFast", "do_center_crop": true,
+                "size": {"height": 384, "width": 384}}"#,
+        )
+        .unwrap();
+        assert!(!cfg.do_center_crop);
+        assert_eq!(cfg.output_size(), Some((384, 384)));
+        assert_eq!(cfg.image_mean, [0.5; 3]);
+    }
+
+    #[test]
+    fn parses_legacy_openai_config() {
+        let cfg =
+            PreprocessConfig::from_file(&fixture("configs/openai-legacy-preprocessor_config.json"))
+                .unwrap();
+        // `"size": 224` is a shortest edge for CLIP (default_to_square=False), `"crop_size": 224`
+        // a square; everything else equals the class defaults.
+        assert_eq!(cfg, PreprocessConfig::default());
+    }
+
+    #[test]
+    fn parses_reserialized_config() {
+        let cfg =
+            PreprocessConfig::from_file(&fixture("configs/reserialized-preprocessor_config.json"))
+                .unwrap();
+        assert_eq!(cfg, PreprocessConfig::default());
+        // The printed float must parse to exactly Python's 1/255.
+        assert_eq!(cfg.rescale_factor.to_bits(), (1.0f64 / 255.0).to_bits());
+    }
+
+    #[test]
+    fn empty_config_gets_clip_defaults_and_unknown_fields_are_ignored() {
+        let cfg = PreprocessConfig::from_json_str(
+            r#"{"image_processor_type": "CLIPImageProcessor", "foo": [1, 2], "crop_size": null}"#,
+        )
+        .unwrap();
+        assert_eq!(cfg, PreprocessConfig::default());
+        assert_eq!(cfg.output_size(), Some((224, 224)));
+    }
+
+    #[test]
+    fn parses_other_size_forms() {
+        let cfg = PreprocessConfig::from_json_str(
+            r#"{"size": {"height": 336, "width": 300}, "crop_size": {"height": 320, "width": 288},
+                "resample": 2, "image_mean": 0.5, "image_std": [0.5, 0.5, 0.5], "do_center_crop": false}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            cfg.size,
+            ResizeSize::Exact {
+                height: 336,
+                width: 300
+            }
+        );
+        assert_eq!(
+            cfg.crop_size,
+            CropSize {
+                height: 320,
+                width: 288
+            }
+        );
+        assert_eq!(cfg.resample, Resample::Bilinear);
+        assert_eq!(cfg.image_mean, [0.5; 3]);
+        assert_eq!(cfg.output_size(), Some((300, 336)));
+        assert_eq!(cfg.resized_size(10, 1000).unwrap(), (300, 336));
+
+        let cfg = PreprocessConfig::from_json_str(r#"{"size": [100, 50]}"#).unwrap();
+        assert_eq!(
+            cfg.size,
+            ResizeSize::Exact {
+                height: 100,
+                width: 50
+            }
+        );
+        let cfg = PreprocessConfig::from_json_str(
+            r#"{"size": {"shortest_edge": 800, "longest_edge": 1333}}"#,
+        )
+        .unwrap();
+        // get_size_with_aspect_ratio((h=500, w=2000), 800, 1333): 2000/500*800 > 1333 so
+        // raw = 1333*500/2000 = 333.25, size = 333, ow = int(333.25*2000/500) = 1333.
+        assert_eq!(cfg.resized_size(2000, 500).unwrap(), (1333, 333));
+        assert_eq!(cfg.resized_size(600, 800).unwrap(), (800, 1066));
+    }
+
+    #[test]
+    fn rejects_bad_configs_with_clear_errors() {
+        let cases = [
+            (r#"{"image_std": [0.2, 0.0, 0.3]}"#, "image_std"),
+            (r#"{"image_mean": [0.5, 0.5]}"#, "3 values"),
+            (r#"{"crop_size": 0}"#, "crop_size"),
+            (r#"{"crop_size": {"height": 224}}"#, "crop_size"),
+            (
+                r#"{"size": {"max_height": 10, "max_width": 10}}"#,
+                "shortest_edge",
+            ),
+            (r#"{"size": -3}"#, "size"),
+            (r#"{"resample": 0}"#, "nearest"),
+            (r#"{"resample": 9}"#, "resample=9"),
+            (r#"{"do_resize": "yes"}"#, "invalid type"),
+            ("not json", "expected"),
+        ];
+        for (json, needle) in cases {
+            let err = PreprocessConfig::from_json_str(json).unwrap_err();
+            let msg = format!("{err:#}");
+            assert!(msg.contains(needle), "{json}: {msg}");
+        }
+        let cfg = PreprocessConfig {
+            image_std: [1.0, 1e-300, 1.0],
+            ..Default::default()
+        };
+        assert!(cfg.validate().is_err());
+    }
+
+    #[test]
+    fn config_file_errors_name_the_file() {
+        let missing = fixture("configs/does-not-exist.json");
+        let msg = format!("{:#}", PreprocessConfig::from_file(&missing).unwrap_err());
+        assert!(msg.contains("does-not-exist.json"), "{msg}");
+
+        let dir = tempfile::tempdir().unwrap();
+        let bad = dir.path().join("preprocessor_config.json");
+        std::fs::write(&bad, r#"{"image_std": [1, 0, 1]}"#).unwrap();
+        let msg = format!("{:#}", PreprocessConfig::from_file(&bad).unwrap_err());
+        assert!(
+            msg.contains("preprocessor_config.json") && msg.contains("image_std"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn long_side_is_truncated_like_transformers() {
+        // (width, height) in, (width, height) out; expectations from Python's
+        // int(224 * long / short).
+        let cases = [
+            ((512, 512), (224, 224)),
+            ((384, 303), (283, 224)), // 283.88 -> 283 (rounding would give 284)
+            ((400, 328), (273, 224)), // 273.17
+            ((1000, 872), (256, 224)), // 256.88
+            ((303, 384), (224, 283)),
+            ((371, 370), (224, 224)), // 224.6 -> 224
+            ((370, 371), (224, 224)),
+            ((300, 200), (336, 224)), // exactly 336
+            ((1, 1), (224, 224)),
+            ((20000, 1), (4_480_000, 224)),
+            ((3, 7), (224, 522)), // 522.67
+        ];
+        for ((w, h), want) in cases {
+            assert_eq!(shortest_edge_output_size(w, h, 224), want, "{w}x{h}");
+        }
+        // The reference geometry of the fixture images agrees (pixels.json).
+        assert_eq!(
+            PreprocessConfig::default().resized_size(384, 303).unwrap(),
+            (283, 224)
+        );
+    }
+}

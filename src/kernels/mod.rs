@@ -1,0 +1,439 @@
+//! CPU linear layers `y = x · Wᵀ + b` whose weights are packed once, at load, into the layout the
+//! matrix kernel reads, with the kernel chosen at run time from what the CPU offers.
+//!
+//! [`PackedLinear`] works on plain slices; [`Linear`] wraps it for Candle tensors (and keeps Candle's
+//! own matmul on other devices). Backends, by [`Precision`]:
+//!
+//! | precision | backend | needs | weights held as |
+//! | --- | --- | --- | --- |
+//! | `F32` | [`Backend::Avx512F32`]: AVX-512 FMA microkernel, 8 rows × 48 columns | `avx512f` | f32 panels |
+//! | `Bf16` | [`Backend::AmxBf16`]: AMX tiles, `tdpbf16ps`, 32 × 32 per step | `amx-tile`, `amx-bf16` (CPUID), the kernel's permission (Linux `arch_prctl`), `avx512bf16` | bf16 pairs |
+//! | `Bf16` | [`Backend::Avx512Bf16`]: `vdpbf16ps` microkernel, 14 × 32 | `avx512bf16`, `avx512bw` | bf16 pairs |
+//! | either | [`Backend::Portable`]: the `gemm` crate (Candle's own CPU matmul, AVX-512/AVX2/NEON/scalar, its own dispatch) | nothing | f32, `[out, in]` |
+//!
+//! `Bf16` on a CPU without native bf16 arithmetic computes in f32 with the original weights ([`Backend::Avx512F32`]
+//! or [`Backend::Portable`]): converting would only cost time there and lose precision.
+//!
+//! Bf16 backends round the weights (once) and the activations (every call) to bf16 to nearest even
+//! and accumulate in f32, so each output is within about 2⁻⁸ · Σₖ|xₖ·wₖ| of the exact product; f32
+//! backends are within about 1e-6 of it (the tests pin both).
+//!
+//! Threads: the output is cut into row blocks × column blocks (see [`grid`]), run on Rayon's global
+//! pool (the one Candle uses), as many tasks as threads or a multiple of it.
+
+#[cfg(target_arch = "x86_64")]
+mod amx;
+mod buf;
+#[cfg(target_arch = "x86_64")]
+mod x86;
+
+mod tensor;
+pub use tensor::Linear;
+
+/// Arithmetic a [`PackedLinear`] may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precision {
+    /// f32 inputs, weights and accumulation.
+    F32,
+    /// bf16 weights and activations, f32 accumulation, where the CPU multiplies bf16 natively;
+    /// f32 elsewhere.
+    Bf16,
+}
+
+/// The kernel a [`PackedLinear`] runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// f32, AVX-512 FMA.
+    Avx512F32,
+    /// bf16 with f32 accumulation on AMX tiles.
+    AmxBf16,
+    /// bf16 with f32 accumulation, AVX512-BF16 `vdpbf16ps`.
+    Avx512Bf16,
+    /// f32 through the `gemm` crate (what Candle's matmul uses), on any CPU.
+    Portable,
+}
+
+impl Backend {
+    /// Whether this CPU (and OS) can run the backend. The first call for `AmxBf16` asks Linux for
+    /// the AMX tile state, once per process.
+    pub fn is_available(self) -> bool {
+        match self {
+            Backend::Portable => true,
+            #[cfg(target_arch = "x86_64")]
+            Backend::Avx512F32 => x86::has_avx512f(),
+            #[cfg(target_arch = "x86_64")]
+            Backend::Avx512Bf16 => x86::has_avx512bf16(),
+            #[cfg(target_arch = "x86_64")]
+            Backend::AmxBf16 => x86::has_avx512bf16() && amx::available(),
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => false,
+        }
+    }
+
+    /// The fastest backend for `precision` on this CPU.
+    pub fn best(precision: Precision) -> Backend {
+        let order: &[Backend] = match precision {
+            Precision::F32 => &[Backend::Avx512F32],
+            Precision::Bf16 => &[Backend::AmxBf16, Backend::Avx512Bf16, Backend::Avx512F32],
+        };
+        order
+            .iter()
+            .copied()
+            .find(|b| b.is_available())
+            .unwrap_or(Backend::Portable)
+    }
+
+    /// Whether the backend rounds inputs to bf16.
+    pub fn is_bf16(self) -> bool {
+        matches!(self, Backend::AmxBf16 | Backend::Avx512Bf16)
+    }
+}
+
+/// Errors of [`PackedLinear::new`] and [`PackedLinear::forward`]: lengths that do not match the
+/// stated shape, or a backend this CPU lacks.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum KernelError {
+    #[error("{what} has {got} values, expected {expected}")]
+    Length {
+        what: &'static str,
+        got: usize,
+        expected: usize,
+    },
+    #[error("backend {0:?} is not available on this CPU")]
+    Unavailable(Backend),
+    #[error("a linear layer needs in and out features > 0 (got in {in_dim}, out {out_dim})")]
+    Empty { in_dim: usize, out_dim: usize },
+}
+
+fn check_len(what: &'static str, got: usize, expected: usize) -> Result<(), KernelError> {
+    if got == expected {
+        Ok(())
+    } else {
+        Err(KernelError::Length {
+            what,
+            got,
+            expected,
+        })
+    }
+}
+
+/// Weights in the layout of one backend.
+enum Packed {
+    /// `[out, in]` row-major as given, and the bias.
+    Portable {
+        weight: Vec<f32>,
+        bias: Option<Vec<f32>>,
+    },
+    #[cfg(target_arch = "x86_64")]
+    X86 {
+        backend: Backend,
+        weight: x86::PackedWeights,
+        /// `bias`, zero-padded to whole panels (zeros without a bias).
+        bias: Vec<f32>,
+    },
+}
+
+/// A linear layer `y = x · Wᵀ + b` with its weights packed for the chosen backend.
+pub struct PackedLinear {
+    in_dim: usize,
+    out_dim: usize,
+    packed: Packed,
+}
+
+impl std::fmt::Debug for PackedLinear {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PackedLinear")
+            .field("in_dim", &self.in_dim)
+            .field("out_dim", &self.out_dim)
+            .field("backend", &self.backend())
+            .finish()
+    }
+}
+
+impl PackedLinear {
+    /// Packs `weight` (`out_dim × in_dim`, row-major, as PyTorch's `nn.Linear.weight`) and `bias`
+    /// (`out_dim`) for the fastest backend of `precision` on this CPU.
+    pub fn new(
+        weight: &[f32],
+        bias: Option<&[f32]>,
+        out_dim: usize,
+        in_dim: usize,
+        precision: Precision,
+    ) -> Result<Self, KernelError> {
+        Self::with_backend(weight, bias, out_dim, in_dim, Backend::best(precision))
+    }
+
+    /// As [`PackedLinear::new`], for a given backend (an error if this CPU lacks it).
+    pub fn with_backend(
+        weight: &[f32],
+        bias: Option<&[f32]>,
+        out_dim: usize,
+        in_dim: usize,
+        backend: Backend,
+    ) -> Result<Self, KernelError> {
+        if in_dim == 0 || out_dim == 0 {
+            return Err(KernelError::Empty { in_dim, out_dim });
+        }
+        check_len("weight", weight.len(), out_dim.saturating_mul(in_dim))?;
+        if let Some(b) = bias {
+            check_len("bias", b.len(), out_dim)?;
+        }
+        if !backend.is_available() {
+            return Err(KernelError::Unavailable(backend));
+        }
+        let packed = match backend {
+            #[cfg(target_arch = "x86_64")]
+            Backend::Avx512F32 | Backend::AmxBf16 | Backend::Avx512Bf16 => Packed::X86 {
+                backend,
+                weight: x86::PackedWeights::new(weight, out_dim, in_dim, backend),
+                bias: x86::padded_bias(bias, out_dim, backend),
+            },
+            _ => Packed::Portable {
+                weight: weight.to_vec(),
+                bias: bias.map(<[f32]>::to_vec),
+            },
+        };
+        Ok(Self {
+            in_dim,
+            out_dim,
+            packed,
+        })
+    }
+
+    pub fn in_dim(&self) -> usize {
+        self.in_dim
+    }
+
+    pub fn out_dim(&self) -> usize {
+        self.out_dim
+    }
+
+    pub fn backend(&self) -> Backend {
+        match &self.packed {
+            Packed::Portable { .. } => Backend::Portable,
+            #[cfg(target_arch = "x86_64")]
+            Packed::X86 { backend, .. } => *backend,
+        }
+    }
+
+    /// `out = x · Wᵀ + b` for `rows` rows: `x` is `rows × in_dim`, `out` is `rows × out_dim`, both
+    /// row-major. Uses Rayon's global pool.
+    pub fn forward(&self, x: &[f32], rows: usize, out: &mut [f32]) -> Result<(), KernelError> {
+        self.forward_threads(x, rows, out, rayon::current_num_threads())
+    }
+
+    /// [`PackedLinear::forward`] cut into tasks for `threads` threads (tests use it to exercise
+    /// every split).
+    fn forward_threads(
+        &self,
+        x: &[f32],
+        rows: usize,
+        out: &mut [f32],
+        threads: usize,
+    ) -> Result<(), KernelError> {
+        check_len("input", x.len(), rows.saturating_mul(self.in_dim))?;
+        check_len("output", out.len(), rows.saturating_mul(self.out_dim))?;
+        if rows == 0 {
+            return Ok(());
+        }
+        match &self.packed {
+            Packed::Portable { weight, bias } => {
+                portable(
+                    x,
+                    rows,
+                    self.in_dim,
+                    weight,
+                    bias.as_deref(),
+                    self.out_dim,
+                    out,
+                    threads,
+                );
+            }
+            #[cfg(target_arch = "x86_64")]
+            Packed::X86 {
+                backend,
+                weight,
+                bias,
+            } => {
+                let shape = x86::Shape {
+                    k: self.in_dim,
+                    n: self.out_dim,
+                };
+                let g = grid(
+                    rows,
+                    weight.panels(),
+                    threads,
+                    x86::row_unit(*backend),
+                    x86::max_task_rows(*backend, self.in_dim),
+                );
+                let ptr = OutPtr(out.as_mut_ptr());
+                let task = |t: usize| {
+                    let (r0, r1, p0, p1) = g.task(t, rows, weight.panels());
+                    // SAFETY: `out` holds rows × out_dim values (checked above), and the tasks of
+                    // one grid cover disjoint rectangles of it (`Grid::task`), so no two tasks
+                    // write the same element and nothing else touches `out` while they run (it is
+                    // borrowed mutably for the whole call). `x` holds rows × in_dim values, and
+                    // `weight` and `bias` were packed for out_dim × in_dim by `backend`, which
+                    // this CPU runs (checked when packing).
+                    unsafe {
+                        x86::run_task(
+                            *backend,
+                            shape,
+                            x,
+                            weight,
+                            bias,
+                            ptr.get(),
+                            (r0, r1),
+                            (p0, p1),
+                        )
+                    }
+                };
+                if g.tasks() == 1 {
+                    task(0);
+                } else {
+                    use rayon::prelude::*;
+                    (0..g.tasks()).into_par_iter().for_each(task);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The output pointer, shared by tasks that write disjoint parts of it.
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: only used in `forward_threads`, whose tasks write disjoint rectangles of the buffer.
+#[cfg(target_arch = "x86_64")]
+unsafe impl Send for OutPtr {}
+// SAFETY: as above.
+#[cfg(target_arch = "x86_64")]
+unsafe impl Sync for OutPtr {}
+#[cfg(target_arch = "x86_64")]
+impl OutPtr {
+    // A method (not field access) so closures capture the whole Send + Sync wrapper.
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+// The grid serves the x86 kernels (other targets run the gemm crate, which threads itself); its
+// tests run everywhere.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+/// How a `rows × panels` output (panels of 32 or 48 columns) is cut into tasks: `row_tasks` blocks of `row_step` rows
+/// (the last may be shorter) × `col_tasks` blocks of `panel_step` panels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Grid {
+    row_step: usize,
+    row_tasks: usize,
+    panel_step: usize,
+    col_tasks: usize,
+}
+
+/// Cuts the output into about `threads` (or a multiple of it) tasks: row blocks of at most
+/// `max_rows` rows (so a task's converted input stays in L2), in multiples of `unit` rows (the
+/// microkernel's height); when there are fewer row blocks than threads, the columns are split too.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+fn grid(rows: usize, panels: usize, threads: usize, unit: usize, max_rows: usize) -> Grid {
+    let threads = threads.max(1);
+    let unit = unit.max(1);
+    let units = rows.div_ceil(unit);
+    let max_units = (max_rows / unit).max(1);
+    let mut row_tasks = units.div_ceil(max_units);
+    if row_tasks >= threads {
+        // Round up to a multiple of the thread count, for balance.
+        row_tasks = row_tasks.div_ceil(threads) * threads;
+    }
+    let row_tasks = row_tasks.min(units);
+    let row_step = units.div_ceil(row_tasks) * unit;
+    let row_tasks = rows.div_ceil(row_step);
+    let col_tasks = if row_tasks >= threads {
+        1
+    } else {
+        threads.div_ceil(row_tasks).min(panels)
+    };
+    let panel_step = panels.div_ceil(col_tasks);
+    Grid {
+        row_step,
+        row_tasks,
+        panel_step,
+        col_tasks: panels.div_ceil(panel_step),
+    }
+}
+
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+impl Grid {
+    fn tasks(&self) -> usize {
+        self.row_tasks * self.col_tasks
+    }
+
+    /// Task `t`'s rows `r0..r1` and panels `p0..p1`.
+    fn task(&self, t: usize, rows: usize, panels: usize) -> (usize, usize, usize, usize) {
+        let (rt, ct) = (t / self.col_tasks, t % self.col_tasks);
+        let r0 = rt * self.row_step;
+        let p0 = ct * self.panel_step;
+        (
+            r0,
+            (r0 + self.row_step).min(rows),
+            p0,
+            (p0 + self.panel_step).min(panels),
+        )
+    }
+}
+
+/// The portable path: the `gemm` crate with the weight read transposed in place, the output
+/// pre-filled with the bias.
+#[allow(clippy::too_many_arguments)]
+fn portable(
+    x: &[f32],
+    rows: usize,
+    in_dim: usize,
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    out_dim: usize,
+    out: &mut [f32],
+    threads: usize,
+) {
+    if let Some(b) = bias {
+        for row in out.chunks_exact_mut(out_dim) {
+            row.copy_from_slice(b);
+        }
+    }
+    let parallelism = if threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: dst is rows × out_dim row-major (column stride 1, row stride out_dim), lhs is
+    // rows × in_dim row-major, rhs = Wᵀ is in_dim × out_dim read from W (out_dim × in_dim,
+    // row-major): element (k, j) at j·in_dim + k, so column stride in_dim and row stride 1. The
+    // callers checked all three lengths. dst = alpha·dst + beta·lhs·rhs, with alpha = 1 (keep the
+    // bias) only when dst was filled with it.
+    unsafe {
+        gemm::gemm(
+            rows,
+            out_dim,
+            in_dim,
+            out.as_mut_ptr(),
+            1,
+            out_dim as isize,
+            bias.is_some(),
+            x.as_ptr(),
+            1,
+            in_dim as isize,
+            weight.as_ptr(),
+            in_dim as isize,
+            1,
+            1.0f32,
+            1.0f32,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,345 @@
+//! Every backend this CPU has against a float64 reference, on shapes that are not multiples of any
+//! tile (M, N, K), M = 1, K across K-blocks, and every way of cutting the work into tasks.
+//!
+//! Tolerances, with S = Σₖ |xₖ·wₖ| + |b| for each output (the scale of the sum's rounding error):
+//! - f32 backends: |y − exact| ≤ 1e-5 · S.
+//! - bf16 backends: against the product of the bf16-rounded x and W (what they compute):
+//!   |y − exact̃| ≤ 1e-5 · S̃ (f32 accumulation); against the exact product: ≤ 8e-3 · S (each of
+//!   x and w is off by at most 2⁻⁹ relative, so each product by about 2⁻⁸ = 3.9e-3).
+
+use super::*;
+
+/// Deterministic values in [-1, 1).
+fn values(len: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..len)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+fn round_bf16(v: &[f32]) -> Vec<f32> {
+    v.iter()
+        .map(|&x| {
+            let b = x.to_bits();
+            f32::from_bits(((b + 0x7fff + ((b >> 16) & 1)) >> 16) << 16)
+        })
+        .collect()
+}
+
+/// (exact y, S) per output, in f64.
+fn reference(
+    x: &[f32],
+    w: &[f32],
+    b: Option<&[f32]>,
+    m: usize,
+    k: usize,
+    n: usize,
+) -> Vec<(f64, f64)> {
+    let mut r = Vec::with_capacity(m * n);
+    for i in 0..m {
+        for j in 0..n {
+            let bias = b.map_or(0.0, |b| f64::from(b[j]));
+            let (mut y, mut s) = (bias, bias.abs());
+            for kk in 0..k {
+                let p = f64::from(x[i * k + kk]) * f64::from(w[j * k + kk]);
+                y += p;
+                s += p.abs();
+            }
+            r.push((y, s));
+        }
+    }
+    r
+}
+
+fn check(what: &str, y: &[f32], r: &[(f64, f64)], tol: f64) {
+    assert_eq!(y.len(), r.len());
+    for (idx, (&y, &(exact, scale))) in y.iter().zip(r).enumerate() {
+        let err = (f64::from(y) - exact).abs();
+        assert!(
+            err <= tol * scale + 1e-30,
+            "{what}: output {idx}: {y} vs {exact} (error {err:e}, allowed {:e})",
+            tol * scale
+        );
+    }
+}
+
+const ALL: [Backend; 4] = [
+    Backend::Avx512F32,
+    Backend::AmxBf16,
+    Backend::Avx512Bf16,
+    Backend::Portable,
+];
+
+/// (M, K, N): odd sizes around the tiles (14 or 32 rows, 32 columns, 32 k for bf16, 256 k per f32
+/// block), M = 1, one of each dimension, and one encoder layer's K and N at batch 1.
+const SHAPES: &[(usize, usize, usize)] = &[
+    (1, 1, 1),
+    (1, 5, 3),
+    (1, 768, 70),
+    (2, 33, 17),
+    (13, 31, 33),
+    (14, 32, 32),
+    (15, 64, 47),
+    (16, 40, 64),
+    (17, 300, 31),
+    (29, 100, 65),
+    (32, 32, 32),
+    (33, 129, 96),
+    (50, 600, 45),
+    (67, 65, 97),
+];
+
+fn run_backend(backend: Backend) {
+    if !backend.is_available() {
+        eprintln!("{backend:?} not available on this CPU: skipped");
+        return;
+    }
+    for (si, &(m, k, n)) in SHAPES.iter().enumerate() {
+        let x = values(m * k, 3 * si as u64 + 1);
+        let w = values(n * k, 3 * si as u64 + 2);
+        let b = values(n, 3 * si as u64 + 3);
+        for bias in [Some(&b[..]), None] {
+            let lin = PackedLinear::with_backend(&w, bias, n, k, backend).unwrap();
+            assert_eq!(lin.backend(), backend);
+            let exact = reference(&x, &w, bias, m, k, n);
+            let rounded = backend
+                .is_bf16()
+                .then(|| reference(&round_bf16(&x), &round_bf16(&w), bias, m, k, n));
+            for threads in [1, 2, 3, 5] {
+                // NaN-filled, so an output the kernel misses fails the check.
+                let mut y = vec![f32::NAN; m * n];
+                lin.forward_threads(&x, m, &mut y, threads).unwrap();
+                let what = format!(
+                    "{backend:?} {m}x{k}x{n} bias {} threads {threads}",
+                    bias.is_some()
+                );
+                match &rounded {
+                    None => check(&what, &y, &exact, 1e-5),
+                    Some(r) => {
+                        check(&format!("{what} (bf16-rounded inputs)"), &y, r, 1e-5);
+                        check(&format!("{what} (exact)"), &y, &exact, 8e-3);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn avx512_f32_matches_reference() {
+    run_backend(Backend::Avx512F32);
+}
+
+#[test]
+fn amx_bf16_matches_reference() {
+    run_backend(Backend::AmxBf16);
+}
+
+#[test]
+fn avx512_bf16_matches_reference() {
+    run_backend(Backend::Avx512Bf16);
+}
+
+#[test]
+fn portable_matches_reference() {
+    run_backend(Backend::Portable);
+}
+
+#[test]
+fn default_backends_are_available_and_bf16_never_worse_than_f32() {
+    let f32b = Backend::best(Precision::F32);
+    let bf16b = Backend::best(Precision::Bf16);
+    assert!(f32b.is_available() && bf16b.is_available());
+    assert!(!f32b.is_bf16());
+    // Without native bf16, the bf16 precision computes exactly as f32 does.
+    if !bf16b.is_bf16() {
+        assert_eq!(bf16b, f32b);
+    }
+    eprintln!("f32: {f32b:?}, bf16: {bf16b:?}");
+}
+
+#[test]
+fn large_rows_use_several_row_tasks() {
+    // 700 rows × K 2048: more rows than one task holds, on every backend; spot-checked rows.
+    let (m, k, n) = (700, 2048, 40);
+    let x = values(m * k, 11);
+    let w = values(n * k, 12);
+    for backend in ALL.into_iter().filter(|b| b.is_available()) {
+        let lin = PackedLinear::with_backend(&w, None, n, k, backend).unwrap();
+        let mut y = vec![f32::NAN; m * n];
+        lin.forward_threads(&x, m, &mut y, 2).unwrap();
+        for i in [0, 1, 31, 32, 333, 698, 699] {
+            let xi = &x[i * k..(i + 1) * k];
+            let (xr, wr) = if backend.is_bf16() {
+                (round_bf16(xi), round_bf16(&w))
+            } else {
+                (xi.to_vec(), w.clone())
+            };
+            let r = reference(&xr, &wr, None, 1, k, n);
+            check(
+                &format!("{backend:?} row {i}"),
+                &y[i * n..(i + 1) * n],
+                &r,
+                1e-5,
+            );
+        }
+    }
+}
+
+#[test]
+fn grid_covers_the_output_once() {
+    for rows in [1, 2, 13, 14, 15, 50, 100, 700, 1600] {
+        for panels in [1, 2, 3, 24, 72] {
+            for threads in [1, 2, 3, 4, 7] {
+                for (unit, max_rows) in [(14, 448), (32, 512), (14, 14), (32, 100)] {
+                    let g = grid(rows, panels, threads, unit, max_rows);
+                    let mut seen = vec![0u8; rows * panels];
+                    for t in 0..g.tasks() {
+                        let (r0, r1, p0, p1) = g.task(t, rows, panels);
+                        assert!(r0 < r1 && r1 <= rows && p0 < p1 && p1 <= panels, "{g:?}");
+                        for r in r0..r1 {
+                            for p in p0..p1 {
+                                seen[r * panels + p] += 1;
+                            }
+                        }
+                    }
+                    assert!(
+                        seen.iter().all(|&s| s == 1),
+                        "{rows} rows {panels} panels {threads} threads: {g:?}"
+                    );
+                    // Row blocks in whole microkernel heights, except the last.
+                    assert_eq!(g.row_step % unit, 0);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn errors_are_reported_not_panicked() {
+    let w = values(6, 1);
+    assert_eq!(
+        PackedLinear::new(&w, None, 2, 4, Precision::F32).unwrap_err(),
+        KernelError::Length {
+            what: "weight",
+            got: 6,
+            expected: 8
+        }
+    );
+    assert!(matches!(
+        PackedLinear::new(&w, Some(&[0.0]), 2, 3, Precision::F32),
+        Err(KernelError::Length { what: "bias", .. })
+    ));
+    assert!(matches!(
+        PackedLinear::new(&[], None, 0, 3, Precision::F32),
+        Err(KernelError::Empty { .. })
+    ));
+    let lin = PackedLinear::new(&w, None, 2, 3, Precision::Bf16).unwrap();
+    let mut y = vec![0.0; 4];
+    assert!(matches!(
+        lin.forward(&[0.0; 5], 2, &mut y),
+        Err(KernelError::Length { what: "input", .. })
+    ));
+    assert!(matches!(
+        lin.forward(&[0.0; 6], 2, &mut y[..3]),
+        Err(KernelError::Length { what: "output", .. })
+    ));
+    lin.forward(&[], 0, &mut []).unwrap();
+    for b in ALL.into_iter().filter(|b| !b.is_available()) {
+        assert_eq!(
+            PackedLinear::with_backend(&w, None, 2, 3, b).unwrap_err(),
+            KernelError::Unavailable(b)
+        );
+    }
+}
+
+#[test]
+fn bf16_rounding_is_to_nearest_even() {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use super::x86::bf16;
+        assert_eq!(bf16(1.0), 0x3f80);
+        // 1 + 2⁻⁸ is halfway between 1 and 1 + 2⁻⁷: ties to even (1.0).
+        assert_eq!(bf16(1.0 + 1.0 / 256.0), 0x3f80);
+        // 1 + 3·2⁻⁸ is halfway between 1 + 2⁻⁷ (odd) and 1 + 2⁻⁶: up.
+        assert_eq!(bf16(1.0 + 3.0 / 256.0), 0x3f82);
+        assert_eq!(bf16(-2.5), 0xc020);
+        assert_eq!(bf16(f32::INFINITY), 0x7f80);
+        assert!(f32::from_bits(u32::from(bf16(f32::NAN)) << 16).is_nan());
+        assert_eq!(bf16(f32::MAX), 0x7f80, "rounds up to infinity");
+    }
+}
+
+mod candle {
+    use super::values;
+    use crate::kernels::{Linear, Precision};
+    use candle_core::{DType, Device, Module, Tensor};
+
+    fn max_rel_diff(a: &Tensor, b: &Tensor) -> f32 {
+        let d = (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        let s = b
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        d / s
+    }
+
+    #[test]
+    fn linear_matches_candle_matmul() {
+        let dev = Device::Cpu;
+        let (inp, out) = (75, 50);
+        let w = Tensor::from_vec(values(out * inp, 1), (out, inp), &dev).unwrap();
+        let b = Tensor::from_vec(values(out, 2), out, &dev).unwrap();
+        let x = Tensor::from_vec(values(2 * 3 * inp, 3), (2, 3, inp), &dev).unwrap();
+        let want = x
+            .reshape((6, inp))
+            .unwrap()
+            .matmul(&w.t().unwrap())
+            .unwrap()
+            .broadcast_add(&b)
+            .unwrap()
+            .reshape((2, 3, out))
+            .unwrap();
+        for (precision, tol) in [(Precision::F32, 1e-5), (Precision::Bf16, 1e-2)] {
+            let lin = Linear::new(&w, Some(&b), precision).unwrap();
+            assert!(lin.backend().is_some());
+            let got = lin.forward(&x).unwrap();
+            assert_eq!(got.dims(), &[2, 3, out]);
+            assert!(max_rel_diff(&got, &want) < tol, "{precision:?}");
+            // A non-contiguous input (a transposed view) gives the same.
+            let xt = x.transpose(0, 1).unwrap();
+            let got_t = lin.forward(&xt).unwrap();
+            let want_t = want.transpose(0, 1).unwrap().contiguous().unwrap();
+            assert!(
+                max_rel_diff(&got_t, &want_t) < tol,
+                "{precision:?} transposed"
+            );
+        }
+        // Other dtypes go through f32 and come back in their own.
+        let lin = Linear::new(&w, None, Precision::F32).unwrap();
+        let got = lin.forward(&x.to_dtype(DType::F16).unwrap()).unwrap();
+        assert_eq!(got.dtype(), DType::F16);
+        // Mismatched features are an error.
+        assert!(lin
+            .forward(&Tensor::zeros((2, inp + 1), DType::F32, &dev).unwrap())
+            .is_err());
+        assert!(Linear::new(&w, Some(&w), Precision::F32).is_err());
+    }
+}

@@ -1,0 +1,516 @@
+//! x86-64 kernels: f32 with AVX-512 FMA, bf16 with AVX512-BF16 `vdpbf16ps` (and the AMX tiles of
+//! `amx.rs`), the weight packing they read, and the per-task loops.
+//!
+//! Weights are cut into panels of output features, zero-padded at the end:
+//! - f32: panels of NRF = 48 (three 16-lane vectors); panel p holds, for k in 0..K, the 48 values
+//!   W[48p + j][k] (k-major), so a K-block of a panel is contiguous.
+//! - bf16: panels of NR = 32 (two AMX tiles wide); K is padded to Kp, a multiple of 32; panel p
+//!   holds, for each block of 32 k (kb), two AMX B tiles of 16 rows × 64 bytes: tile t, row r
+//!   holds for c in 0..16 the pair
+//!   (W[32p + 16t + c][32kb + 2r], W[32p + 16t + c][32kb + 2r + 1]) ("VNNI" pairs). Row r of both
+//!   tiles is also what one step of the `vdpbf16ps` kernel reads, so both bf16 backends share it.
+//!
+//! Each task converts (bf16) or packs (f32) its rows of x into per-thread scratch in the layout its
+//! microkernel reads, so every row-block read is one contiguous stream.
+
+use std::arch::x86_64::*;
+
+use super::buf::{with_scratch, Aligned};
+use super::{amx, Backend};
+
+/// Panel width of the bf16 layouts: output features per panel.
+pub(super) const NR: usize = 32;
+/// Rows of the `vdpbf16ps` microkernel: 14 × 2 accumulators + 2 weight vectors of the 32
+/// registers.
+const MR: usize = 14;
+/// Rows and 16-lane vectors (columns / 16) of the f32 microkernel, and its panel width: 8 × 3
+/// accumulators. Measured against 14 × 2, 12 × 2, 6 × 4 and 4 × 4: 14 × 2 reads the weights
+/// least per FMA (best when they stream from L3, M ≈ 50, by ~10%), 8 × 3 and 6 × 4 run ~10%
+/// faster once rows are many (M = 1600), where weights come from L2.
+const MRF: usize = 8;
+const NVF: usize = 3;
+pub(super) const NRF: usize = 16 * NVF;
+/// K-block of the f32 kernel: a 256 × 32 f32 weight block (32 KiB) stays in L1 while it meets
+/// every row block of the task.
+const KC: usize = 256;
+/// Budget for a task's converted rows, to stay in L2 (2 MiB per core on the CPUs with AMX, 1 MiB
+/// on most with AVX-512).
+const TASK_BYTES: usize = 768 * 1024;
+
+pub(super) fn has_avx512f() -> bool {
+    is_x86_feature_detected!("avx512f")
+}
+
+pub(super) fn has_avx512bf16() -> bool {
+    is_x86_feature_detected!("avx512f")
+        && is_x86_feature_detected!("avx512bw")
+        && is_x86_feature_detected!("avx512vl")
+        && is_x86_feature_detected!("avx512bf16")
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Shape {
+    pub k: usize,
+    pub n: usize,
+}
+
+/// Rows per microkernel call, the unit a task's rows come in.
+pub(super) fn row_unit(backend: Backend) -> usize {
+    match backend {
+        Backend::AmxBf16 => amx::ROWS,
+        Backend::Avx512F32 => MRF,
+        _ => MR,
+    }
+}
+
+/// Most rows a task converts at once (the row blocks of the grid).
+pub(super) fn max_task_rows(backend: Backend, k: usize) -> usize {
+    let per_row = match backend {
+        Backend::Avx512F32 => 4 * k.min(KC),
+        _ => 2 * k.next_multiple_of(32),
+    };
+    TASK_BYTES / per_row.max(1)
+}
+
+pub(super) enum PackedWeights {
+    F32 { data: Aligned<f32>, panels: usize },
+    Bf16 { data: Aligned<u16>, panels: usize },
+}
+
+impl PackedWeights {
+    pub(super) fn new(w: &[f32], n: usize, k: usize, backend: Backend) -> Self {
+        let panels = n.div_ceil(NR);
+        if backend.is_bf16() {
+            let kp = k.next_multiple_of(32);
+            let mut data = Aligned::<u16>::zeroed(panels * kp * NR);
+            let d = data.as_mut_slice();
+            for (col, row) in w.chunks_exact(k).enumerate() {
+                let (p, t, c) = (col / NR, (col % NR) / 16, col % 16);
+                for (kk, &v) in row.iter().enumerate() {
+                    let (kb, r, e) = (kk / 32, (kk % 32) / 2, kk % 2);
+                    d[p * kp * NR + kb * 1024 + t * 512 + r * 32 + c * 2 + e] = bf16(v);
+                }
+            }
+            PackedWeights::Bf16 { data, panels }
+        } else {
+            let panels = n.div_ceil(NRF);
+            let mut data = Aligned::<f32>::zeroed(panels * k * NRF);
+            let d = data.as_mut_slice();
+            for (col, row) in w.chunks_exact(k).enumerate() {
+                let (p, j) = (col / NRF, col % NRF);
+                for (kk, &v) in row.iter().enumerate() {
+                    d[(p * k + kk) * NRF + j] = v;
+                }
+            }
+            PackedWeights::F32 { data, panels }
+        }
+    }
+
+    pub(super) fn panels(&self) -> usize {
+        match self {
+            PackedWeights::F32 { panels, .. } | PackedWeights::Bf16 { panels, .. } => *panels,
+        }
+    }
+}
+
+/// The bias (or zeros), padded to whole panels of `backend`'s layout.
+pub(super) fn padded_bias(bias: Option<&[f32]>, n: usize, backend: Backend) -> Vec<f32> {
+    let width = if backend.is_bf16() { NR } else { NRF };
+    let mut b = vec![0.0; n.div_ceil(width) * width];
+    if let Some(bias) = bias {
+        b[..n].copy_from_slice(bias);
+    }
+    b
+}
+
+/// f32 to bf16, rounding to nearest even (NaN stays NaN), as `vcvtneps2bf16` does for normal
+/// numbers.
+pub(super) fn bf16(x: f32) -> u16 {
+    let b = x.to_bits();
+    if x.is_nan() {
+        ((b >> 16) | 0x40) as u16
+    } else {
+        // No overflow: the largest non-NaN pattern is 0xff80_0000 (-inf).
+        ((b + 0x7fff + ((b >> 16) & 1)) >> 16) as u16
+    }
+}
+
+/// Runs one task: output rows `r0..r1` × panels `p0..p1`.
+///
+/// # Safety
+/// `backend` must be available on this CPU and be the one `weight` and `bias` were packed by, for
+/// an `s.n × s.k` weight; `x` must hold `r1 × s.k` values; `out` must point to `r1 × s.n`
+/// writable f32 values, of which no other thread reads or writes rows
+/// `r0..r1` × columns `32·p0..min(32·p1, n)` during the call; `r0 < r1 ≤ m`, `p0 < p1 ≤ panels`.
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn run_task(
+    backend: Backend,
+    s: Shape,
+    x: &[f32],
+    weight: &PackedWeights,
+    bias: &[f32],
+    out: *mut f32,
+    (r0, r1): (usize, usize),
+    (p0, p1): (usize, usize),
+) {
+    match (backend, weight) {
+        (Backend::Avx512F32, PackedWeights::F32 { data, .. }) => {
+            let kc_blocks = s.k.div_ceil(KC);
+            let kc = s.k.div_ceil(kc_blocks);
+            let rows = (r1 - r0).next_multiple_of(MRF);
+            with_scratch::<f32, _>(rows * kc, |apack| {
+                // SAFETY: forwarded from the caller; apack holds rows × kc values.
+                unsafe {
+                    task_f32(
+                        s,
+                        x,
+                        data.as_slice(),
+                        bias,
+                        out,
+                        (r0, r1),
+                        (p0, p1),
+                        kc,
+                        apack,
+                    )
+                }
+            });
+        }
+        (Backend::Avx512Bf16 | Backend::AmxBf16, PackedWeights::Bf16 { data, .. }) => {
+            let kp = s.k.next_multiple_of(32);
+            let unit = row_unit(backend);
+            let rows = (r1 - r0).next_multiple_of(unit);
+            let ck = if backend == Backend::AmxBf16 { 32 } else { 2 };
+            with_scratch::<u16, _>(rows * kp, |a| {
+                // SAFETY: the caller guarantees avx512bf16 (both bf16 backends need it) and the
+                // bounds of x; a holds rows × kp values, rows a multiple of unit.
+                unsafe { convert_rows(x, s.k, kp, (r0, r1), a, unit, ck) };
+                if backend == Backend::AmxBf16 {
+                    // SAFETY: forwarded from the caller (AMX available, so its tiles are
+                    // permitted); `a` was just filled in amx's layout for rows r0..r1.
+                    unsafe { amx::task(s, a, data.as_slice(), bias, out, (r0, r1), (p0, p1)) }
+                } else {
+                    // SAFETY: as above, in the layout of task_bf16.
+                    unsafe { task_bf16(s, a, data.as_slice(), bias, out, (r0, r1), (p0, p1)) }
+                }
+            });
+        }
+        // A backend never packs weights of the other kind (PackedWeights::new): nothing to run.
+        _ => {}
+    }
+}
+
+/// Converts rows `r0..r1` of `x` (`· × k`, row-major) to bf16 in blocks of `mr` rows: in block b,
+/// chunk j of `ck` columns, row i: `a[((b · kp/ck + j) · mr + i) · ck ..][..ck]`. Rows past r1 up
+/// to the block's end and columns k..kp are zeros.
+///
+/// # Safety
+/// The CPU must have avx512f, avx512bw, avx512vl and avx512bf16; `x` must hold `r1 × k` values;
+/// `a` at least `(r1 - r0).next_multiple_of(mr) × kp`; `kp` a multiple of 32 and ≥ k; ck divides 32.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+unsafe fn convert_rows(
+    x: &[f32],
+    k: usize,
+    kp: usize,
+    (r0, r1): (usize, usize),
+    a: &mut [u16],
+    mr: usize,
+    ck: usize,
+) {
+    let rows = (r1 - r0).next_multiple_of(mr);
+    let chunks = kp / ck;
+    let mut row = [0u16; 32];
+    for i in 0..rows {
+        let (b, ii) = (i / mr, i % mr);
+        let src = if r0 + i < r1 {
+            &x[(r0 + i) * k..(r0 + i + 1) * k]
+        } else {
+            &[][..]
+        };
+        for c0 in (0..kp).step_by(32) {
+            let lo = src.get(c0..).unwrap_or(&[]);
+            let hi = src.get(c0 + 16..).unwrap_or(&[]);
+            let (lo, hi) = (&lo[..lo.len().min(16)], &hi[..hi.len().min(16)]);
+            if ck == 32 {
+                // Straight to the destination: 32 values, contiguous.
+                let d = ((b * chunks + c0 / 32) * mr + ii) * 32;
+                let (dlo, dhi) = a[d..d + 32].split_at_mut(16);
+                convert16(lo, dlo);
+                convert16(hi, dhi);
+            } else {
+                convert16(lo, &mut row[..16]);
+                convert16(hi, &mut row[16..]);
+                for (t, piece) in row.chunks_exact(ck).enumerate() {
+                    let d = ((b * chunks + c0 / ck + t) * mr + ii) * ck;
+                    for (dst, &v) in a[d..d + ck].iter_mut().zip(piece) {
+                        *dst = v;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `dst[..16]` = `src` (up to 16 values) in bf16, zero-padded.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+#[inline]
+fn convert16(src: &[f32], dst: &mut [u16]) {
+    let n = src.len().min(16).min(dst.len());
+    let mask: __mmask16 = ((1u32 << n) - 1) as __mmask16;
+    // SAFETY: the masked load reads only the first n ≤ src.len() values; the store writes 16
+    // values to dst, checked to hold 16 (a shorter dst is left as it is).
+    unsafe {
+        let v = _mm512_maskz_loadu_ps(mask, src.as_ptr());
+        let h: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(v));
+        if dst.len() >= 16 {
+            _mm256_storeu_si256(dst.as_mut_ptr().cast(), h);
+        }
+    }
+}
+
+/// f32 task: for each K-block, pack the task's rows into `apack` (blocks of MRF rows, k-major, MRF
+/// values per k), then run every (panel, row block) through `kernel_f32`.
+///
+/// # Safety
+/// As `run_task`, with avx512f, `w` packed as f32 panels, and `apack` holding at least
+/// `(r1 - r0).next_multiple_of(MRF) × kc` values.
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn task_f32(
+    s: Shape,
+    x: &[f32],
+    w: &[f32],
+    bias: &[f32],
+    out: *mut f32,
+    (r0, r1): (usize, usize),
+    (p0, p1): (usize, usize),
+    kc: usize,
+    apack: &mut [f32],
+) {
+    let blocks = (r1 - r0).div_ceil(MRF);
+    let mut k0 = 0;
+    while k0 < s.k {
+        let klen = kc.min(s.k - k0);
+        for b in 0..blocks {
+            let blk = &mut apack[b * MRF * klen..(b + 1) * MRF * klen];
+            for i in 0..MRF {
+                let r = r0 + b * MRF + i;
+                if r < r1 {
+                    let src = &x[r * s.k + k0..r * s.k + k0 + klen];
+                    for (kk, &v) in src.iter().enumerate() {
+                        blk[kk * MRF + i] = v;
+                    }
+                } else {
+                    for kk in 0..klen {
+                        blk[kk * MRF + i] = 0.0;
+                    }
+                }
+            }
+        }
+        for p in p0..p1 {
+            let wp = &w[(p * s.k + k0) * NRF..(p * s.k + k0 + klen) * NRF];
+            let cols = NRF.min(s.n - p * NRF);
+            for b in 0..blocks {
+                let r = r0 + b * MRF;
+                // SAFETY: wp holds klen × NRF values and the block klen × MRF; the kernel writes
+                // rows r..r + min(MRF, r1 - r) and columns NRF·p..NRF·p + cols of out (this
+                // task's rectangle, in bounds by the caller's contract); bias holds NRF values
+                // from NRF·p.
+                unsafe {
+                    kernel_f32(
+                        klen,
+                        apack[b * MRF * klen..].as_ptr(),
+                        wp.as_ptr(),
+                        out.add(r * s.n + p * NRF),
+                        s.n,
+                        MRF.min(r1 - r),
+                        cols,
+                        if k0 == 0 {
+                            Some(bias[p * NRF..].as_ptr())
+                        } else {
+                            None
+                        },
+                    )
+                }
+            }
+        }
+        k0 += klen;
+    }
+}
+
+/// `MRF × NRF` f32 microkernel: `c[i][j] = init[i][j] + Σ_k a[k·MRF + i] · b[k·NRF + j]` for
+/// i < rows, j < cols, where init is `bias[j]` when given, else `c[i][j]` (accumulating K-blocks).
+///
+/// # Safety
+/// avx512f; `a` readable for `k · MRF`, `b` for `k · NRF` values; `c` row i (i < rows) writable at
+/// `c + i·ldc + j` for j < cols; `bias` (if given) readable for NRF values; rows ≤ MRF,
+/// 1 ≤ cols ≤ NRF.
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn kernel_f32(
+    k: usize,
+    a: *const f32,
+    b: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    rows: usize,
+    cols: usize,
+    bias: Option<*const f32>,
+) {
+    // SAFETY: all reads and writes stay in the ranges the contract above names.
+    unsafe {
+        // The output rows are read (later K-blocks) and written only after the K loop; ask for
+        // their lines now, so that the epilogue does not wait for L3 one row at a time.
+        for i in 0..MRF {
+            if i < rows {
+                let ci = c.add(i * ldc);
+                let mut j = 0;
+                while j < cols {
+                    _mm_prefetch::<_MM_HINT_ET0>(ci.add(j).cast());
+                    j += 16;
+                }
+                _mm_prefetch::<_MM_HINT_ET0>(ci.add(cols - 1).cast());
+            }
+        }
+        let mut acc = [[_mm512_setzero_ps(); NVF]; MRF];
+        let (mut a, mut b) = (a, b);
+        for _ in 0..k {
+            let mut bv = [_mm512_setzero_ps(); NVF];
+            for (v, bv) in bv.iter_mut().enumerate() {
+                *bv = _mm512_loadu_ps(b.add(16 * v));
+            }
+            for (i, acc) in acc.iter_mut().enumerate() {
+                let av = _mm512_set1_ps(*a.add(i));
+                for (acc, &bv) in acc.iter_mut().zip(&bv) {
+                    *acc = _mm512_fmadd_ps(av, bv, *acc);
+                }
+            }
+            a = a.add(MRF);
+            b = b.add(NRF);
+        }
+        let mut masks = [0 as __mmask16; NVF];
+        for (v, m) in masks.iter_mut().enumerate() {
+            *m = lane_mask(cols.saturating_sub(16 * v));
+        }
+        let mut init = [_mm512_setzero_ps(); NVF];
+        if let Some(p) = bias {
+            for (v, init) in init.iter_mut().enumerate() {
+                *init = _mm512_maskz_loadu_ps(masks[v], p.add(16 * v));
+            }
+        }
+        for (i, acc) in acc.iter().enumerate() {
+            if i < rows {
+                let ci = c.add(i * ldc);
+                for (v, &acc) in acc.iter().enumerate() {
+                    // wrapping: past the row's end when the mask is empty (no access then).
+                    let cv = ci.wrapping_add(16 * v);
+                    let i0 = if bias.is_some() {
+                        init[v]
+                    } else {
+                        _mm512_maskz_loadu_ps(masks[v], cv)
+                    };
+                    _mm512_mask_storeu_ps(cv, masks[v], _mm512_add_ps(acc, i0));
+                }
+            }
+        }
+    }
+}
+
+/// The first `n` (≤ 16) of 16 lanes.
+fn lane_mask(n: usize) -> __mmask16 {
+    ((1u32 << n.min(16)) - 1) as __mmask16
+}
+
+/// bf16 `vdpbf16ps` task: `a` holds the task's rows converted in blocks of MR rows with pairs
+/// interleaved (`convert_rows` with ck = 2); each (panel, row block) goes through `kernel_bf16`.
+///
+/// # Safety
+/// As `run_task`, with avx512bf16 and avx512bw, `w` packed as bf16 panels, and `a` filled so.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+unsafe fn task_bf16(
+    s: Shape,
+    a: &[u16],
+    w: &[u16],
+    bias: &[f32],
+    out: *mut f32,
+    (r0, r1): (usize, usize),
+    (p0, p1): (usize, usize),
+) {
+    let kp = s.k.next_multiple_of(32);
+    let blocks = (r1 - r0).div_ceil(MR);
+    for p in p0..p1 {
+        let wp = &w[p * kp * NR..(p + 1) * kp * NR];
+        let cols = NR.min(s.n - p * NR);
+        for b in 0..blocks {
+            let r = r0 + b * MR;
+            let ab = &a[b * MR * kp..(b + 1) * MR * kp];
+            // SAFETY: ab holds kp/2 pairs × MR rows, wp kp/32 blocks of two tiles; the kernel
+            // writes this task's rows r..r + min(MR, r1 - r), columns 32p..32p + cols.
+            unsafe {
+                kernel_bf16(
+                    kp / 32,
+                    ab.as_ptr(),
+                    wp.as_ptr(),
+                    out.add(r * s.n + p * NR),
+                    s.n,
+                    MR.min(r1 - r),
+                    cols,
+                    bias[p * NR..].as_ptr(),
+                )
+            }
+        }
+    }
+}
+
+/// `MR × 32` bf16 microkernel over `kb` blocks of 32 k: `c[i][j] = bias[j] + Σ_k a·w`, a in pairs
+/// interleaved by row (`a[(q·MR + i)·2 ..][..2]` holds row i's k = 2q, 2q + 1), w in the panel's
+/// tile layout.
+///
+/// # Safety
+/// avx512f, avx512bf16; `a` readable for `kb · 16 · MR` pairs, 4-byte aligned; `w` for
+/// `kb · 1024` values; `bias` for 32; `c` as in `kernel_f32`; rows ≤ MR, cols ≤ 32.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn kernel_bf16(
+    kb: usize,
+    a: *const u16,
+    w: *const u16,
+    c: *mut f32,
+    ldc: usize,
+    rows: usize,
+    cols: usize,
+    bias: *const f32,
+) {
+    // SAFETY: all reads and writes stay in the ranges the contract above names; a's pairs are
+    // 4-byte aligned, so reading them as i32 is aligned.
+    unsafe {
+        let m0 = lane_mask(cols);
+        let m1 = lane_mask(cols.saturating_sub(16));
+        let bias0 = _mm512_maskz_loadu_ps(m0, bias);
+        let bias1 = _mm512_maskz_loadu_ps(m1, bias.wrapping_add(16));
+        let mut acc = [[bias0, bias1]; MR];
+        let mut a = a.cast::<i32>();
+        let mut w = w;
+        for _ in 0..kb {
+            for r in 0..16 {
+                let w0: __m512bh = std::mem::transmute(_mm512_loadu_si512(w.add(r * 32).cast()));
+                let w1: __m512bh =
+                    std::mem::transmute(_mm512_loadu_si512(w.add(512 + r * 32).cast()));
+                for (i, acc) in acc.iter_mut().enumerate() {
+                    let av: __m512bh = std::mem::transmute(_mm512_set1_epi32(*a.add(i)));
+                    acc[0] = _mm512_dpbf16_ps(acc[0], av, w0);
+                    acc[1] = _mm512_dpbf16_ps(acc[1], av, w1);
+                }
+                a = a.add(MR);
+            }
+            w = w.add(1024);
+        }
+        for (i, acc) in acc.iter().enumerate() {
+            if i < rows {
+                let ci = c.add(i * ldc);
+                _mm512_mask_storeu_ps(ci, m0, acc[0]);
+                // wrapping: past the row's end when m1 is empty (no access then).
+                _mm512_mask_storeu_ps(ci.wrapping_add(16), m1, acc[1]);
+            }
+        }
+    }
+}

@@ -1,0 +1,373 @@
+//! `config.json` of a Hugging Face `SiglipModel` checkpoint (SigLIP and the fixed-resolution SigLIP 2
+//! checkpoints, both `model_type` "siglip"), parsed in full.
+//!
+//! Defaults are transformers' own (`models/siglip/configuration_siglip.py`): the published configs are
+//! sparse (google/siglip2-base-patch16-224's `vision_config` holds only its `model_type`), so a missing
+//! field must mean here what it means there.
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::model::nn::Activation;
+use crate::model::TextNormalization;
+
+/// Gemma's vocabulary size: the text tower of every SigLIP 2 checkpoint, whose tokenizer is
+/// `GemmaTokenizer` (see [`SiglipConfig::text_normalization`]).
+pub const GEMMA_VOCAB_SIZE: usize = 256_000;
+
+/// `SiglipTextConfig`. Its `pad_token_id` / `bos_token_id` / `eos_token_id` defaults (1, 49406,
+/// 49407) are CLIP's and match no SigLIP tokenizer; transformers' model never reads them (the text
+/// is pooled at the last position), and neither does vlm: the padding id comes from the tokenizer.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct TextConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    /// Also the length every text is padded to, and so the pooled position + 1.
+    pub max_position_embeddings: usize,
+    pub hidden_act: Activation,
+    pub layer_norm_eps: f64,
+    /// Width of the text `head` output; `None` (the default) means `hidden_size`.
+    pub projection_size: Option<usize>,
+}
+
+impl Default for TextConfig {
+    /// `SiglipTextConfig`'s defaults.
+    fn default() -> Self {
+        Self {
+            vocab_size: 32000,
+            hidden_size: 768,
+            intermediate_size: 3072,
+            num_hidden_layers: 12,
+            num_attention_heads: 12,
+            max_position_embeddings: 64,
+            hidden_act: Activation::GeluTanh,
+            layer_norm_eps: 1e-6,
+            projection_size: None,
+        }
+    }
+}
+
+impl TextConfig {
+    /// The text embedding's width: `projection_size`, else `hidden_size`.
+    pub fn projection_size(&self) -> usize {
+        self.projection_size.unwrap_or(self.hidden_size)
+    }
+}
+
+/// `SiglipVisionConfig`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct VisionConfig {
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub num_channels: usize,
+    pub image_size: usize,
+    pub patch_size: usize,
+    pub hidden_act: Activation,
+    pub layer_norm_eps: f64,
+    /// The attention-pooling head whose output is the image embedding.
+    pub vision_use_head: bool,
+}
+
+impl Default for VisionConfig {
+    /// `SiglipVisionConfig`'s defaults.
+    fn default() -> Self {
+        Self {
+            hidden_size: 768,
+            intermediate_size: 3072,
+            num_hidden_layers: 12,
+            num_attention_heads: 12,
+            num_channels: 3,
+            image_size: 224,
+            patch_size: 16,
+            hidden_act: Activation::GeluTanh,
+            layer_norm_eps: 1e-6,
+            vision_use_head: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SiglipConfig {
+    pub text: TextConfig,
+    pub vision: VisionConfig,
+}
+
+impl SiglipConfig {
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        Self::from_json(&text).with_context(|| format!("invalid model config {}", path.display()))
+    }
+
+    pub fn from_json(text: &str) -> Result<Self> {
+        let root: Value = serde_json::from_str(text).context("not valid JSON")?;
+        let obj = root.as_object().context("expected a JSON object")?;
+        match obj.get("model_type").and_then(Value::as_str) {
+            Some("siglip") => {}
+            Some(other) => bail!(
+                "unsupported model_type {other:?}: expected a SiglipModel config with model_type \"siglip\""
+            ),
+            None => bail!("no model_type: expected a SiglipModel config with model_type \"siglip\""),
+        }
+        let cfg = Self {
+            text: sub_config(obj, "text_config")?,
+            vision: sub_config(obj, "vision_config")?,
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<()> {
+        let t = &self.text;
+        let v = &self.vision;
+        for (name, value) in [
+            ("text_config.vocab_size", t.vocab_size),
+            ("text_config.hidden_size", t.hidden_size),
+            ("text_config.num_attention_heads", t.num_attention_heads),
+            (
+                "text_config.max_position_embeddings",
+                t.max_position_embeddings,
+            ),
+            ("text_config.projection_size", t.projection_size()),
+            ("vision_config.hidden_size", v.hidden_size),
+            ("vision_config.num_attention_heads", v.num_attention_heads),
+            ("vision_config.patch_size", v.patch_size),
+            ("vision_config.image_size", v.image_size),
+        ] {
+            if value == 0 {
+                bail!("{name} must be positive");
+            }
+        }
+        if t.hidden_size % t.num_attention_heads != 0 {
+            bail!(
+                "text_config.hidden_size {} is not divisible by num_attention_heads {}",
+                t.hidden_size,
+                t.num_attention_heads
+            );
+        }
+        if v.hidden_size % v.num_attention_heads != 0 {
+            bail!(
+                "vision_config.hidden_size {} is not divisible by num_attention_heads {}",
+                v.hidden_size,
+                v.num_attention_heads
+            );
+        }
+        // Not required to be a multiple: the patch convolution (stride = kernel) of
+        // google/siglip-so400m-patch14-384 covers 27 x 14 = 378 of its 384 pixels and never sees
+        // the last 6 rows and columns.
+        if v.image_size < v.patch_size {
+            bail!(
+                "vision_config.image_size {} is smaller than patch_size {}",
+                v.image_size,
+                v.patch_size
+            );
+        }
+        if v.num_channels != 3 {
+            bail!(
+                "vision_config.num_channels is {}; only RGB (3) is supported",
+                v.num_channels
+            );
+        }
+        if !v.vision_use_head {
+            bail!("vision_config.vision_use_head is false: without its attention-pooling head the vision tower gives no image embedding");
+        }
+        if t.projection_size() != v.hidden_size {
+            bail!(
+                "text_config.projection_size {} differs from vision_config.hidden_size {}: text and image embeddings would not meet in one space",
+                t.projection_size(),
+                v.hidden_size
+            );
+        }
+        Ok(())
+    }
+
+    /// Number of patches per side of the vision grid (`image_size // patch_size`, as the
+    /// convolution counts them).
+    pub fn grid(&self) -> usize {
+        self.vision.image_size / self.vision.patch_size
+    }
+
+    /// Which text canonicalisation the checkpoint's tokenizer expects. transformers picks the
+    /// tokenizer from `tokenizer_config.json`: SigLIP (v1) checkpoints use `SiglipTokenizer`, which
+    /// lowercases, drops ASCII punctuation and collapses whitespace in Python before SentencePiece
+    /// (nothing `tokenizer.json` can express); SigLIP 2 checkpoints use `GemmaTokenizer`, which
+    /// passes the text on as is. vlm reads only `config.json` here, and tells them apart by the
+    /// text vocabulary: Gemma's 256,000 pieces are SigLIP 2's (every published SigLIP 2 checkpoint),
+    /// anything else is a SigLIP tokenizer (32,000 for the English checkpoints, 250,000 for the
+    /// multilingual one).
+    pub fn text_normalization(&self) -> TextNormalization {
+        if self.text.vocab_size == GEMMA_VOCAB_SIZE {
+            TextNormalization::None
+        } else {
+            TextNormalization::SiglipCanonical
+        }
+    }
+}
+
+fn sub_config<T: for<'de> Deserialize<'de> + Default>(
+    obj: &serde_json::Map<String, Value>,
+    key: &str,
+) -> Result<T> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(T::default()),
+        Some(v @ Value::Object(_)) => T::deserialize(v).with_context(|| format!("invalid {key}")),
+        Some(_) => bail!("{key} must be an object"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn published(name: &str) -> SiglipConfig {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/configs/siglip")
+            .join(name)
+            .join("config.json");
+        SiglipConfig::from_file(&path).unwrap()
+    }
+
+    /// What every published config leaves to the defaults.
+    fn assert_common_defaults(cfg: &SiglipConfig) {
+        assert_eq!(cfg.text.max_position_embeddings, 64);
+        assert_eq!(cfg.text.hidden_act, Activation::GeluTanh);
+        assert_eq!(cfg.text.layer_norm_eps, 1e-6);
+        assert_eq!(cfg.vision.hidden_act, Activation::GeluTanh);
+        assert_eq!(cfg.vision.layer_norm_eps, 1e-6);
+        assert_eq!(cfg.vision.num_channels, 3);
+        assert!(cfg.vision.vision_use_head);
+    }
+
+    #[test]
+    fn parses_siglip_base_patch16_224() {
+        let cfg = published("siglip-base-patch16-224");
+        assert_common_defaults(&cfg);
+        assert_eq!(cfg.text.vocab_size, 32000);
+        assert_eq!(cfg.text.hidden_size, 768);
+        assert_eq!(cfg.text.intermediate_size, 3072);
+        assert_eq!(cfg.text.num_attention_heads, 12);
+        assert_eq!(cfg.text.num_hidden_layers, 12); // default
+        assert_eq!(cfg.text.projection_size, None);
+        assert_eq!(cfg.text.projection_size(), 768);
+        assert_eq!(cfg.vision.hidden_size, 768);
+        assert_eq!(cfg.vision.intermediate_size, 3072);
+        assert_eq!(cfg.vision.num_hidden_layers, 12);
+        assert_eq!(cfg.vision.num_attention_heads, 12);
+        assert_eq!(cfg.vision.image_size, 224);
+        assert_eq!(cfg.vision.patch_size, 16);
+        assert_eq!(cfg.grid(), 14);
+        assert_eq!(cfg.text_normalization(), TextNormalization::SiglipCanonical);
+    }
+
+    #[test]
+    fn parses_siglip_so400m_patch14_384() {
+        let cfg = published("siglip-so400m-patch14-384");
+        assert_common_defaults(&cfg);
+        assert_eq!(cfg.text.vocab_size, 32000); // default
+        assert_eq!(cfg.text.hidden_size, 1152);
+        assert_eq!(cfg.text.intermediate_size, 4304);
+        assert_eq!(cfg.text.num_attention_heads, 16);
+        assert_eq!(cfg.text.num_hidden_layers, 27);
+        assert_eq!(cfg.text.projection_size(), 1152);
+        assert_eq!(cfg.vision.hidden_size, 1152);
+        assert_eq!(cfg.vision.intermediate_size, 4304);
+        assert_eq!(cfg.vision.num_hidden_layers, 27);
+        assert_eq!(cfg.vision.num_attention_heads, 16);
+        assert_eq!(cfg.vision.image_size, 384);
+        assert_eq!(cfg.vision.patch_size, 14);
+        // 384 is not a multiple of 14: the convolution sees 27 patches of 14 (378 pixels) per side.
+        assert_eq!(cfg.grid(), 27);
+        assert_eq!(cfg.text_normalization(), TextNormalization::SiglipCanonical);
+    }
+
+    #[test]
+    fn parses_siglip2_base_patch16_224_from_defaults_only() {
+        let cfg = published("siglip2-base-patch16-224");
+        assert_common_defaults(&cfg);
+        assert_eq!(cfg.text.vocab_size, 256000);
+        assert_eq!(cfg.text.hidden_size, 768);
+        assert_eq!(cfg.text.intermediate_size, 3072);
+        assert_eq!(cfg.text.num_attention_heads, 12);
+        assert_eq!(cfg.text.num_hidden_layers, 12);
+        assert_eq!(cfg.text.projection_size(), 768);
+        assert_eq!(cfg.vision, VisionConfig::default());
+        assert_eq!(cfg.vision.image_size, 224);
+        assert_eq!(cfg.vision.patch_size, 16);
+        assert_eq!(cfg.grid(), 14);
+        assert_eq!(cfg.text_normalization(), TextNormalization::None);
+    }
+
+    #[test]
+    fn parses_siglip2_so400m_patch14_384() {
+        let cfg = published("siglip2-so400m-patch14-384");
+        assert_common_defaults(&cfg);
+        assert_eq!(cfg.text.vocab_size, 256000);
+        assert_eq!(cfg.text.hidden_size, 1152);
+        assert_eq!(cfg.text.intermediate_size, 4304);
+        assert_eq!(cfg.text.num_attention_heads, 16);
+        assert_eq!(cfg.text.num_hidden_layers, 27);
+        assert_eq!(cfg.text.projection_size, Some(1152));
+        assert_eq!(cfg.vision.hidden_size, 1152);
+        assert_eq!(cfg.vision.num_hidden_layers, 27);
+        assert_eq!(cfg.vision.image_size, 384);
+        assert_eq!(cfg.vision.patch_size, 14);
+        assert_eq!(cfg.grid(), 27);
+        assert_eq!(cfg.text_normalization(), TextNormalization::None);
+    }
+
+    #[test]
+    fn refuses_the_naflex_config_and_bad_sizes() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/configs/siglip/siglip2-base-patch16-naflex/config.json");
+        let err = SiglipConfig::from_file(&path).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("unsupported model_type \"siglip2\""),
+            "{err:#}"
+        );
+        let err = SiglipConfig::from_json(
+            r#"{"model_type":"siglip","text_config":{"projection_size":512}}"#,
+        )
+        .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("projection_size 512"),
+            "{err:#}"
+        );
+        let err = SiglipConfig::from_json(
+            r#"{"model_type":"siglip","vision_config":{"vision_use_head":false}}"#,
+        )
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("vision_use_head"), "{err:#}");
+        let err =
+            SiglipConfig::from_json(r#"{"model_type":"siglip","vision_config":{"image_size":8}}"#)
+                .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("smaller than patch_size"),
+            "{err:#}"
+        );
+        let err = SiglipConfig::from_json(
+            r#"{"model_type":"siglip","text_config":{"hidden_act":"relu"}}"#,
+        )
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("text_config"), "{err:#}");
+        assert!(SiglipConfig::from_json(r#"{"model_type":"siglip","text_config":3}"#).is_err());
+    }
+
+    #[test]
+    fn the_token_id_fields_are_read_and_ignored() {
+        let cfg = SiglipConfig::from_json(
+            r#"{"model_type":"siglip","text_config":{"pad_token_id":0,"eos_token_id":1,"bos_token_id":2}}"#,
+        )
+        .unwrap();
+        assert_eq!(cfg.text, TextConfig::default());
+    }
+}

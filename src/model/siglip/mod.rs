@@ -1,0 +1,427 @@
+//! The SigLIP family: Google's `SiglipModel` checkpoints, SigLIP (v1: `google/siglip-*`) and the
+//! fixed-resolution SigLIP 2 ones (`google/siglip2-*-patch16-224` ..., also `model_type` "siglip"),
+//! built from the checkpoint's own config.
+//!
+//! Parameter paths mirror transformers' `SiglipModel` state dict (`text_model.head`,
+//! `vision_model.head.attention.in_proj_weight`, ...). The encoder layers are CLIP's
+//! ([`nn::Encoder`]); what differs:
+//!
+//! - **Text**: no attention mask at all. Every text is padded to the full 64 positions (by the
+//!   tokenizer, [`Padding::Full`]) and the model attends to the padding; the embedding is the
+//!   *last* position's hidden state after `final_layer_norm`, through the `head` linear layer.
+//! - **Vision**: a patch convolution with a bias, no class token and no pre-layernorm; after the
+//!   encoder and `post_layernorm`, a multi-head attention-pooling head (one learned `probe` query
+//!   attends over all patches, then a residual MLP) gives the embedding. No projection.
+//! - **Scores**: `sigmoid(exp(logit_scale) · cos + logit_bias)` per label ([`HeadKind::Sigmoid`]).
+//!
+//! NaFlex SigLIP 2 checkpoints (`model_type` "siglip2": variable resolution and aspect ratio) are a
+//! different architecture and are refused by name.
+
+pub mod config;
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Module, Tensor};
+use candle_nn::VarBuilder;
+
+pub use config::SiglipConfig;
+
+use crate::model::nn::{self, layer_norm, Activation, Encoder, EncoderSpec, Linear};
+use crate::model::{
+    weights, Family, HeadKind, ImageTextModel, LoadOptions, ModelSpec, Padding, ScoreHead,
+    TextPolicy,
+};
+
+/// The SigLIP family in the list of [`crate::model::FAMILIES`].
+pub const FAMILY: Family = Family {
+    name: "siglip",
+    model_types: &["siglip"],
+    refused: &[(
+        "siglip2",
+        "is SigLIP 2 NaFlex (variable resolution and aspect ratio), which vlm does not run; use a fixed-resolution SigLIP 2 checkpoint such as google/siglip2-base-patch16-224 (model_type \"siglip\")",
+    )],
+    parse: |text| Ok(Box::new(SiglipConfig::from_json(text)?)),
+};
+
+impl ModelSpec for SiglipConfig {
+    fn family(&self) -> &'static str {
+        FAMILY.name
+    }
+
+    fn image_size(&self) -> usize {
+        self.vision.image_size
+    }
+
+    fn text_policy(&self) -> TextPolicy {
+        TextPolicy {
+            context_len: self.text.max_position_embeddings,
+            padding: Padding::Full,
+            normalization: self.text_normalization(),
+        }
+    }
+
+    fn head_kind(&self) -> HeadKind {
+        HeadKind::Sigmoid
+    }
+
+    /// transformers' zero-shot-image-classification pipeline's default for SigLIP.
+    fn default_template(&self) -> &'static str {
+        "This is a photo of {}."
+    }
+
+    fn load(&self, weights: &[PathBuf], opts: &LoadOptions) -> Result<Box<dyn ImageTextModel>> {
+        Ok(Box::new(Siglip::load(self.clone(), weights, opts)?))
+    }
+}
+
+/// `fc1`, the activation, `fc2`: `SiglipMLP`.
+#[derive(Debug, Clone)]
+struct Mlp {
+    fc1: Linear,
+    fc2: Linear,
+    act: Activation,
+}
+
+impl Mlp {
+    fn new(vb: VarBuilder, hidden: usize, intermediate: usize, act: Activation) -> Result<Self> {
+        Ok(Self {
+            fc1: Linear::new(vb.pp("fc1"), hidden, intermediate, true)?,
+            fc2: Linear::new(vb.pp("fc2"), intermediate, hidden, true)?,
+            act,
+        })
+    }
+
+    fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        self.fc2
+            .forward(&nn::activate(self.act, &self.fc1.forward(xs)?)?)
+    }
+}
+
+/// `SiglipMultiheadAttentionPoolingHead`: `x = MultiheadAttention(probe, h, h)`, then
+/// `x + mlp(layernorm(x))`, at the probe's one position.
+#[derive(Debug, Clone)]
+struct PoolingHead {
+    /// The probe's query projection, `[heads, 1, head_dim]`: the same for every image, so it is
+    /// computed once at load.
+    query: Tensor,
+    /// Keys and values of the patches, from the packed `in_proj_weight`'s last two thirds.
+    kv: Linear,
+    out_proj: Linear,
+    layernorm: candle_nn::LayerNorm,
+    mlp: Mlp,
+    heads: usize,
+    head_dim: usize,
+}
+
+impl PoolingHead {
+    fn new(vb: VarBuilder, v: &config::VisionConfig) -> Result<Self> {
+        let d = v.hidden_size;
+        let heads = v.num_attention_heads;
+        let head_dim = d / heads;
+        let attn = vb.pp("attention");
+        // nn.MultiheadAttention packs q, k and v: rows [0, d) are q, [d, 2d) k, [2d, 3d) v.
+        let in_w = attn.get((3 * d, d), "in_proj_weight")?;
+        let in_b = attn.get(3 * d, "in_proj_bias")?;
+        let probe = vb.get((1, 1, d), "probe")?;
+        let q_proj = Linear::from_weights(&in_w.narrow(0, 0, d)?, Some(in_b.narrow(0, 0, d)?))?;
+        let query = q_proj
+            .forward(&probe)?
+            .reshape((1, heads, head_dim))?
+            .transpose(0, 1)?
+            .contiguous()?;
+        let kv = Linear::from_weights(&in_w.narrow(0, d, 2 * d)?, Some(in_b.narrow(0, d, 2 * d)?))?;
+        Ok(Self {
+            query,
+            kv,
+            out_proj: Linear::new(attn.pp("out_proj"), d, d, true)?,
+            layernorm: layer_norm(vb.pp("layernorm"), d, v.layer_norm_eps)?,
+            mlp: Mlp::new(vb.pp("mlp"), d, v.intermediate_size, v.hidden_act)?,
+            heads,
+            head_dim,
+        })
+    }
+
+    /// `[b, t, d]` hidden states to `[b, d]`.
+    fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, t, d) = xs.dims3()?;
+        let (h, hd) = (self.heads, self.head_dim);
+        // [b, t, 2d] -> [2, b, h, t, hd]
+        let kv = self
+            .kv
+            .forward(xs)?
+            .reshape((b, t, 2, h, hd))?
+            .permute((2, 0, 3, 1, 4))?
+            .contiguous()?;
+        let k = kv.get(0)?.reshape((b * h, t, hd))?;
+        let v = kv.get(1)?.reshape((b * h, t, hd))?;
+        let q = self
+            .query
+            .unsqueeze(0)?
+            .broadcast_as((b, h, 1, hd))?
+            .contiguous()?
+            .reshape((b * h, 1, hd))?;
+        // nn.MultiheadAttention scales by head_dim ** -0.5, as the encoder layers do.
+        let scores = (q.matmul(&k.t()?)? * (hd as f64).powf(-0.5))?;
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let ctx = probs.matmul(&v)?.reshape((b, 1, d))?;
+        let x = self.out_proj.forward(&ctx)?;
+        let x = (&x + self.mlp.forward(&self.layernorm.forward(&x)?)?)?;
+        x.squeeze(1)
+    }
+}
+
+/// `vision_model`: patch embedding, encoder, `post_layernorm`, attention-pooling head.
+#[derive(Debug, Clone)]
+pub struct VisionTower {
+    patch_weight_t: Tensor,
+    patch_bias: Tensor,
+    position_embedding: Tensor,
+    encoder: Encoder,
+    post_layernorm: candle_nn::LayerNorm,
+    head: PoolingHead,
+    image_size: usize,
+    patch: usize,
+    grid: usize,
+    hidden: usize,
+    dtype: DType,
+}
+
+impl VisionTower {
+    pub fn new(cfg: &SiglipConfig, vb: VarBuilder) -> Result<Self> {
+        let v = &cfg.vision;
+        let spec = EncoderSpec {
+            hidden: v.hidden_size,
+            heads: v.num_attention_heads,
+            intermediate: v.intermediate_size,
+            layers: v.num_hidden_layers,
+            act: v.hidden_act,
+            eps: v.layer_norm_eps,
+        };
+        let grid = cfg.grid();
+        let m = vb.pp("vision_model");
+        let emb = m.pp("embeddings");
+        let patch_weight = emb.get(
+            (v.hidden_size, v.num_channels, v.patch_size, v.patch_size),
+            "patch_embedding.weight",
+        )?;
+        // Stride == kernel size: the convolution is one matrix product over non-overlapping
+        // patches, with the kernel flattened to [hidden, c*p*p] once here.
+        let patch_weight_t = patch_weight
+            .reshape((v.hidden_size, v.num_channels * v.patch_size * v.patch_size))?
+            .t()?
+            .contiguous()?;
+        Ok(Self {
+            patch_weight_t,
+            patch_bias: emb.get(v.hidden_size, "patch_embedding.bias")?,
+            position_embedding: emb
+                .get((grid * grid, v.hidden_size), "position_embedding.weight")?,
+            encoder: Encoder::new(m.pp("encoder"), &spec)?,
+            post_layernorm: layer_norm(m.pp("post_layernorm"), v.hidden_size, v.layer_norm_eps)?,
+            head: PoolingHead::new(m.pp("head"), v)?,
+            image_size: v.image_size,
+            patch: v.patch_size,
+            grid,
+            hidden: v.hidden_size,
+            dtype: vb.dtype(),
+        })
+    }
+
+    pub fn device(&self) -> &Device {
+        self.patch_weight_t.device()
+    }
+
+    /// Image embeddings (not normalised) of pixels `[batch, 3, size, size]`, as f32.
+    pub fn forward(&self, pixels: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, c, hgt, wid) = pixels.dims4()?;
+        let (p, g, s) = (self.patch, self.grid, self.image_size);
+        if hgt != s || wid != s {
+            candle_core::bail!("pixel tensor is {hgt}x{wid}, the model expects {s}x{s}");
+        }
+        // When the size is not a multiple of the patch, the convolution never reaches the last
+        // `s - g*p` rows and columns.
+        let pixels = if g * p == s {
+            pixels.clone()
+        } else {
+            pixels.narrow(2, 0, g * p)?.narrow(3, 0, g * p)?
+        };
+        let patches = pixels
+            .to_dtype(self.dtype)?
+            .reshape((b, c, g, p, g, p))?
+            .permute((0, 2, 4, 1, 3, 5))?
+            .contiguous()?
+            .reshape((b * g * g, c * p * p))?;
+        let xs = patches
+            .matmul(&self.patch_weight_t)?
+            .broadcast_add(&self.patch_bias)?
+            .reshape((b, g * g, self.hidden))?
+            .broadcast_add(&self.position_embedding)?;
+        // The pooling head attends to every position, so the whole last layer is needed.
+        let xs = self.encoder.forward(&xs, None)?;
+        let xs = self.post_layernorm.forward(&xs)?;
+        self.head.forward(&xs)?.to_dtype(DType::F32)
+    }
+}
+
+/// `text_model`: embeddings, encoder without a mask, `final_layer_norm`, `head`.
+#[derive(Debug, Clone)]
+pub struct TextTower {
+    token_embedding: Tensor,
+    position_embedding: Tensor,
+    encoder: Encoder,
+    final_layer_norm: candle_nn::LayerNorm,
+    head: Linear,
+    context: usize,
+    vocab: usize,
+    hidden: usize,
+}
+
+impl TextTower {
+    pub fn new(cfg: &SiglipConfig, vb: VarBuilder) -> Result<Self> {
+        let t = &cfg.text;
+        let spec = EncoderSpec {
+            hidden: t.hidden_size,
+            heads: t.num_attention_heads,
+            intermediate: t.intermediate_size,
+            layers: t.num_hidden_layers,
+            act: t.hidden_act,
+            eps: t.layer_norm_eps,
+        };
+        let m = vb.pp("text_model");
+        let emb = m.pp("embeddings");
+        Ok(Self {
+            token_embedding: emb.get((t.vocab_size, t.hidden_size), "token_embedding.weight")?,
+            position_embedding: emb.get(
+                (t.max_position_embeddings, t.hidden_size),
+                "position_embedding.weight",
+            )?,
+            encoder: Encoder::new(m.pp("encoder"), &spec)?,
+            final_layer_norm: layer_norm(
+                m.pp("final_layer_norm"),
+                t.hidden_size,
+                t.layer_norm_eps,
+            )?,
+            head: Linear::new(m.pp("head"), t.hidden_size, t.projection_size(), true)?,
+            context: t.max_position_embeddings,
+            vocab: t.vocab_size,
+            hidden: t.hidden_size,
+        })
+    }
+
+    /// Text embeddings (not normalised) of token id sequences, each already padded to the full
+    /// context (the model sees the padding, so it must be the tokenizer's), as f32
+    /// `[n, projection_size]`.
+    pub fn forward(&self, ids: &[Vec<u32>]) -> candle_core::Result<Tensor> {
+        let device = self.token_embedding.device();
+        let n = ids.len();
+        if n == 0 {
+            candle_core::bail!("no text to encode");
+        }
+        let t = self.context;
+        if let Some(seq) = ids.iter().find(|s| s.len() != t) {
+            candle_core::bail!(
+                "a SigLIP text must be padded to exactly {t} tokens, got a sequence of {}",
+                seq.len()
+            );
+        }
+        if let Some(&id) = ids.iter().flatten().find(|&&id| id as usize >= self.vocab) {
+            candle_core::bail!(
+                "token id {id} is outside the model's vocabulary of {}: the tokenizer does not belong to this model",
+                self.vocab
+            );
+        }
+        let flat: Vec<u32> = ids.iter().flatten().copied().collect();
+        let flat = Tensor::from_vec(flat, n * t, device)?;
+        let xs = self
+            .token_embedding
+            .index_select(&flat, 0)?
+            .reshape((n, t, self.hidden))?
+            .broadcast_add(&self.position_embedding)?;
+        // No mask: SigLIP's text attends to its padding (transformers passes no attention_mask).
+        // Pooled at the last position; the final layer norm is per position, so it can follow.
+        let rows = Tensor::from_vec(vec![(t - 1) as u32; n], n, device)?;
+        let pooled = self.encoder.forward_pooled(&xs, None, &rows)?;
+        let pooled = self.final_layer_norm.forward(&pooled)?;
+        self.head.forward(&pooled)?.to_dtype(DType::F32)
+    }
+}
+
+/// A loaded SigLIP model: the towers that were asked for and the learned sigmoid parameters.
+#[derive(Debug)]
+pub struct Siglip {
+    pub config: SiglipConfig,
+    vision: Option<VisionTower>,
+    text: Option<TextTower>,
+    logit_scale: f32,
+    logit_bias: f32,
+}
+
+impl Siglip {
+    /// Loads from safetensors files (one, or the shards of an index): only the tensors of the
+    /// requested towers are read.
+    pub fn load(config: SiglipConfig, weights: &[PathBuf], opts: &LoadOptions) -> Result<Self> {
+        if weights.is_empty() {
+            bail!("no weight files");
+        }
+        let files = weights::Safetensors::open(weights)?;
+        let vb = VarBuilder::from_backend(Box::new(files), opts.dtype, opts.device.clone());
+        let vision = if opts.towers.vision {
+            Some(VisionTower::new(&config, vb.clone()).context("cannot build the vision tower")?)
+        } else {
+            None
+        };
+        let text = if opts.towers.text {
+            Some(TextTower::new(&config, vb.clone()).context("cannot build the text tower")?)
+        } else {
+            None
+        };
+        for name in ["logit_scale", "logit_bias"] {
+            if !vb.contains_tensor(name) {
+                bail!("the checkpoint has no {name} tensor: is this a SiglipModel checkpoint?");
+            }
+        }
+        Ok(Self {
+            config,
+            vision,
+            text,
+            logit_scale: nn::scalar(&vb, "logit_scale")?,
+            logit_bias: nn::scalar(&vb, "logit_bias")?,
+        })
+    }
+
+    pub fn vision(&self) -> Result<&VisionTower> {
+        self.vision
+            .as_ref()
+            .context("the vision tower was not loaded")
+    }
+
+    pub fn text(&self) -> Result<&TextTower> {
+        self.text.as_ref().context("the text tower was not loaded")
+    }
+}
+
+impl ImageTextModel for Siglip {
+    fn encode_images(&self, pixels: &Tensor) -> Result<Tensor> {
+        Ok(self.vision()?.forward(pixels)?)
+    }
+
+    fn encode_texts(&self, ids: &[Vec<u32>]) -> Result<Tensor> {
+        Ok(self.text()?.forward(ids)?)
+    }
+
+    fn head(&self) -> ScoreHead {
+        ScoreHead {
+            kind: HeadKind::Sigmoid,
+            logit_scale: self.logit_scale,
+            logit_bias: self.logit_bias,
+        }
+    }
+
+    fn device(&self) -> &Device {
+        match (&self.vision, &self.text) {
+            (Some(v), _) => v.device(),
+            (None, Some(t)) => t.token_embedding.device(),
+            (None, None) => &Device::Cpu,
+        }
+    }
+}
