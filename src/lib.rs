@@ -32,6 +32,7 @@ pub mod commands;
 pub mod engine;
 pub mod error;
 pub mod hub;
+pub mod index;
 pub mod inputs;
 pub mod jpeg;
 pub mod model;
