@@ -6,11 +6,17 @@
 //! A new command adds a file here with its header and record types.
 
 mod classify;
+mod dupes;
+mod embed;
+mod search;
 mod tag;
 
 use serde::{Deserialize, Serialize};
 
 pub use classify::{ImageResult, Prediction, RunInfo};
+pub use dupes::{DupeGroup, DupeImage, DupesInfo};
+pub use embed::{EmbedInfo, ImageEmbedding, TextEmbedding};
+pub use search::{SearchHit, SearchInfo, SearchQuery};
 pub use tag::{AspectInfo, AspectTags, Tag, TagResult, TagRunInfo};
 
 /// Which model produced the results.
