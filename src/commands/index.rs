@@ -157,7 +157,7 @@ pub fn run(opts: &IndexOptions) -> Result<Outcome> {
 
     let mut counts = Counts::default();
     let mut outcome_failed = false;
-    let report = |message: &str| output::report_error(message);
+    let report = output::report_error;
     let known = db.known(row.id)?;
     let mut listed: HashSet<Vec<u8>> = HashSet::new();
     let mut todo: Vec<(Input, Stamp, bool)> = Vec::new();

@@ -10,7 +10,7 @@ use crate::engine::images::{self, BatchOptions};
 use crate::engine::plan_model;
 use crate::engine::text::{load_text_only, text_cache, TextReport};
 use crate::index::choose::{self, key_of};
-use crate::index::matrix::{self, Kernel};
+use crate::index::matrix;
 use crate::index::{Db, ModelRow, Stamp};
 use crate::inputs::Input;
 use crate::model::Towers;
@@ -134,7 +134,7 @@ pub fn run(opts: &SearchOptions) -> Result<Outcome> {
     let top_k = opts
         .top_k
         .or(opts.threshold.is_none().then_some(DEFAULT_TOP_K));
-    let scores = matrix::scores(&m, &embedding, threads, Kernel::Auto);
+    let scores = matrix::scores(&m, &embedding, threads);
     let hits = matrix::best(&scores, top_k, opts.threshold.map(|t| t as f32));
     if opts.verbose {
         output::info(&format!(

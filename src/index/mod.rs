@@ -40,6 +40,8 @@ pub const SCHEMA_VERSION: i32 = 1;
 pub const APPLICATION_ID: i32 = 0x766c_6d69;
 /// How long a run waits for another one's write transaction before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(120);
+/// Page size of new index files.
+const PAGE_SIZE: i64 = 16_384;
 /// The file name of the default index in the data folder.
 pub const DEFAULT_FILE: &str = "index.sqlite";
 
@@ -282,7 +284,14 @@ impl Db {
             }
             Kind::Ours(_) | Kind::Empty => {}
         }
-        // Only now, knowing the file is ours (or empty), is anything written to it.
+        // Only now, knowing the file is ours (or empty), is anything written to it. A new file
+        // gets 16 KiB pages: a 512-float embedding (2 KiB) fits a 4 KiB page only once, leaving
+        // half of it empty, where 16 KiB pages hold seven.
+        if let Kind::Empty = db.kind()? {
+            db.conn
+                .pragma_update(None, "page_size", PAGE_SIZE)
+                .map_err(|e| db.err(e, "cannot set up"))?;
+        }
         db.conn
             .pragma_update(None, "journal_mode", "WAL")
             .map_err(|e| db.err(e, "cannot switch to WAL mode"))?;
