@@ -66,8 +66,11 @@ fn vlm_data(data: &Path) -> assert_cmd::Command {
     cmd
 }
 
-/// `vlm embed -f json` of `paths`: the header and (path, embedding or error) records.
-fn embed(model_dir: &str, paths: &[String]) -> (Value, Vec<(String, Option<Vec<f32>>)>) {
+/// (path, embedding; `None` for a failed image) records of `vlm embed`.
+type Embedded = Vec<(String, Option<Vec<f32>>)>;
+
+/// `vlm embed -f json` of `paths`: the header and the records.
+fn embed(model_dir: &str, paths: &[String]) -> (Value, Embedded) {
     let out = vlm()
         .args(["embed", "-f", "json", "-m", model_dir])
         .args(paths)
@@ -465,7 +468,13 @@ fn the_index_file_is_versioned_and_foreign_or_damaged_files_are_refused() {
     let mode: String = conn
         .pragma_query_value(None, "journal_mode", |r| r.get(0))
         .unwrap();
-    assert_eq!((version, app, mode.as_str()), (1, 0x766c_6d69, "wal"));
+    let page: i64 = conn
+        .pragma_query_value(None, "page_size", |r| r.get(0))
+        .unwrap();
+    assert_eq!(
+        (version, app, mode.as_str(), page),
+        (1, 0x766c_6d69, "wal", 16384)
+    );
     drop(conn);
 
     let dir = tempfile::tempdir().unwrap();
