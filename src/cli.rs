@@ -6,11 +6,16 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::commands::aspects::AspectsOptions;
 use crate::commands::classify::ClassifyOptions;
+use crate::commands::dupes::{DupesOptions, DEFAULT_THRESHOLD};
+use crate::commands::embed::{EmbedFormat, EmbedOptions};
 use crate::commands::explain::ExplainOptions;
+use crate::commands::index::{IndexOptions, IndexSpec};
+use crate::commands::search::SearchOptions;
 use crate::commands::tag::TagOptions;
 use crate::commands::{InputSpec, OutputOptions, Request, RunOptions};
 use crate::engine::images::BatchOptions;
 use crate::engine::{ModelOptions, Precision};
+use crate::index::choose::ModelWanted;
 use crate::inputs::InputOptions;
 use crate::output::{Format, ListFormat};
 
@@ -47,6 +52,18 @@ pub enum Command {
     Tag(TagArgs),
     /// List the built-in aspects, or show the labels of some.
     Aspects(AspectsArgs),
+    /// Write each image's embedding (L2-normalised), or each --text's, as JSON, JSONL or .npy.
+    #[command(after_help = EXIT_CODES)]
+    Embed(EmbedArgs),
+    /// Add images to the search index; only new and changed files are embedded again.
+    #[command(after_help = INDEX_HELP)]
+    Index(IndexArgs),
+    /// Find indexed images by a text or an image, best first.
+    #[command(after_help = INDEX_FILE_HELP)]
+    Search(SearchArgs),
+    /// Find groups of copies in the index: byte copies, re-encoded and resized images.
+    #[command(after_help = INDEX_FILE_HELP)]
+    Dupes(DupesArgs),
     /// Show where in each image each label is seen: patch heat maps as numbers or pictures.
     #[command(after_help = EXIT_CODES)]
     Explain(ExplainArgs),
@@ -127,6 +144,15 @@ pub struct ExplainArgs {
     pub quiet: bool,
 }
 
+const INDEX_FILE_HELP: &str =
+    "The index is index.sqlite in $VLM_DATA_DIR, else $XDG_DATA_HOME/vlm, \
+else ~/.local/share/vlm (or --db FILE). Exit codes: 0 success; 2 usage, model or index error.";
+
+const INDEX_HELP: &str = "The index is index.sqlite in $VLM_DATA_DIR, else $XDG_DATA_HOME/vlm, \
+else ~/.local/share/vlm (or --db FILE); it holds one index per model (id, revision, dtype). \
+Exit codes: 0 every image was processed; 1 some images failed (the others are indexed); 2 usage, \
+model or index error.";
+
 #[derive(Debug, Args)]
 pub struct TagArgs {
     /// Aspects: built-in names (see `vlm aspects`), `all`, or paths to aspect files (TOML);
@@ -194,6 +220,257 @@ fn parse_top_k(s: &str) -> Result<PerAspect<usize>, String> {
         Ok(v) if v >= 1 => Ok(PerAspect { aspect, value: v }),
         _ => Err(format!("{value:?} is not a whole number of at least 1")),
     }
+}
+
+/// Which index file, and which model's index in it (`index`, `search`, `dupes`).
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Index")]
+pub struct IndexDbArgs {
+    /// The index file. Default: index.sqlite in $VLM_DATA_DIR, else $XDG_DATA_HOME/vlm, else
+    /// ~/.local/share/vlm.
+    #[arg(long, value_name = "FILE")]
+    pub db: Option<PathBuf>,
+
+    /// The model whose index to use: Hub repo id or local folder. Default: the only model in the
+    /// index (`vlm index` on a new index: openai/clip-vit-base-patch32).
+    #[arg(short, long, value_name = "ID|DIR", env = "VLM_MODEL")]
+    pub model: Option<String>,
+
+    /// Hub revision of the model (an index records the commit it was made with).
+    #[arg(long, value_name = "REV")]
+    pub revision: Option<String>,
+
+    /// Numeric type of the model (part of what identifies an index). Default: the index's; f32
+    /// for a new one.
+    #[arg(long, value_enum)]
+    pub dtype: Option<Precision>,
+
+    /// Where to run the model when one is needed: auto, cpu, cuda, cuda:N.
+    #[arg(long, value_name = "DEVICE", default_value = "auto")]
+    pub device: String,
+}
+
+/// How images are decoded and batched (`embed`, `index`, `search --image`).
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Run")]
+pub struct EncodeArgs {
+    /// Threads for decoding images and running the model. Default: all cores.
+    #[arg(short = 'j', long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub threads: Option<u32>,
+
+    /// Images encoded per forward pass (`vlm index` also commits to the index per batch).
+    #[arg(short, long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub batch_size: u32,
+
+    /// Decode every pixel of large JPEGs, as transformers does (default: DCT-scaled decoding of
+    /// JPEGs more than 8 times the model's input size).
+    #[arg(long)]
+    pub exact_decode: bool,
+
+    /// Refuse images with more pixels than this (decompression-bomb guard).
+    #[arg(long, value_name = "N", default_value_t = crate::images::DEFAULT_MAX_PIXELS)]
+    pub max_pixels: u64,
+}
+
+impl From<EncodeArgs> for BatchOptions {
+    fn from(a: EncodeArgs) -> Self {
+        BatchOptions {
+            threads: a.threads.map(|n| n as usize),
+            batch_size: a.batch_size as usize,
+            exact_decode: a.exact_decode,
+            max_pixels: a.max_pixels,
+        }
+    }
+}
+
+impl From<IndexDbArgs> for IndexSpec {
+    fn from(a: IndexDbArgs) -> Self {
+        IndexSpec {
+            db: a.db,
+            model: ModelWanted {
+                model: a.model,
+                revision: a.revision,
+                dtype: a.dtype,
+            },
+            device: a.device,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+#[command(mut_arg("paths", |a| a.required_unless_present_any(["files_from", "text"])))]
+pub struct EmbedArgs {
+    /// Embed this text instead of images, through the templates as classify embeds a label;
+    /// repeatable.
+    #[arg(long, value_name = "TEXT", conflicts_with_all = ["paths", "files_from"])]
+    pub text: Vec<String>,
+
+    /// Prompt template for --text, `{}` standing for the text; repeatable. Default: the model's
+    /// ("a photo of a {}." for CLIP); `--template '{}'` embeds the text as it is.
+    #[arg(short, long, value_name = "TEMPLATE")]
+    pub template: Vec<String>,
+
+    /// A built-in template set (`imagenet`) or a file of templates, one per line; several
+    /// templates are ensembled.
+    #[arg(long, value_name = "NAME|FILE")]
+    pub templates: Option<String>,
+
+    /// Output format. Default: from --output's extension (.json, .jsonl, .npy), else json.
+    #[arg(short, long, value_enum)]
+    pub format: Option<EmbedFormat>,
+
+    /// Write to FILE instead of stdout; with npy, the paths (or texts) go to FILE's name with
+    /// .paths.txt (.texts.txt) beside it. Failed images are left out of the .npy.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub inputs: InputArgs,
+
+    #[command(flatten)]
+    pub model: ModelArgs,
+
+    #[command(flatten)]
+    pub encode: EncodeArgs,
+
+    /// Do not read or write the text-embedding cache.
+    #[arg(long)]
+    pub no_cache: bool,
+
+    /// Report on stderr how long loading took and where text embeddings came from.
+    #[arg(short, long, conflicts_with = "quiet")]
+    pub verbose: bool,
+
+    /// No warnings or progress on stderr (errors are still reported).
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(mut_arg("paths", |a| a.required_unless_present_any(["files_from", "merge", "prune"])))]
+pub struct IndexArgs {
+    #[command(flatten)]
+    pub inputs: InputArgs,
+
+    /// Copy these index files into this one first (e.g. ones made on several machines with
+    /// --shard K/N); a file in both keeps the copy indexed last. Put paths to index before it.
+    #[arg(long, value_name = "DB", num_args = 1..)]
+    pub merge: Vec<PathBuf>,
+
+    /// Also remove every file of this model's index that no longer exists, wherever it was indexed
+    /// from. (Files gone from under the folders given are always removed.)
+    #[arg(long)]
+    pub prune: bool,
+
+    #[command(flatten)]
+    pub index: IndexDbArgs,
+
+    #[command(flatten)]
+    pub encode: EncodeArgs,
+
+    /// Report on stderr whether the model was loaded and how long it took.
+    #[arg(short, long, conflicts_with = "quiet")]
+    pub verbose: bool,
+
+    /// No summary, warnings or progress on stderr (errors are still reported).
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SearchArgs {
+    /// What to look for, in words; put through the templates as classify puts a label.
+    #[arg(
+        value_name = "TEXT",
+        required_unless_present = "image",
+        conflicts_with = "image"
+    )]
+    pub query: Option<String>,
+
+    /// Find images like this one instead (an indexed, unchanged file needs no model).
+    #[arg(long, value_name = "FILE")]
+    pub image: Option<PathBuf>,
+
+    /// Report the K best images. Default: 10, or every image above --threshold.
+    #[arg(short = 'k', long, value_name = "K", value_parser = clap::value_parser!(u32).range(1..))]
+    pub top_k: Option<u32>,
+
+    /// Report only images whose cosine with the query is at least this.
+    #[arg(long, value_name = "COSINE", allow_negative_numbers = true)]
+    pub threshold: Option<f64>,
+
+    /// Only paths matching this SQL LIKE pattern: `%` any run of characters, `_` one, `\` escapes
+    /// them; ASCII letters match either case. E.g. --where '%/2023/%'.
+    #[arg(long = "where", value_name = "PATTERN")]
+    pub where_: Option<String>,
+
+    /// Prompt template, `{}` standing for the text; repeatable. Default: the model's.
+    #[arg(short, long, value_name = "TEMPLATE")]
+    pub template: Vec<String>,
+
+    /// A built-in template set (`imagenet`) or a file of templates; several are ensembled.
+    #[arg(long, value_name = "NAME|FILE")]
+    pub templates: Option<String>,
+
+    /// Output format. Default: from --output's extension, else table on a terminal and json
+    /// otherwise.
+    #[arg(short, long, value_enum)]
+    pub format: Option<Format>,
+
+    /// Write results to FILE instead of stdout.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub index: IndexDbArgs,
+
+    #[command(flatten)]
+    pub encode: EncodeArgs,
+
+    /// Do not read or write the text-embedding cache.
+    #[arg(long)]
+    pub no_cache: bool,
+
+    /// Report on stderr how the query was embedded and how long the search took.
+    #[arg(short, long, conflicts_with = "quiet")]
+    pub verbose: bool,
+
+    /// No warnings on stderr (errors are still reported).
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DupesArgs {
+    /// Only indexed images under these folders (or these files). Default: the whole index.
+    #[arg(value_name = "PATH")]
+    pub paths: Vec<PathBuf>,
+
+    /// Images whose embeddings have at least this cosine are copies (linked transitively). The
+    /// default catches byte copies, re-encoded and resized copies; lower it to also group crops
+    /// and near-identical shots.
+    #[arg(long, value_name = "COSINE", default_value_t = DEFAULT_THRESHOLD)]
+    pub threshold: f64,
+
+    /// Only paths matching this SQL LIKE pattern (see `vlm search --help`).
+    #[arg(long = "where", value_name = "PATTERN")]
+    pub where_: Option<String>,
+
+    /// Output format. Default: from --output's extension, else table on a terminal and json
+    /// otherwise.
+    #[arg(short, long, value_enum)]
+    pub format: Option<Format>,
+
+    /// Write results to FILE instead of stdout.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub index: IndexDbArgs,
+
+    /// No messages on stderr (errors are still reported).
+    #[arg(short, long)]
+    pub quiet: bool,
 }
 
 #[derive(Debug, Args)]
@@ -384,6 +661,59 @@ impl Cli {
             Command::Aspects(a) => Request::Aspects(AspectsOptions {
                 aspects: a.aspects,
                 format: a.format,
+            }),
+            Command::Embed(a) => Request::Embed(EmbedOptions {
+                texts: a.text,
+                templates: a.template,
+                template_set: a.templates,
+                inputs: a.inputs.into(),
+                model: a.model.into(),
+                format: a.format,
+                output: a.output,
+                batch: a.encode.into(),
+                no_cache: a.no_cache,
+                verbose: a.verbose,
+                quiet: a.quiet,
+            }),
+            Command::Index(a) => Request::Index(IndexOptions {
+                inputs: a.inputs.into(),
+                index: a.index.into(),
+                batch: a.encode.into(),
+                prune: a.prune,
+                merge: a.merge,
+                verbose: a.verbose,
+                quiet: a.quiet,
+            }),
+            Command::Search(a) => Request::Search(SearchOptions {
+                text: a.query,
+                image: a.image,
+                templates: a.template,
+                template_set: a.templates,
+                top_k: a.top_k.map(|k| k as usize),
+                threshold: a.threshold,
+                where_: a.where_,
+                index: a.index.into(),
+                output: OutputOptions {
+                    format: a.format,
+                    output: a.output,
+                    resume: false,
+                },
+                batch: a.encode.into(),
+                no_cache: a.no_cache,
+                verbose: a.verbose,
+                quiet: a.quiet,
+            }),
+            Command::Dupes(a) => Request::Dupes(DupesOptions {
+                paths: a.paths,
+                threshold: a.threshold,
+                where_: a.where_,
+                index: a.index.into(),
+                output: OutputOptions {
+                    format: a.format,
+                    output: a.output,
+                    resume: false,
+                },
+                quiet: a.quiet,
             }),
             Command::Explain(a) => Request::Explain(ExplainOptions {
                 labels: a.labels,

@@ -4,7 +4,11 @@
 
 pub mod aspects;
 pub mod classify;
+pub mod dupes;
+pub mod embed;
 pub mod explain;
+pub mod index;
+pub mod search;
 pub mod tag;
 
 use std::collections::HashSet;
@@ -34,6 +38,10 @@ pub enum Request {
     Classify(classify::ClassifyOptions),
     Tag(tag::TagOptions),
     Aspects(aspects::AspectsOptions),
+    Embed(embed::EmbedOptions),
+    Index(index::IndexOptions),
+    Search(search::SearchOptions),
+    Dupes(dupes::DupesOptions),
     Explain(explain::ExplainOptions),
 }
 
@@ -48,6 +56,19 @@ pub fn run(request: Request) -> Result<Outcome> {
             tag::run(&opts)
         }
         Request::Aspects(opts) => aspects::run(&opts, &mut std::io::stdout().lock()),
+        Request::Embed(opts) => {
+            limit_batch_threads(&opts.batch);
+            embed::run(&opts)
+        }
+        Request::Index(opts) => {
+            limit_batch_threads(&opts.batch);
+            index::run(&opts)
+        }
+        Request::Search(opts) => {
+            limit_batch_threads(&opts.batch);
+            search::run(&opts)
+        }
+        Request::Dupes(opts) => dupes::run(&opts),
         Request::Explain(opts) => {
             limit_threads(&opts.run);
             explain::run(&opts)
@@ -87,7 +108,12 @@ pub struct RunOptions {
 /// `--threads` bounds the model's thread pool too (Candle's CPU kernels read `RAYON_NUM_THREADS`).
 /// Called before any thread is started; an explicit `RAYON_NUM_THREADS` wins.
 fn limit_threads(run: &RunOptions) {
-    if let Some(n) = run.batch.threads {
+    limit_batch_threads(&run.batch);
+}
+
+/// [`limit_threads`] for the commands whose options hold only the batch part.
+fn limit_batch_threads(batch: &BatchOptions) {
+    if let Some(n) = batch.threads {
         if std::env::var_os("RAYON_NUM_THREADS").is_none() {
             std::env::set_var("RAYON_NUM_THREADS", n.to_string());
         }

@@ -39,6 +39,27 @@ pub fn load_with_text(
     cache: Option<&TextCache>,
     report: TextReport,
 ) -> Result<(Engine, Vec<Vec<f32>>)> {
+    load_text_side(plan, units, cache, report, true)
+}
+
+/// [`load_with_text`] for runs that encode no image (`vlm search "text"`, `vlm embed --text`): the
+/// vision tower is never loaded, and when every unit is in the cache neither tower is.
+pub fn load_text_only(
+    plan: ModelPlan,
+    units: &[Vec<String>],
+    cache: Option<&TextCache>,
+    report: TextReport,
+) -> Result<(Engine, Vec<Vec<f32>>)> {
+    load_text_side(plan, units, cache, report, false)
+}
+
+fn load_text_side(
+    plan: ModelPlan,
+    units: &[Vec<String>],
+    cache: Option<&TextCache>,
+    report: TextReport,
+    vision: bool,
+) -> Result<(Engine, Vec<Vec<f32>>)> {
     let started = std::time::Instant::now();
     let key = plan.cache_key();
     let mut embeds: Vec<Option<Vec<f32>>> = units
@@ -47,7 +68,7 @@ pub fn load_with_text(
         .collect();
     let missing: Vec<usize> = (0..units.len()).filter(|&i| embeds[i].is_none()).collect();
     let towers = Towers {
-        vision: true,
+        vision,
         text: !missing.is_empty(),
     };
     let engine = plan.load(towers)?;
@@ -55,10 +76,11 @@ pub fn load_with_text(
         output::info(&format!(
             "model loaded in {:.2} s ({})",
             started.elapsed().as_secs_f64(),
-            if towers.text {
-                "vision and text towers"
-            } else {
-                "vision tower only: every label was in the text cache"
+            match (towers.vision, towers.text) {
+                (true, true) => "vision and text towers",
+                (true, false) => "vision tower only: every label was in the text cache",
+                (false, true) => "text tower only",
+                (false, false) => "no tower: every text was in the text cache",
             }
         ));
     }

@@ -33,6 +33,12 @@ pub fn vlm_cache(cache: &Path) -> Command {
     let mut cmd = Command::cargo_bin("vlm").unwrap();
     cmd.env_remove("VLM_MODEL")
         .env_remove("XDG_CACHE_HOME")
+        // The search index: never the user's (tests that index pass --db or their own folder).
+        .env_remove("XDG_DATA_HOME")
+        .env(
+            "VLM_DATA_DIR",
+            Path::new(env!("CARGO_TARGET_TMPDIR")).join("vlm-data"),
+        )
         .env("RUST_BACKTRACE", "1")
         .env("HF_HUB_OFFLINE", "1")
         .env("HF_HUB_CACHE", "/nonexistent/vlm-test-cache")

@@ -6,7 +6,10 @@
 //! A new command adds a file here with its header and record types.
 
 mod classify;
+mod dupes;
+mod embed;
 mod explain;
+mod search;
 mod tag;
 
 use serde::{Deserialize, Serialize};
@@ -14,7 +17,10 @@ use serde::{Deserialize, Serialize};
 use crate::model::HeadKind;
 
 pub use classify::{ImageResult, Prediction, RunInfo};
+pub use dupes::{DupeGroup, DupeImage, DupesInfo};
+pub use embed::{EmbedInfo, ImageEmbedding, TextEmbedding};
 pub use explain::{ExplainResult, Grid, LabelMap};
+pub use search::{SearchHit, SearchInfo, SearchQuery};
 pub use tag::{AspectInfo, AspectTags, Tag, TagResult, TagRunInfo};
 
 /// Which model produced the results.

@@ -1,0 +1,457 @@
+//! `vlm embed`: the L2-normalised embedding of each image (the vector `classify` scores labels
+//! with), or of each `--text` (through the templates, as `classify` embeds a label), as JSON,
+//! JSONL, or a float32 `.npy` matrix with the paths beside it.
+//!
+//! JSON: `{"model", "dtype", "dimension", "normalized", "results": [...]}`. JSONL: the same header
+//! object (without `results`) on the first line, then one record per line. The header is written
+//! once the first vector's length is known.
+
+use std::io::{Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+
+use super::{collect_inputs, display_path, show_progress, InputSpec, Outcome};
+use crate::engine::images::{self, BatchOptions};
+use crate::engine::text::{load_text_only, text_cache, TextReport};
+use crate::engine::{plan_model, ModelOptions};
+use crate::model::Towers;
+use crate::output::sink::interrupt;
+use crate::output::{
+    EmbedInfo, Format, ImageEmbedding, Progress, Record, ResultWriter, Sink, TextEmbedding,
+};
+use crate::score;
+use crate::text::{self, Template};
+use crate::Error;
+
+/// `--format` of `vlm embed`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum EmbedFormat {
+    /// One JSON document: the header, then `results`.
+    Json,
+    /// The header on the first line, then one record per line.
+    Jsonl,
+    /// A float32 N x D NumPy array (needs --output), and the paths (or texts) in the same order,
+    /// one per line, in a `.paths.txt` (`.texts.txt`) file beside it.
+    Npy,
+}
+
+impl EmbedFormat {
+    fn from_extension(path: &Path) -> Option<EmbedFormat> {
+        match path.extension()?.to_str()?.to_ascii_lowercase().as_str() {
+            "json" => Some(EmbedFormat::Json),
+            "jsonl" | "ndjson" => Some(EmbedFormat::Jsonl),
+            "npy" => Some(EmbedFormat::Npy),
+            _ => None,
+        }
+    }
+}
+
+/// Everything `vlm embed` needs.
+#[derive(Debug, Clone)]
+pub struct EmbedOptions {
+    /// `--text` values: embed these instead of images.
+    pub texts: Vec<String>,
+    pub templates: Vec<String>,
+    pub template_set: Option<String>,
+    pub inputs: InputSpec,
+    pub model: ModelOptions,
+    pub format: Option<EmbedFormat>,
+    pub output: Option<PathBuf>,
+    pub batch: BatchOptions,
+    pub no_cache: bool,
+    pub verbose: bool,
+    pub quiet: bool,
+}
+
+/// The `.npy`'s companion file: `emb.npy` -> `emb.paths.txt` (or `emb.texts.txt`).
+pub fn names_file(npy: &Path, texts: bool) -> PathBuf {
+    let stem = npy
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let kind = if texts { "texts" } else { "paths" };
+    npy.with_file_name(format!("{stem}.{kind}.txt"))
+}
+
+pub fn run(opts: &EmbedOptions) -> Result<Outcome> {
+    let format = opts
+        .format
+        .or_else(|| opts.output.as_deref().and_then(EmbedFormat::from_extension))
+        .unwrap_or(EmbedFormat::Json);
+    if format == EmbedFormat::Npy && opts.output.is_none() {
+        return Err(Error::Usage("-f npy needs --output FILE.npy".into()).into());
+    }
+    if opts.texts.is_empty() {
+        embed_images(opts, format)
+    } else {
+        embed_texts(opts, format)
+    }
+}
+
+/// Where the vectors go: a JSON/JSONL sink, or the `.npy` pair.
+enum Out {
+    Doc {
+        /// Taken when the document begins.
+        sink: Option<Sink>,
+        format: Format,
+    },
+    Npy(NpyWriter),
+}
+
+fn open_out(opts: &EmbedOptions, format: EmbedFormat) -> Result<Out> {
+    Ok(match format {
+        EmbedFormat::Json | EmbedFormat::Jsonl => {
+            let format = if format == EmbedFormat::Json {
+                Format::Json
+            } else {
+                Format::Jsonl
+            };
+            Out::Doc {
+                sink: Some(Sink::open(opts.output.as_deref(), format, false)?),
+                format,
+            }
+        }
+        EmbedFormat::Npy => {
+            let target = opts.output.as_deref().context("-f npy needs --output")?;
+            Out::Npy(NpyWriter::create(target, !opts.texts.is_empty())?)
+        }
+    })
+}
+
+/// Opens a JSON or JSONL document with `info` (for JSONL, its first line).
+fn begin_doc<R: Record>(
+    mut sink: Sink,
+    format: Format,
+    info: &EmbedInfo,
+) -> Result<ResultWriter<Sink, R>> {
+    if format == Format::Jsonl {
+        // Through a JSON value, so that the line's keys are in the JSON document's order.
+        let mut line = serde_json::to_vec(&serde_json::to_value(info)?)?;
+        line.push(b'\n');
+        sink.write_all(&line)?;
+    }
+    Ok(ResultWriter::begin(sink, format, info)?)
+}
+
+fn embed_texts(opts: &EmbedOptions, format: EmbedFormat) -> Result<Outcome> {
+    let mut templates = opts
+        .templates
+        .iter()
+        .map(|t| Template::new(t).context("--template"))
+        .collect::<Result<Vec<_>>>()?;
+    if let Some(set) = &opts.template_set {
+        for t in text::template_set(set)? {
+            if !templates.contains(&t) {
+                templates.push(t);
+            }
+        }
+    }
+    if format == EmbedFormat::Npy {
+        if let Some(t) = opts.texts.iter().find(|t| t.contains(['\n', '\r'])) {
+            return Err(Error::Usage(format!(
+                "--text {t:?}: holds a line break, which a .texts.txt file cannot list; use -f jsonl"
+            ))
+            .into());
+        }
+    }
+    let out = open_out(opts, format)?;
+    let plan = plan_model(&opts.model, opts.quiet)?;
+    if templates.is_empty() {
+        templates.push(Template::new(plan.spec.default_template())?);
+    }
+    let units: Vec<Vec<String>> = opts
+        .texts
+        .iter()
+        .map(|t| templates.iter().map(|tpl| tpl.fill(t)).collect())
+        .collect();
+    let cache = text_cache(opts.no_cache);
+    let report = TextReport {
+        quiet: opts.quiet,
+        verbose: opts.verbose,
+    };
+    let precision = plan.precision;
+    let (engine, embeds) = load_text_only(plan, &units, cache.as_ref(), report)?;
+    let info = EmbedInfo {
+        model: engine.info(),
+        dtype: precision.name().into(),
+        dimension: embeds.first().map(Vec::len),
+        normalized: true,
+        templates: Some(templates.iter().map(|t| t.as_str().to_string()).collect()),
+    };
+    match out {
+        Out::Doc { sink, format } => {
+            let sink = sink.context("the output was already begun")?;
+            let mut writer = begin_doc::<TextEmbedding>(sink, format, &info)?;
+            for (text, embedding) in opts.texts.iter().zip(embeds) {
+                writer.record(&TextEmbedding {
+                    text: text.clone(),
+                    embedding,
+                })?;
+            }
+            writer.finish()?.commit()?;
+        }
+        Out::Npy(mut npy) => {
+            for (text, embedding) in opts.texts.iter().zip(&embeds) {
+                npy.push(text.as_bytes(), embedding)?;
+            }
+            npy.finish()?;
+        }
+    }
+    Ok(Outcome::Success)
+}
+
+fn embed_images(opts: &EmbedOptions, format: EmbedFormat) -> Result<Outcome> {
+    let inputs = collect_inputs(&opts.inputs)?;
+    let mut out = open_out(opts, format)?;
+    let plan = plan_model(&opts.model, opts.quiet)?;
+    let precision = plan.precision;
+    let engine = plan.load(Towers {
+        vision: true,
+        text: false,
+    })?;
+    let mut info = EmbedInfo {
+        model: engine.info(),
+        dtype: precision.name().into(),
+        dimension: None,
+        normalized: true,
+        templates: None,
+    };
+    let progress = Progress::images(inputs.len(), show_progress(opts.quiet));
+    // JSON/JSONL: records wait until the first vector gives the header its dimension.
+    let mut writer: Option<ResultWriter<Sink, ImageEmbedding>> = None;
+    let mut waiting: Vec<ImageEmbedding> = Vec::new();
+    let mut refused = 0usize;
+    let failed = images::encode_images(&engine, &inputs, &opts.batch, &progress, |input, r| {
+        let r = r.map(|mut e| {
+            score::normalize(&mut e);
+            e
+        });
+        match &mut out {
+            Out::Doc { sink, format } => {
+                let record = match r {
+                    Ok(e) => ImageEmbedding {
+                        path: display_path(&input.path),
+                        embedding: Some(e),
+                        error: None,
+                    },
+                    Err(message) => ImageEmbedding {
+                        path: display_path(&input.path),
+                        embedding: None,
+                        error: Some(message),
+                    },
+                };
+                if writer.is_none() {
+                    match &record.embedding {
+                        Some(e) => {
+                            info.dimension = Some(e.len());
+                            let s = sink.take().context("the output was already begun")?;
+                            let mut w = progress.suspend(|| begin_doc(s, *format, &info))?;
+                            for earlier in waiting.drain(..) {
+                                progress.suspend(|| w.record(&earlier))?;
+                            }
+                            writer = Some(w);
+                        }
+                        None => {
+                            waiting.push(record);
+                            return Ok(());
+                        }
+                    }
+                }
+                if let Some(w) = writer.as_mut() {
+                    progress.suspend(|| w.record(&record))?;
+                }
+            }
+            Out::Npy(npy) => {
+                if let Ok(e) = r {
+                    let name = input.path.as_os_str().as_encoded_bytes();
+                    if name.contains(&b'\n') {
+                        refused += 1;
+                        progress.error(&format!(
+                            "{}: its name holds a line break, which a .paths.txt file cannot list; left out (use -f jsonl)",
+                            display_path(&input.path)
+                        ));
+                    } else {
+                        npy.push(name, &e)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    })?;
+    progress.finish();
+    match out {
+        Out::Doc { sink, format } => {
+            let w = match writer {
+                Some(w) => w,
+                None => {
+                    let sink = sink.context("the output was already begun")?;
+                    let mut w = begin_doc(sink, format, &info)?;
+                    for earlier in waiting.drain(..) {
+                        w.record(&earlier)?;
+                    }
+                    w
+                }
+            };
+            w.finish()?.commit()?;
+        }
+        Out::Npy(npy) => npy.finish()?,
+    }
+    Ok(if failed + refused == 0 {
+        Outcome::Success
+    } else {
+        Outcome::SomeFailed
+    })
+}
+
+/// Bytes of the `.npy` header, magic included: room for any shape, and a multiple of 64 as the
+/// format asks, so the data starts aligned.
+const NPY_HEADER: usize = 128;
+
+/// A float32 `.npy` matrix written row by row and its names file, both in temporary files renamed
+/// into place at the end (the shape, unknown until then, is written last).
+struct NpyWriter {
+    target: PathBuf,
+    names_target: PathBuf,
+    data: std::io::BufWriter<tempfile::NamedTempFile>,
+    names: std::io::BufWriter<tempfile::NamedTempFile>,
+    rows: usize,
+    dim: Option<usize>,
+}
+
+fn temp_beside(target: &Path) -> Result<tempfile::NamedTempFile> {
+    let dir = match target.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut builder = tempfile::Builder::new();
+    let prefix = format!(".{name}.");
+    builder.prefix(&prefix).suffix(".vlm-partial");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        builder.permissions(std::fs::Permissions::from_mode(0o666));
+    }
+    let file = builder.tempfile_in(&dir).with_context(|| {
+        format!(
+            "--output {}: cannot create a file in {}",
+            target.display(),
+            dir.display()
+        )
+    })?;
+    interrupt::register(file.path());
+    Ok(file)
+}
+
+fn npy_header(rows: usize, dim: usize) -> Vec<u8> {
+    let dict = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({rows}, {dim}), }}");
+    let mut out = b"\x93NUMPY\x01\x00".to_vec();
+    let len = NPY_HEADER - 10;
+    out.extend_from_slice(&(len as u16).to_le_bytes());
+    let mut text = dict.into_bytes();
+    text.resize(len - 1, b' ');
+    text.push(b'\n');
+    out.extend_from_slice(&text);
+    out
+}
+
+impl NpyWriter {
+    fn create(target: &Path, texts: bool) -> Result<NpyWriter> {
+        if target.is_dir() {
+            return Err(anyhow::anyhow!("is a folder"))
+                .with_context(|| format!("--output {}", target.display()));
+        }
+        let names_target = names_file(target, texts);
+        let mut data = std::io::BufWriter::new(temp_beside(target)?);
+        data.write_all(&npy_header(0, 0))
+            .with_context(|| format!("--output {}", target.display()))?;
+        let names = std::io::BufWriter::new(temp_beside(&names_target)?);
+        Ok(NpyWriter {
+            target: target.to_path_buf(),
+            names_target,
+            data,
+            names,
+            rows: 0,
+            dim: None,
+        })
+    }
+
+    fn push(&mut self, name: &[u8], embedding: &[f32]) -> Result<()> {
+        let context = || format!("--output {}", self.target.display());
+        match self.dim {
+            Some(d) if d != embedding.len() => {
+                anyhow::bail!(
+                    "embeddings of different lengths ({d} and {})",
+                    embedding.len()
+                )
+            }
+            _ => self.dim = Some(embedding.len()),
+        }
+        let bytes: Vec<u8> = embedding.iter().flat_map(|x| x.to_le_bytes()).collect();
+        self.data.write_all(&bytes).with_context(context)?;
+        self.names
+            .write_all(name)
+            .and_then(|()| self.names.write_all(b"\n"))
+            .with_context(|| format!("--output {}", self.names_target.display()))?;
+        self.rows += 1;
+        Ok(())
+    }
+
+    fn finish(self) -> Result<()> {
+        let context = || format!("--output {}", self.target.display());
+        let mut data = self
+            .data
+            .into_inner()
+            .map_err(|e| e.into_error())
+            .with_context(context)?;
+        data.seek(SeekFrom::Start(0)).with_context(context)?;
+        data.write_all(&npy_header(self.rows, self.dim.unwrap_or(0)))
+            .with_context(context)?;
+        data.flush().with_context(context)?;
+        let names = self
+            .names
+            .into_inner()
+            .map_err(|e| e.into_error())
+            .with_context(|| format!("--output {}", self.names_target.display()))?;
+        for (file, target) in [(data, &self.target), (names, &self.names_target)] {
+            let temp = file.path().to_path_buf();
+            file.persist(target).map_err(|e| e.error).with_context(|| {
+                format!("--output {}: cannot rename into place", target.display())
+            })?;
+            interrupt::unregister(&temp);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn npy_header_is_aligned_and_fits_any_shape() {
+        for (r, d) in [(0, 0), (3, 48), (usize::MAX, usize::MAX)] {
+            let h = npy_header(r, d);
+            assert_eq!(h.len(), NPY_HEADER);
+            assert_eq!(h[NPY_HEADER - 1], b'\n');
+            let text = String::from_utf8_lossy(&h[10..]);
+            assert!(text.contains(&format!("'shape': ({r}, {d})")), "{text}");
+        }
+    }
+
+    #[test]
+    fn companion_names() {
+        assert_eq!(
+            names_file(Path::new("out/emb.npy"), false),
+            Path::new("out/emb.paths.txt")
+        );
+        assert_eq!(
+            names_file(Path::new("emb.npy"), true),
+            Path::new("emb.texts.txt")
+        );
+    }
+}

@@ -1,0 +1,242 @@
+//! `vlm search`: the indexed images closest to a text or an image, by exact cosine over every row.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+
+use super::index::IndexSpec;
+use super::{display_path, open_destination, Outcome, OutputOptions};
+use crate::engine::images::{self, BatchOptions};
+use crate::engine::plan_model;
+use crate::engine::text::{load_text_only, text_cache, TextReport};
+use crate::index::choose::{self, key_of};
+use crate::index::matrix;
+use crate::index::{Db, ModelRow, Stamp};
+use crate::inputs::Input;
+use crate::model::Towers;
+use crate::output::{self, ModelInfo, Progress, ResultWriter, SearchHit, SearchInfo, SearchQuery};
+use crate::score;
+use crate::text::{self, Template};
+use crate::Error;
+
+/// How many results a search gives when neither `-k` nor `--threshold` says.
+pub const DEFAULT_TOP_K: usize = 10;
+
+/// Everything `vlm search` needs.
+#[derive(Debug, Clone)]
+pub struct SearchOptions {
+    /// A text query.
+    pub text: Option<String>,
+    /// An image query.
+    pub image: Option<PathBuf>,
+    /// `--template` values, for a text query.
+    pub templates: Vec<String>,
+    /// `--templates NAME|FILE`.
+    pub template_set: Option<String>,
+    /// At most this many results; `None`: [`DEFAULT_TOP_K`] unless a threshold is given.
+    pub top_k: Option<usize>,
+    /// Only results with at least this cosine (f64 as typed; compared in f32).
+    pub threshold: Option<f64>,
+    /// Only paths matching this SQL LIKE pattern.
+    pub where_: Option<String>,
+    pub index: IndexSpec,
+    pub output: OutputOptions,
+    /// Decoding of an image query.
+    pub batch: BatchOptions,
+    pub no_cache: bool,
+    pub verbose: bool,
+    pub quiet: bool,
+}
+
+pub(crate) fn model_info(row: &ModelRow) -> ModelInfo {
+    ModelInfo {
+        id: row.key.model.clone(),
+        revision: (!row.key.revision.is_empty()).then(|| row.key.revision.clone()),
+        family: row.family.clone(),
+        // The head follows the family (the index stores the family, not the head).
+        head: match row.family.as_str() {
+            "siglip" => crate::model::HeadKind::Sigmoid,
+            _ => crate::model::HeadKind::Softmax,
+        },
+    }
+}
+
+/// The user's templates, or the model's default.
+fn templates(given: &[String], set: Option<&str>) -> Result<Vec<Template>> {
+    let mut out = given
+        .iter()
+        .map(|t| Template::new(t).context("--template"))
+        .collect::<Result<Vec<_>>>()?;
+    if let Some(set) = set {
+        for t in text::template_set(set)? {
+            if !out.contains(&t) {
+                out.push(t);
+            }
+        }
+    }
+    Ok(out)
+}
+
+pub fn run(opts: &SearchOptions) -> Result<Outcome> {
+    let path = opts.index.path()?;
+    let db = Db::open(&path, false)?;
+    let models = db.models()?;
+    let row = choose::existing(&models, &opts.index.model, &path)?;
+    let mut templates = templates(&opts.templates, opts.template_set.as_deref())?;
+    let dest = open_destination(&opts.output)?;
+
+    let started = std::time::Instant::now();
+    let (query, embedding) = match (&opts.text, &opts.image) {
+        (Some(text), _) => {
+            let plan = plan_model(&choose::load_options(row, &opts.index.device), opts.quiet)?;
+            check_key(&plan.files, plan.precision, row)?;
+            if templates.is_empty() {
+                templates.push(Template::new(plan.spec.default_template())?);
+            }
+            let unit: Vec<String> = templates.iter().map(|t| t.fill(text)).collect();
+            let cache = text_cache(opts.no_cache);
+            let report = TextReport {
+                quiet: opts.quiet,
+                verbose: opts.verbose,
+            };
+            let (_, mut embeds) = load_text_only(plan, &[unit], cache.as_ref(), report)?;
+            let query = SearchQuery {
+                text: Some(text.clone()),
+                templates: Some(templates.iter().map(|t| t.as_str().to_string()).collect()),
+                image: None,
+            };
+            (query, embeds.pop().context("no text embedding")?)
+        }
+        (None, Some(image)) => {
+            let query = SearchQuery {
+                text: None,
+                templates: None,
+                image: Some(display_path(image)),
+            };
+            (query, image_query(&db, row, image, opts)?)
+        }
+        (None, None) => {
+            return Err(Error::Usage("give a text to search for, or --image FILE".into()).into())
+        }
+    };
+
+    let loaded = std::time::Instant::now();
+    let m = db.matrix(row, opts.where_.as_deref(), |_| true)?;
+    if !m.is_empty() && m.dim != embedding.len() {
+        return Err(Error::Model {
+            model: row.key.to_string(),
+            reason: format!(
+                "gives {}-dimensional embeddings, but the index holds {}-dimensional ones",
+                embedding.len(),
+                m.dim
+            ),
+        }
+        .into());
+    }
+    let read = std::time::Instant::now();
+    let threads = opts.batch.threads.unwrap_or_else(|| {
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    });
+    let top_k = opts
+        .top_k
+        .or(opts.threshold.is_none().then_some(DEFAULT_TOP_K));
+    let scores = matrix::scores(&m, &embedding, threads);
+    let hits = matrix::best(&scores, top_k, opts.threshold.map(|t| t as f32));
+    if opts.verbose {
+        output::info(&format!(
+            "query embedded in {:.2} s, {} rows read in {:.2} s, searched in {:.1} ms",
+            (loaded - started).as_secs_f64(),
+            m.len(),
+            (read - loaded).as_secs_f64(),
+            read.elapsed().as_secs_f64() * 1000.0
+        ));
+    }
+
+    let header = SearchInfo {
+        model: model_info(row),
+        dtype: row.key.dtype.clone(),
+        db: display_path(&path),
+        query,
+        where_: opts.where_.clone(),
+        searched: m.len(),
+        top_k,
+        threshold: opts.threshold,
+    };
+    let mut writer = ResultWriter::begin(dest.sink, dest.format, &header)?;
+    for (rank, hit) in hits.iter().enumerate() {
+        writer.record(&SearchHit {
+            rank: rank + 1,
+            path: String::from_utf8_lossy(&m.paths[hit.row]).into_owned(),
+            score: hit.score,
+        })?;
+    }
+    writer.finish()?.commit()?;
+    Ok(Outcome::Success)
+}
+
+fn check_key(
+    files: &crate::hub::ModelFiles,
+    precision: crate::engine::Precision,
+    row: &ModelRow,
+) -> Result<()> {
+    let key = key_of(files, precision);
+    if key != row.key {
+        return Err(Error::Model {
+            model: files.id.clone(),
+            reason: format!("resolved to {key}, not to the index's {}", row.key),
+        }
+        .into());
+    }
+    Ok(())
+}
+
+/// An image query's embedding: the stored one when the file is indexed and unchanged (no model
+/// is loaded), else encoded with the index's model.
+fn image_query(
+    db: &Db,
+    row: &ModelRow,
+    image: &std::path::Path,
+    opts: &SearchOptions,
+) -> Result<Vec<f32>> {
+    let absolute =
+        std::fs::canonicalize(image).with_context(|| format!("--image {}", image.display()))?;
+    let meta =
+        std::fs::metadata(&absolute).with_context(|| format!("--image {}", image.display()))?;
+    if let Some((stamp, embedding)) = db.lookup(row, &absolute)? {
+        if stamp == Stamp::of(&meta) {
+            if opts.verbose {
+                output::info("image query: its embedding is in the index (no model loaded)");
+            }
+            return Ok(embedding);
+        }
+    }
+    let plan = plan_model(&choose::load_options(row, &opts.index.device), opts.quiet)?;
+    check_key(&plan.files, plan.precision, row)?;
+    let engine = plan.load(Towers {
+        vision: true,
+        text: false,
+    })?;
+    let input = Input {
+        path: image.to_path_buf(),
+        error: None,
+    };
+    let mut out: Option<Result<Vec<f32>, String>> = None;
+    let progress = Progress::hidden().with_errors(false);
+    images::encode_images(
+        &engine,
+        std::slice::from_ref(&input),
+        &opts.batch,
+        &progress,
+        |_, r| {
+            out = Some(r);
+            Ok(())
+        },
+    )?;
+    match out.context("no image embedding")? {
+        Ok(mut e) => {
+            score::normalize(&mut e);
+            Ok(e)
+        }
+        Err(message) => Err(Error::Usage(format!("--image {message}")).into()),
+    }
+}

@@ -1,0 +1,872 @@
+//! The search index: one SQLite file holding the L2-normalised image embeddings of one or more
+//! models, read by `vlm search` and `vlm dupes` and kept up to date by `vlm index`.
+//!
+//! Schema (version [`SCHEMA_VERSION`], in `PRAGMA user_version`; `PRAGMA application_id` is
+//! [`APPLICATION_ID`], so a vlm index is recognised without guessing from table names):
+//!
+//! ```sql
+//! models   (id INTEGER PRIMARY KEY, model TEXT, revision TEXT, dtype TEXT, family TEXT,
+//!           dimension INTEGER NULL, created INTEGER,  UNIQUE (model, revision, dtype))
+//! images   (model -> models.id, path TEXT, size INTEGER, mtime_ns INTEGER,
+//!           embedding BLOB (dimension little-endian f32), indexed INTEGER,  UNIQUE (model, path))
+//! failures (model -> models.id, path TEXT, size INTEGER, mtime_ns INTEGER, error TEXT,
+//!           UNIQUE (model, path))
+//! ```
+//!
+//! One index per model: rows belong to a `models` row keyed by the model (a Hub id, or a local
+//! folder's absolute path), its revision (the Hub commit; empty for a folder) and the dtype, so
+//! embeddings of different models never mix, and `search` finds the model to encode a query with in
+//! the file itself. Paths are absolute, stored as their bytes (a file name need not be UTF-8).
+//!
+//! Concurrency: the file is in WAL mode with a busy timeout, every write is one short transaction
+//! (`BEGIN IMMEDIATE`), so several `vlm index` runs, and searches, can use one file at once.
+
+pub mod choose;
+pub mod matrix;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use rusqlite::types::{ToSqlOutput, ValueRef};
+use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension, ToSql};
+
+use crate::Error;
+
+/// `PRAGMA user_version` of the files this vlm writes and reads.
+pub const SCHEMA_VERSION: i32 = 1;
+/// `PRAGMA application_id` of a vlm index: "vlmi" in ASCII.
+pub const APPLICATION_ID: i32 = 0x766c_6d69;
+/// How long a run waits for another one's write transaction before giving up.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(120);
+/// Page size of new index files.
+const PAGE_SIZE: i64 = 16_384;
+/// The file name of the default index in the data folder.
+pub const DEFAULT_FILE: &str = "index.sqlite";
+
+const SCHEMA: &str = "
+CREATE TABLE models (
+    id        INTEGER PRIMARY KEY,
+    model     TEXT NOT NULL,
+    revision  TEXT NOT NULL,
+    dtype     TEXT NOT NULL,
+    family    TEXT NOT NULL,
+    dimension INTEGER,
+    created   INTEGER NOT NULL,
+    UNIQUE (model, revision, dtype)
+);
+CREATE TABLE images (
+    model     INTEGER NOT NULL REFERENCES models(id) ON DELETE CASCADE,
+    path      TEXT NOT NULL,
+    size      INTEGER NOT NULL,
+    mtime_ns  INTEGER NOT NULL,
+    embedding BLOB NOT NULL,
+    indexed   INTEGER NOT NULL,
+    UNIQUE (model, path)
+);
+CREATE TABLE failures (
+    model     INTEGER NOT NULL REFERENCES models(id) ON DELETE CASCADE,
+    path      TEXT NOT NULL,
+    size      INTEGER NOT NULL,
+    mtime_ns  INTEGER NOT NULL,
+    error     TEXT NOT NULL,
+    UNIQUE (model, path)
+);
+";
+
+/// The folder of the default index: `$VLM_DATA_DIR`, else `$XDG_DATA_HOME/vlm`, else
+/// `~/.local/share/vlm`.
+pub fn data_dir() -> Option<PathBuf> {
+    let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
+    if let Some(dir) = var("VLM_DATA_DIR") {
+        return Some(PathBuf::from(dir));
+    }
+    if let Some(dir) = var("XDG_DATA_HOME") {
+        return Some(PathBuf::from(dir).join("vlm"));
+    }
+    var("HOME").map(|home| PathBuf::from(home).join(".local/share/vlm"))
+}
+
+/// `--db`, else the default index in [`data_dir`].
+pub fn db_path(given: Option<&Path>) -> Result<PathBuf> {
+    if let Some(path) = given {
+        return Ok(path.to_path_buf());
+    }
+    data_dir()
+        .map(|d| d.join(DEFAULT_FILE))
+        .ok_or_else(|| {
+            Error::Usage(
+                "no data folder for the index: set VLM_DATA_DIR, XDG_DATA_HOME or HOME, or pass --db FILE"
+                    .into(),
+            )
+            .into()
+        })
+}
+
+/// What identifies one index in the file.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ModelKey {
+    /// A Hub id, or a local folder's absolute path.
+    pub model: String,
+    /// The Hub commit; empty for a local folder.
+    pub revision: String,
+    /// `f32`, `f16` or `bf16`.
+    pub dtype: String,
+}
+
+impl std::fmt::Display for ModelKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.model)?;
+        if !self.revision.is_empty() {
+            let short: String = self.revision.chars().take(12).collect();
+            write!(f, "@{short}")?;
+        }
+        write!(f, " ({})", self.dtype)
+    }
+}
+
+/// One model's index in the file.
+#[derive(Debug, Clone)]
+pub struct ModelRow {
+    pub id: i64,
+    pub key: ModelKey,
+    pub family: String,
+    /// Unknown until the first image is stored.
+    pub dimension: Option<usize>,
+    pub images: usize,
+}
+
+/// What the index knows of one file: enough to tell whether it changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp {
+    pub size: u64,
+    pub mtime_ns: i64,
+}
+
+impl Stamp {
+    pub fn of(meta: &std::fs::Metadata) -> Stamp {
+        let mtime_ns = meta
+            .modified()
+            .ok()
+            .map(|t| match t.duration_since(std::time::UNIX_EPOCH) {
+                Ok(d) => i64::try_from(d.as_nanos()).unwrap_or(i64::MAX),
+                Err(e) => -i64::try_from(e.duration().as_nanos()).unwrap_or(i64::MAX),
+            })
+            .unwrap_or(0);
+        Stamp {
+            size: meta.len(),
+            mtime_ns,
+        }
+    }
+}
+
+/// A stored row's state, as `vlm index` compares it with the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Known {
+    Embedded(Stamp),
+    Failed(Stamp),
+}
+
+/// One image to store.
+pub struct NewRow<'a> {
+    pub path: &'a [u8],
+    pub stamp: Stamp,
+    pub result: std::result::Result<&'a [f32], &'a str>,
+}
+
+/// A path's bytes bound as SQL TEXT (SQLite stores them as they are; names need not be UTF-8).
+struct PathText<'a>(&'a [u8]);
+
+impl ToSql for PathText<'_> {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::Borrowed(ValueRef::Text(self.0)))
+    }
+}
+
+/// A path's bytes, as stored.
+pub fn path_bytes(path: &Path) -> &[u8] {
+    path.as_os_str().as_encoded_bytes()
+}
+
+/// Stored bytes back to a path.
+pub fn bytes_path(bytes: &[u8]) -> PathBuf {
+    #[cfg(unix)]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        PathBuf::from(std::ffi::OsStr::from_bytes(bytes))
+    }
+    #[cfg(not(unix))]
+    {
+        PathBuf::from(String::from_utf8_lossy(bytes).into_owned())
+    }
+}
+
+fn embedding_blob(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(0))
+}
+
+/// An open index file.
+pub struct Db {
+    conn: Connection,
+    path: PathBuf,
+}
+
+/// What the first look at a file found.
+enum Kind {
+    Empty,
+    Ours(i32),
+    Foreign,
+}
+
+impl Db {
+    /// Opens the index at `path`. `create`: a missing file (and its folder) is created and given
+    /// the schema; otherwise a missing file is a usage error. A file that is not a vlm index, is
+    /// damaged, or has a newer schema is refused with one line naming it, and left as it was.
+    pub fn open(path: &Path, create: bool) -> Result<Db> {
+        if !create && !path.exists() {
+            return Err(Error::Usage(format!(
+                "no index at {}: build one with `vlm index PATH...`{}",
+                path.display(),
+                if path.file_name() == Some(std::ffi::OsStr::new(DEFAULT_FILE)) {
+                    ""
+                } else {
+                    " --db FILE"
+                }
+            ))
+            .into());
+        }
+        if path.is_dir() {
+            return Err(Error::Usage(format!(
+                "--db {}: is a folder, expected an index file",
+                path.display()
+            ))
+            .into());
+        }
+        if create {
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("cannot create the index folder {}", dir.display()))?;
+            }
+        }
+        let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        if create {
+            flags |= OpenFlags::SQLITE_OPEN_CREATE;
+        }
+        let conn = Connection::open_with_flags(path, flags)
+            .map_err(|e| db_error(path, e, "cannot open"))?;
+        let db = Db {
+            conn,
+            path: path.to_path_buf(),
+        };
+        db.conn
+            .busy_timeout(BUSY_TIMEOUT)
+            .map_err(|e| db.err(e, "cannot set up"))?;
+        match db.kind()? {
+            Kind::Foreign => return Err(db.foreign()),
+            Kind::Ours(v) if v != SCHEMA_VERSION => {
+                return Err(Error::Usage(format!(
+                    "{}: index schema version {v}, but this vlm reads version {SCHEMA_VERSION}{}",
+                    path.display(),
+                    if v > SCHEMA_VERSION {
+                        " (made by a newer vlm: upgrade vlm)"
+                    } else {
+                        ""
+                    }
+                ))
+                .into())
+            }
+            Kind::Ours(_) | Kind::Empty => {}
+        }
+        // Only now, knowing the file is ours (or empty), is anything written to it. A new file
+        // gets 16 KiB pages: a 512-float embedding (2 KiB) fits a 4 KiB page only once, leaving
+        // half of it empty, where 16 KiB pages hold seven.
+        if let Kind::Empty = db.kind()? {
+            db.conn
+                .pragma_update(None, "page_size", PAGE_SIZE)
+                .map_err(|e| db.err(e, "cannot set up"))?;
+        }
+        db.conn
+            .pragma_update(None, "journal_mode", "WAL")
+            .map_err(|e| db.err(e, "cannot switch to WAL mode"))?;
+        db.conn
+            .execute_batch("PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;")
+            .map_err(|e| db.err(e, "cannot set up"))?;
+        if let Kind::Empty = db.kind()? {
+            db.init()?;
+        }
+        Ok(db)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// An SQLite error as one line naming the file; damage gets a hint instead of SQLite's text.
+    fn err(&self, e: rusqlite::Error, doing: &str) -> anyhow::Error {
+        db_error(&self.path, e, doing)
+    }
+
+    fn foreign(&self) -> anyhow::Error {
+        Error::Usage(format!(
+            "{}: an SQLite database that is not a vlm index; refusing to touch it (give another --db)",
+            self.path.display()
+        ))
+        .into()
+    }
+
+    fn kind(&self) -> Result<Kind> {
+        let read = || -> rusqlite::Result<(i32, i32, i64)> {
+            let app: i32 = self
+                .conn
+                .pragma_query_value(None, "application_id", |r| r.get(0))?;
+            let version: i32 = self
+                .conn
+                .pragma_query_value(None, "user_version", |r| r.get(0))?;
+            let objects: i64 =
+                self.conn
+                    .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))?;
+            Ok((app, version, objects))
+        };
+        let (app, version, objects) = read().map_err(|e| self.err(e, "cannot read"))?;
+        Ok(match (app, objects) {
+            (APPLICATION_ID, _) => Kind::Ours(version),
+            (0, 0) if version == 0 => Kind::Empty,
+            _ => Kind::Foreign,
+        })
+    }
+
+    /// Gives an empty file the schema; a run that raced us there finds it done.
+    fn init(&self) -> Result<()> {
+        let tx = self.immediate()?;
+        match self.kind()? {
+            Kind::Empty => {
+                self.conn
+                    .execute_batch(SCHEMA)
+                    .map_err(|e| self.err(e, "cannot create the schema"))?;
+                self.conn
+                    .pragma_update(None, "application_id", APPLICATION_ID)
+                    .map_err(|e| self.err(e, "cannot create the schema"))?;
+                self.conn
+                    .pragma_update(None, "user_version", SCHEMA_VERSION)
+                    .map_err(|e| self.err(e, "cannot create the schema"))?;
+            }
+            Kind::Ours(_) => {}
+            Kind::Foreign => return Err(self.foreign()),
+        }
+        tx.commit()
+    }
+
+    /// `BEGIN IMMEDIATE`: takes the write lock now (waiting up to the busy timeout), so a write
+    /// transaction never fails halfway on a lock another run holds.
+    fn immediate(&self) -> Result<Tx<'_>> {
+        self.conn
+            .execute_batch("BEGIN IMMEDIATE")
+            .map_err(|e| self.err(e, "cannot start a write"))?;
+        Ok(Tx {
+            db: self,
+            done: false,
+        })
+    }
+
+    /// Every model's index in the file, oldest first.
+    pub fn models(&self) -> Result<Vec<ModelRow>> {
+        let run = || -> rusqlite::Result<Vec<ModelRow>> {
+            let mut stmt = self.conn.prepare(
+                "SELECT m.id, m.model, m.revision, m.dtype, m.family, m.dimension,
+                        (SELECT count(*) FROM images i WHERE i.model = m.id)
+                 FROM models m ORDER BY m.id",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok(ModelRow {
+                    id: r.get(0)?,
+                    key: ModelKey {
+                        model: r.get(1)?,
+                        revision: r.get(2)?,
+                        dtype: r.get(3)?,
+                    },
+                    family: r.get(4)?,
+                    dimension: r.get::<_, Option<i64>>(5)?.map(|d| d.max(0) as usize),
+                    images: r.get::<_, i64>(6)?.max(0) as usize,
+                })
+            })?;
+            rows.collect()
+        };
+        run().map_err(|e| self.err(e, "cannot read the models"))
+    }
+
+    /// The index of `key`, created if the file has none yet.
+    pub fn model_row(&self, key: &ModelKey, family: &str) -> Result<ModelRow> {
+        let tx = self.immediate()?;
+        self.conn
+            .execute(
+                "INSERT OR IGNORE INTO models (model, revision, dtype, family, created)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![key.model, key.revision, key.dtype, family, now_secs()],
+            )
+            .map_err(|e| self.err(e, "cannot add the model"))?;
+        tx.commit()?;
+        self.models()?
+            .into_iter()
+            .find(|m| &m.key == key)
+            .context("the model just added is missing")
+    }
+
+    /// Records the embedding size of a model's index; an index keeps one size for good.
+    pub fn set_dimension(&self, model: &ModelRow, dimension: usize) -> Result<()> {
+        let stored: Option<i64> = self
+            .conn
+            .query_row(
+                "SELECT dimension FROM models WHERE id = ?1",
+                [model.id],
+                |r| r.get(0),
+            )
+            .map_err(|e| self.err(e, "cannot read the model"))?;
+        match stored {
+            Some(d) if d as usize == dimension => Ok(()),
+            Some(d) => Err(Error::Model {
+                model: model.key.to_string(),
+                reason: format!(
+                    "gives {dimension}-dimensional embeddings, but its index in {} holds {d}-dimensional ones",
+                    self.path.display()
+                ),
+            }
+            .into()),
+            None => {
+                self.conn
+                    .execute(
+                        "UPDATE models SET dimension = ?1 WHERE id = ?2 AND dimension IS NULL",
+                        params![dimension as i64, model.id],
+                    )
+                    .map_err(|e| self.err(e, "cannot write the model"))?;
+                Ok(())
+            }
+        }
+    }
+
+    /// What the index knows of every file of a model, by path bytes.
+    pub fn known(&self, model: i64) -> Result<HashMap<Vec<u8>, Known>> {
+        let run = || -> rusqlite::Result<HashMap<Vec<u8>, Known>> {
+            let mut out = HashMap::new();
+            for (table, embedded) in [("failures", false), ("images", true)] {
+                let mut stmt = self.conn.prepare(&format!(
+                    "SELECT path, size, mtime_ns FROM {table} WHERE model = ?1"
+                ))?;
+                let mut rows = stmt.query([model])?;
+                while let Some(r) = rows.next()? {
+                    let path = r.get_ref(0)?.as_bytes()?.to_vec();
+                    let stamp = Stamp {
+                        size: r.get::<_, i64>(1)?.max(0) as u64,
+                        mtime_ns: r.get(2)?,
+                    };
+                    let known = if embedded {
+                        Known::Embedded(stamp)
+                    } else {
+                        Known::Failed(stamp)
+                    };
+                    out.insert(path, known);
+                }
+            }
+            Ok(out)
+        };
+        run().map_err(|e| self.err(e, "cannot read the index"))
+    }
+
+    /// Stores one batch of results in one transaction: an embedding replaces the file's earlier
+    /// row (and any failure), a failure is remembered with the file's stamp so that an unchanged
+    /// broken file is not tried again.
+    pub fn write_batch(&self, model: i64, rows: &[NewRow<'_>]) -> Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let tx = self.immediate()?;
+        let now = now_secs();
+        let run = || -> rusqlite::Result<()> {
+            let mut put = self.conn.prepare_cached(
+                "INSERT INTO images (model, path, size, mtime_ns, embedding, indexed)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (model, path) DO UPDATE SET size = excluded.size,
+                   mtime_ns = excluded.mtime_ns, embedding = excluded.embedding,
+                   indexed = excluded.indexed",
+            )?;
+            let mut unfail = self
+                .conn
+                .prepare_cached("DELETE FROM failures WHERE model = ?1 AND path = ?2")?;
+            let mut fail = self.conn.prepare_cached(
+                "INSERT INTO failures (model, path, size, mtime_ns, error) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (model, path) DO UPDATE SET size = excluded.size,
+                   mtime_ns = excluded.mtime_ns, error = excluded.error",
+            )?;
+            let mut unput = self
+                .conn
+                .prepare_cached("DELETE FROM images WHERE model = ?1 AND path = ?2")?;
+            for row in rows {
+                let path = PathText(row.path);
+                let size = i64::try_from(row.stamp.size).unwrap_or(i64::MAX);
+                match row.result {
+                    Ok(embedding) => {
+                        put.execute(params![
+                            model,
+                            path,
+                            size,
+                            row.stamp.mtime_ns,
+                            embedding_blob(embedding),
+                            now
+                        ])?;
+                        unfail.execute(params![model, path])?;
+                    }
+                    Err(error) => {
+                        fail.execute(params![model, path, size, row.stamp.mtime_ns, error])?;
+                        unput.execute(params![model, path])?;
+                    }
+                }
+            }
+            Ok(())
+        };
+        run().map_err(|e| self.err(e, "cannot write"))?;
+        tx.commit()
+    }
+
+    /// Removes files from a model's index (rows and remembered failures), in one transaction.
+    pub fn remove(&self, model: i64, paths: &[Vec<u8>]) -> Result<()> {
+        if paths.is_empty() {
+            return Ok(());
+        }
+        let tx = self.immediate()?;
+        let run = || -> rusqlite::Result<()> {
+            let mut images = self
+                .conn
+                .prepare_cached("DELETE FROM images WHERE model = ?1 AND path = ?2")?;
+            let mut failures = self
+                .conn
+                .prepare_cached("DELETE FROM failures WHERE model = ?1 AND path = ?2")?;
+            for p in paths {
+                images.execute(params![model, PathText(p)])?;
+                failures.execute(params![model, PathText(p)])?;
+            }
+            Ok(())
+        };
+        run().map_err(|e| self.err(e, "cannot remove files"))?;
+        tx.commit()
+    }
+
+    /// One file's stored embedding and stamp.
+    pub fn lookup(&self, model: &ModelRow, path: &Path) -> Result<Option<(Stamp, Vec<f32>)>> {
+        let row = self
+            .conn
+            .query_row(
+                "SELECT size, mtime_ns, embedding FROM images WHERE model = ?1 AND path = ?2",
+                params![model.id, PathText(path_bytes(path))],
+                |r| {
+                    Ok((
+                        Stamp {
+                            size: r.get::<_, i64>(0)?.max(0) as u64,
+                            mtime_ns: r.get(1)?,
+                        },
+                        r.get::<_, Vec<u8>>(2)?,
+                    ))
+                },
+            )
+            .optional()
+            .map_err(|e| self.err(e, "cannot read the index"))?;
+        let Some((stamp, blob)) = row else {
+            return Ok(None);
+        };
+        let dim = model.dimension.unwrap_or(blob.len() / 4);
+        Ok(Some((stamp, self.decode(&blob, dim)?)))
+    }
+
+    fn decode(&self, blob: &[u8], dim: usize) -> Result<Vec<f32>> {
+        if blob.len() != dim * 4 {
+            return Err(Error::Usage(format!(
+                "{}: damaged index: an embedding of {} bytes where {dim} floats were expected; remove the file and run vlm index again",
+                self.path.display(),
+                blob.len()
+            ))
+            .into());
+        }
+        Ok(blob
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect())
+    }
+
+    /// A model's embeddings as one contiguous matrix, in path order. `like`: only paths matching
+    /// this SQL LIKE pattern (bound as a parameter, `\` escapes `%` and `_`); `keep`: a further
+    /// filter on the path bytes.
+    pub fn matrix(
+        &self,
+        model: &ModelRow,
+        like: Option<&str>,
+        keep: impl Fn(&[u8]) -> bool,
+    ) -> Result<matrix::Matrix> {
+        let Some(dim) = model.dimension else {
+            return Ok(matrix::Matrix::new(0));
+        };
+        let mut out = matrix::Matrix::new(dim);
+        let mut run = || -> Result<()> {
+            let sql = match like {
+                Some(_) => {
+                    "SELECT path, size, embedding FROM images
+                     WHERE model = ?1 AND path LIKE ?2 ESCAPE '\\' ORDER BY path"
+                }
+                None => "SELECT path, size, embedding FROM images WHERE model = ?1 ORDER BY path",
+            };
+            let mut stmt = self
+                .conn
+                .prepare(sql)
+                .map_err(|e| self.err(e, "cannot read the index"))?;
+            let mut rows = match like {
+                Some(pattern) => stmt.query(params![model.id, pattern]),
+                None => stmt.query(params![model.id]),
+            }
+            .map_err(|e| self.err(e, "cannot read the index"))?;
+            while let Some(r) = rows
+                .next()
+                .map_err(|e| self.err(e, "cannot read the index"))?
+            {
+                let read = || -> rusqlite::Result<(Vec<u8>, i64, &[u8])> {
+                    Ok((
+                        r.get_ref(0)?.as_bytes()?.to_vec(),
+                        r.get(1)?,
+                        r.get_ref(2)?.as_blob()?,
+                    ))
+                };
+                let (path, size, blob) =
+                    read().map_err(|e| self.err(e, "cannot read the index"))?;
+                if !keep(&path) {
+                    continue;
+                }
+                if blob.len() != dim * 4 {
+                    self.decode(blob, dim)?;
+                }
+                out.push_le(&path, size.max(0) as u64, blob);
+            }
+            Ok(())
+        };
+        run()?;
+        Ok(out)
+    }
+
+    /// Copies every model's rows from `other` into this file (a row already here is replaced
+    /// when `other`'s copy was indexed later), one transaction per model. Returns the rows
+    /// copied.
+    pub fn merge_from(&self, other: &Db) -> Result<usize> {
+        let mut copied = 0usize;
+        for model in other.models()? {
+            let mine = self.model_row(&model.key, &model.family)?;
+            if let Some(dim) = model.dimension {
+                self.set_dimension(&mine, dim)?;
+            }
+            let tx = self.immediate()?;
+            let run = || -> rusqlite::Result<usize> {
+                let mut put = self.conn.prepare_cached(
+                    "INSERT INTO images (model, path, size, mtime_ns, embedding, indexed)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                     ON CONFLICT (model, path) DO UPDATE SET size = excluded.size,
+                       mtime_ns = excluded.mtime_ns, embedding = excluded.embedding,
+                       indexed = excluded.indexed
+                     WHERE excluded.indexed >= images.indexed",
+                )?;
+                let mut unfail = self
+                    .conn
+                    .prepare_cached("DELETE FROM failures WHERE model = ?1 AND path = ?2")?;
+                let mut stmt = other.conn.prepare(
+                    "SELECT path, size, mtime_ns, embedding, indexed FROM images WHERE model = ?1",
+                )?;
+                let mut rows = stmt.query([model.id])?;
+                let mut n = 0usize;
+                while let Some(r) = rows.next()? {
+                    let path = PathText(r.get_ref(0)?.as_bytes()?);
+                    let size: i64 = r.get(1)?;
+                    let mtime: i64 = r.get(2)?;
+                    let blob = r.get_ref(3)?.as_blob()?;
+                    let indexed: i64 = r.get(4)?;
+                    n += put.execute(params![mine.id, path, size, mtime, blob, indexed])?;
+                    unfail.execute(params![mine.id, path])?;
+                }
+                Ok(n)
+            };
+            copied += run().map_err(|e| {
+                db_error(
+                    &self.path,
+                    e,
+                    &format!("cannot merge {} into", other.path.display()),
+                )
+            })?;
+            tx.commit()?;
+        }
+        Ok(copied)
+    }
+}
+
+/// An open write transaction: rolled back when dropped without [`Tx::commit`].
+struct Tx<'a> {
+    db: &'a Db,
+    done: bool,
+}
+
+impl Tx<'_> {
+    fn commit(mut self) -> Result<()> {
+        self.db
+            .conn
+            .execute_batch("COMMIT")
+            .map_err(|e| self.db.err(e, "cannot commit"))?;
+        self.done = true;
+        Ok(())
+    }
+}
+
+impl Drop for Tx<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = self.db.conn.execute_batch("ROLLBACK");
+        }
+    }
+}
+
+/// An SQLite error on `path` as one line. A file that is not a database, or a damaged one, says so
+/// and what to do; other errors keep SQLite's message.
+fn db_error(path: &Path, e: rusqlite::Error, doing: &str) -> anyhow::Error {
+    let code = e.sqlite_error_code();
+    match code {
+        Some(ErrorCode::NotADatabase) => Error::Usage(format!(
+            "{}: not a vlm index (not an SQLite database); refusing to touch it (give another --db)",
+            path.display()
+        ))
+        .into(),
+        Some(ErrorCode::DatabaseCorrupt) => Error::Usage(format!(
+            "{}: damaged index ({}); remove the file and run vlm index again",
+            path.display(),
+            crate::error::single_line(&e.to_string())
+        ))
+        .into(),
+        Some(ErrorCode::DatabaseBusy) | Some(ErrorCode::DatabaseLocked) => anyhow::anyhow!(
+            "{}: {doing}: the index stayed locked by another run for {} s",
+            path.display(),
+            BUSY_TIMEOUT.as_secs()
+        ),
+        _ => anyhow::anyhow!(
+            "{}: {doing}: {}",
+            path.display(),
+            crate::error::single_line(&e.to_string())
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> ModelKey {
+        ModelKey {
+            model: "org/model".into(),
+            revision: "abc".into(),
+            dtype: "f32".into(),
+        }
+    }
+
+    #[test]
+    fn rows_round_trip_and_replace() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("sub/i.sqlite"), true).unwrap();
+        let m = db.model_row(&key(), "clip").unwrap();
+        db.set_dimension(&m, 2).unwrap();
+        assert!(db.set_dimension(&m, 3).is_err());
+        let stamp = Stamp {
+            size: 5,
+            mtime_ns: 7,
+        };
+        let bad_name: &[u8] = b"/x/\xffname.jpg";
+        db.write_batch(
+            m.id,
+            &[
+                NewRow {
+                    path: b"/x/b.jpg",
+                    stamp,
+                    result: Ok(&[0.6, 0.8]),
+                },
+                NewRow {
+                    path: bad_name,
+                    stamp,
+                    result: Ok(&[1.0, 0.0]),
+                },
+                NewRow {
+                    path: b"/x/c.jpg",
+                    stamp,
+                    result: Err("broken"),
+                },
+            ],
+        )
+        .unwrap();
+        let known = db.known(m.id).unwrap();
+        assert_eq!(known[&b"/x/b.jpg"[..]], Known::Embedded(stamp));
+        assert_eq!(known[bad_name], Known::Embedded(stamp));
+        assert_eq!(known[&b"/x/c.jpg"[..]], Known::Failed(stamp));
+        let m = db.models().unwrap().remove(0);
+        assert_eq!((m.dimension, m.images), (Some(2), 2));
+        let all = db.matrix(&m, None, |_| true).unwrap();
+        assert_eq!(all.len(), 2);
+        let only = db.matrix(&m, Some("%b.jpg"), |_| true).unwrap();
+        assert_eq!(only.paths, vec![b"/x/b.jpg".to_vec()]);
+        assert_eq!(only.row(0), &[0.6, 0.8]);
+        // A repaired file replaces its failure.
+        db.write_batch(
+            m.id,
+            &[NewRow {
+                path: b"/x/c.jpg",
+                stamp,
+                result: Ok(&[0.0, 1.0]),
+            }],
+        )
+        .unwrap();
+        assert_eq!(
+            db.known(m.id).unwrap()[&b"/x/c.jpg"[..]],
+            Known::Embedded(stamp)
+        );
+        db.remove(m.id, &[b"/x/c.jpg".to_vec()]).unwrap();
+        assert_eq!(db.known(m.id).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn foreign_and_garbage_files_are_refused_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let garbage = dir.path().join("notes.db");
+        std::fs::write(&garbage, vec![b'x'; 4096]).unwrap();
+        let err = Db::open(&garbage, true).err().unwrap();
+        assert!(format!("{err:#}").contains("not a vlm index"), "{err:#}");
+        assert_eq!(std::fs::read(&garbage).unwrap(), vec![b'x'; 4096]);
+
+        let other = dir.path().join("other.db");
+        let conn = Connection::open(&other).unwrap();
+        conn.execute_batch("CREATE TABLE t (x)").unwrap();
+        drop(conn);
+        let before = std::fs::read(&other).unwrap();
+        let err = Db::open(&other, true).err().unwrap();
+        assert!(format!("{err:#}").contains("not a vlm index"), "{err:#}");
+        assert_eq!(std::fs::read(&other).unwrap(), before);
+
+        let missing = dir.path().join("missing.sqlite");
+        assert!(Db::open(&missing, false).is_err());
+        assert!(!missing.exists());
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("i.sqlite");
+        drop(Db::open(&path, true).unwrap());
+        let conn = Connection::open(&path).unwrap();
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .unwrap();
+        drop(conn);
+        let err = Db::open(&path, false).err().unwrap();
+        assert!(format!("{err:#}").contains("upgrade vlm"), "{err:#}");
+    }
+}
