@@ -29,11 +29,20 @@ pub struct ClassifyOptions {
 }
 
 fn collect_labels(opts: &ClassifyOptions) -> Result<(Vec<String>, Vec<String>)> {
+    labels_from(&opts.labels, &opts.labels_files)
+}
+
+/// `--labels` values (each comma-separated) then `--labels-file`s: the labels, and warnings about
+/// what looks like a mistake in them. Shared with `explain`.
+pub(super) fn labels_from(
+    values: &[String],
+    files: &[std::path::PathBuf],
+) -> Result<(Vec<String>, Vec<String>)> {
     let mut labels = LabelList::default();
-    for value in &opts.labels {
+    for value in values {
         labels.add_csv(value)?;
     }
-    for file in &opts.labels_files {
+    for file in files {
         labels.add_file(file)?;
     }
     Ok(labels.finish_with_warnings()?)
@@ -55,12 +64,17 @@ fn warn_about_labels(labels: &[String], warnings: &[String], head: HeadKind) {
 
 /// The user's templates, or `None` for the model's default.
 fn collect_templates(opts: &ClassifyOptions) -> Result<Vec<Template>> {
-    let mut templates = opts
-        .templates
+    templates_from(&opts.templates, opts.template_set.as_deref())
+}
+
+/// `--template` values then the `--templates` set, without repeats; empty for the model's default.
+/// Shared with `explain`.
+pub(super) fn templates_from(values: &[String], set: Option<&str>) -> Result<Vec<Template>> {
+    let mut templates = values
         .iter()
         .map(|t| Template::new(t).context("--template"))
         .collect::<Result<Vec<_>>>()?;
-    if let Some(set) = &opts.template_set {
+    if let Some(set) = set {
         for t in text::template_set(set)? {
             if !templates.contains(&t) {
                 templates.push(t);

@@ -6,6 +6,7 @@ pub mod aspects;
 pub mod classify;
 pub mod dupes;
 pub mod embed;
+pub mod explain;
 pub mod index;
 pub mod search;
 pub mod tag;
@@ -41,6 +42,7 @@ pub enum Request {
     Index(index::IndexOptions),
     Search(search::SearchOptions),
     Dupes(dupes::DupesOptions),
+    Explain(explain::ExplainOptions),
 }
 
 pub fn run(request: Request) -> Result<Outcome> {
@@ -67,6 +69,10 @@ pub fn run(request: Request) -> Result<Outcome> {
             search::run(&opts)
         }
         Request::Dupes(opts) => dupes::run(&opts),
+        Request::Explain(opts) => {
+            limit_threads(&opts.run);
+            explain::run(&opts)
+        }
     }
 }
 

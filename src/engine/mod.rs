@@ -3,6 +3,7 @@
 //! ([`images`]). Commands only say which texts they need and what to do with each embedding.
 
 pub mod images;
+pub mod patches;
 pub mod text;
 
 use std::io::IsTerminal;

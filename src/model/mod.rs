@@ -156,6 +156,20 @@ pub trait ModelSpec: Debug + Send + Sync {
     fn default_template(&self) -> &'static str;
     /// Loads the towers asked for from safetensors files (one, or the shards of an index).
     fn load(&self, weights: &[PathBuf], opts: &LoadOptions) -> Result<Box<dyn ImageTextModel>>;
+    /// The `(rows, cols)` grid of [`ImageTextModel::patch_embeddings`], or `None` when the family
+    /// has no patch-level method (yet): `vlm explain` then refuses the model before loading it.
+    fn patch_grid(&self) -> Option<(usize, usize)> {
+        None
+    }
+}
+
+/// Per-patch image embeddings, in the same space as the text embeddings, for `vlm explain`.
+#[derive(Debug, Clone)]
+pub struct PatchEmbeddings {
+    /// Projected, not normalised, f32 `[batch, rows * cols, dim]`; patches row-major.
+    pub embeddings: Tensor,
+    pub rows: usize,
+    pub cols: usize,
 }
 
 /// A loaded image-text model.
@@ -169,6 +183,14 @@ pub trait ImageTextModel: Send + Sync {
     fn encode_texts(&self, ids: &[Vec<u32>]) -> Result<Tensor>;
     fn head(&self) -> ScoreHead;
     fn device(&self) -> &Device;
+    /// Dense per-patch embeddings of pixels `[batch, 3, size, size]` (the grid
+    /// [`ModelSpec::patch_grid`] announced), comparable with [`Self::encode_texts`] by cosine.
+    /// `Ok(None)`: this family has no such method. Each family chooses its own (CLIP: the value
+    /// path of the last layer, see `clip::VisionTower::patch_embeddings`).
+    fn patch_embeddings(&self, pixels: &Tensor) -> Result<Option<PatchEmbeddings>> {
+        let _ = pixels;
+        Ok(None)
+    }
 }
 
 /// Reads `config.json` and hands it to the family its `model_type` names.

@@ -67,6 +67,18 @@ impl Linear {
         Ok(Self { weight_t, bias })
     }
 
+    /// The outputs `start..start + len` of this layer as a layer of their own (e.g. v out of a
+    /// fused q/k/v), copied out of the fused weight.
+    pub fn output_slice(&self, start: usize, len: usize) -> candle_core::Result<Linear> {
+        Ok(Linear {
+            weight_t: self.weight_t.narrow(1, start, len)?.contiguous()?,
+            bias: match &self.bias {
+                Some(b) => Some(b.narrow(0, start, len)?.contiguous()?),
+                None => None,
+            },
+        })
+    }
+
     pub fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
         let dims = xs.dims().to_vec();
         let in_dim = dims[dims.len() - 1];
@@ -207,6 +219,15 @@ impl Attention {
             .reshape((b, tq, d))?;
         self.out_proj.forward(&ctx)
     }
+
+    /// The value path alone: `out_proj(v_proj(xs))` at every position, as if each position attended
+    /// only to itself (MaskCLIP / ClearCLIP). v's weights are sliced out of the fused q/k/v on each
+    /// call, so the normal path keeps its single fused product and no extra copy is held.
+    fn value_path(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        let d = self.heads * self.head_dim;
+        let v = self.qkv.output_slice(2 * d, d)?;
+        self.out_proj.forward(&v.forward(xs)?)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -261,6 +282,14 @@ impl EncoderLayer {
     }
 }
 
+impl EncoderLayer {
+    /// The layer with self-attention replaced by its value path and without the residual or the
+    /// MLP: `out_proj(v_proj(layer_norm1(xs)))` at every position.
+    fn value_path(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        self.self_attn.value_path(&self.layer_norm1.forward(xs)?)
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Encoder {
     layers: Vec<EncoderLayer>,
@@ -308,6 +337,26 @@ impl Encoder {
             xs = layer.forward(&xs, mask, None)?;
         }
         last.forward(&xs, mask, Some(rows))?.squeeze(1)
+    }
+}
+
+impl Encoder {
+    /// Every layer but the last as usual, then the last one's value path
+    /// ([`EncoderLayer`]'s `out_proj(v_proj(layer_norm1(x)))`, no residual, no MLP), at every
+    /// position: `[b, t, d]`. The dense per-position features of MaskCLIP / ClearCLIP.
+    pub fn forward_value_path(
+        &self,
+        xs: &Tensor,
+        mask: Option<&Tensor>,
+    ) -> candle_core::Result<Tensor> {
+        let Some((last, body)) = self.layers.split_last() else {
+            candle_core::bail!("an encoder without layers has no value path");
+        };
+        let mut xs = xs.clone();
+        for layer in body {
+            xs = layer.forward(&xs, mask, None)?;
+        }
+        last.value_path(&xs)
     }
 }
 

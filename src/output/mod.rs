@@ -8,6 +8,7 @@
 
 pub mod console;
 pub mod formats;
+pub mod overlay;
 pub mod progress;
 pub mod records;
 pub mod sink;

@@ -19,8 +19,8 @@ pub use config::{ClipConfig, TextPooling};
 use crate::model::checks;
 use crate::model::nn::{self, causal_mask, layer_norm, Encoder, EncoderSpec, Linear};
 use crate::model::{
-    weights, Family, HeadKind, ImageTextModel, LoadOptions, ModelSpec, Padding, ScoreHead,
-    TextNormalization, TextPolicy,
+    weights, Family, HeadKind, ImageTextModel, LoadOptions, ModelSpec, Padding, PatchEmbeddings,
+    ScoreHead, TextNormalization, TextPolicy,
 };
 
 /// The CLIP family in the list of [`crate::model::FAMILIES`].
@@ -59,6 +59,12 @@ impl ModelSpec for ClipConfig {
 
     fn load(&self, weights: &[PathBuf], opts: &LoadOptions) -> Result<Box<dyn ImageTextModel>> {
         Ok(Box::new(Clip::load(self.clone(), weights, opts)?))
+    }
+
+    /// Every ViT checkpoint: one cell per patch.
+    fn patch_grid(&self) -> Option<(usize, usize)> {
+        let g = self.grid();
+        Some((g, g))
     }
 }
 
@@ -131,6 +137,39 @@ impl VisionTower {
 
     /// Image embeddings (projected, not normalised) of pixels `[batch, 3, size, size]`, as f32.
     pub fn forward(&self, pixels: &Tensor) -> candle_core::Result<Tensor> {
+        let xs = self.embed(pixels)?;
+        let b = xs.dim(0)?;
+        // Pool the class token, then the final layer norm (CLIPVisionTransformer.forward).
+        let class_rows = Tensor::zeros(b, DType::U32, xs.device())?;
+        let pooled = self.encoder.forward_pooled(&xs, None, &class_rows)?;
+        let pooled = self.post_layernorm.forward(&pooled)?;
+        self.projection.forward(&pooled)?.to_dtype(DType::F32)
+    }
+
+    /// Per-patch embeddings (projected, not normalised) of pixels `[batch, 3, size, size]`, as f32
+    /// `[batch, grid * grid, projection_dim]`, patches row-major: the tower as usual up to the last
+    /// encoder layer, whose self-attention is replaced by its value path,
+    /// `out_proj(v_proj(layer_norm1(x)))`, with no residual and no MLP (MaskCLIP, Zhou et al. 2022;
+    /// ClearCLIP, Lan et al. 2024); then `post_layernorm` and `visual_projection` on every patch
+    /// token (the class token is dropped).
+    pub fn patch_embeddings(&self, pixels: &Tensor) -> candle_core::Result<Tensor> {
+        let xs = self.embed(pixels)?;
+        let t = xs.dim(1)?;
+        let zs = self
+            .encoder
+            .forward_value_path(&xs, None)?
+            .narrow(1, 1, t - 1)?;
+        let zs = self.post_layernorm.forward(&zs)?;
+        self.projection.forward(&zs)?.to_dtype(DType::F32)
+    }
+
+    /// The patch grid's side: `image_size / patch_size`.
+    pub fn grid(&self) -> usize {
+        self.grid
+    }
+
+    /// Patch and position embeddings and `pre_layrnorm`: the encoder's input `[b, 1 + grid², hidden]`.
+    fn embed(&self, pixels: &Tensor) -> candle_core::Result<Tensor> {
         let (b, c, hgt, wid) = pixels.dims4()?;
         let (p, g) = (self.patch, self.grid);
         if hgt != p * g || wid != p * g {
@@ -154,12 +193,7 @@ impl VisionTower {
             .reshape((1, 1, self.hidden))?
             .broadcast_as((b, 1, self.hidden))?;
         let xs = Tensor::cat(&[&class, &patches], 1)?.broadcast_add(&self.position_embedding)?;
-        let xs = self.pre_layrnorm.forward(&xs)?;
-        // Pool the class token, then the final layer norm (CLIPVisionTransformer.forward).
-        let class_rows = Tensor::zeros(b, DType::U32, xs.device())?;
-        let pooled = self.encoder.forward_pooled(&xs, None, &class_rows)?;
-        let pooled = self.post_layernorm.forward(&pooled)?;
-        self.projection.forward(&pooled)?.to_dtype(DType::F32)
+        self.pre_layrnorm.forward(&xs)
     }
 }
 
@@ -326,6 +360,15 @@ impl ImageTextModel for Clip {
 
     fn encode_texts(&self, ids: &[Vec<u32>]) -> Result<Tensor> {
         Ok(self.text()?.forward(ids)?)
+    }
+
+    fn patch_embeddings(&self, pixels: &Tensor) -> Result<Option<PatchEmbeddings>> {
+        let vision = self.vision()?;
+        Ok(Some(PatchEmbeddings {
+            embeddings: vision.patch_embeddings(pixels)?,
+            rows: vision.grid(),
+            cols: vision.grid(),
+        }))
     }
 
     fn head(&self) -> ScoreHead {

@@ -8,6 +8,7 @@
 mod classify;
 mod dupes;
 mod embed;
+mod explain;
 mod search;
 mod tag;
 
@@ -18,6 +19,7 @@ use crate::model::HeadKind;
 pub use classify::{ImageResult, Prediction, RunInfo};
 pub use dupes::{DupeGroup, DupeImage, DupesInfo};
 pub use embed::{EmbedInfo, ImageEmbedding, TextEmbedding};
+pub use explain::{ExplainResult, Grid, LabelMap};
 pub use search::{SearchHit, SearchInfo, SearchQuery};
 pub use tag::{AspectInfo, AspectTags, Tag, TagResult, TagRunInfo};
 

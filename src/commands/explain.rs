@@ -1,0 +1,281 @@
+//! `vlm explain`: where in the picture each label is seen. For every image, a grid of cosine
+//! similarities between each patch's embedding and each label's text embedding (the model
+//! family's dense method, no gradients: `ImageTextModel::patch_embeddings`), printed as records
+//! and, with `-o DIR`, drawn over the photo as one PNG per image and label
+//! ([`crate::output::overlay`]).
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, Result};
+
+use super::classify::{labels_from, templates_from};
+use super::RunOptions;
+use super::{collect_inputs, display_path, open_destination, show_progress, InputSpec, Outcome};
+use crate::engine::patches::{explain_images, Explained};
+use crate::engine::text::{load_with_text, text_cache, TextReport};
+use crate::engine::{model_error, plan_model, ModelOptions};
+use crate::output::overlay::{self, MapRange, Montage, OverlayFiles};
+use crate::output::{
+    self, ExplainResult, Format, Grid, LabelMap, Progress, ResultWriter, RunInfo, Sink,
+};
+use crate::text::Template;
+use crate::Error;
+
+/// The most images one `--montage` sheet takes (one row each).
+pub const MONTAGE_MAX_IMAGES: usize = 200;
+/// The side of a montage tile, in pixels.
+pub const MONTAGE_TILE: u32 = 256;
+
+/// Everything `vlm explain` needs.
+#[derive(Debug, Clone)]
+pub struct ExplainOptions {
+    /// `--labels` values, each comma-separated.
+    pub labels: Vec<String>,
+    pub labels_files: Vec<PathBuf>,
+    /// `--template` values.
+    pub templates: Vec<String>,
+    /// `--templates NAME|FILE`.
+    pub template_set: Option<String>,
+    /// `-o DIR`: write `DIR/<stem>.<label>.png` overlays.
+    pub overlay_dir: Option<PathBuf>,
+    /// Write over existing overlay and montage files.
+    pub force: bool,
+    /// `--montage FILE.png`: every image's overlays on one contact sheet.
+    pub montage: Option<PathBuf>,
+    /// How cosines map to colours in the pictures.
+    pub range: MapRange,
+    pub inputs: InputSpec,
+    pub model: ModelOptions,
+    /// `run.output.output` and `run.output.resume` are not used: results go to stdout.
+    pub run: RunOptions,
+}
+
+/// `--montage`: a `.png` name, not over an existing file unless `--force`, at most
+/// [`MONTAGE_MAX_IMAGES`] images.
+fn check_montage(path: &Path, images: usize, force: bool) -> Result<()> {
+    let is_png = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("png"));
+    if !is_png {
+        return Err(Error::Usage(format!(
+            "--montage {}: the contact sheet is a PNG; give a file name ending in .png",
+            path.display()
+        ))
+        .into());
+    }
+    if path.is_dir() {
+        return Err(Error::Usage(format!("--montage {}: is a folder", path.display())).into());
+    }
+    if !force && path.symlink_metadata().is_ok() {
+        return Err(Error::Usage(format!(
+            "--montage {}: already exists; use --force to overwrite it",
+            path.display()
+        ))
+        .into());
+    }
+    if images > MONTAGE_MAX_IMAGES {
+        return Err(Error::Usage(format!(
+            "--montage: {images} images, but one sheet takes at most {MONTAGE_MAX_IMAGES} (a row each); use -o DIR for one picture per image, or --shard"
+        ))
+        .into());
+    }
+    Ok(())
+}
+
+pub fn run(opts: &ExplainOptions) -> Result<Outcome> {
+    // Everything the user typed is checked before the model is touched.
+    let quiet = opts.run.quiet;
+    let (labels, label_warnings) = labels_from(&opts.labels, &opts.labels_files)?;
+    let mut templates = templates_from(&opts.templates, opts.template_set.as_deref())?;
+    let inputs = collect_inputs(&opts.inputs)?;
+    let images: Vec<&Path> = inputs
+        .iter()
+        .filter(|i| i.error.is_none())
+        .map(|i| i.path.as_path())
+        .collect();
+    if let Some(path) = &opts.montage {
+        check_montage(path, images.len(), opts.force)?;
+    }
+    let files = match &opts.overlay_dir {
+        Some(dir) => {
+            let files = OverlayFiles::new(dir, &labels, opts.force)
+                .map_err(|e| Error::Usage(crate::error::one_line(&e)))?;
+            files
+                .check(&images)
+                .map_err(|e| Error::Usage(crate::error::one_line(&e)))?;
+            Some(files)
+        }
+        None => None,
+    };
+    let dest = open_destination(&opts.run.output)?;
+    let plan = plan_model(&opts.model, quiet)?;
+    if plan.spec.patch_grid().is_none() {
+        return Err(model_error(
+            &plan.files.id,
+            anyhow!(
+                "vlm explain has no patch-level method for {} models yet (it has one for CLIP ViT checkpoints)",
+                plan.spec.family()
+            ),
+        ));
+    }
+    if templates.is_empty() {
+        templates.push(Template::new(plan.spec.default_template())?);
+    }
+    let units: Vec<Vec<String>> = labels
+        .iter()
+        .map(|l| templates.iter().map(|t| t.fill(l)).collect())
+        .collect();
+    let cache = text_cache(opts.run.no_cache);
+    let report = TextReport {
+        quiet,
+        verbose: opts.run.verbose,
+    };
+    let (engine, embeddings) = load_with_text(plan, &units, cache.as_ref(), report)?;
+    if !quiet {
+        for w in &label_warnings {
+            output::warn(w);
+        }
+    }
+    let header = RunInfo {
+        model: engine.info(),
+        labels: labels.clone(),
+        templates: templates.iter().map(|t| t.as_str().to_string()).collect(),
+    };
+
+    // As `write_results` does for the other commands: a failed image is in the table, so on a
+    // terminal its stderr line would repeat it.
+    let table_on_terminal = dest.format == Format::Table
+        && matches!(dest.sink, Sink::Stdout(_))
+        && std::io::stdout().is_terminal();
+    let progress =
+        Progress::images(inputs.len(), show_progress(quiet)).with_errors(!table_on_terminal);
+    let mut writer = ResultWriter::begin(dest.sink, dest.format, &header)?;
+    let mut montage = opts
+        .montage
+        .as_ref()
+        .map(|_| Montage::new(MONTAGE_TILE, labels.len()));
+    let keep_images = files.is_some() || montage.is_some();
+    let mut write_failures = 0usize;
+    let failed = explain_images(
+        &engine,
+        &inputs,
+        &opts.run.batch,
+        &embeddings,
+        keep_images,
+        &progress,
+        |input, explained| {
+            let path = display_path(&input.path);
+            let record = match explained {
+                Ok(explained) => {
+                    let drawn = draw(
+                        &input.path,
+                        explained,
+                        &labels,
+                        opts.range,
+                        &engine.preprocess,
+                        files.as_ref(),
+                        montage.as_mut(),
+                    );
+                    match drawn {
+                        Ok((grid, maps)) => ExplainResult {
+                            path,
+                            grid: Some(grid),
+                            maps,
+                            error: None,
+                        },
+                        Err(e) => {
+                            let message = crate::error::escape_controls(&format!(
+                                "{}: {}",
+                                input.path.display(),
+                                crate::error::one_line(&e)
+                            ))
+                            .into_owned();
+                            write_failures += 1;
+                            progress.error(&message);
+                            ExplainResult {
+                                path,
+                                grid: None,
+                                maps: Vec::new(),
+                                error: Some(message),
+                            }
+                        }
+                    }
+                }
+                Err(message) => ExplainResult {
+                    path,
+                    grid: None,
+                    maps: Vec::new(),
+                    error: Some(message),
+                },
+            };
+            Ok(progress.suspend(|| writer.record(&record))?)
+        },
+    )?;
+    progress.finish();
+    let sink = writer.finish()?;
+    sink.commit()?;
+    if let (Some(path), Some(montage)) = (&opts.montage, &montage) {
+        if montage.is_empty() {
+            if !quiet {
+                output::warn(&format!(
+                    "--montage {}: no image could be explained; nothing written",
+                    path.display()
+                ));
+            }
+        } else {
+            overlay::write_png(path, &montage.render(), opts.force)
+                .map_err(|e| anyhow!("--montage {}", crate::error::one_line(&e)))?;
+        }
+    }
+    Ok(if failed + write_failures == 0 {
+        Outcome::Success
+    } else {
+        Outcome::SomeFailed
+    })
+}
+
+/// One explained image: its overlays written (with `-o`), its montage row added, its record's
+/// maps. An overlay that cannot be written fails the image.
+fn draw(
+    input: &Path,
+    explained: Explained,
+    labels: &[String],
+    range: MapRange,
+    preprocess: &crate::images::PreprocessConfig,
+    files: Option<&OverlayFiles>,
+    montage: Option<&mut Montage>,
+) -> Result<(Grid, Vec<LabelMap>)> {
+    let Explained { maps, image } = explained;
+    let bounds = range.bounds(&maps.maps);
+    let mut overlays: Vec<Option<String>> = vec![None; labels.len()];
+    if let Some(photo) = &image {
+        let view = overlay::model_view(preprocess, photo.width(), photo.height())?;
+        if let Some(files) = files {
+            for (i, (map, &b)) in maps.maps.iter().zip(&bounds).enumerate() {
+                let target = files.target(input, i);
+                let picture = overlay::render(photo, &view, map, maps.rows, maps.cols, b);
+                files.write(&target, &picture)?;
+                overlays[i] = Some(display_path(&target));
+            }
+        }
+        if let Some(montage) = montage {
+            montage.add(photo, &view, &maps, &bounds);
+        }
+    }
+    let grid = Grid {
+        rows: maps.rows,
+        cols: maps.cols,
+    };
+    let records = labels
+        .iter()
+        .zip(maps.maps)
+        .zip(overlays)
+        .map(|((label, scores), overlay)| LabelMap {
+            label: label.clone(),
+            scores,
+            overlay,
+        })
+        .collect();
+    Ok((grid, records))
+}
