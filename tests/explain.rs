@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
-use common::{fixtures, image, model, stderr_of, stdout_of, success, vlm, Head, ModelInfo};
+use common::{fixtures, image, model, stderr_of, stdout_of, success, vlm, Head};
 use serde::Deserialize;
 use vlm::engine::{Engine, ModelOptions, Precision};
 use vlm::model::Towers;
@@ -65,7 +65,7 @@ struct ExplainResult {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Document {
-    model: ModelInfo,
+    model: common::ModelInfo,
     labels: Vec<String>,
     templates: Vec<String>,
     results: Vec<ExplainResult>,

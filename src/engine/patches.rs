@@ -8,7 +8,7 @@ use image::RgbImage;
 
 use super::images::BatchOptions;
 use super::Engine;
-use crate::images::{self, DecodeLimits, ImageLoadError};
+use crate::images::{self as preprocess, DecodeLimits, ImageLoadError};
 use crate::inputs::Input;
 use crate::output::Progress;
 use crate::pipeline::{self, Panicked, PoolOptions};
@@ -176,8 +176,8 @@ fn prepare(
     if let Some(message) = &input.error {
         return Err(message.clone());
     }
-    let image = images::load_image(&input.path, limits).map_err(|e| e.to_string())?;
-    let pixels = images::preprocess(&image, &engine.preprocess).map_err(|e| {
+    let image = preprocess::load_image(&input.path, limits).map_err(|e| e.to_string())?;
+    let pixels = preprocess::preprocess(&image, &engine.preprocess).map_err(|e| {
         ImageLoadError::Preprocess {
             path: input.path.clone(),
             detail: crate::error::one_line(&e),
