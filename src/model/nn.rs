@@ -107,6 +107,34 @@ pub fn scalar(vb: &VarBuilder, name: &str) -> Result<f32> {
     Ok(t.to_scalar::<f32>()?)
 }
 
+/// A ViT patch convolution (stride == kernel size) as one matrix over non-overlapping patches: the
+/// kernel `patch_embedding.weight` `[hidden, c, p, p]` flattened and transposed to `[c*p*p, hidden]`
+/// once at load. CLIP and SigLIP store it alike.
+pub fn patch_kernel(
+    emb: &VarBuilder,
+    hidden: usize,
+    channels: usize,
+    patch: usize,
+) -> Result<Tensor> {
+    let weight = emb.get((hidden, channels, patch, patch), "patch_embedding.weight")?;
+    Ok(weight
+        .reshape((hidden, channels * patch * patch))?
+        .t()?
+        .contiguous()?)
+}
+
+/// Pixels `[b, c, g*p, g*p]` as rows of patches `[b*g*g, c*p*p]` (row-major over the grid), in
+/// `dtype`, ready for [`patch_kernel`]'s matrix.
+pub fn patchify(pixels: &Tensor, dtype: DType, g: usize, p: usize) -> candle_core::Result<Tensor> {
+    let (b, c, _, _) = pixels.dims4()?;
+    pixels
+        .to_dtype(dtype)?
+        .reshape((b, c, g, p, g, p))?
+        .permute((0, 2, 4, 1, 3, 5))?
+        .contiguous()?
+        .reshape((b * g * g, c * p * p))
+}
+
 pub fn layer_norm(vb: VarBuilder, dim: usize, eps: f64) -> Result<candle_nn::LayerNorm> {
     let weight = vb.get(dim, "weight")?;
     let bias = vb.get(dim, "bias")?;

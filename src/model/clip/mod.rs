@@ -98,16 +98,7 @@ impl VisionTower {
         let grid = cfg.grid();
         let m = vb.pp("vision_model");
         let emb = m.pp("embeddings");
-        let patch_weight = emb.get(
-            (v.hidden_size, v.num_channels, v.patch_size, v.patch_size),
-            "patch_embedding.weight",
-        )?;
-        // The patch convolution has stride == kernel size, so it is one matrix product over
-        // non-overlapping patches: flatten the kernel to [hidden, c*p*p] once here.
-        let patch_weight_t = patch_weight
-            .reshape((v.hidden_size, v.num_channels * v.patch_size * v.patch_size))?
-            .t()?
-            .contiguous()?;
+        let patch_weight_t = nn::patch_kernel(&emb, v.hidden_size, v.num_channels, v.patch_size)?;
         Ok(Self {
             patch_weight_t,
             class_embedding: emb.get(v.hidden_size, "class_embedding")?,
@@ -170,7 +161,7 @@ impl VisionTower {
 
     /// Patch and position embeddings and `pre_layrnorm`: the encoder's input `[b, 1 + grid², hidden]`.
     fn embed(&self, pixels: &Tensor) -> candle_core::Result<Tensor> {
-        let (b, c, hgt, wid) = pixels.dims4()?;
+        let (b, _, hgt, wid) = pixels.dims4()?;
         let (p, g) = (self.patch, self.grid);
         if hgt != p * g || wid != p * g {
             candle_core::bail!(
@@ -179,13 +170,7 @@ impl VisionTower {
                 p * g
             );
         }
-        let patches = pixels
-            .to_dtype(self.dtype)?
-            .reshape((b, c, g, p, g, p))?
-            .permute((0, 2, 4, 1, 3, 5))?
-            .contiguous()?
-            .reshape((b * g * g, c * p * p))?;
-        let patches = patches
+        let patches = nn::patchify(pixels, self.dtype, g, p)?
             .matmul(&self.patch_weight_t)?
             .reshape((b, g * g, self.hidden))?;
         let class = self

@@ -201,16 +201,7 @@ impl VisionTower {
         let grid = cfg.grid();
         let m = vb.pp("vision_model");
         let emb = m.pp("embeddings");
-        let patch_weight = emb.get(
-            (v.hidden_size, v.num_channels, v.patch_size, v.patch_size),
-            "patch_embedding.weight",
-        )?;
-        // Stride == kernel size: the convolution is one matrix product over non-overlapping
-        // patches, with the kernel flattened to [hidden, c*p*p] once here.
-        let patch_weight_t = patch_weight
-            .reshape((v.hidden_size, v.num_channels * v.patch_size * v.patch_size))?
-            .t()?
-            .contiguous()?;
+        let patch_weight_t = nn::patch_kernel(&emb, v.hidden_size, v.num_channels, v.patch_size)?;
         Ok(Self {
             patch_weight_t,
             patch_bias: emb.get(v.hidden_size, "patch_embedding.bias")?,
@@ -233,7 +224,7 @@ impl VisionTower {
 
     /// Image embeddings (not normalised) of pixels `[batch, 3, size, size]`, as f32.
     pub fn forward(&self, pixels: &Tensor) -> candle_core::Result<Tensor> {
-        let (b, c, hgt, wid) = pixels.dims4()?;
+        let (b, _, hgt, wid) = pixels.dims4()?;
         let (p, g, s) = (self.patch, self.grid, self.image_size);
         if hgt != s || wid != s {
             candle_core::bail!("pixel tensor is {hgt}x{wid}, the model expects {s}x{s}");
@@ -245,13 +236,7 @@ impl VisionTower {
         } else {
             pixels.narrow(2, 0, g * p)?.narrow(3, 0, g * p)?
         };
-        let patches = pixels
-            .to_dtype(self.dtype)?
-            .reshape((b, c, g, p, g, p))?
-            .permute((0, 2, 4, 1, 3, 5))?
-            .contiguous()?
-            .reshape((b * g * g, c * p * p))?;
-        let xs = patches
+        let xs = nn::patchify(&pixels, self.dtype, g, p)?
             .matmul(&self.patch_weight_t)?
             .broadcast_add(&self.patch_bias)?
             .reshape((b, g * g, self.hidden))?
