@@ -35,8 +35,6 @@ pub mod hub;
 pub mod images;
 pub mod index;
 pub mod inputs;
-// AVX-512 intrinsics: stable since Rust 1.89 (rust-version to follow, with `is_multiple_of` for 1.89's lints).
-#[clippy::msrv = "1.89"]
 pub mod kernels;
 pub mod model;
 pub mod output;

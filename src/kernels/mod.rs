@@ -23,7 +23,9 @@
 
 #[cfg(target_arch = "x86_64")]
 mod amx;
+pub mod attention;
 mod buf;
+pub mod elementwise;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
@@ -114,6 +116,48 @@ fn check_len(what: &'static str, got: usize, expected: usize) -> Result<(), Kern
             got,
             expected,
         })
+    }
+}
+
+/// Work done on each block of the output right after the kernel wrote it, while it is still in
+/// cache: what would otherwise be one more pass over the whole output (an activation after `fc1`,
+/// the residual add after `out_proj` and `fc2`).
+#[derive(Clone, Copy, Default)]
+pub enum Epilogue<'a> {
+    /// `out = x · Wᵀ + b`.
+    #[default]
+    None,
+    /// `out = f(x · Wᵀ + b)`: `f` is called on runs of consecutive values of one output row (a
+    /// block's part of it), and must treat each value on its own.
+    Map(&'a (dyn Fn(&mut [f32]) + Sync)),
+    /// `out = x · Wᵀ + b + residual`, `residual` shaped like `out`.
+    Add(&'a [f32]),
+}
+
+impl std::fmt::Debug for Epilogue<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Epilogue::None => "None",
+            Epilogue::Map(_) => "Map",
+            Epilogue::Add(_) => "Add",
+        })
+    }
+}
+
+impl Epilogue<'_> {
+    /// Applies the epilogue to `run`, the values of output row `row` from column `col` on.
+    fn apply(&self, run: &mut [f32], row: usize, col: usize, out_dim: usize) {
+        match self {
+            Epilogue::None => {}
+            Epilogue::Map(f) => f(run),
+            Epilogue::Add(residual) => {
+                let start = row * out_dim + col;
+                let len = run.len();
+                for (o, r) in run.iter_mut().zip(&residual[start..start + len]) {
+                    *o += r;
+                }
+            }
+        }
     }
 }
 
@@ -219,7 +263,18 @@ impl PackedLinear {
     /// `out = x · Wᵀ + b` for `rows` rows: `x` is `rows × in_dim`, `out` is `rows × out_dim`, both
     /// row-major. Uses Rayon's global pool.
     pub fn forward(&self, x: &[f32], rows: usize, out: &mut [f32]) -> Result<(), KernelError> {
-        self.forward_threads(x, rows, out, rayon::current_num_threads())
+        self.forward_threads(x, rows, out, Epilogue::None, rayon::current_num_threads())
+    }
+
+    /// [`PackedLinear::forward`], then `epilogue` on each block of the output while it is hot.
+    pub fn forward_with(
+        &self,
+        x: &[f32],
+        rows: usize,
+        out: &mut [f32],
+        epilogue: Epilogue,
+    ) -> Result<(), KernelError> {
+        self.forward_threads(x, rows, out, epilogue, rayon::current_num_threads())
     }
 
     /// [`PackedLinear::forward`] cut into tasks for `threads` threads (tests use it to exercise
@@ -229,10 +284,14 @@ impl PackedLinear {
         x: &[f32],
         rows: usize,
         out: &mut [f32],
+        epilogue: Epilogue,
         threads: usize,
     ) -> Result<(), KernelError> {
         check_len("input", x.len(), rows.saturating_mul(self.in_dim))?;
         check_len("output", out.len(), rows.saturating_mul(self.out_dim))?;
+        if let Epilogue::Add(residual) = epilogue {
+            check_len("residual", residual.len(), out.len())?;
+        }
         if rows == 0 {
             return Ok(());
         }
@@ -248,6 +307,13 @@ impl PackedLinear {
                     out,
                     threads,
                 );
+                if !matches!(epilogue, Epilogue::None) {
+                    use rayon::prelude::*;
+                    let n = self.out_dim;
+                    out.par_chunks_mut(n)
+                        .enumerate()
+                        .for_each(|(r, row)| epilogue.apply(row, r, 0, n));
+                }
             }
             #[cfg(target_arch = "x86_64")]
             Packed::X86 {
@@ -286,6 +352,23 @@ impl PackedLinear {
                             (r0, r1),
                             (p0, p1),
                         )
+                    }
+                    if matches!(epilogue, Epilogue::None) {
+                        return;
+                    }
+                    let width = x86::panel_width(*backend);
+                    let (c0, c1) = (p0 * width, (p1 * width).min(self.out_dim));
+                    for r in r0..r1 {
+                        // SAFETY: row r, columns c0..c1 lie inside `out` (r < rows, c1 <=
+                        // out_dim) and inside this task's rectangle, which no other task touches
+                        // (as above); the kernel's writes to it are finished.
+                        let run = unsafe {
+                            std::slice::from_raw_parts_mut(
+                                ptr.get().add(r * self.out_dim + c0),
+                                c1 - c0,
+                            )
+                        };
+                        epilogue.apply(run, r, c0, self.out_dim);
                     }
                 };
                 if g.tasks() == 1 {

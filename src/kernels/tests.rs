@@ -115,7 +115,8 @@ fn run_backend(backend: Backend) {
             for threads in [1, 2, 3, 5] {
                 // NaN-filled, so an output the kernel misses fails the check.
                 let mut y = vec![f32::NAN; m * n];
-                lin.forward_threads(&x, m, &mut y, threads).unwrap();
+                lin.forward_threads(&x, m, &mut y, Epilogue::None, threads)
+                    .unwrap();
                 let what = format!(
                     "{backend:?} {m}x{k}x{n} bias {} threads {threads}",
                     bias.is_some()
@@ -128,6 +129,48 @@ fn run_backend(backend: Backend) {
                     }
                 }
             }
+        }
+    }
+}
+
+/// Every backend, every split: `Map` sees each output value exactly once and `Add` adds the
+/// residual at the right place (both against the plain product, which they must equal exactly
+/// after the same elementwise step).
+#[test]
+fn epilogues_apply_once_to_every_value() {
+    for backend in ALL.into_iter().filter(|b| b.is_available()) {
+        for &(m, k, n) in &[(1, 7, 5), (33, 129, 96), (67, 65, 97), (700, 64, 40)] {
+            let x = values(m * k, 21);
+            let w = values(n * k, 22);
+            let b = values(n, 23);
+            let residual = values(m * n, 24);
+            let lin = PackedLinear::with_backend(&w, Some(&b), n, k, backend).unwrap();
+            for threads in [1, 2, 3] {
+                let mut plain = vec![f32::NAN; m * n];
+                lin.forward_threads(&x, m, &mut plain, Epilogue::None, threads)
+                    .unwrap();
+                // Applied twice, x -> 2x + 1 would give 4x + 3: each value must be mapped once.
+                let map = |run: &mut [f32]| run.iter_mut().for_each(|v| *v = 2.0 * *v + 1.0);
+                let mut mapped = vec![f32::NAN; m * n];
+                lin.forward_threads(&x, m, &mut mapped, Epilogue::Map(&map), threads)
+                    .unwrap();
+                let mut added = vec![f32::NAN; m * n];
+                lin.forward_threads(&x, m, &mut added, Epilogue::Add(&residual), threads)
+                    .unwrap();
+                for i in 0..m * n {
+                    assert_eq!(mapped[i], 2.0 * plain[i] + 1.0, "{backend:?} map {i}");
+                    assert_eq!(added[i], plain[i] + residual[i], "{backend:?} add {i}");
+                }
+            }
+            let mut y = vec![0.0; m * n];
+            let short = vec![0.0; m * n - 1];
+            assert!(matches!(
+                lin.forward_with(&x, m, &mut y, Epilogue::Add(&short)),
+                Err(KernelError::Length {
+                    what: "residual",
+                    ..
+                })
+            ));
         }
     }
 }
@@ -174,7 +217,8 @@ fn large_rows_use_several_row_tasks() {
     for backend in ALL.into_iter().filter(|b| b.is_available()) {
         let lin = PackedLinear::with_backend(&w, None, n, k, backend).unwrap();
         let mut y = vec![f32::NAN; m * n];
-        lin.forward_threads(&x, m, &mut y, 2).unwrap();
+        lin.forward_threads(&x, m, &mut y, Epilogue::None, 2)
+            .unwrap();
         for i in [0, 1, 31, 32, 333, 698, 699] {
             let xi = &x[i * k..(i + 1) * k];
             let (xr, wr) = if backend.is_bf16() {

@@ -113,9 +113,18 @@ impl PackedWeights {
     }
 }
 
+/// Output columns per panel in `backend`'s layout.
+pub(super) fn panel_width(backend: Backend) -> usize {
+    if backend.is_bf16() {
+        NR
+    } else {
+        NRF
+    }
+}
+
 /// The bias (or zeros), padded to whole panels of `backend`'s layout.
 pub(super) fn padded_bias(bias: Option<&[f32]>, n: usize, backend: Backend) -> Vec<f32> {
-    let width = if backend.is_bf16() { NR } else { NRF };
+    let width = panel_width(backend);
     let mut b = vec![0.0; n.div_ceil(width) * width];
     if let Some(bias) = bias {
         b[..n].copy_from_slice(bias);

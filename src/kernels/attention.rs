@@ -1,0 +1,286 @@
+//! Multi-head self-attention read straight from the fused q/k/v projection's output.
+//!
+//! Candle's path reshapes `[b, t, 3, h, hd]` to `[3, b, h, t, hd]` (a copy), runs two batched
+//! matrix products of tiny matrices (t × hd × t per head), a softmax pass and a transpose back
+//! (another copy). Here each sequence is one task: for each head and query row, the scores
+//! against every key, the softmax and the weighted sum of the values, written to the row's place
+//! in the `[b·tq, d]` output that `out_proj` reads. The work is a few percent of the encoder's;
+//! what this saves is the copies and the passes.
+
+use rayon::prelude::*;
+
+use super::elementwise;
+
+/// Sizes of one attention call.
+#[derive(Debug, Clone, Copy)]
+pub struct AttentionShape {
+    pub batch: usize,
+    /// Positions per sequence (keys and values).
+    pub seq: usize,
+    pub heads: usize,
+    pub head_dim: usize,
+}
+
+/// The query rows attention is computed for.
+#[derive(Debug, Clone, Copy)]
+pub enum Queries<'a> {
+    /// Every position: the output has `batch · seq` rows.
+    All,
+    /// One position per sequence (the pooled token of the last layer): `batch` rows.
+    Rows(&'a [usize]),
+}
+
+/// `softmax(q·kᵀ · scale + mask) · v` per head. `qkv` is `[batch·seq, 3·d]`, each row q, k, v
+/// with the heads side by side (transformers' `q_proj`, `k_proj`, `v_proj` outputs
+/// concatenated); `mask`, when given, is `[seq, seq]`, added to the scores of the query at
+/// position i from row i; `out` is `[batch·tq, d]`, `tq` = `seq` or 1 by `queries`.
+pub fn attention(
+    qkv: &[f32],
+    shape: AttentionShape,
+    queries: Queries,
+    mask: Option<&[f32]>,
+    out: &mut [f32],
+) -> Result<(), String> {
+    let AttentionShape {
+        batch,
+        seq,
+        heads,
+        head_dim,
+    } = shape;
+    let d = heads * head_dim;
+    let tq = match queries {
+        Queries::All => seq,
+        Queries::Rows(rows) => {
+            if rows.len() != batch || rows.iter().any(|&r| r >= seq) {
+                return Err(format!(
+                    "attention: {} query rows for {batch} sequences of {seq}",
+                    rows.len()
+                ));
+            }
+            1
+        }
+    };
+    if qkv.len() != batch * seq * 3 * d || out.len() != batch * tq * d {
+        return Err(format!(
+            "attention: buffers of {} and {} values for {batch} x {seq} x {heads} x {head_dim}",
+            qkv.len(),
+            out.len()
+        ));
+    }
+    if mask.is_some_and(|m| m.len() != seq * seq) {
+        return Err(format!("attention: the mask is not {seq} x {seq}"));
+    }
+    let scale = (head_dim as f32).powf(-0.5);
+    out.par_chunks_mut(tq * d)
+        .enumerate()
+        .for_each(|(bi, out_seq)| {
+            let job = Sequence {
+                qkv: &qkv[bi * seq * 3 * d..(bi + 1) * seq * 3 * d],
+                seq,
+                heads,
+                head_dim,
+                scale,
+                mask,
+                query: match queries {
+                    Queries::All => None,
+                    Queries::Rows(rows) => Some(rows[bi]),
+                },
+            };
+            attend(&job, out_seq);
+        });
+    Ok(())
+}
+
+/// One sequence's share of [`attention`].
+struct Sequence<'a> {
+    qkv: &'a [f32],
+    seq: usize,
+    heads: usize,
+    head_dim: usize,
+    scale: f32,
+    mask: Option<&'a [f32]>,
+    /// The one query position, or every position.
+    query: Option<usize>,
+}
+
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    const LANES: usize = 16;
+    let mut acc = [0.0f32; LANES];
+    let (ac, bc) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let tail: f32 = ac
+        .remainder()
+        .iter()
+        .zip(bc.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ac.zip(bc) {
+        for ((s, xv), yv) in acc.iter_mut().zip(x).zip(y) {
+            *s += xv * yv;
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+elementwise::dispatch! {
+    /// Attention for one sequence, every head, into its rows of the output.
+    fn attend(job: &Sequence, out: &mut [f32]) = attend_row;
+}
+
+#[inline(always)]
+fn attend_row(job: &Sequence, out: &mut [f32]) {
+    let Sequence {
+        qkv,
+        seq,
+        heads,
+        head_dim: hd,
+        scale,
+        mask,
+        query,
+    } = *job;
+    let d = heads * hd;
+    let stride = 3 * d;
+    let mut scores = vec![0.0f32; seq];
+    let positions = match query {
+        Some(p) => p..p + 1,
+        None => 0..seq,
+    };
+    for (row, pos) in positions.enumerate() {
+        for h in 0..heads {
+            let q = &qkv[pos * stride + h * hd..pos * stride + (h + 1) * hd];
+            for (j, s) in scores.iter_mut().enumerate() {
+                let k = &qkv[j * stride + d + h * hd..j * stride + d + (h + 1) * hd];
+                *s = dot(q, k) * scale;
+            }
+            if let Some(m) = mask {
+                for (s, mv) in scores.iter_mut().zip(&m[pos * seq..(pos + 1) * seq]) {
+                    *s += mv;
+                }
+            }
+            elementwise::softmax_row(&mut scores);
+            let o = &mut out[row * d + h * hd..row * d + (h + 1) * hd];
+            o.fill(0.0);
+            for (j, &p) in scores.iter().enumerate() {
+                if p == 0.0 {
+                    continue;
+                }
+                let v = &qkv[j * stride + 2 * d + h * hd..j * stride + 2 * d + (h + 1) * hd];
+                for (ov, vv) in o.iter_mut().zip(v) {
+                    *ov += p * vv;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                (s % 2001) as f32 / 1000.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// The textbook definition in f64, one query at a time.
+    fn reference(
+        qkv: &[f32],
+        sh: AttentionShape,
+        pos: usize,
+        bi: usize,
+        mask: Option<&[f32]>,
+    ) -> Vec<f64> {
+        let (t, h, hd) = (sh.seq, sh.heads, sh.head_dim);
+        let d = h * hd;
+        let at = |row: usize, col: usize| qkv[(bi * t + row) * 3 * d + col] as f64;
+        let mut out = vec![0.0; d];
+        for head in 0..h {
+            let mut s: Vec<f64> = (0..t)
+                .map(|j| {
+                    let dot: f64 = (0..hd)
+                        .map(|c| at(pos, head * hd + c) * at(j, d + head * hd + c))
+                        .sum();
+                    dot / (hd as f64).sqrt() + mask.map_or(0.0, |m| m[pos * t + j] as f64)
+                })
+                .collect();
+            let max = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            s.iter_mut().for_each(|v| *v = (*v - max).exp());
+            let sum: f64 = s.iter().sum();
+            for c in 0..hd {
+                out[head * hd + c] = (0..t)
+                    .map(|j| s[j] / sum * at(j, 2 * d + head * hd + c))
+                    .sum();
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn matches_the_definition_with_and_without_a_causal_mask() {
+        let sh = AttentionShape {
+            batch: 3,
+            seq: 7,
+            heads: 2,
+            head_dim: 20,
+        };
+        let d = 40;
+        let qkv = values(3 * 7 * 3 * d, 5);
+        let causal: Vec<f32> = (0..49)
+            .map(|i| {
+                if i % 7 > i / 7 {
+                    f32::NEG_INFINITY
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        for mask in [None, Some(&causal[..])] {
+            let mut all = vec![f32::NAN; 3 * 7 * d];
+            attention(&qkv, sh, Queries::All, mask, &mut all).unwrap();
+            for bi in 0..3 {
+                for pos in 0..7 {
+                    let want = reference(&qkv, sh, pos, bi, mask);
+                    let got = &all[(bi * 7 + pos) * d..(bi * 7 + pos + 1) * d];
+                    for (g, w) in got.iter().zip(&want) {
+                        assert!((*g as f64 - w).abs() < 1e-5, "{g} vs {w}");
+                    }
+                }
+            }
+            // One query per sequence: the same rows as the full computation.
+            let rows = [6, 0, 3];
+            let mut pooled = vec![f32::NAN; 3 * d];
+            attention(&qkv, sh, Queries::Rows(&rows), mask, &mut pooled).unwrap();
+            for (bi, &r) in rows.iter().enumerate() {
+                assert_eq!(
+                    &pooled[bi * d..(bi + 1) * d],
+                    &all[(bi * 7 + r) * d..(bi * 7 + r + 1) * d]
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn bad_shapes_are_errors() {
+        let sh = AttentionShape {
+            batch: 2,
+            seq: 3,
+            heads: 1,
+            head_dim: 4,
+        };
+        let qkv = vec![0.0; 2 * 3 * 12];
+        let mut out = vec![0.0; 2 * 4];
+        assert!(attention(&qkv, sh, Queries::Rows(&[0, 3]), None, &mut out).is_err());
+        assert!(attention(&qkv, sh, Queries::Rows(&[0]), None, &mut out).is_err());
+        assert!(attention(&qkv, sh, Queries::All, None, &mut out).is_err());
+        assert!(attention(&qkv[1..], sh, Queries::Rows(&[0, 1]), None, &mut out).is_err());
+        assert!(attention(&qkv, sh, Queries::Rows(&[0, 1]), Some(&[0.0; 4]), &mut out).is_err());
+        assert!(attention(&qkv, sh, Queries::Rows(&[0, 1]), None, &mut out).is_ok());
+    }
+}
