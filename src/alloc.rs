@@ -188,7 +188,7 @@ impl Mapping {
             return None;
         }
         let addr = self.start + offset;
-        if addr % std::mem::align_of::<f32>() != 0 {
+        if !addr.is_multiple_of(std::mem::align_of::<f32>()) {
             return None;
         }
         populate(addr, size);

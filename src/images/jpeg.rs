@@ -37,8 +37,8 @@ use super::decode::DEFAULT_MAX_PIXELS;
 fn choose_scale(width: u32, height: u32, min_short_side: u32) -> Option<u32> {
     [1, 2, 4].into_iter().find(|&scale| {
         let factor = 8 / scale;
-        width % factor == 0
-            && height % factor == 0
+        width.is_multiple_of(factor)
+            && height.is_multiple_of(factor)
             && (width / factor).min(height / factor) >= min_short_side
     })
 }

@@ -255,21 +255,21 @@ impl ClipConfig {
                 bail!("{name} is {value}; it must be a positive number");
             }
         }
-        if t.hidden_size % t.num_attention_heads != 0 {
+        if !t.hidden_size.is_multiple_of(t.num_attention_heads) {
             bail!(
                 "text_config.hidden_size {} is not divisible by num_attention_heads {}",
                 t.hidden_size,
                 t.num_attention_heads
             );
         }
-        if v.hidden_size % v.num_attention_heads != 0 {
+        if !v.hidden_size.is_multiple_of(v.num_attention_heads) {
             bail!(
                 "vision_config.hidden_size {} is not divisible by num_attention_heads {}",
                 v.hidden_size,
                 v.num_attention_heads
             );
         }
-        if v.image_size % v.patch_size != 0 {
+        if !v.image_size.is_multiple_of(v.patch_size) {
             bail!(
                 "vision_config.image_size {} is not a multiple of patch_size {}",
                 v.image_size,

@@ -148,14 +148,14 @@ impl SiglipConfig {
                 bail!("{name} must be positive");
             }
         }
-        if t.hidden_size % t.num_attention_heads != 0 {
+        if !t.hidden_size.is_multiple_of(t.num_attention_heads) {
             bail!(
                 "text_config.hidden_size {} is not divisible by num_attention_heads {}",
                 t.hidden_size,
                 t.num_attention_heads
             );
         }
-        if v.hidden_size % v.num_attention_heads != 0 {
+        if !v.hidden_size.is_multiple_of(v.num_attention_heads) {
             bail!(
                 "vision_config.hidden_size {} is not divisible by num_attention_heads {}",
                 v.hidden_size,
