@@ -13,6 +13,8 @@ use candle_core::{DType, Device};
 
 use crate::hub::{self, ModelFiles, ModelRequest};
 use crate::images::PreprocessConfig;
+use crate::kernels;
+use crate::model::nn::LinearPrecision;
 use crate::model::{self, ImageTextModel, LoadOptions, ModelSpec, ScoreHead, Towers};
 use crate::output::ModelInfo;
 use crate::text::Tokenizer;
@@ -42,6 +44,61 @@ impl Precision {
             Precision::Bf16 => "bf16",
         }
     }
+
+    /// How a model computes at this precision on `device`. On the CPU, tensors stay f32 and only
+    /// the image tower's linear layers (almost all of its work) run in bf16, and only where the
+    /// CPU multiplies bf16 natively (AMX or AVX512-BF16): anywhere else bf16 would be emulated,
+    /// slower than f32 and less exact, so f32 runs instead and the note says so. The text tower
+    /// stays f32: each label is encoded once and cached, so bf16 would save little time there,
+    /// and on the SigLIP 2 fixture most of bf16's error came from the text side (tests/bf16.rs).
+    /// There is no f16 CPU kernel: f16 computes in f32. On a GPU, the tensors take the
+    /// precision's dtype.
+    pub fn compute(self, device: &Device) -> Compute {
+        if !device.is_cpu() {
+            return Compute {
+                dtype: self.dtype(),
+                vision: LinearPrecision::F32,
+                text: LinearPrecision::F32,
+                note: None,
+            };
+        }
+        let native_bf16 = kernels::Backend::best(LinearPrecision::Bf16).is_bf16();
+        let (linear, note) = match self {
+            Precision::F32 => (LinearPrecision::F32, None),
+            Precision::Bf16 if native_bf16 => (LinearPrecision::Bf16, None),
+            Precision::Bf16 => (
+                LinearPrecision::F32,
+                Some("--dtype bf16: this CPU has no bf16 arithmetic (AMX or AVX512-BF16), so vlm computes in f32, which is faster here"),
+            ),
+            Precision::F16 => (
+                LinearPrecision::F32,
+                Some(if native_bf16 {
+                    "--dtype f16: vlm has no f16 kernel for the CPU, so it computes in f32; --dtype bf16 is the fast choice on this CPU"
+                } else {
+                    "--dtype f16: vlm has no f16 kernel for the CPU, so it computes in f32"
+                }),
+            ),
+        };
+        Compute {
+            dtype: DType::F32,
+            vision: linear,
+            text: LinearPrecision::F32,
+            note,
+        }
+    }
+}
+
+/// How a run computes: see [`Precision::compute`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Compute {
+    /// The tensors' dtype.
+    pub dtype: DType,
+    /// How the image tower's linear layers multiply on the CPU.
+    pub vision: LinearPrecision,
+    /// How the text tower's linear layers multiply on the CPU.
+    pub text: LinearPrecision,
+    /// Why the run computes otherwise than asked, for stderr.
+    pub note: Option<&'static str>,
 }
 
 /// Which model to run, where.
@@ -119,6 +176,12 @@ pub fn parse_device(spec: &str) -> Result<Device> {
 /// Resolves `--model` (local folder or Hub) and reads its configs; no weights yet.
 pub fn plan_model(opts: &ModelOptions, quiet: bool) -> Result<ModelPlan> {
     let device = parse_device(&opts.device)?;
+    if let Some(note) = opts.precision.compute(&device).note {
+        if !quiet {
+            static ONCE: std::sync::Once = std::sync::Once::new();
+            ONCE.call_once(|| crate::output::warn(note));
+        }
+    }
     let files = hub::resolve(&ModelRequest {
         model: opts.model.clone(),
         revision: opts.revision.clone(),
@@ -164,9 +227,12 @@ impl ModelPlan {
         } else {
             None
         };
+        let compute = self.precision.compute(&self.device);
         let opts = LoadOptions {
             device: self.device,
-            dtype: self.precision.dtype(),
+            dtype: compute.dtype,
+            vision: compute.vision,
+            text: compute.text,
             towers,
         };
         let model = self

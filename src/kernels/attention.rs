@@ -103,25 +103,6 @@ struct Sequence<'a> {
     query: Option<usize>,
 }
 
-#[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    const LANES: usize = 16;
-    let mut acc = [0.0f32; LANES];
-    let (ac, bc) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
-    let tail: f32 = ac
-        .remainder()
-        .iter()
-        .zip(bc.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ac.zip(bc) {
-        for ((s, xv), yv) in acc.iter_mut().zip(x).zip(y) {
-            *s += xv * yv;
-        }
-    }
-    acc.iter().sum::<f32>() + tail
-}
-
 elementwise::dispatch! {
     /// Attention for one sequence, every head, into its rows of the output.
     fn attend(job: &Sequence, out: &mut [f32]) = attend_row;
@@ -140,35 +121,143 @@ fn attend_row(job: &Sequence, out: &mut [f32]) {
     } = *job;
     let d = heads * hd;
     let stride = 3 * d;
-    let mut scores = vec![0.0f32; seq];
+    // Per head: kᵀ (`[hd, padded]`, zero-padded to whole groups of 64 keys), so that each
+    // query's scores are vector updates over the keys, one per q component, instead of `seq` dot
+    // products that each end in a horizontal sum; and v, contiguous.
+    let padded = seq.next_multiple_of(64);
+    let mut kt = vec![0.0f32; hd * padded];
+    let mut v = vec![0.0f32; seq * hd];
+    let mut scores = vec![0.0f32; padded];
     let positions = match query {
         Some(p) => p..p + 1,
         None => 0..seq,
     };
-    for (row, pos) in positions.enumerate() {
-        for h in 0..heads {
+    for h in 0..heads {
+        for j in 0..seq {
+            let row = &qkv[j * stride..(j + 1) * stride];
+            for (c, &kv) in row[d + h * hd..d + (h + 1) * hd].iter().enumerate() {
+                kt[c * padded + j] = kv;
+            }
+            v[j * hd..(j + 1) * hd].copy_from_slice(&row[2 * d + h * hd..2 * d + (h + 1) * hd]);
+        }
+        for (row, pos) in positions.clone().enumerate() {
             let q = &qkv[pos * stride + h * hd..pos * stride + (h + 1) * hd];
-            for (j, s) in scores.iter_mut().enumerate() {
-                let k = &qkv[j * stride + d + h * hd..j * stride + d + (h + 1) * hd];
-                *s = dot(q, k) * scale;
-            }
-            if let Some(m) = mask {
-                for (s, mv) in scores.iter_mut().zip(&m[pos * seq..(pos + 1) * seq]) {
-                    *s += mv;
+            query_scores(q, &kt, &mut scores);
+            let scores = &mut scores[..seq];
+            match mask {
+                Some(m) => {
+                    for (s, &mv) in scores.iter_mut().zip(&m[pos * seq..(pos + 1) * seq]) {
+                        *s = *s * scale + mv;
+                    }
                 }
+                None => scores.iter_mut().for_each(|s| *s *= scale),
             }
-            elementwise::softmax_row(&mut scores);
-            let o = &mut out[row * d + h * hd..row * d + (h + 1) * hd];
-            o.fill(0.0);
-            for (j, &p) in scores.iter().enumerate() {
-                if p == 0.0 {
-                    continue;
-                }
-                let v = &qkv[j * stride + 2 * d + h * hd..j * stride + 2 * d + (h + 1) * hd];
-                for (ov, vv) in o.iter_mut().zip(v) {
-                    *ov += p * vv;
-                }
+            elementwise::softmax_row(scores);
+            weighted_sum(
+                scores,
+                &v,
+                &mut out[row * d + h * hd..row * d + (h + 1) * hd],
+            );
+        }
+    }
+}
+
+/// `scores[j] = q · kⱼ` for every (padded) key, from `kt` = kᵀ, `[q.len(), scores.len()]`;
+/// `scores.len()` is a multiple of 64.
+fn query_scores(q: &[f32], kt: &[f32], scores: &mut [f32]) {
+    let padded = scores.len();
+    assert!(padded.is_multiple_of(64) && kt.len() == q.len() * padded);
+    #[cfg(target_arch = "x86_64")]
+    if elementwise::has_avx512() {
+        // SAFETY: the CPU has AVX-512 F (checked); the lengths were asserted just above.
+        unsafe { query_scores_avx512(q, kt, scores) };
+        return;
+    }
+    scores.fill(0.0);
+    for (&qc, kc) in q.iter().zip(kt.chunks_exact(padded)) {
+        for (s, &k) in scores.iter_mut().zip(kc) {
+            *s += qc * k;
+        }
+    }
+}
+
+/// [`query_scores`] with four 16-lane accumulators per group of 64 keys, one FMA each per q
+/// component. (Written out: left to itself the compiler vectorised the q loop, with gathers.)
+///
+/// # Safety
+/// AVX-512 F must be available; `scores.len()` a multiple of 64, `kt.len() == q.len() ·
+/// scores.len()`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn query_scores_avx512(q: &[f32], kt: &[f32], scores: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let padded = scores.len();
+    for g in (0..padded).step_by(64) {
+        let mut acc = [_mm512_setzero_ps(); 4];
+        for (c, &qc) in q.iter().enumerate() {
+            let qv = _mm512_set1_ps(qc);
+            // SAFETY: c < q.len() and g + 64 <= padded, so the 64 values read lie inside kt.
+            let k = unsafe { kt.as_ptr().add(c * padded + g) };
+            for (i, a) in acc.iter_mut().enumerate() {
+                // SAFETY: as above, i < 4.
+                *a = _mm512_fmadd_ps(qv, unsafe { _mm512_loadu_ps(k.add(16 * i)) }, *a);
             }
+        }
+        for (i, a) in acc.iter().enumerate() {
+            // SAFETY: g + 16 i + 16 <= padded = scores.len().
+            unsafe { _mm512_storeu_ps(scores.as_mut_ptr().add(g + 16 * i), *a) };
+        }
+    }
+}
+
+/// `out = Σⱼ pⱼ · vⱼ`, `v` = `[p.len(), out.len()]`.
+fn weighted_sum(p: &[f32], v: &[f32], out: &mut [f32]) {
+    let hd = out.len();
+    assert!(v.len() == p.len() * hd);
+    #[cfg(target_arch = "x86_64")]
+    if elementwise::has_avx512() {
+        // SAFETY: the CPU has AVX-512 F (checked); the lengths were asserted just above.
+        unsafe { weighted_sum_avx512(p, v, out) };
+        return;
+    }
+    out.fill(0.0);
+    for (&pj, vj) in p.iter().zip(v.chunks_exact(hd)) {
+        for (o, &x) in out.iter_mut().zip(vj) {
+            *o += pj * x;
+        }
+    }
+}
+
+/// [`weighted_sum`] in registers: 64 output columns at a time, the last group masked.
+///
+/// # Safety
+/// AVX-512 F must be available and `v.len() == p.len() · out.len()`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn weighted_sum_avx512(p: &[f32], v: &[f32], out: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let hd = out.len();
+    for c0 in (0..hd).step_by(64) {
+        // Lane masks of the (up to) four 16-column chunks from c0.
+        let masks: [__mmask16; 4] = std::array::from_fn(|i| {
+            let left = hd.saturating_sub(c0 + 16 * i).min(16);
+            ((1u32 << left) - 1) as __mmask16
+        });
+        let mut acc = [_mm512_setzero_ps(); 4];
+        for (j, &pj) in p.iter().enumerate() {
+            let pv = _mm512_set1_ps(pj);
+            for (i, a) in acc.iter_mut().enumerate() {
+                // SAFETY: the mask enables only columns c0 + 16 i + l < hd of row j < p.len(),
+                // which lie inside v; masked-off lanes are not read.
+                let x = unsafe {
+                    _mm512_maskz_loadu_ps(masks[i], v.as_ptr().add(j * hd + c0 + 16 * i))
+                };
+                *a = _mm512_fmadd_ps(pv, x, *a);
+            }
+        }
+        for (i, a) in acc.iter().enumerate() {
+            // SAFETY: as above: only columns < hd are written.
+            unsafe { _mm512_mask_storeu_ps(out.as_mut_ptr().add(c0 + 16 * i), masks[i], *a) };
         }
     }
 }

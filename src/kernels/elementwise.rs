@@ -57,15 +57,20 @@ pub(crate) fn has_avx2_fma() -> bool {
 
 /// `exp(x)` for f32: `2^n · p(r)` with `x = n·ln 2 + r`, `|r| ≤ ln 2 / 2`, `p` the degree-7
 /// Taylor polynomial (relative error < 2⁻²³ on that interval). Below -87.3 (where f32's normal
-/// range ends) it returns 0, so a `-inf` mask entry gives exactly 0.
+/// range ends) it returns 0 (and above 88.3 it saturates at e^88.3), so a `-inf` mask entry gives exactly 0.
 #[inline(always)]
 pub fn exp(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     // ln 2 split in two, so that n · LN2_HI is exact for |n| < 2^10.
     const LN2_HI: f32 = 0.693_145_75;
     const LN2_LO: f32 = 1.428_606_8e-6;
-    let xc = x.clamp(-87.3, 88.7);
-    let n = (xc * LOG2E + 0.5).floor();
+    // 1.5 · 2²³: adding it rounds to an integer and leaves that integer in the low mantissa
+    // bits, so n and 2ⁿ come from adds and shifts (a float-to-int `as` cast would not vectorise:
+    // its saturation is done one lane at a time).
+    const MAGIC: f32 = 12_582_912.0;
+    let xc = x.clamp(-87.3, 88.3);
+    let kf = xc * LOG2E + MAGIC;
+    let n = kf - MAGIC;
     let r = (xc - n * LN2_HI) - n * LN2_LO;
     let p = 1.0
         + r * (1.0
@@ -73,8 +78,9 @@ pub fn exp(x: f32) -> f32 {
                 + r * (1.0 / 6.0
                     + r * (1.0 / 24.0
                         + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
-    // n in [-126, 128): 2^n is a normal f32 built from its exponent bits; 88.7 · log2 e < 128.
-    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    // kf's bits are MAGIC's plus n, and n is in [-126, 127] for x in [-87.3, 88.3]: so
+    // (bits + 127) << 23 is 2ⁿ's exponent field (MAGIC's own bits shift out).
+    let scale = f32::from_bits(kf.to_bits().wrapping_add(127) << 23);
     if x < -87.3 {
         0.0
     } else {
@@ -157,17 +163,23 @@ dispatch! {
 /// [`softmax`]'s loop, for callers that are themselves compiled per instruction set.
 #[inline(always)]
 pub(crate) fn softmax_row(xs: &mut [f32]) {
-    let max = xs.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-    let mut sum = 0.0f32;
-    for v in xs.iter_mut() {
-        let e = exp(*v - max);
-        *v = e;
-        sum += e;
+    // The max and the sum over 16 lanes, so that both vectorise (a single running value is a
+    // chain the compiler must keep in order).
+    let mut lanes = [f32::NEG_INFINITY; LANES];
+    let mut chunks = xs.chunks_exact(LANES);
+    for c in &mut chunks {
+        for (m, &x) in lanes.iter_mut().zip(c) {
+            *m = m.max(x);
+        }
     }
-    let inv = 1.0 / sum;
-    for v in xs.iter_mut() {
-        *v *= inv;
-    }
+    let max = chunks
+        .remainder()
+        .iter()
+        .chain(&lanes)
+        .fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+    xs.iter_mut().for_each(|v| *v = exp(*v - max));
+    let inv = 1.0 / lane_sum(xs, |v| v);
+    xs.iter_mut().for_each(|v| *v *= inv);
 }
 
 /// Lanes of the partial sums in [`layer_norm`]: one AVX-512 register's worth, so the sums

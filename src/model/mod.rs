@@ -140,7 +140,12 @@ impl Towers {
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
     pub device: Device,
+    /// The tensors' dtype (weights and activations outside the linear layers).
     pub dtype: DType,
+    /// How the image tower's linear layers multiply on the CPU.
+    pub vision: nn::LinearPrecision,
+    /// How the text tower's linear layers multiply on the CPU.
+    pub text: nn::LinearPrecision,
     pub towers: Towers,
 }
 

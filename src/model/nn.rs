@@ -3,10 +3,15 @@
 //! SigLIP both use (`layer_norm1`, `self_attn.{q,k,v,out}_proj`, `layer_norm2`, `mlp.fc1/fc2`: the
 //! parameter paths of `CLIPEncoderLayer` and `SiglipEncoderLayer` alike).
 
+use std::sync::Arc;
+
 use anyhow::{Context, Result};
-use candle_core::{DType, Device, Module, Tensor};
+use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::VarBuilder;
 use serde::Deserialize;
+
+use crate::kernels::attention::{attention, AttentionShape, Queries};
+use crate::kernels::{self, elementwise, Epilogue, PackedLinear};
 
 /// The activation of the MLP blocks. OpenAI checkpoints use `quick_gelu`; LAION's use `gelu` (exact,
 /// erf); SigLIP's `gelu_pytorch_tanh`.
@@ -20,78 +25,74 @@ pub enum Activation {
     GeluTanh,
 }
 
-/// `nn.Linear`, applied to a `[batch, seq, in]` input as one 2-D matrix product: Candle would otherwise
-/// broadcast the weight into a batched product, which is slower on CPU.
+/// How the linear layers of a model multiply on the CPU (ignored on other devices, where Candle
+/// multiplies in the tensors' own dtype).
+pub use crate::kernels::Precision as LinearPrecision;
+
+/// `nn.Linear`: on the CPU through [`kernels::Linear`](crate::kernels::Linear), whose weights
+/// are packed once at load for the kernel this CPU runs best (f32, or bf16 where the CPU
+/// multiplies bf16 natively); elsewhere Candle's matmul, as one 2-D product over all leading
+/// dimensions.
 #[derive(Debug, Clone)]
-pub struct Linear {
-    weight_t: Tensor,
-    bias: Option<Tensor>,
-}
+pub struct Linear(Arc<kernels::Linear>);
 
 impl Linear {
-    pub fn new(vb: VarBuilder, in_dim: usize, out_dim: usize, bias: bool) -> Result<Self> {
+    pub fn new(
+        vb: VarBuilder,
+        in_dim: usize,
+        out_dim: usize,
+        bias: bool,
+        precision: LinearPrecision,
+    ) -> Result<Self> {
         let weight = vb.get((out_dim, in_dim), "weight")?;
         let bias = if bias {
             Some(vb.get(out_dim, "bias")?)
         } else {
             None
         };
-        Ok(Self {
-            weight_t: weight.t()?,
-            bias,
-        })
+        Self::from_weights(&weight, bias.as_ref(), precision)
     }
 
     /// From a `[out, in]` weight and an optional `[out]` bias already read (e.g. slices of a packed
-    /// `in_proj_weight`).
-    pub fn from_weights(weight: &Tensor, bias: Option<Tensor>) -> Result<Self> {
-        Ok(Self {
-            weight_t: weight.t()?,
-            bias,
-        })
+    /// `in_proj_weight`). On the CPU the tensors are packed and can be dropped afterwards.
+    pub fn from_weights(
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        precision: LinearPrecision,
+    ) -> Result<Self> {
+        Ok(Self(Arc::new(kernels::Linear::new(
+            weight, bias, precision,
+        )?)))
     }
 
-    /// Several projections of the same input fused into one, e.g. q, k and v: one wider product instead
-    /// of three narrow ones.
-    pub fn fused(parts: Vec<Linear>) -> Result<Self> {
-        let weights: Vec<&Tensor> = parts.iter().map(|l| &l.weight_t).collect();
-        let weight_t = Tensor::cat(&weights, 1)?;
-        let bias = match parts
-            .iter()
-            .map(|l| l.bias.as_ref())
-            .collect::<Option<Vec<_>>>()
-        {
-            Some(biases) => Some(Tensor::cat(&biases, 0)?),
-            None => None,
-        };
-        Ok(Self { weight_t, bias })
-    }
-
-    /// The outputs `start..start + len` of this layer as a layer of their own (e.g. v out of a
-    /// fused q/k/v), copied out of the fused weight.
-    pub fn output_slice(&self, start: usize, len: usize) -> candle_core::Result<Linear> {
-        Ok(Linear {
-            weight_t: self.weight_t.narrow(1, start, len)?.contiguous()?,
-            bias: match &self.bias {
-                Some(b) => Some(b.narrow(0, start, len)?.contiguous()?),
-                None => None,
-            },
-        })
+    /// Several projections of the same input as one wider layer (q, k and v: one product
+    /// instead of three narrow ones), from each part's `weight` and `bias` under `vb`.
+    pub fn fused(
+        vb: &VarBuilder,
+        parts: &[&str],
+        in_dim: usize,
+        out_dim: usize,
+        precision: LinearPrecision,
+    ) -> Result<Self> {
+        let mut weights = Vec::with_capacity(parts.len());
+        let mut biases = Vec::with_capacity(parts.len());
+        for part in parts {
+            weights.push(vb.pp(part).get((out_dim, in_dim), "weight")?);
+            biases.push(vb.pp(part).get(out_dim, "bias")?);
+        }
+        let weight = Tensor::cat(&weights, 0)?;
+        let bias = Tensor::cat(&biases, 0)?;
+        drop((weights, biases));
+        Self::from_weights(&weight, Some(&bias), precision)
     }
 
     pub fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
-        let dims = xs.dims().to_vec();
-        let in_dim = dims[dims.len() - 1];
-        let rows: usize = dims[..dims.len() - 1].iter().product();
-        let ys = xs.reshape((rows, in_dim))?.matmul(&self.weight_t)?;
-        let ys = match &self.bias {
-            Some(b) => ys.broadcast_add(b)?,
-            None => ys,
-        };
-        let mut out_dims = dims;
-        let last = out_dims.len() - 1;
-        out_dims[last] = ys.dim(1)?;
-        ys.reshape(out_dims)
+        self.0.forward(xs)
+    }
+
+    /// The packed CPU layer, or `None` on another device.
+    fn packed(&self) -> Option<&PackedLinear> {
+        self.0.packed()
     }
 }
 
@@ -107,24 +108,42 @@ pub fn scalar(vb: &VarBuilder, name: &str) -> Result<f32> {
     Ok(t.to_scalar::<f32>()?)
 }
 
-/// A ViT patch convolution (stride == kernel size) as one matrix over non-overlapping patches: the
-/// kernel `patch_embedding.weight` `[hidden, c, p, p]` flattened and transposed to `[c*p*p, hidden]`
-/// once at load. CLIP and SigLIP store it alike.
-pub fn patch_kernel(
+/// A ViT patch convolution (stride == kernel size) as a linear layer over non-overlapping
+/// patches: the kernel `patch_embedding.weight` `[hidden, c, p, p]` is a `[hidden, c*p*p]` weight
+/// as it is (and `patch_embedding.bias`, where the family has one, its bias). CLIP and SigLIP
+/// store it alike.
+pub fn patch_embedding(
     emb: &VarBuilder,
-    hidden: usize,
-    channels: usize,
-    patch: usize,
-) -> Result<Tensor> {
-    let weight = emb.get((hidden, channels, patch, patch), "patch_embedding.weight")?;
-    Ok(weight
-        .reshape((hidden, channels * patch * patch))?
-        .t()?
-        .contiguous()?)
+    spec: &PatchSpec,
+    bias: bool,
+    linear: LinearPrecision,
+) -> Result<Linear> {
+    let PatchSpec {
+        hidden,
+        channels,
+        patch,
+    } = *spec;
+    let weight = emb
+        .get((hidden, channels, patch, patch), "patch_embedding.weight")?
+        .reshape((hidden, channels * patch * patch))?;
+    let bias = if bias {
+        Some(emb.get(hidden, "patch_embedding.bias")?)
+    } else {
+        None
+    };
+    Linear::from_weights(&weight, bias.as_ref(), linear)
+}
+
+/// The sizes of a patch embedding.
+#[derive(Debug, Clone, Copy)]
+pub struct PatchSpec {
+    pub hidden: usize,
+    pub channels: usize,
+    pub patch: usize,
 }
 
 /// Pixels `[b, c, g*p, g*p]` as rows of patches `[b*g*g, c*p*p]` (row-major over the grid), in
-/// `dtype`, ready for [`patch_kernel`]'s matrix.
+/// `dtype`, ready for [`patch_embedding`]'s layer.
 pub fn patchify(pixels: &Tensor, dtype: DType, g: usize, p: usize) -> candle_core::Result<Tensor> {
     let (b, c, _, _) = pixels.dims4()?;
     pixels
@@ -135,10 +154,62 @@ pub fn patchify(pixels: &Tensor, dtype: DType, g: usize, p: usize) -> candle_cor
         .reshape((b * g * g, c * p * p))
 }
 
-pub fn layer_norm(vb: VarBuilder, dim: usize, eps: f64) -> Result<candle_nn::LayerNorm> {
+/// `nn.LayerNorm` over the last dimension: on the CPU one vectorised pass per row (rows split
+/// across threads), elsewhere Candle's.
+#[derive(Debug, Clone)]
+pub struct LayerNorm {
+    candle: candle_nn::LayerNorm,
+    /// The weight and bias as f32, for the CPU path.
+    cpu: Option<Arc<(Vec<f32>, Vec<f32>)>>,
+    eps: f32,
+}
+
+impl LayerNorm {
+    pub fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        if self.cpu.is_none() || !xs.device().is_cpu() {
+            return self.candle.forward(xs);
+        }
+        let dims = xs.dims().to_vec();
+        let x = xs.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        let mut out = vec![0.0; x.len()];
+        self.forward_slice(&x, &mut out)?;
+        Tensor::from_vec(out, dims, &Device::Cpu)?.to_dtype(xs.dtype())
+    }
+
+    /// Rows of `x` (`[.., dim]`, row-major) into `out`, on the CPU path.
+    fn forward_slice(&self, x: &[f32], out: &mut [f32]) -> candle_core::Result<()> {
+        use rayon::prelude::*;
+        let Some(params) = &self.cpu else {
+            candle_core::bail!("layer norm: no CPU parameters");
+        };
+        let (weight, bias) = (&params.0, &params.1);
+        let dim = weight.len();
+        if x.len() != out.len() || !x.len().is_multiple_of(dim) {
+            candle_core::bail!("layer norm: {} values are not rows of {dim}", x.len());
+        }
+        // About 64 rows per task: enough work to be worth a task, enough tasks to share.
+        let chunk = 64 * dim;
+        x.par_chunks(chunk)
+            .zip(out.par_chunks_mut(chunk))
+            .for_each(|(x, o)| elementwise::layer_norm(x, o, weight, bias, self.eps));
+        Ok(())
+    }
+}
+
+pub fn layer_norm(vb: VarBuilder, dim: usize, eps: f64) -> Result<LayerNorm> {
     let weight = vb.get(dim, "weight")?;
     let bias = vb.get(dim, "bias")?;
-    Ok(candle_nn::LayerNorm::new(weight, bias, eps))
+    let cpu = if weight.device().is_cpu() {
+        let read = |t: &Tensor| t.to_dtype(DType::F32)?.to_vec1::<f32>();
+        Some(Arc::new((read(&weight)?, read(&bias)?)))
+    } else {
+        None
+    };
+    Ok(LayerNorm {
+        candle: candle_nn::LayerNorm::new(weight, bias, eps),
+        cpu,
+        eps: eps as f32,
+    })
 }
 
 pub fn activate(act: Activation, xs: &Tensor) -> candle_core::Result<Tensor> {
@@ -151,7 +222,16 @@ pub fn activate(act: Activation, xs: &Tensor) -> candle_core::Result<Tensor> {
     }
 }
 
-/// Sizes shared by the encoder layers of one tower.
+/// The activation on a CPU buffer, in place (the same functions as [`activate`]).
+fn activate_slice(act: Activation, xs: &mut [f32]) {
+    match act {
+        Activation::QuickGelu => elementwise::quick_gelu(xs),
+        Activation::Gelu => elementwise::gelu_erf(xs),
+        Activation::GeluTanh => elementwise::gelu_tanh(xs),
+    }
+}
+
+/// Sizes shared by the encoder layers of one tower, and how their linear layers multiply.
 #[derive(Debug, Clone, Copy)]
 pub struct EncoderSpec {
     pub hidden: usize,
@@ -160,6 +240,7 @@ pub struct EncoderSpec {
     pub layers: usize,
     pub act: Activation,
     pub eps: f64,
+    pub linear: LinearPrecision,
 }
 
 #[derive(Debug, Clone)]
@@ -174,13 +255,10 @@ pub struct Attention {
 impl Attention {
     pub fn new(vb: VarBuilder, spec: &EncoderSpec) -> Result<Self> {
         let h = spec.hidden;
-        let q = Linear::new(vb.pp("q_proj"), h, h, true)?;
-        let k = Linear::new(vb.pp("k_proj"), h, h, true)?;
-        let v = Linear::new(vb.pp("v_proj"), h, h, true)?;
         let head_dim = h / spec.heads;
         Ok(Self {
-            qkv: Linear::fused(vec![q, k, v])?,
-            out_proj: Linear::new(vb.pp("out_proj"), h, h, true)?,
+            qkv: Linear::fused(&vb, &["q_proj", "k_proj", "v_proj"], h, h, spec.linear)?,
+            out_proj: Linear::new(vb.pp("out_proj"), h, h, true, spec.linear)?,
             heads: spec.heads,
             head_dim,
             // CLIPAttention: scale = head_dim ** -0.5, applied to the q·k products.
@@ -249,20 +327,24 @@ impl Attention {
     }
 
     /// The value path alone: `out_proj(v_proj(xs))` at every position, as if each position attended
-    /// only to itself (MaskCLIP / ClearCLIP). v's weights are sliced out of the fused q/k/v on each
-    /// call, so the normal path keeps its single fused product and no extra copy is held.
+    /// only to itself (MaskCLIP / ClearCLIP). v is taken from the fused q/k/v product, so no
+    /// separate copy of its weights is held (q and k are computed for nothing, in one layer).
     fn value_path(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
         let d = self.heads * self.head_dim;
-        let v = self.qkv.output_slice(2 * d, d)?;
-        self.out_proj.forward(&v.forward(xs)?)
+        let v = self
+            .qkv
+            .forward(xs)?
+            .narrow(D::Minus1, 2 * d, d)?
+            .contiguous()?;
+        self.out_proj.forward(&v)
     }
 }
 
 #[derive(Debug, Clone)]
 pub struct EncoderLayer {
-    layer_norm1: candle_nn::LayerNorm,
+    layer_norm1: LayerNorm,
     self_attn: Attention,
-    layer_norm2: candle_nn::LayerNorm,
+    layer_norm2: LayerNorm,
     fc1: Linear,
     fc2: Linear,
     act: Activation,
@@ -274,8 +356,20 @@ impl EncoderLayer {
             layer_norm1: layer_norm(vb.pp("layer_norm1"), spec.hidden, spec.eps)?,
             self_attn: Attention::new(vb.pp("self_attn"), spec)?,
             layer_norm2: layer_norm(vb.pp("layer_norm2"), spec.hidden, spec.eps)?,
-            fc1: Linear::new(vb.pp("mlp.fc1"), spec.hidden, spec.intermediate, true)?,
-            fc2: Linear::new(vb.pp("mlp.fc2"), spec.intermediate, spec.hidden, true)?,
+            fc1: Linear::new(
+                vb.pp("mlp.fc1"),
+                spec.hidden,
+                spec.intermediate,
+                true,
+                spec.linear,
+            )?,
+            fc2: Linear::new(
+                vb.pp("mlp.fc2"),
+                spec.intermediate,
+                spec.hidden,
+                true,
+                spec.linear,
+            )?,
             act: spec.act,
         })
     }
@@ -321,6 +415,8 @@ impl EncoderLayer {
 #[derive(Debug, Clone)]
 pub struct Encoder {
     layers: Vec<EncoderLayer>,
+    /// Every layer's weights are on the CPU (packed linears, f32 norms): [`CpuEncoder`] runs it.
+    cpu: bool,
 }
 
 impl Encoder {
@@ -328,11 +424,44 @@ impl Encoder {
         let layers = (0..spec.layers)
             .map(|i| EncoderLayer::new(vb.pp(format!("layers.{i}")), spec))
             .collect::<Result<Vec<_>>>()?;
-        Ok(Self { layers })
+        let cpu = layers.iter().all(EncoderLayer::on_cpu);
+        Ok(Self { layers, cpu })
+    }
+
+    /// The CPU path for this input and mask, when it applies: weights and input on the CPU, and
+    /// a mask (if any) of `[t, t]`.
+    fn cpu_path<'a>(
+        &'a self,
+        xs: &Tensor,
+        mask: Option<&Tensor>,
+    ) -> candle_core::Result<Option<CpuEncoder<'a>>> {
+        if !self.cpu || !xs.device().is_cpu() || mask.is_some_and(|m| m.rank() != 2) {
+            return Ok(None);
+        }
+        let (b, t, d) = xs.dims3()?;
+        let mask = match mask {
+            Some(m) => Some(m.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?),
+            None => None,
+        };
+        if mask.as_ref().is_some_and(|m| m.len() != t * t) {
+            candle_core::bail!("the attention mask is not {t} x {t}");
+        }
+        Ok(Some(CpuEncoder {
+            layers: &self.layers,
+            b,
+            t,
+            d,
+            mask,
+        }))
     }
 
     /// Hidden states after every layer, at every position: `[b, t, d]`.
     pub fn forward(&self, xs: &Tensor, mask: Option<&Tensor>) -> candle_core::Result<Tensor> {
+        if let Some(cpu) = self.cpu_path(xs, mask)? {
+            let (b, t, d) = (cpu.b, cpu.t, cpu.d);
+            let out = cpu.run(read_f32(xs)?, Last::Full)?;
+            return Tensor::from_vec(out, (b, t, d), &Device::Cpu)?.to_dtype(xs.dtype());
+        }
         let mut xs = xs.clone();
         for layer in &self.layers {
             xs = layer.forward(&xs, mask, None)?;
@@ -360,6 +489,16 @@ impl Encoder {
                 )?
                 .squeeze(1);
         };
+        if let Some(cpu) = self.cpu_path(xs, mask)? {
+            let (b, d) = (cpu.b, cpu.d);
+            let rows: Vec<usize> = rows
+                .to_vec1::<u32>()?
+                .into_iter()
+                .map(|r| r as usize)
+                .collect();
+            let out = cpu.run(read_f32(xs)?, Last::Pooled(&rows))?;
+            return Tensor::from_vec(out, (b, d), &Device::Cpu)?.to_dtype(xs.dtype());
+        }
         let mut xs = xs.clone();
         for layer in body {
             xs = layer.forward(&xs, mask, None)?;
@@ -380,12 +519,216 @@ impl Encoder {
         let Some((last, body)) = self.layers.split_last() else {
             candle_core::bail!("an encoder without layers has no value path");
         };
+        if let Some(cpu) = self.cpu_path(xs, mask)? {
+            let (b, t, d) = (cpu.b, cpu.t, cpu.d);
+            let out = cpu.run(read_f32(xs)?, Last::ValuePath)?;
+            return Tensor::from_vec(out, (b, t, d), &Device::Cpu)?.to_dtype(xs.dtype());
+        }
         let mut xs = xs.clone();
         for layer in body {
             xs = layer.forward(&xs, mask, None)?;
         }
         last.value_path(&xs)
     }
+}
+
+impl EncoderLayer {
+    fn on_cpu(&self) -> bool {
+        [
+            &self.self_attn.qkv,
+            &self.self_attn.out_proj,
+            &self.fc1,
+            &self.fc2,
+        ]
+        .iter()
+        .all(|l| l.packed().is_some())
+            && self.layer_norm1.cpu.is_some()
+            && self.layer_norm2.cpu.is_some()
+    }
+}
+
+/// A tensor's values as one f32 vector, row-major.
+fn read_f32(xs: &Tensor) -> candle_core::Result<Vec<f32>> {
+    xs.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()
+}
+
+/// What the last layer computes.
+#[derive(Debug, Clone, Copy)]
+enum Last<'a> {
+    /// Every position, as the other layers: `[b, t, d]`.
+    Full,
+    /// One position per sequence: `[b, d]`.
+    Pooled(&'a [usize]),
+    /// `out_proj(v_proj(layer_norm1(x)))` at every position: `[b, t, d]`.
+    ValuePath,
+}
+
+/// The encoder on the CPU, on plain f32 buffers: per layer, layer norm, the fused q/k/v product,
+/// attention read straight from it ([`kernels::attention`]), `out_proj` with the residual added
+/// as each output block is written, layer norm, `fc1` with the activation applied the same way,
+/// and `fc2` with the residual. Candle's path makes each of those steps (and the reshapes between
+/// them) a pass over the whole tensor, most of them into a new allocation. Same operations in the
+/// same order as [`EncoderLayer::forward`]; the numbers differ only by rounding.
+struct CpuEncoder<'a> {
+    layers: &'a [EncoderLayer],
+    b: usize,
+    t: usize,
+    d: usize,
+    mask: Option<Vec<f32>>,
+}
+
+/// A kernel error as Candle's, for the tensor-level callers.
+fn kernel_err(e: impl std::fmt::Display) -> candle_core::Error {
+    candle_core::Error::Msg(e.to_string())
+}
+
+impl CpuEncoder<'_> {
+    fn packed(l: &Linear) -> candle_core::Result<&PackedLinear> {
+        l.packed()
+            .ok_or_else(|| candle_core::Error::Msg("linear layer not on the CPU".into()))
+    }
+
+    fn run(&self, mut x: Vec<f32>, last: Last) -> candle_core::Result<Vec<f32>> {
+        let (b, t, d) = (self.b, self.t, self.d);
+        let n = b * t;
+        if x.len() != n * d {
+            candle_core::bail!("encoder input has {} values, expected {n} x {d}", x.len());
+        }
+        let Some((last_layer, body)) = self.layers.split_last() else {
+            return match last {
+                Last::Full => Ok(x),
+                Last::Pooled(rows) => Ok(gather_rows(&x, rows, t, d)),
+                Last::ValuePath => {
+                    candle_core::bail!("an encoder without layers has no value path")
+                }
+            };
+        };
+        let mut ln = vec![0.0f32; n * d];
+        let mut qkv = vec![0.0f32; n * 3 * d];
+        let mut ctx = vec![0.0f32; n * d];
+        let mut y = vec![0.0f32; n * d];
+        let mut hidden = Vec::new();
+        for layer in body {
+            self.attention_block(layer, &x, &mut ln, &mut qkv, &mut ctx, Queries::All)?;
+            Self::packed(&layer.self_attn.out_proj)?
+                .forward_with(&ctx, n, &mut y, Epilogue::Add(&x))
+                .map_err(kernel_err)?;
+            std::mem::swap(&mut x, &mut y);
+            self.mlp_block(layer, &x, n, &mut ln, &mut hidden, &mut y)?;
+            std::mem::swap(&mut x, &mut y);
+        }
+        match last {
+            Last::Full => {
+                self.attention_block(last_layer, &x, &mut ln, &mut qkv, &mut ctx, Queries::All)?;
+                Self::packed(&last_layer.self_attn.out_proj)?
+                    .forward_with(&ctx, n, &mut y, Epilogue::Add(&x))
+                    .map_err(kernel_err)?;
+                std::mem::swap(&mut x, &mut y);
+                self.mlp_block(last_layer, &x, n, &mut ln, &mut hidden, &mut y)?;
+                Ok(y)
+            }
+            Last::Pooled(rows) => {
+                self.attention_block(
+                    last_layer,
+                    &x,
+                    &mut ln,
+                    &mut qkv,
+                    &mut ctx,
+                    Queries::Rows(rows),
+                )?;
+                let residual = gather_rows(&x, rows, t, d);
+                let mut xb = vec![0.0f32; b * d];
+                Self::packed(&last_layer.self_attn.out_proj)?
+                    .forward_with(&ctx[..b * d], b, &mut xb, Epilogue::Add(&residual))
+                    .map_err(kernel_err)?;
+                let mut out = vec![0.0f32; b * d];
+                self.mlp_block(last_layer, &xb, b, &mut ln, &mut hidden, &mut out)?;
+                Ok(out)
+            }
+            Last::ValuePath => {
+                last_layer.layer_norm1.forward_slice(&x, &mut ln)?;
+                Self::packed(&last_layer.self_attn.qkv)?
+                    .forward(&ln, n, &mut qkv)
+                    .map_err(kernel_err)?;
+                for (v, row) in ctx.chunks_exact_mut(d).zip(qkv.chunks_exact(3 * d)) {
+                    v.copy_from_slice(&row[2 * d..]);
+                }
+                Self::packed(&last_layer.self_attn.out_proj)?
+                    .forward(&ctx, n, &mut y)
+                    .map_err(kernel_err)?;
+                Ok(y)
+            }
+        }
+    }
+
+    /// `ctx = attention(qkv(layer_norm1(x)))` for the query rows asked for.
+    fn attention_block(
+        &self,
+        layer: &EncoderLayer,
+        x: &[f32],
+        ln: &mut [f32],
+        qkv: &mut [f32],
+        ctx: &mut [f32],
+        queries: Queries,
+    ) -> candle_core::Result<()> {
+        let (b, t, d) = (self.b, self.t, self.d);
+        layer.layer_norm1.forward_slice(x, ln)?;
+        Self::packed(&layer.self_attn.qkv)?
+            .forward(ln, b * t, qkv)
+            .map_err(kernel_err)?;
+        let rows = match queries {
+            Queries::All => b * t,
+            Queries::Rows(_) => b,
+        };
+        let shape = AttentionShape {
+            batch: b,
+            seq: t,
+            heads: layer.self_attn.heads,
+            head_dim: layer.self_attn.head_dim,
+        };
+        attention(
+            qkv,
+            shape,
+            queries,
+            self.mask.as_deref(),
+            &mut ctx[..rows * d],
+        )
+        .map_err(kernel_err)
+    }
+
+    /// `out = x + fc2(act(fc1(layer_norm2(x))))` over `rows` rows of `x`.
+    fn mlp_block(
+        &self,
+        layer: &EncoderLayer,
+        x: &[f32],
+        rows: usize,
+        ln: &mut [f32],
+        hidden: &mut Vec<f32>,
+        out: &mut [f32],
+    ) -> candle_core::Result<()> {
+        let d = self.d;
+        let ln = &mut ln[..rows * d];
+        layer.layer_norm2.forward_slice(x, ln)?;
+        let fc1 = Self::packed(&layer.fc1)?;
+        hidden.resize(rows * fc1.out_dim(), 0.0);
+        let act = layer.act;
+        let activate = move |run: &mut [f32]| activate_slice(act, run);
+        fc1.forward_with(ln, rows, hidden, Epilogue::Map(&activate))
+            .map_err(kernel_err)?;
+        Self::packed(&layer.fc2)?
+            .forward_with(hidden, rows, out, Epilogue::Add(x))
+            .map_err(kernel_err)
+    }
+}
+
+/// Row `rows[i]` of each sequence `i` of `x` (`[b, t, d]`): `[b, d]`.
+fn gather_rows(x: &[f32], rows: &[usize], t: usize, d: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(rows.len() * d);
+    for (i, &r) in rows.iter().enumerate() {
+        let start = (i * t + r) * d;
+        out.extend_from_slice(&x[start..start + d]);
+    }
+    out
 }
 
 pub fn causal_mask(t: usize, dtype: DType, device: &Device) -> candle_core::Result<Tensor> {

@@ -11,13 +11,15 @@ pub mod config;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use candle_core::{DType, Device, Module, Tensor};
+use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
 pub use config::{ClipConfig, TextPooling};
 
 use crate::model::checks;
-use crate::model::nn::{self, causal_mask, layer_norm, Encoder, EncoderSpec, Linear};
+use crate::model::nn::{
+    self, causal_mask, layer_norm, Encoder, EncoderSpec, Linear, LinearPrecision,
+};
 use crate::model::{
     weights, Family, HeadKind, ImageTextModel, LoadOptions, ModelSpec, Padding, PatchEmbeddings,
     ScoreHead, TextNormalization, TextPolicy,
@@ -71,12 +73,12 @@ impl ModelSpec for ClipConfig {
 /// `vision_model` + `visual_projection`.
 #[derive(Debug, Clone)]
 pub struct VisionTower {
-    patch_weight_t: Tensor,
+    patch_embedding: Linear,
     class_embedding: Tensor,
     position_embedding: Tensor,
-    pre_layrnorm: candle_nn::LayerNorm,
+    pre_layrnorm: nn::LayerNorm,
     encoder: Encoder,
-    post_layernorm: candle_nn::LayerNorm,
+    post_layernorm: nn::LayerNorm,
     projection: Linear,
     patch: usize,
     grid: usize,
@@ -85,7 +87,7 @@ pub struct VisionTower {
 }
 
 impl VisionTower {
-    pub fn new(cfg: &ClipConfig, vb: VarBuilder) -> Result<Self> {
+    pub fn new(cfg: &ClipConfig, vb: VarBuilder, linear: LinearPrecision) -> Result<Self> {
         let v = &cfg.vision;
         let spec = EncoderSpec {
             hidden: v.hidden_size,
@@ -94,13 +96,20 @@ impl VisionTower {
             layers: v.num_hidden_layers,
             act: v.hidden_act,
             eps: v.layer_norm_eps,
+            linear,
         };
         let grid = cfg.grid();
         let m = vb.pp("vision_model");
         let emb = m.pp("embeddings");
-        let patch_weight_t = nn::patch_kernel(&emb, v.hidden_size, v.num_channels, v.patch_size)?;
+        let patch = nn::PatchSpec {
+            hidden: v.hidden_size,
+            channels: v.num_channels,
+            patch: v.patch_size,
+        };
+        // CLIP's patch convolution has no bias (CLIPVisionEmbeddings: bias=False).
+        let patch_embedding = nn::patch_embedding(&emb, &patch, false, linear)?;
         Ok(Self {
-            patch_weight_t,
+            patch_embedding,
             class_embedding: emb.get(v.hidden_size, "class_embedding")?,
             position_embedding: emb.get(
                 (grid * grid + 1, v.hidden_size),
@@ -114,6 +123,7 @@ impl VisionTower {
                 v.hidden_size,
                 cfg.projection_dim,
                 false,
+                linear,
             )?,
             patch: v.patch_size,
             grid,
@@ -123,7 +133,7 @@ impl VisionTower {
     }
 
     pub fn device(&self) -> &Device {
-        self.patch_weight_t.device()
+        self.class_embedding.device()
     }
 
     /// Image embeddings (projected, not normalised) of pixels `[batch, 3, size, size]`, as f32.
@@ -170,8 +180,9 @@ impl VisionTower {
                 p * g
             );
         }
-        let patches = nn::patchify(pixels, self.dtype, g, p)?
-            .matmul(&self.patch_weight_t)?
+        let patches = self
+            .patch_embedding
+            .forward(&nn::patchify(pixels, self.dtype, g, p)?)?
             .reshape((b, g * g, self.hidden))?;
         let class = self
             .class_embedding
@@ -188,7 +199,7 @@ pub struct TextTower {
     token_embedding: Tensor,
     position_embedding: Tensor,
     encoder: Encoder,
-    final_layer_norm: candle_nn::LayerNorm,
+    final_layer_norm: nn::LayerNorm,
     projection: Linear,
     pooling: TextPooling,
     max_len: usize,
@@ -197,7 +208,7 @@ pub struct TextTower {
 }
 
 impl TextTower {
-    pub fn new(cfg: &ClipConfig, vb: VarBuilder) -> Result<Self> {
+    pub fn new(cfg: &ClipConfig, vb: VarBuilder, linear: LinearPrecision) -> Result<Self> {
         let t = &cfg.text;
         let spec = EncoderSpec {
             hidden: t.hidden_size,
@@ -206,6 +217,7 @@ impl TextTower {
             layers: t.num_hidden_layers,
             act: t.hidden_act,
             eps: t.layer_norm_eps,
+            linear,
         };
         let m = vb.pp("text_model");
         let emb = m.pp("embeddings");
@@ -226,6 +238,7 @@ impl TextTower {
                 t.hidden_size,
                 cfg.projection_dim,
                 false,
+                linear,
             )?,
             pooling: cfg.text_pooling(),
             max_len: t.max_position_embeddings,
@@ -301,12 +314,18 @@ impl Clip {
         let files = weights::Safetensors::open(weights)?;
         let vb = VarBuilder::from_backend(Box::new(files), opts.dtype, opts.device.clone());
         let vision = if opts.towers.vision {
-            Some(VisionTower::new(&config, vb.clone()).context("cannot build the vision tower")?)
+            Some(
+                VisionTower::new(&config, vb.clone(), opts.vision)
+                    .context("cannot build the vision tower")?,
+            )
         } else {
             None
         };
         let text = if opts.towers.text {
-            Some(TextTower::new(&config, vb.clone()).context("cannot build the text tower")?)
+            Some(
+                TextTower::new(&config, vb.clone(), opts.text)
+                    .context("cannot build the text tower")?,
+            )
         } else {
             None
         };

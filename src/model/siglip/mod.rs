@@ -22,12 +22,14 @@ pub mod config;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use candle_core::{DType, Device, Module, Tensor};
+use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
 pub use config::SiglipConfig;
 
-use crate::model::nn::{self, layer_norm, Activation, Encoder, EncoderSpec, Linear};
+use crate::model::nn::{
+    self, layer_norm, Activation, Encoder, EncoderSpec, Linear, LinearPrecision,
+};
 use crate::model::{
     weights, Family, HeadKind, ImageTextModel, LoadOptions, ModelSpec, Padding, ScoreHead,
     TextPolicy,
@@ -84,11 +86,12 @@ struct Mlp {
 }
 
 impl Mlp {
-    fn new(vb: VarBuilder, hidden: usize, intermediate: usize, act: Activation) -> Result<Self> {
+    fn new(vb: VarBuilder, v: &config::VisionConfig, linear: LinearPrecision) -> Result<Self> {
+        let (hidden, intermediate) = (v.hidden_size, v.intermediate_size);
         Ok(Self {
-            fc1: Linear::new(vb.pp("fc1"), hidden, intermediate, true)?,
-            fc2: Linear::new(vb.pp("fc2"), intermediate, hidden, true)?,
-            act,
+            fc1: Linear::new(vb.pp("fc1"), hidden, intermediate, true, linear)?,
+            fc2: Linear::new(vb.pp("fc2"), intermediate, hidden, true, linear)?,
+            act: v.hidden_act,
         })
     }
 
@@ -108,14 +111,14 @@ struct PoolingHead {
     /// Keys and values of the patches, from the packed `in_proj_weight`'s last two thirds.
     kv: Linear,
     out_proj: Linear,
-    layernorm: candle_nn::LayerNorm,
+    layernorm: nn::LayerNorm,
     mlp: Mlp,
     heads: usize,
     head_dim: usize,
 }
 
 impl PoolingHead {
-    fn new(vb: VarBuilder, v: &config::VisionConfig) -> Result<Self> {
+    fn new(vb: VarBuilder, v: &config::VisionConfig, linear: LinearPrecision) -> Result<Self> {
         let d = v.hidden_size;
         let heads = v.num_attention_heads;
         let head_dim = d / heads;
@@ -124,19 +127,30 @@ impl PoolingHead {
         let in_w = attn.get((3 * d, d), "in_proj_weight")?;
         let in_b = attn.get(3 * d, "in_proj_bias")?;
         let probe = vb.get((1, 1, d), "probe")?;
-        let q_proj = Linear::from_weights(&in_w.narrow(0, 0, d)?, Some(in_b.narrow(0, 0, d)?))?;
+        // Computed once, for one row: f32 costs nothing here.
+        let q_proj = Linear::from_weights(
+            &in_w.narrow(0, 0, d)?,
+            Some(&in_b.narrow(0, 0, d)?),
+            LinearPrecision::F32,
+        )?;
         let query = q_proj
             .forward(&probe)?
             .reshape((1, heads, head_dim))?
             .transpose(0, 1)?
             .contiguous()?;
-        let kv = Linear::from_weights(&in_w.narrow(0, d, 2 * d)?, Some(in_b.narrow(0, d, 2 * d)?))?;
+        let kv = Linear::from_weights(
+            &in_w.narrow(0, d, 2 * d)?,
+            Some(&in_b.narrow(0, d, 2 * d)?),
+            linear,
+        )?;
         Ok(Self {
             query,
             kv,
-            out_proj: Linear::new(attn.pp("out_proj"), d, d, true)?,
+            // One row per image from here on: under 1% of the tower's work, so f32 whatever the
+            // precision (bf16 would only add rounding).
+            out_proj: Linear::new(attn.pp("out_proj"), d, d, true, LinearPrecision::F32)?,
             layernorm: layer_norm(vb.pp("layernorm"), d, v.layer_norm_eps)?,
-            mlp: Mlp::new(vb.pp("mlp"), d, v.intermediate_size, v.hidden_act)?,
+            mlp: Mlp::new(vb.pp("mlp"), v, LinearPrecision::F32)?,
             heads,
             head_dim,
         })
@@ -174,11 +188,10 @@ impl PoolingHead {
 /// `vision_model`: patch embedding, encoder, `post_layernorm`, attention-pooling head.
 #[derive(Debug, Clone)]
 pub struct VisionTower {
-    patch_weight_t: Tensor,
-    patch_bias: Tensor,
+    patch_embedding: Linear,
     position_embedding: Tensor,
     encoder: Encoder,
-    post_layernorm: candle_nn::LayerNorm,
+    post_layernorm: nn::LayerNorm,
     head: PoolingHead,
     image_size: usize,
     patch: usize,
@@ -188,7 +201,7 @@ pub struct VisionTower {
 }
 
 impl VisionTower {
-    pub fn new(cfg: &SiglipConfig, vb: VarBuilder) -> Result<Self> {
+    pub fn new(cfg: &SiglipConfig, vb: VarBuilder, linear: LinearPrecision) -> Result<Self> {
         let v = &cfg.vision;
         let spec = EncoderSpec {
             hidden: v.hidden_size,
@@ -197,19 +210,24 @@ impl VisionTower {
             layers: v.num_hidden_layers,
             act: v.hidden_act,
             eps: v.layer_norm_eps,
+            linear,
         };
         let grid = cfg.grid();
         let m = vb.pp("vision_model");
         let emb = m.pp("embeddings");
-        let patch_weight_t = nn::patch_kernel(&emb, v.hidden_size, v.num_channels, v.patch_size)?;
+        let patch = nn::PatchSpec {
+            hidden: v.hidden_size,
+            channels: v.num_channels,
+            patch: v.patch_size,
+        };
+        let patch_embedding = nn::patch_embedding(&emb, &patch, true, linear)?;
         Ok(Self {
-            patch_weight_t,
-            patch_bias: emb.get(v.hidden_size, "patch_embedding.bias")?,
+            patch_embedding,
             position_embedding: emb
                 .get((grid * grid, v.hidden_size), "position_embedding.weight")?,
             encoder: Encoder::new(m.pp("encoder"), &spec)?,
             post_layernorm: layer_norm(m.pp("post_layernorm"), v.hidden_size, v.layer_norm_eps)?,
-            head: PoolingHead::new(m.pp("head"), v)?,
+            head: PoolingHead::new(m.pp("head"), v, linear)?,
             image_size: v.image_size,
             patch: v.patch_size,
             grid,
@@ -219,7 +237,7 @@ impl VisionTower {
     }
 
     pub fn device(&self) -> &Device {
-        self.patch_weight_t.device()
+        self.position_embedding.device()
     }
 
     /// Image embeddings (not normalised) of pixels `[batch, 3, size, size]`, as f32.
@@ -236,9 +254,9 @@ impl VisionTower {
         } else {
             pixels.narrow(2, 0, g * p)?.narrow(3, 0, g * p)?
         };
-        let xs = nn::patchify(&pixels, self.dtype, g, p)?
-            .matmul(&self.patch_weight_t)?
-            .broadcast_add(&self.patch_bias)?
+        let xs = self
+            .patch_embedding
+            .forward(&nn::patchify(&pixels, self.dtype, g, p)?)?
             .reshape((b, g * g, self.hidden))?
             .broadcast_add(&self.position_embedding)?;
         // The pooling head attends to every position, so the whole last layer is needed.
@@ -254,7 +272,7 @@ pub struct TextTower {
     token_embedding: Tensor,
     position_embedding: Tensor,
     encoder: Encoder,
-    final_layer_norm: candle_nn::LayerNorm,
+    final_layer_norm: nn::LayerNorm,
     head: Linear,
     context: usize,
     vocab: usize,
@@ -262,7 +280,7 @@ pub struct TextTower {
 }
 
 impl TextTower {
-    pub fn new(cfg: &SiglipConfig, vb: VarBuilder) -> Result<Self> {
+    pub fn new(cfg: &SiglipConfig, vb: VarBuilder, linear: LinearPrecision) -> Result<Self> {
         let t = &cfg.text;
         let spec = EncoderSpec {
             hidden: t.hidden_size,
@@ -271,6 +289,7 @@ impl TextTower {
             layers: t.num_hidden_layers,
             act: t.hidden_act,
             eps: t.layer_norm_eps,
+            linear,
         };
         let m = vb.pp("text_model");
         let emb = m.pp("embeddings");
@@ -286,7 +305,13 @@ impl TextTower {
                 t.hidden_size,
                 t.layer_norm_eps,
             )?,
-            head: Linear::new(m.pp("head"), t.hidden_size, t.projection_size(), true)?,
+            head: Linear::new(
+                m.pp("head"),
+                t.hidden_size,
+                t.projection_size(),
+                true,
+                linear,
+            )?,
             context: t.max_position_embeddings,
             vocab: t.vocab_size,
             hidden: t.hidden_size,
@@ -351,12 +376,18 @@ impl Siglip {
         let files = weights::Safetensors::open(weights)?;
         let vb = VarBuilder::from_backend(Box::new(files), opts.dtype, opts.device.clone());
         let vision = if opts.towers.vision {
-            Some(VisionTower::new(&config, vb.clone()).context("cannot build the vision tower")?)
+            Some(
+                VisionTower::new(&config, vb.clone(), opts.vision)
+                    .context("cannot build the vision tower")?,
+            )
         } else {
             None
         };
         let text = if opts.towers.text {
-            Some(TextTower::new(&config, vb.clone()).context("cannot build the text tower")?)
+            Some(
+                TextTower::new(&config, vb.clone(), opts.text)
+                    .context("cannot build the text tower")?,
+            )
         } else {
             None
         };
