@@ -4,7 +4,8 @@
 //!     cargo bench --bench throughput
 //!
 //! Environment: `VLM_BENCH_MODEL` (model folder, default tests/fixtures/bench-vit-b32),
-//! `VLM_BENCH_IMAGES` (images per measurement, default 64), `VLM_BENCH_BATCHES` (default 1,8,32).
+//! `VLM_BENCH_IMAGES` (images per measurement, default 64), `VLM_BENCH_BATCHES` (default 1,8,32),
+//! `VLM_BENCH_DTYPES` (default f32,bf16: each precision is measured in turn).
 //! Reports the time to build the model and, per batch size, images/s for decode + preprocess + encode
 //! and for encode alone. The PyTorch reference comes from `benches/transformers_bench.py` on the same
 //! checkpoint, images and thread count; BENCHMARKS.md keeps both side by side.
@@ -44,11 +45,35 @@ fn main() -> anyhow::Result<()> {
         .map(str::parse)
         .collect::<Result<_, _>>()?;
 
+    let dtypes: Vec<Precision> = env_or("VLM_BENCH_DTYPES", "f32,bf16")
+        .split(',')
+        .map(|d| match d {
+            "f32" => Ok(Precision::F32),
+            "f16" => Ok(Precision::F16),
+            "bf16" => Ok(Precision::Bf16),
+            other => Err(anyhow::anyhow!(
+                "VLM_BENCH_DTYPES: unknown precision {other}"
+            )),
+        })
+        .collect::<anyhow::Result<_>>()?;
+    for precision in dtypes {
+        run(&model_dir, root, precision, n_images, &batches)?;
+    }
+    Ok(())
+}
+
+fn run(
+    model_dir: &Path,
+    root: &Path,
+    precision: Precision,
+    n_images: usize,
+    batches: &[usize],
+) -> anyhow::Result<()> {
     let args = ModelOptions {
         model: model_dir.display().to_string(),
         revision: None,
         device: env_or("VLM_BENCH_DEVICE", "cpu"),
-        precision: Precision::F32,
+        precision,
     };
     let t = Instant::now();
     let model = Engine::load(
@@ -72,13 +97,17 @@ fn main() -> anyhow::Result<()> {
         preprocess::preprocess(&img, &model.preprocess)
     };
 
-    println!("model: {} (vision tower only)", model_dir.display());
+    println!(
+        "model: {} (vision tower only), --dtype {}",
+        model_dir.display(),
+        precision.name()
+    );
     println!("model build: {load_s:.3} s");
     println!(
         "{:>6} {:>14} {:>14} {:>12}",
         "batch", "total img/s", "encode img/s", "prep ms/img"
     );
-    for &bs in &batches {
+    for &bs in batches {
         // Warm-up: first-touch of the weights and allocator.
         let warm: Vec<Vec<f32>> = paths
             .iter()

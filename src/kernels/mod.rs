@@ -297,23 +297,13 @@ impl PackedLinear {
         }
         match &self.packed {
             Packed::Portable { weight, bias } => {
-                portable(
-                    x,
-                    rows,
-                    self.in_dim,
+                let layer = Unpacked {
                     weight,
-                    bias.as_deref(),
-                    self.out_dim,
-                    out,
-                    threads,
-                );
-                if !matches!(epilogue, Epilogue::None) {
-                    use rayon::prelude::*;
-                    let n = self.out_dim;
-                    out.par_chunks_mut(n)
-                        .enumerate()
-                        .for_each(|(r, row)| epilogue.apply(row, r, 0, n));
-                }
+                    bias: bias.as_deref(),
+                    out_dim: self.out_dim,
+                    in_dim: self.in_dim,
+                };
+                layer.run(x, rows, out, epilogue, threads);
             }
             #[cfg(target_arch = "x86_64")]
             Packed::X86 {
@@ -462,6 +452,67 @@ impl Grid {
             p0,
             (p0 + self.panel_step).min(panels),
         )
+    }
+}
+
+/// A linear layer over weights as they are (`[out, in]` row-major, e.g. a checkpoint's tensor in
+/// its mapped file), multiplied by the `gemm` crate: nothing to pack, so nothing to wait for at
+/// load. [`Linear`] uses it for f32 on the CPU.
+#[derive(Debug, Clone, Copy)]
+pub struct Unpacked<'a> {
+    pub weight: &'a [f32],
+    pub bias: Option<&'a [f32]>,
+    pub out_dim: usize,
+    pub in_dim: usize,
+}
+
+impl Unpacked<'_> {
+    /// `out = x · Wᵀ + b`, then `epilogue`, for `rows` rows; lengths checked.
+    pub fn forward_with(
+        &self,
+        x: &[f32],
+        rows: usize,
+        out: &mut [f32],
+        epilogue: Epilogue,
+    ) -> Result<(), KernelError> {
+        check_len(
+            "weight",
+            self.weight.len(),
+            self.out_dim.saturating_mul(self.in_dim),
+        )?;
+        if let Some(b) = self.bias {
+            check_len("bias", b.len(), self.out_dim)?;
+        }
+        check_len("input", x.len(), rows.saturating_mul(self.in_dim))?;
+        check_len("output", out.len(), rows.saturating_mul(self.out_dim))?;
+        if let Epilogue::Add(residual) = epilogue {
+            check_len("residual", residual.len(), out.len())?;
+        }
+        if rows > 0 {
+            self.run(x, rows, out, epilogue, rayon::current_num_threads());
+        }
+        Ok(())
+    }
+
+    /// [`Unpacked::forward_with`] on checked lengths.
+    fn run(&self, x: &[f32], rows: usize, out: &mut [f32], epilogue: Epilogue, threads: usize) {
+        portable(
+            x,
+            rows,
+            self.in_dim,
+            self.weight,
+            self.bias,
+            self.out_dim,
+            out,
+            threads,
+        );
+        if !matches!(epilogue, Epilogue::None) {
+            use rayon::prelude::*;
+            let n = self.out_dim;
+            out.par_chunks_mut(n)
+                .enumerate()
+                .for_each(|(r, row)| epilogue.apply(row, r, 0, n));
+        }
     }
 }
 

@@ -3,7 +3,7 @@
 
 use candle_core::{DType, Device, Module, Result, Storage, Tensor};
 
-use super::{Backend, PackedLinear, Precision};
+use super::{Backend, Epilogue, PackedLinear, Precision, Unpacked};
 
 /// `y = x · Wᵀ + b` on `[.., in]` tensors. On the CPU the weight is packed at construction for the
 /// fastest backend of the precision (see the module docs); on other devices the layer keeps the
@@ -16,6 +16,15 @@ pub struct Linear {
 #[derive(Debug)]
 enum Inner {
     Cpu(PackedLinear),
+    /// f32 weights used where they are (for a checkpoint, the mapped file), multiplied by the
+    /// `gemm` crate: nothing to pack at load.
+    CpuInPlace {
+        /// `[out, in]`, contiguous f32.
+        weight: Tensor,
+        bias: Option<Vec<f32>>,
+        out_dim: usize,
+        in_dim: usize,
+    },
     Device {
         /// `[in, out]`, a transposed view of the `[out, in]` weight.
         weight_t: Tensor,
@@ -43,18 +52,54 @@ impl Linear {
                 },
             });
         }
-        let w = weight
-            .to_dtype(DType::F32)?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
         let b = match bias {
             Some(b) => Some(b.to_dtype(DType::F32)?.to_vec1::<f32>()?),
             None => None,
         };
-        let packed = PackedLinear::new(&w, b.as_deref(), out_dim, in_dim, precision)
-            .map_err(candle_core::Error::wrap)?;
+        // Packed straight from the tensor's memory (for a checkpoint, the mapped file) when it is
+        // contiguous f32: a copy of every weight first would be the slowest part of loading.
+        let weight = weight.to_dtype(DType::F32)?.contiguous()?;
+        let packed = {
+            let (storage, layout) = weight.storage_and_layout();
+            let Storage::Cpu(cpu) = &*storage else {
+                candle_core::bail!("linear: the weight is not in CPU memory");
+            };
+            let start = layout.start_offset();
+            let Some(w) = cpu.as_slice::<f32>()?.get(start..start + out_dim * in_dim) else {
+                candle_core::bail!("linear: weight storage is shorter than its layout");
+            };
+            PackedLinear::new(w, b.as_deref(), out_dim, in_dim, precision)
+                .map_err(candle_core::Error::wrap)?
+        };
         Ok(Self {
             inner: Inner::Cpu(packed),
+        })
+    }
+
+    /// An f32 layer over `weight` as it is, on the CPU: no copy and no packing (the `gemm` crate
+    /// reads the `[out, in]` weight transposed in place). Other devices: as [`Linear::new`].
+    pub fn in_place(weight: &Tensor, bias: Option<&Tensor>) -> Result<Self> {
+        if !weight.device().is_cpu() {
+            return Self::new(weight, bias, Precision::F32);
+        }
+        let (out_dim, in_dim) = weight.dims2()?;
+        let bias = match bias {
+            Some(b) => {
+                let b = b.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+                if b.len() != out_dim {
+                    candle_core::bail!("linear: bias has {} values for {out_dim} outputs", b.len());
+                }
+                Some(b)
+            }
+            None => None,
+        };
+        Ok(Self {
+            inner: Inner::CpuInPlace {
+                weight: weight.to_dtype(DType::F32)?.contiguous()?,
+                bias,
+                out_dim,
+                in_dim,
+            },
         })
     }
 
@@ -62,6 +107,7 @@ impl Linear {
     pub fn backend(&self) -> Option<Backend> {
         match &self.inner {
             Inner::Cpu(p) => Some(p.backend()),
+            Inner::CpuInPlace { .. } => Some(Backend::Portable),
             Inner::Device { .. } => None,
         }
     }
@@ -69,7 +115,66 @@ impl Linear {
     pub fn packed(&self) -> Option<&PackedLinear> {
         match &self.inner {
             Inner::Cpu(p) => Some(p),
-            Inner::Device { .. } => None,
+            _ => None,
+        }
+    }
+
+    /// Whether the layer multiplies on the CPU (so [`Linear::forward_slice`] works).
+    pub fn is_cpu(&self) -> bool {
+        !matches!(self.inner, Inner::Device { .. })
+    }
+
+    /// `(out_features, in_features)`.
+    pub fn dims(&self) -> Result<(usize, usize)> {
+        match &self.inner {
+            Inner::Cpu(p) => Ok((p.out_dim(), p.in_dim())),
+            Inner::CpuInPlace {
+                out_dim, in_dim, ..
+            } => Ok((*out_dim, *in_dim)),
+            Inner::Device { weight_t, .. } => {
+                let (i, o) = weight_t.dims2()?;
+                Ok((o, i))
+            }
+        }
+    }
+
+    /// `out = x · Wᵀ + b`, then `epilogue`, on CPU slices of `rows` rows.
+    pub fn forward_slice(
+        &self,
+        x: &[f32],
+        rows: usize,
+        out: &mut [f32],
+        epilogue: Epilogue,
+    ) -> Result<()> {
+        match &self.inner {
+            Inner::Cpu(p) => p
+                .forward_with(x, rows, out, epilogue)
+                .map_err(candle_core::Error::wrap),
+            Inner::CpuInPlace {
+                weight,
+                bias,
+                out_dim,
+                in_dim,
+            } => {
+                let (storage, layout) = weight.storage_and_layout();
+                let Storage::Cpu(cpu) = &*storage else {
+                    candle_core::bail!("linear: the weight is not in CPU memory");
+                };
+                let start = layout.start_offset();
+                let Some(w) = cpu.as_slice::<f32>()?.get(start..start + out_dim * in_dim) else {
+                    candle_core::bail!("linear: weight storage is shorter than its layout");
+                };
+                let layer = Unpacked {
+                    weight: w,
+                    bias: bias.as_deref(),
+                    out_dim: *out_dim,
+                    in_dim: *in_dim,
+                };
+                layer
+                    .forward_with(x, rows, out, epilogue)
+                    .map_err(candle_core::Error::wrap)
+            }
+            Inner::Device { .. } => candle_core::bail!("linear: the layer is not on the CPU"),
         }
     }
 }
@@ -93,18 +198,18 @@ impl Module for Linear {
                 out_dims.push(ys.dim(1)?);
                 ys.reshape(out_dims)
             }
-            Inner::Cpu(p) => {
-                if in_dim != p.in_dim() {
+            Inner::Cpu(_) | Inner::CpuInPlace { .. } => {
+                let (out_dim, layer_in) = self.dims()?;
+                if in_dim != layer_in {
                     candle_core::bail!(
-                        "linear: input has {in_dim} features, the layer takes {}",
-                        p.in_dim()
+                        "linear: input has {in_dim} features, the layer takes {layer_in}"
                     );
                 }
                 if !xs.device().is_cpu() {
                     candle_core::bail!("linear: the layer was built on the CPU, the input is not");
                 }
                 let x = xs.to_dtype(DType::F32)?.contiguous()?;
-                let mut out = vec![0f32; rows * p.out_dim()];
+                let mut out = vec![0f32; rows * out_dim];
                 {
                     let (storage, layout) = x.storage_and_layout();
                     let Storage::Cpu(cpu) = &*storage else {
@@ -115,11 +220,10 @@ impl Module for Linear {
                     else {
                         candle_core::bail!("linear: input storage is shorter than its layout");
                     };
-                    p.forward(data, rows, &mut out)
-                        .map_err(candle_core::Error::wrap)?;
+                    self.forward_slice(data, rows, &mut out, Epilogue::None)?;
                 }
                 let mut out_dims = lead.to_vec();
-                out_dims.push(p.out_dim());
+                out_dims.push(out_dim);
                 let ys = Tensor::from_vec(out, out_dims, &Device::Cpu)?;
                 if xs.dtype() == DType::F32 {
                     Ok(ys)

@@ -361,8 +361,24 @@ mod candle {
             .unwrap()
             .reshape((2, 3, out))
             .unwrap();
-        for (precision, tol) in [(Precision::F32, 1e-5), (Precision::Bf16, 1e-2)] {
-            let lin = Linear::new(&w, Some(&b), precision).unwrap();
+        let layers = [
+            (
+                "f32 packed",
+                Linear::new(&w, Some(&b), Precision::F32).unwrap(),
+                1e-5,
+            ),
+            (
+                "bf16",
+                Linear::new(&w, Some(&b), Precision::Bf16).unwrap(),
+                1e-2,
+            ),
+            (
+                "f32 in place",
+                Linear::in_place(&w, Some(&b)).unwrap(),
+                1e-5,
+            ),
+        ];
+        for (precision, lin, tol) in layers {
             assert!(lin.backend().is_some());
             let got = lin.forward(&x).unwrap();
             assert_eq!(got.dims(), &[2, 3, out]);
@@ -376,6 +392,22 @@ mod candle {
                 "{precision:?} transposed"
             );
         }
+        // In place: no copy of the weight, and its slice path equals its tensor path.
+        let lin = Linear::in_place(&w, Some(&b)).unwrap();
+        assert_eq!(lin.backend(), Some(crate::kernels::Backend::Portable));
+        let flat: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
+        let mut out_slice = vec![0.0; 6 * out];
+        lin.forward_slice(&flat, 6, &mut out_slice, crate::kernels::Epilogue::None)
+            .unwrap();
+        let via_tensor: Vec<f32> = lin
+            .forward(&x)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert_eq!(out_slice, via_tensor);
+        assert!(Linear::in_place(&w, Some(&w)).is_err());
         // Other dtypes go through f32 and come back in their own.
         let lin = Linear::new(&w, None, Precision::F32).unwrap();
         let got = lin.forward(&x.to_dtype(DType::F16).unwrap()).unwrap();

@@ -78,30 +78,47 @@ pub(super) enum PackedWeights {
 }
 
 impl PackedWeights {
+    /// Packs `w` (`n × k`, row-major). Panels are filled in parallel, each from its 32 or 48
+    /// weight rows read in order (the padding stays zero): at load this is the one pass over all
+    /// the weights, so it is what a single-image call waits for.
     pub(super) fn new(w: &[f32], n: usize, k: usize, backend: Backend) -> Self {
-        let panels = n.div_ceil(NR);
+        use rayon::prelude::*;
         if backend.is_bf16() {
+            let panels = n.div_ceil(NR);
             let kp = k.next_multiple_of(32);
             let mut data = Aligned::<u16>::zeroed(panels * kp * NR);
-            let d = data.as_mut_slice();
-            for (col, row) in w.chunks_exact(k).enumerate() {
-                let (p, t, c) = (col / NR, (col % NR) / 16, col % 16);
-                for (kk, &v) in row.iter().enumerate() {
-                    let (kb, r, e) = (kk / 32, (kk % 32) / 2, kk % 2);
-                    d[p * kp * NR + kb * 1024 + t * 512 + r * 32 + c * 2 + e] = bf16(v);
-                }
-            }
+            data.as_mut_slice()
+                .par_chunks_mut(kp * NR)
+                .zip(w.par_chunks(NR * k))
+                .for_each(|(panel, rows)| {
+                    // W[32p + 16t + c][32kb + 2r + e] goes to kb·1024 + t·512 + r·32 + c·2 + e.
+                    for (col, row) in rows.chunks_exact(k).enumerate() {
+                        let (t, c) = (col / 16, col % 16);
+                        for (pair, v) in row.chunks(2).enumerate() {
+                            let (kb, r) = (pair / 16, pair % 16);
+                            let i = kb * 1024 + t * 512 + r * 32 + c * 2;
+                            panel[i] = bf16(v[0]);
+                            if let Some(&odd) = v.get(1) {
+                                panel[i + 1] = bf16(odd);
+                            }
+                        }
+                    }
+                });
             PackedWeights::Bf16 { data, panels }
         } else {
             let panels = n.div_ceil(NRF);
             let mut data = Aligned::<f32>::zeroed(panels * k * NRF);
-            let d = data.as_mut_slice();
-            for (col, row) in w.chunks_exact(k).enumerate() {
-                let (p, j) = (col / NRF, col % NRF);
-                for (kk, &v) in row.iter().enumerate() {
-                    d[(p * k + kk) * NRF + j] = v;
-                }
-            }
+            data.as_mut_slice()
+                .par_chunks_mut(k * NRF)
+                .zip(w.par_chunks(NRF * k))
+                .for_each(|(panel, rows)| {
+                    // W[48p + j][kk] goes to kk·48 + j.
+                    for (j, row) in rows.chunks_exact(k).enumerate() {
+                        for (d, &v) in panel[j..].iter_mut().step_by(NRF).zip(row) {
+                            *d = v;
+                        }
+                    }
+                });
             PackedWeights::F32 { data, panels }
         }
     }

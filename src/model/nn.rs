@@ -11,7 +11,7 @@ use candle_nn::VarBuilder;
 use serde::Deserialize;
 
 use crate::kernels::attention::{attention, AttentionShape, Queries};
-use crate::kernels::{self, elementwise, Epilogue, PackedLinear};
+use crate::kernels::{self, elementwise, Epilogue};
 
 /// The activation of the MLP blocks. OpenAI checkpoints use `quick_gelu`; LAION's use `gelu` (exact,
 /// erf); SigLIP's `gelu_pytorch_tanh`.
@@ -29,10 +29,9 @@ pub enum Activation {
 /// multiplies in the tensors' own dtype).
 pub use crate::kernels::Precision as LinearPrecision;
 
-/// `nn.Linear`: on the CPU through [`kernels::Linear`](crate::kernels::Linear), whose weights
-/// are packed once at load for the kernel this CPU runs best (f32, or bf16 where the CPU
-/// multiplies bf16 natively); elsewhere Candle's matmul, as one 2-D product over all leading
-/// dimensions.
+/// `nn.Linear`: on the CPU through [`kernels::Linear`](crate::kernels::Linear): f32 over the
+/// weights where they are, bf16 (where the CPU multiplies it natively) over weights packed once
+/// at load; elsewhere Candle's matmul, as one 2-D product over all leading dimensions.
 #[derive(Debug, Clone)]
 pub struct Linear(Arc<kernels::Linear>);
 
@@ -54,15 +53,23 @@ impl Linear {
     }
 
     /// From a `[out, in]` weight and an optional `[out]` bias already read (e.g. slices of a packed
-    /// `in_proj_weight`). On the CPU the tensors are packed and can be dropped afterwards.
+    /// `in_proj_weight`).
     pub fn from_weights(
         weight: &Tensor,
         bias: Option<&Tensor>,
         precision: LinearPrecision,
     ) -> Result<Self> {
-        Ok(Self(Arc::new(kernels::Linear::new(
-            weight, bias, precision,
-        )?)))
+        // f32 multiplies the weights where they are (no packing: a single-image call would
+        // otherwise wait for a pass over every weight), as does bf16 on a CPU without native
+        // bf16; bf16 with AMX or AVX512-BF16 packs (and converts) once at load.
+        let native_bf16 = precision == LinearPrecision::Bf16
+            && kernels::Backend::best(LinearPrecision::Bf16).is_bf16();
+        let layer = if native_bf16 {
+            kernels::Linear::new(weight, bias, precision)?
+        } else {
+            kernels::Linear::in_place(weight, bias)?
+        };
+        Ok(Self(Arc::new(layer)))
     }
 
     /// Several projections of the same input as one wider layer (q, k and v: one product
@@ -90,9 +97,19 @@ impl Linear {
         self.0.forward(xs)
     }
 
-    /// The packed CPU layer, or `None` on another device.
-    fn packed(&self) -> Option<&PackedLinear> {
-        self.0.packed()
+    /// `out = x · Wᵀ + b`, then `epilogue`, on CPU buffers of `rows` rows.
+    fn forward_slice(
+        &self,
+        x: &[f32],
+        rows: usize,
+        out: &mut [f32],
+        epilogue: Epilogue,
+    ) -> candle_core::Result<()> {
+        self.0.forward_slice(x, rows, out, epilogue)
+    }
+
+    fn out_dim(&self) -> candle_core::Result<usize> {
+        Ok(self.0.dims()?.0)
     }
 }
 
@@ -541,7 +558,7 @@ impl EncoderLayer {
             &self.fc2,
         ]
         .iter()
-        .all(|l| l.packed().is_some())
+        .all(|l| l.0.is_cpu())
             && self.layer_norm1.cpu.is_some()
             && self.layer_norm2.cpu.is_some()
     }
@@ -583,11 +600,6 @@ fn kernel_err(e: impl std::fmt::Display) -> candle_core::Error {
 }
 
 impl CpuEncoder<'_> {
-    fn packed(l: &Linear) -> candle_core::Result<&PackedLinear> {
-        l.packed()
-            .ok_or_else(|| candle_core::Error::Msg("linear layer not on the CPU".into()))
-    }
-
     fn run(&self, mut x: Vec<f32>, last: Last) -> candle_core::Result<Vec<f32>> {
         let (b, t, d) = (self.b, self.t, self.d);
         let n = b * t;
@@ -610,9 +622,10 @@ impl CpuEncoder<'_> {
         let mut hidden = Vec::new();
         for layer in body {
             self.attention_block(layer, &x, &mut ln, &mut qkv, &mut ctx, Queries::All)?;
-            Self::packed(&layer.self_attn.out_proj)?
-                .forward_with(&ctx, n, &mut y, Epilogue::Add(&x))
-                .map_err(kernel_err)?;
+            layer
+                .self_attn
+                .out_proj
+                .forward_slice(&ctx, n, &mut y, Epilogue::Add(&x))?;
             std::mem::swap(&mut x, &mut y);
             self.mlp_block(layer, &x, n, &mut ln, &mut hidden, &mut y)?;
             std::mem::swap(&mut x, &mut y);
@@ -620,9 +633,10 @@ impl CpuEncoder<'_> {
         match last {
             Last::Full => {
                 self.attention_block(last_layer, &x, &mut ln, &mut qkv, &mut ctx, Queries::All)?;
-                Self::packed(&last_layer.self_attn.out_proj)?
-                    .forward_with(&ctx, n, &mut y, Epilogue::Add(&x))
-                    .map_err(kernel_err)?;
+                last_layer
+                    .self_attn
+                    .out_proj
+                    .forward_slice(&ctx, n, &mut y, Epilogue::Add(&x))?;
                 std::mem::swap(&mut x, &mut y);
                 self.mlp_block(last_layer, &x, n, &mut ln, &mut hidden, &mut y)?;
                 Ok(y)
@@ -638,24 +652,29 @@ impl CpuEncoder<'_> {
                 )?;
                 let residual = gather_rows(&x, rows, t, d);
                 let mut xb = vec![0.0f32; b * d];
-                Self::packed(&last_layer.self_attn.out_proj)?
-                    .forward_with(&ctx[..b * d], b, &mut xb, Epilogue::Add(&residual))
-                    .map_err(kernel_err)?;
+                last_layer.self_attn.out_proj.forward_slice(
+                    &ctx[..b * d],
+                    b,
+                    &mut xb,
+                    Epilogue::Add(&residual),
+                )?;
                 let mut out = vec![0.0f32; b * d];
                 self.mlp_block(last_layer, &xb, b, &mut ln, &mut hidden, &mut out)?;
                 Ok(out)
             }
             Last::ValuePath => {
                 last_layer.layer_norm1.forward_slice(&x, &mut ln)?;
-                Self::packed(&last_layer.self_attn.qkv)?
-                    .forward(&ln, n, &mut qkv)
-                    .map_err(kernel_err)?;
+                last_layer
+                    .self_attn
+                    .qkv
+                    .forward_slice(&ln, n, &mut qkv, Epilogue::None)?;
                 for (v, row) in ctx.chunks_exact_mut(d).zip(qkv.chunks_exact(3 * d)) {
                     v.copy_from_slice(&row[2 * d..]);
                 }
-                Self::packed(&last_layer.self_attn.out_proj)?
-                    .forward(&ctx, n, &mut y)
-                    .map_err(kernel_err)?;
+                last_layer
+                    .self_attn
+                    .out_proj
+                    .forward_slice(&ctx, n, &mut y, Epilogue::None)?;
                 Ok(y)
             }
         }
@@ -673,9 +692,10 @@ impl CpuEncoder<'_> {
     ) -> candle_core::Result<()> {
         let (b, t, d) = (self.b, self.t, self.d);
         layer.layer_norm1.forward_slice(x, ln)?;
-        Self::packed(&layer.self_attn.qkv)?
-            .forward(ln, b * t, qkv)
-            .map_err(kernel_err)?;
+        layer
+            .self_attn
+            .qkv
+            .forward_slice(ln, b * t, qkv, Epilogue::None)?;
         let rows = match queries {
             Queries::All => b * t,
             Queries::Rows(_) => b,
@@ -709,15 +729,13 @@ impl CpuEncoder<'_> {
         let d = self.d;
         let ln = &mut ln[..rows * d];
         layer.layer_norm2.forward_slice(x, ln)?;
-        let fc1 = Self::packed(&layer.fc1)?;
-        hidden.resize(rows * fc1.out_dim(), 0.0);
+        hidden.resize(rows * layer.fc1.out_dim()?, 0.0);
         let act = layer.act;
         let activate = move |run: &mut [f32]| activate_slice(act, run);
-        fc1.forward_with(ln, rows, hidden, Epilogue::Map(&activate))
-            .map_err(kernel_err)?;
-        Self::packed(&layer.fc2)?
-            .forward_with(hidden, rows, out, Epilogue::Add(x))
-            .map_err(kernel_err)
+        layer
+            .fc1
+            .forward_slice(ln, rows, hidden, Epilogue::Map(&activate))?;
+        layer.fc2.forward_slice(hidden, rows, out, Epilogue::Add(x))
     }
 }
 
