@@ -4,7 +4,8 @@
 //! `cli` (arguments, converted to typed options), `commands` (one file per command), `engine`
 //! (model loading, the text side, image batches), `model` (the family seam; one folder per family),
 //! `hub` (the only network access), `images` (image file + config -> pixels), `text` (tokenizer,
-//! templates, labels), `score` (embeddings -> scores), `output` (records, formats; the only place
+//! templates, labels), `score` (embeddings -> scores), `metrics` (eval and calibrate's numbers), `truth`
+//! (ground-truth files), `output` (records, formats; the only place
 //! that prints). The README's "Architecture" section follows one image through them.
 
 // README "Guarantees": nothing a user or a file controls may reach a panic. Library code does not
@@ -38,10 +39,12 @@ pub mod inputs;
 // AVX-512 intrinsics: stable since Rust 1.89 (rust-version to follow, with `is_multiple_of` for 1.89's lints).
 #[clippy::msrv = "1.89"]
 pub mod kernels;
+pub mod metrics;
 pub mod model;
 pub mod output;
 pub mod pipeline;
 pub mod score;
 pub mod text;
+pub mod truth;
 
 pub use error::Error;
