@@ -190,34 +190,31 @@ fn aspect_rules(aspects: &[Aspect], opts: &TagOptions) -> Result<Vec<Rule>> {
         .collect())
 }
 
-pub fn run(opts: &TagOptions) -> Result<Outcome> {
-    let quiet = opts.run.quiet;
-    let aspects = aspects::resolve(&opts.aspects)?;
-    let rules = aspect_rules(&aspects, opts)?;
-    let inputs = collect_inputs(&opts.inputs)?;
-    let dest = open_destination(&opts.run.output)?;
-    let inputs = skip_completed(inputs, &dest.completed, quiet);
-    let plan = plan_model(&opts.model, quiet)?;
-    // A sigmoid head scores each label on its own: multi aspects need no neutral prompt.
-    let needs_neutral = plan.spec.head_kind() == HeadKind::Softmax;
-
-    // One text unit per label, then the neutral prompt of a multi aspect.
+/// The text units of a run over `aspects`: one per label, then the neutral prompt of a multi
+/// aspect when the head needs it.
+pub fn text_units(aspects: &[Aspect], needs_neutral: bool) -> Vec<Vec<String>> {
     let mut units: Vec<Vec<String>> = Vec::new();
-    for a in &aspects {
+    for a in aspects {
         units.extend(a.labels.iter().map(|l| a.prompts_for(l)));
         if let (Some(n), true) = (&a.neutral, needs_neutral) {
             units.push(a.prompts_for(n));
         }
     }
-    let cache = text_cache(opts.run.no_cache);
-    let report = TextReport {
-        quiet,
-        verbose: opts.run.verbose,
-    };
-    let (engine, mut embeds) = load_with_text(plan, &units, cache.as_ref(), report)?;
+    units
+}
+
+/// The aspects ready to score images: the embeddings of [`text_units`] split back per aspect, with
+/// each aspect's rule and `--threshold` (if any).
+pub fn prepare(
+    aspects: &[Aspect],
+    rules: &[Rule],
+    cli_thresholds: &[Option<f32>],
+    mut embeds: Vec<Vec<f32>>,
+    needs_neutral: bool,
+) -> Result<Vec<AspectEmbeddings>> {
     let mut prepared = Vec::with_capacity(aspects.len());
     let mut rest = embeds.drain(..);
-    for (a, rule) in aspects.iter().zip(&rules) {
+    for ((a, rule), cli) in aspects.iter().zip(rules).zip(cli_thresholds) {
         let embeddings: Vec<Vec<f32>> = rest.by_ref().take(a.labels.len()).collect();
         let neutral = match (&a.neutral, needs_neutral) {
             (Some(_), true) => Some(rest.next().context("missing neutral embedding")?),
@@ -232,10 +229,35 @@ pub fn run(opts: &TagOptions) -> Result<Outcome> {
             },
             neutral,
             rule: *rule,
-            thresholds: label_thresholds(a, rule, PerAspect::lookup(&opts.threshold, &a.name)),
+            thresholds: label_thresholds(a, rule, *cli),
         });
     }
-    drop(rest);
+    Ok(prepared)
+}
+
+pub fn run(opts: &TagOptions) -> Result<Outcome> {
+    let quiet = opts.run.quiet;
+    let aspects = aspects::resolve(&opts.aspects)?;
+    let rules = aspect_rules(&aspects, opts)?;
+    let inputs = collect_inputs(&opts.inputs)?;
+    let dest = open_destination(&opts.run.output)?;
+    let inputs = skip_completed(inputs, &dest.completed, quiet);
+    let plan = plan_model(&opts.model, quiet)?;
+    // A sigmoid head scores each label on its own: multi aspects need no neutral prompt.
+    let needs_neutral = plan.spec.head_kind() == HeadKind::Softmax;
+
+    let units = text_units(&aspects, needs_neutral);
+    let cache = text_cache(opts.run.no_cache);
+    let report = TextReport {
+        quiet,
+        verbose: opts.run.verbose,
+    };
+    let (engine, embeds) = load_with_text(plan, &units, cache.as_ref(), report)?;
+    let cli_thresholds: Vec<Option<f32>> = aspects
+        .iter()
+        .map(|a| PerAspect::lookup(&opts.threshold, &a.name))
+        .collect();
+    let prepared = prepare(&aspects, &rules, &cli_thresholds, embeds, needs_neutral)?;
     let header = TagRunInfo {
         model: engine.info(),
         aspects: aspects

@@ -67,6 +67,8 @@ pub enum ListFormat {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Cell<'a> {
     Text(&'a str),
+    /// Text made for the row (a list joined into one cell).
+    Owned(String),
     Int(usize),
     Num(f32),
     Empty,
@@ -88,6 +90,7 @@ impl Cell<'_> {
                 format!("\"{}\"", s.replace('"', "\"\""))
             }
             Cell::Text(s) => s.to_string(),
+            Cell::Owned(s) => Cell::Text(s).csv(),
             Cell::Int(n) => n.to_string(),
             Cell::Num(x) => x.to_string(),
             Cell::Empty => String::new(),
