@@ -264,6 +264,13 @@ fn one_template_without_sweep_equals_that_templates_row() {
     success(&out);
     let got = report(&out);
     assert!(got.sweep.is_none());
+    // --sweep over one template: its row alone, the same numbers.
+    let out = eval(&dataset(), &["-t", "{}", "--sweep"]);
+    success(&out);
+    let rows = report(&out).sweep.unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].template, "{}");
+    close(rows[0].top1, r.metrics["{}"].top1, "sweep row");
     assert_eq!(got.templates, ["{}"]);
     let want = &r.metrics["{}"];
     close(got.top1, want.top1, "top1");

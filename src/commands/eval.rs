@@ -299,6 +299,7 @@ pub fn run(opts: &EvalOptions) -> Result<Outcome> {
     let labels: Vec<String> = classes.iter().map(|c| c.label.clone()).collect();
     // With --sweep, one text unit per label and template (each template's own embedding; the
     // ensemble is their normalised mean); otherwise one per label, as classify encodes them.
+    // (With one template, the sweep is that template's row alone.)
     let sweep = opts.sweep && templates.len() > 1;
     let units: Vec<Vec<String>> = if sweep {
         labels
@@ -374,15 +375,17 @@ pub fn run(opts: &EvalOptions) -> Result<Outcome> {
 
     let main = &tallies[0];
     let summary = main.summary();
-    let sweep_rows = sweep.then(|| {
+    let sweep_rows = opts.sweep.then(|| {
         let mut rows: Vec<SweepRow> = tallies
             .iter()
             .enumerate()
             .map(|(v, t)| {
                 let s = t.summary();
                 SweepRow {
-                    template: if v == 0 {
+                    template: if v == 0 && sweep {
                         "ensemble".into()
+                    } else if v == 0 {
+                        templates[0].as_str().to_string()
                     } else {
                         templates[v - 1].as_str().to_string()
                     },
