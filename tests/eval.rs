@@ -333,6 +333,18 @@ fn labels_from_a_file_or_a_map() {
     assert_eq!(labels[0], "a camera");
     assert_eq!(labels[5], "a retina");
 
+    // A label may name two classes (OpenAI's ImageNet names do): allowed, with a warning.
+    std::fs::write(&list, "camera\ncoin\nhorse\nlogo\nlogo\nretina\n").unwrap();
+    let out = eval(&dataset(), &["--labels-file", list.to_str().unwrap()]);
+    success(&out);
+    let got = report(&out);
+    assert_eq!(got.classes[3].label, got.classes[4].label);
+    assert!(
+        stderr_of(&out).contains("label \"logo\" names two classes"),
+        "{}",
+        stderr_of(&out)
+    );
+
     // Mistakes: one line naming the file, exit 2, nothing on stdout.
     std::fs::write(&list, "camera\ncoin\n").unwrap();
     let out = eval(&dataset(), &["--labels-file", list.to_str().unwrap()]);
