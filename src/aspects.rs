@@ -71,12 +71,15 @@ impl fmt::Display for AspectKind {
     }
 }
 
-/// One label of an aspect (or its neutral): a name, and optionally its own full-sentence prompts
-/// that replace the aspect's templates.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One label of an aspect (or its neutral): a name, optionally its own full-sentence prompts that
+/// replace the aspect's templates, and optionally its own threshold (`vlm calibrate` writes them),
+/// which replaces the aspect's for this label.
+#[derive(Debug, Clone, PartialEq)]
 pub struct AspectLabel {
     pub name: String,
     pub prompts: Option<Vec<String>>,
+    /// In 0..=1; never set on the neutral.
+    pub threshold: Option<f32>,
 }
 
 /// A parsed and validated aspect file.
@@ -143,7 +146,8 @@ enum RawLabel {
 #[serde(deny_unknown_fields)]
 struct RawLabelTable {
     name: String,
-    prompts: Spanned<Vec<Spanned<String>>>,
+    prompts: Option<Spanned<Vec<Spanned<String>>>>,
+    threshold: Option<Spanned<f64>>,
 }
 
 // By hand rather than `#[serde(untagged)]`: untagged enums buffer their input, which loses both the
@@ -156,7 +160,9 @@ impl<'de> Deserialize<'de> for RawLabel {
             type Value = RawLabel;
 
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a label name or a table { name = \"...\", prompts = [\"...\"] }")
+                f.write_str(
+                    "a label name or a table { name = \"...\", prompts = [\"...\"], threshold = 0.5 }",
+                )
             }
 
             fn visit_str<E: de::Error>(self, v: &str) -> Result<RawLabel, E> {
@@ -269,16 +275,7 @@ impl Aspect {
 
         let threshold = match &raw.threshold {
             None => None,
-            Some(t) => {
-                let v = *t.get_ref();
-                if !(0.0..=1.0).contains(&v) {
-                    return Err(r.at(
-                        Some(t.span()),
-                        format!("threshold must be between 0 and 1, not {v}"),
-                    ));
-                }
-                Some(v as f32)
-            }
+            Some(t) => Some(parse_threshold(&r, t, "threshold")?),
         };
 
         let kind = *raw.kind.get_ref();
@@ -347,6 +344,59 @@ impl Aspect {
             .map(Template::as_str)
             .collect::<Vec<_>>()
             .join("\n")
+    }
+
+    /// The aspect as an aspect file: `comment` (each line prefixed with `# `) then every key, labels
+    /// with their own prompts or threshold as tables. Parsing the text gives this aspect back.
+    pub fn to_toml(&self, comment: &str) -> String {
+        let s = |text: &str| toml::Value::String(text.to_string()).to_string();
+        let list = |items: &[String]| {
+            let items: Vec<String> = items.iter().map(|i| s(i)).collect();
+            format!("[{}]", items.join(", "))
+        };
+        let label = |l: &AspectLabel| {
+            if l.prompts.is_none() && l.threshold.is_none() {
+                return s(&l.name);
+            }
+            let mut parts = vec![format!("name = {}", s(&l.name))];
+            if let Some(p) = &l.prompts {
+                parts.push(format!("prompts = {}", list(p)));
+            }
+            if let Some(t) = l.threshold {
+                parts.push(format!("threshold = {}", toml_threshold(t)));
+            }
+            format!("{{ {} }}", parts.join(", "))
+        };
+        let mut out = String::new();
+        for line in comment.lines() {
+            out.push_str(
+                &format!("# {}\n", crate::error::escape_controls(line)).replace("# \n", "#\n"),
+            );
+        }
+        out.push_str(&format!("name = {}\n", s(&self.name)));
+        out.push_str(&format!("description = {}\n", s(&self.description)));
+        out.push_str(&format!("kind = {}\n", s(&self.kind.to_string())));
+        let templates: Vec<String> = self
+            .templates
+            .iter()
+            .map(|t| t.as_str().to_string())
+            .collect();
+        out.push_str(&format!("templates = {}\n", list(&templates)));
+        if let Some(n) = &self.neutral {
+            out.push_str(&format!("neutral = {}\n", label(n)));
+        }
+        if let Some(t) = self.threshold {
+            out.push_str(&format!("threshold = {}\n", toml_threshold(t)));
+        }
+        if let Some(k) = self.top_k {
+            out.push_str(&format!("top_k = {k}\n"));
+        }
+        out.push_str("labels = [\n");
+        for l in &self.labels {
+            out.push_str(&format!("  {},\n", label(l)));
+        }
+        out.push_str("]\n");
+        out
     }
 
     /// True when both define the same thing, wherever they came from.
@@ -422,9 +472,9 @@ fn parse_label(
     what: &str,
 ) -> Result<AspectLabel, AspectError> {
     let span = Some(raw.span());
-    let (name, prompts) = match raw.get_ref() {
-        RawLabel::Name(name) => (name.as_str(), None),
-        RawLabel::Table(t) => (t.name.as_str(), Some(&t.prompts)),
+    let (name, prompts, threshold) = match raw.get_ref() {
+        RawLabel::Name(name) => (name.as_str(), None, None),
+        RawLabel::Table(t) => (t.name.as_str(), t.prompts.as_ref(), t.threshold.as_ref()),
     };
     let name = name.trim();
     if name.is_empty() {
@@ -481,10 +531,47 @@ fn parse_label(
             Some(out)
         }
     };
+    let threshold = match threshold {
+        None => None,
+        Some(_) if what == "neutral" => {
+            return Err(r.at(
+                span,
+                "the neutral has no threshold; thresholds are for labels",
+            ))
+        }
+        Some(t) => Some(parse_threshold(
+            r,
+            t,
+            &format!("threshold of {what} {name:?}"),
+        )?),
+    };
     Ok(AspectLabel {
         name: name.to_string(),
         prompts,
+        threshold,
     })
+}
+
+/// A threshold as written: a number in 0..=1.
+fn parse_threshold(r: &Reporter<'_>, t: &Spanned<f64>, what: &str) -> Result<f32, AspectError> {
+    let v = *t.get_ref();
+    if !(0.0..=1.0).contains(&v) {
+        return Err(r.at(
+            Some(t.span()),
+            format!("{what} must be between 0 and 1, not {v}"),
+        ));
+    }
+    Ok(v as f32)
+}
+
+/// A threshold as TOML: the f32's exact value as a double, so that reading the file back (as f64,
+/// then f32) gives the same f32; short decimals stay short (0.5, 0.25).
+fn toml_threshold(t: f32) -> String {
+    let shortest = format!("{t}");
+    match shortest.parse::<f64>() {
+        Ok(v) if v as f32 == t => format!("{v:?}"),
+        _ => format!("{:?}", f64::from(t)),
+    }
 }
 
 /// Parses one built-in file: like a user file, plus its name must be its file stem.
@@ -663,8 +750,72 @@ labels = [
             m.neutral,
             Some(AspectLabel {
                 name: "place".into(),
-                prompts: None
+                prompts: None,
+                threshold: None,
             })
+        );
+    }
+
+    #[test]
+    fn per_label_thresholds_parse_and_round_trip() {
+        let text = GOOD
+            .replace("\"car\",", "{ name = \"car\", threshold = 0.62 },")
+            .replace(
+                "prompts = [\"a photo of a bicycle.\"] }",
+                "prompts = [\"a photo of a bicycle.\"], threshold = 1 }",
+            );
+        let a = Aspect::parse(&text, "vehicle.toml").unwrap();
+        let thresholds: Vec<Option<f32>> = a.labels.iter().map(|l| l.threshold).collect();
+        assert_eq!(thresholds, [Some(0.62), Some(1.0), None]);
+        // Written out and read back: the same aspect, thresholds to the bit.
+        let written = a.to_toml("calibrated\nfrom truth.csv");
+        assert!(written.starts_with("# calibrated\n# from truth.csv\nname = \"vehicle\""));
+        assert!(
+            written.contains("{ name = \"car\", threshold = 0.62 }"),
+            "{written}"
+        );
+        let back = Aspect::parse(&written, "vehicle.toml").unwrap();
+        assert_eq!(back, a);
+        // Every built-in survives the trip too, and so do awkward thresholds.
+        for b in builtins() {
+            let back = Aspect::parse(&b.to_toml(""), BUILTIN_SOURCE).unwrap();
+            assert!(back.same_definition(&b), "{}", b.name);
+        }
+        let mut odd = a.clone();
+        for (i, l) in odd.labels.iter_mut().enumerate() {
+            l.threshold = Some([0.1f32 + f32::EPSILON, 1.0 / 3.0, 0.0][i]);
+        }
+        let back = Aspect::parse(&odd.to_toml(""), "vehicle.toml").unwrap();
+        assert_eq!(back, odd);
+    }
+
+    #[test]
+    fn per_label_threshold_errors_name_the_line() {
+        let e = err(&single("").replace("\"beach\"", "\n  { name = \"beach\", threshold = 1.5 }"));
+        assert_eq!(
+            e.to_string(),
+            "vehicle.toml:6: threshold of label \"beach\" must be between 0 and 1, not 1.5"
+        );
+        let e = err(&single("").replace("\"beach\"", "\n  { name = \"beach\", threshold = -0.1 }"));
+        assert!(
+            e.to_string()
+                .starts_with("vehicle.toml:6: threshold of label"),
+            "{e}"
+        );
+        let multi = single("").replace(
+            "\"single\"",
+            "\"multi\"\nneutral = { name = \"place\", threshold = 0.5 }",
+        );
+        let e = err(&multi);
+        assert_eq!(
+            e.to_string(),
+            "vehicle.toml:4: the neutral has no threshold; thresholds are for labels"
+        );
+        let e = err(&single("").replace("\"beach\"", "{ name = \"beach\", threshold = \"high\" }"));
+        assert!(
+            e.to_string()
+                .contains("vehicle.toml:5: invalid type: string"),
+            "{e}"
         );
     }
 

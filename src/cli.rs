@@ -5,9 +5,11 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::commands::aspects::AspectsOptions;
+use crate::commands::calibrate::CalibrateOptions;
 use crate::commands::classify::ClassifyOptions;
 use crate::commands::dupes::{DupesOptions, DEFAULT_THRESHOLD};
 use crate::commands::embed::{EmbedFormat, EmbedOptions};
+use crate::commands::eval::EvalOptions;
 use crate::commands::explain::ExplainOptions;
 use crate::commands::index::{IndexOptions, IndexSpec};
 use crate::commands::search::SearchOptions;
@@ -67,6 +69,12 @@ pub enum Command {
     /// Show where in each image each label is seen: patch heat maps as numbers or pictures.
     #[command(after_help = EXIT_CODES)]
     Explain(ExplainArgs),
+    /// Measure zero-shot accuracy on a folder with one sub-folder per class.
+    #[command(after_help = EXIT_CODES)]
+    Eval(EvalArgs),
+    /// Choose per-label thresholds of an aspect from a ground truth, for `vlm tag`.
+    #[command(after_help = EXIT_CODES)]
+    Calibrate(CalibrateArgs),
 }
 
 #[derive(Debug, Args)]
@@ -496,15 +504,8 @@ pub struct ClassifyArgs {
     #[arg(long, value_name = "FILE")]
     pub labels_file: Vec<PathBuf>,
 
-    /// Prompt template, `{}` standing for the label; repeatable. Default: the model's ("a photo of
-    /// a {}." for CLIP, "This is a photo of {}." for SigLIP).
-    #[arg(short, long, value_name = "TEMPLATE")]
-    pub template: Vec<String>,
-
-    /// A built-in template set (`imagenet`: the CLIP paper's 80) or a file of templates, one per
-    /// line. Several templates are ensembled: their normalised embeddings are averaged per label.
-    #[arg(long, value_name = "NAME|FILE")]
-    pub templates: Option<String>,
+    #[command(flatten)]
+    pub templates: TemplateArgs,
 
     /// Report only the K most probable labels per image.
     #[arg(short = 'k', long, value_name = "K", value_parser = clap::value_parser!(u32).range(1..))]
@@ -518,6 +519,128 @@ pub struct ClassifyArgs {
 
     #[command(flatten)]
     pub run: RunArgs,
+}
+
+/// The prompt templates of `classify` and `eval`.
+#[derive(Debug, Args)]
+pub struct TemplateArgs {
+    /// Prompt template, `{}` standing for the label; repeatable. Default: the model's ("a photo of
+    /// a {}." for CLIP, "This is a photo of {}." for SigLIP).
+    #[arg(short, long, value_name = "TEMPLATE")]
+    pub template: Vec<String>,
+
+    /// A built-in template set (`imagenet`: the CLIP paper's 80) or a file of templates, one per
+    /// line. Several templates are ensembled: their normalised embeddings are averaged per label.
+    #[arg(long, value_name = "NAME|FILE")]
+    pub templates: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// The dataset: a folder with one sub-folder per class (the ImageFolder layout). Images in a
+    /// class folder's own sub-folders count for that class.
+    #[arg(value_name = "FOLDER")]
+    pub root: PathBuf,
+
+    /// The class labels, one per line, in sorted folder order (as CLIP_benchmark's class-name
+    /// files are). Default: the folder names.
+    #[arg(long, value_name = "FILE", conflicts_with = "label_map")]
+    pub labels_file: Option<PathBuf>,
+
+    /// The class labels as `folder=label` lines, one for every class folder.
+    #[arg(long, value_name = "FILE")]
+    pub label_map: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub templates: TemplateArgs,
+
+    /// Also score each template on its own, and the ensemble of all: one `sweep` row each, best
+    /// first. The text of every template is encoded once.
+    #[arg(long)]
+    pub sweep: bool,
+
+    /// Include hidden class folders and files (names starting with `.`).
+    #[arg(short = 'H', long)]
+    pub hidden: bool,
+
+    /// Output format: the summary and one row per class. Default: from --output's extension, else
+    /// table on a terminal and json otherwise.
+    #[arg(short, long, value_enum)]
+    pub format: Option<Format>,
+
+    /// Write the report to FILE instead of stdout.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub model: ModelArgs,
+
+    #[command(flatten)]
+    pub encode: EncodeArgs,
+
+    /// Do not read or write the text-embedding cache.
+    #[arg(long)]
+    pub no_cache: bool,
+
+    /// Report on stderr how long loading took and how many labels came from the text cache.
+    #[arg(short, long, conflicts_with = "quiet")]
+    pub verbose: bool,
+
+    /// No warnings or progress on stderr (errors are still reported).
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CalibrateArgs {
+    /// The aspect to calibrate: a built-in name or an aspect file (TOML).
+    #[arg(short, long, value_name = "NAME|FILE")]
+    pub aspect: String,
+
+    /// The ground truth: CSV with a `path,labels` header (labels separated by `;`) or JSONL of
+    /// {"path": ..., "labels": [...]}; relative paths are relative to the file's folder.
+    #[arg(long, value_name = "FILE")]
+    pub truth: PathBuf,
+
+    /// Write the aspect file again with the thresholds chosen, one per label. Never over the
+    /// aspect file given, nor over an existing file without --force.
+    #[arg(short, long, value_name = "FILE.toml")]
+    pub output: Option<PathBuf>,
+
+    /// Overwrite the --output file.
+    #[arg(long)]
+    pub force: bool,
+
+    /// Choose the lowest threshold whose precision is at least P (0..1), instead of the highest
+    /// F1.
+    #[arg(long, value_name = "P")]
+    pub precision: Option<f64>,
+
+    /// Labels with fewer positives than this keep their threshold.
+    #[arg(long, value_name = "N", default_value_t = crate::commands::calibrate::DEFAULT_MIN_POSITIVES as u32, value_parser = clap::value_parser!(u32).range(1..))]
+    pub min_positives: u32,
+
+    /// Format of the report (stdout). Default: table on a terminal, json otherwise.
+    #[arg(short, long, value_enum)]
+    pub format: Option<Format>,
+
+    #[command(flatten)]
+    pub model: ModelArgs,
+
+    #[command(flatten)]
+    pub encode: EncodeArgs,
+
+    /// Do not read or write the text-embedding cache.
+    #[arg(long)]
+    pub no_cache: bool,
+
+    /// Report on stderr how long loading took and how many labels came from the text cache.
+    #[arg(short, long, conflicts_with = "quiet")]
+    pub verbose: bool,
+
+    /// No warnings or progress on stderr (errors are still reported).
+    #[arg(short, long)]
+    pub quiet: bool,
 }
 
 /// Which images a run processes.
@@ -643,8 +766,8 @@ impl Cli {
             Command::Classify(a) => Request::Classify(ClassifyOptions {
                 labels: a.labels,
                 labels_files: a.labels_file,
-                templates: a.template,
-                template_set: a.templates,
+                templates: a.templates.template,
+                template_set: a.templates.templates,
                 top_k: a.top_k.map(|k| k as usize),
                 inputs: a.inputs.into(),
                 model: a.model.into(),
@@ -714,6 +837,47 @@ impl Cli {
                     resume: false,
                 },
                 quiet: a.quiet,
+            }),
+            Command::Eval(a) => Request::Eval(EvalOptions {
+                root: a.root,
+                labels_file: a.labels_file,
+                label_map: a.label_map,
+                templates: a.templates.template,
+                template_set: a.templates.templates,
+                sweep: a.sweep,
+                hidden: a.hidden,
+                model: a.model.into(),
+                run: RunOptions {
+                    output: OutputOptions {
+                        format: a.format,
+                        output: a.output,
+                        resume: false,
+                    },
+                    batch: a.encode.into(),
+                    no_cache: a.no_cache,
+                    verbose: a.verbose,
+                    quiet: a.quiet,
+                },
+            }),
+            Command::Calibrate(a) => Request::Calibrate(CalibrateOptions {
+                aspect: a.aspect,
+                truth: a.truth,
+                output: a.output,
+                force: a.force,
+                precision: a.precision,
+                min_positives: a.min_positives as usize,
+                model: a.model.into(),
+                run: RunOptions {
+                    output: OutputOptions {
+                        format: a.format,
+                        output: None,
+                        resume: false,
+                    },
+                    batch: a.encode.into(),
+                    no_cache: a.no_cache,
+                    verbose: a.verbose,
+                    quiet: a.quiet,
+                },
             }),
             Command::Explain(a) => Request::Explain(ExplainOptions {
                 labels: a.labels,

@@ -20,6 +20,9 @@ pub const IMAGE_EXTENSIONS: &[&str] = &[
     "pnm", "pbm", "pgm", "ppm", "pam", "tga", "qoi", "hdr", "exr", "ff", "dds",
 ];
 
+/// What a folder without images says (`vlm eval` counts such a class folder as empty).
+pub const NO_IMAGES: &str = "no image files in this folder";
+
 /// One entry of the run: a file to process, or an input that failed before it got that far.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Input {
@@ -195,7 +198,7 @@ impl Walker<'_> {
                     };
                     self.out.push(Input::failed(
                         path.to_path_buf(),
-                        format!("{}: no image files in this folder{hint}", path.display()),
+                        format!("{}: {NO_IMAGES}{hint}", path.display()),
                     ));
                 }
             }

@@ -4,7 +4,8 @@
 //! `cli` (arguments, converted to typed options), `commands` (one file per command), `engine`
 //! (model loading, the text side, image batches), `model` (the family seam; one folder per family),
 //! `hub` (the only network access), `images` (image file + config -> pixels), `text` (tokenizer,
-//! templates, labels), `score` (embeddings -> scores), `output` (records, formats; the only place
+//! templates, labels), `score` (embeddings -> scores), `metrics` (eval and calibrate's numbers), `truth`
+//! (ground-truth files), `output` (records, formats; the only place
 //! that prints). The README's "Architecture" section follows one image through them.
 
 // README "Guarantees": nothing a user or a file controls may reach a panic. Library code does not
@@ -36,10 +37,12 @@ pub mod images;
 pub mod index;
 pub mod inputs;
 pub mod kernels;
+pub mod metrics;
 pub mod model;
 pub mod output;
 pub mod pipeline;
 pub mod score;
 pub mod text;
+pub mod truth;
 
 pub use error::Error;

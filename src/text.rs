@@ -242,7 +242,7 @@ pub fn read_text_file(path: &Path) -> Result<String> {
 
 /// The non-blank, non-comment lines of a list file with their 1-based line numbers; tolerates a BOM,
 /// CRLF line ends and surrounding spaces.
-fn list_lines(text: &str) -> impl Iterator<Item = (usize, &str)> {
+pub fn list_lines(text: &str) -> impl Iterator<Item = (usize, &str)> {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     text.lines().enumerate().filter_map(|(i, line)| {
         let line = line.trim();

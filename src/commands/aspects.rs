@@ -4,7 +4,7 @@ use std::io::IsTerminal;
 
 use anyhow::Result;
 
-use super::tag::{aspect_info, Rule};
+use super::tag::{aspect_info, label_thresholds, Rule};
 use super::Outcome;
 use crate::aspects;
 use crate::error::escape_controls;
@@ -59,7 +59,7 @@ pub fn run(opts: &AspectsOptions, out: &mut impl std::io::Write) -> Result<Outco
         .map(|a| {
             let rule = Rule::resolve(a.kind, (a.top_k, a.threshold), (None, None));
             AspectListing {
-                info: aspect_info(a, &rule),
+                info: aspect_info(a, &rule, &label_thresholds(a, &rule, None)),
                 neutral: a.neutral.as_ref().map(|n| a.prompts_for(n)),
                 label_prompts: detailed.then(|| {
                     a.labels

@@ -3,9 +3,11 @@
 //! `--resume`, and writing every record through the output layer.
 
 pub mod aspects;
+pub mod calibrate;
 pub mod classify;
 pub mod dupes;
 pub mod embed;
+pub mod eval;
 pub mod explain;
 pub mod index;
 pub mod search;
@@ -43,6 +45,8 @@ pub enum Request {
     Search(search::SearchOptions),
     Dupes(dupes::DupesOptions),
     Explain(explain::ExplainOptions),
+    Eval(eval::EvalOptions),
+    Calibrate(calibrate::CalibrateOptions),
 }
 
 pub fn run(request: Request) -> Result<Outcome> {
@@ -72,6 +76,14 @@ pub fn run(request: Request) -> Result<Outcome> {
         Request::Explain(opts) => {
             limit_threads(&opts.run);
             explain::run(&opts)
+        }
+        Request::Eval(opts) => {
+            limit_threads(&opts.run);
+            eval::run(&opts)
+        }
+        Request::Calibrate(opts) => {
+            limit_threads(&opts.run);
+            calibrate::run(&opts)
         }
     }
 }

@@ -39,6 +39,9 @@ pub struct AspectEmbeddings {
     /// The neutral prompt's embedding; `multi` aspects only.
     pub neutral: Option<Vec<f32>>,
     pub rule: Rule,
+    /// The threshold of each label, in label order: the command line's for the aspect if given,
+    /// else the label's own from the aspect file (`vlm calibrate` writes them), else the rule's.
+    pub thresholds: Vec<f32>,
 }
 
 /// Which tags are reported.
@@ -102,14 +105,27 @@ pub fn scores(image: &[f32], aspect: &AspectEmbeddings, head: &ScoreHead) -> Vec
         .collect()
 }
 
-/// The tags an image gets for one aspect: scored, filtered by the threshold, best first, cut to
-/// `top_k`. Ties keep label order.
+/// The tags an image gets for one aspect: scored, filtered by each label's threshold, best first,
+/// cut to `top_k`. Ties keep label order.
 pub fn tag(image: &[f32], aspect: &AspectEmbeddings, head: &ScoreHead) -> Vec<Tag> {
     let selection = Selection {
         top_k: aspect.rule.top_k,
-        threshold: Some(aspect.rule.threshold),
+        threshold: None,
     };
-    score::select(score_all(image, aspect, head), selection)
+    let passed: Vec<LabelScore> = score_all(image, aspect, head)
+        .into_iter()
+        .enumerate()
+        .filter(|(i, s)| {
+            let t = aspect
+                .thresholds
+                .get(*i)
+                .copied()
+                .unwrap_or(aspect.rule.threshold);
+            s.score >= t
+        })
+        .map(|(_, s)| s)
+        .collect();
+    score::select(passed, selection)
         .into_iter()
         .map(Tag::from)
         .collect()
@@ -125,6 +141,16 @@ pub struct TagOptions {
     pub inputs: InputSpec,
     pub model: ModelOptions,
     pub run: RunOptions,
+}
+
+/// Each label's threshold: `--threshold` for the aspect when given (it overrides the whole file),
+/// else the label's own, else the aspect's rule.
+pub fn label_thresholds(aspect: &Aspect, rule: &Rule, cli: Option<f32>) -> Vec<f32> {
+    aspect
+        .labels
+        .iter()
+        .map(|l| cli.or(l.threshold).unwrap_or(rule.threshold))
+        .collect()
 }
 
 /// The effective rule of every aspect; a per-aspect option naming an aspect that is not in the
@@ -164,34 +190,31 @@ fn aspect_rules(aspects: &[Aspect], opts: &TagOptions) -> Result<Vec<Rule>> {
         .collect())
 }
 
-pub fn run(opts: &TagOptions) -> Result<Outcome> {
-    let quiet = opts.run.quiet;
-    let aspects = aspects::resolve(&opts.aspects)?;
-    let rules = aspect_rules(&aspects, opts)?;
-    let inputs = collect_inputs(&opts.inputs)?;
-    let dest = open_destination(&opts.run.output)?;
-    let inputs = skip_completed(inputs, &dest.completed, quiet);
-    let plan = plan_model(&opts.model, quiet)?;
-    // A sigmoid head scores each label on its own: multi aspects need no neutral prompt.
-    let needs_neutral = plan.spec.head_kind() == HeadKind::Softmax;
-
-    // One text unit per label, then the neutral prompt of a multi aspect.
+/// The text units of a run over `aspects`: one per label, then the neutral prompt of a multi
+/// aspect when the head needs it.
+pub fn text_units(aspects: &[Aspect], needs_neutral: bool) -> Vec<Vec<String>> {
     let mut units: Vec<Vec<String>> = Vec::new();
-    for a in &aspects {
+    for a in aspects {
         units.extend(a.labels.iter().map(|l| a.prompts_for(l)));
         if let (Some(n), true) = (&a.neutral, needs_neutral) {
             units.push(a.prompts_for(n));
         }
     }
-    let cache = text_cache(opts.run.no_cache);
-    let report = TextReport {
-        quiet,
-        verbose: opts.run.verbose,
-    };
-    let (engine, mut embeds) = load_with_text(plan, &units, cache.as_ref(), report)?;
+    units
+}
+
+/// The aspects ready to score images: the embeddings of [`text_units`] split back per aspect, with
+/// each aspect's rule and `--threshold` (if any).
+pub fn prepare(
+    aspects: &[Aspect],
+    rules: &[Rule],
+    cli_thresholds: &[Option<f32>],
+    mut embeds: Vec<Vec<f32>>,
+    needs_neutral: bool,
+) -> Result<Vec<AspectEmbeddings>> {
     let mut prepared = Vec::with_capacity(aspects.len());
     let mut rest = embeds.drain(..);
-    for (a, rule) in aspects.iter().zip(&rules) {
+    for ((a, rule), cli) in aspects.iter().zip(rules).zip(cli_thresholds) {
         let embeddings: Vec<Vec<f32>> = rest.by_ref().take(a.labels.len()).collect();
         let neutral = match (&a.neutral, needs_neutral) {
             (Some(_), true) => Some(rest.next().context("missing neutral embedding")?),
@@ -206,15 +229,41 @@ pub fn run(opts: &TagOptions) -> Result<Outcome> {
             },
             neutral,
             rule: *rule,
+            thresholds: label_thresholds(a, rule, *cli),
         });
     }
-    drop(rest);
+    Ok(prepared)
+}
+
+pub fn run(opts: &TagOptions) -> Result<Outcome> {
+    let quiet = opts.run.quiet;
+    let aspects = aspects::resolve(&opts.aspects)?;
+    let rules = aspect_rules(&aspects, opts)?;
+    let inputs = collect_inputs(&opts.inputs)?;
+    let dest = open_destination(&opts.run.output)?;
+    let inputs = skip_completed(inputs, &dest.completed, quiet);
+    let plan = plan_model(&opts.model, quiet)?;
+    // A sigmoid head scores each label on its own: multi aspects need no neutral prompt.
+    let needs_neutral = plan.spec.head_kind() == HeadKind::Softmax;
+
+    let units = text_units(&aspects, needs_neutral);
+    let cache = text_cache(opts.run.no_cache);
+    let report = TextReport {
+        quiet,
+        verbose: opts.run.verbose,
+    };
+    let (engine, embeds) = load_with_text(plan, &units, cache.as_ref(), report)?;
+    let cli_thresholds: Vec<Option<f32>> = aspects
+        .iter()
+        .map(|a| PerAspect::lookup(&opts.threshold, &a.name))
+        .collect();
+    let prepared = prepare(&aspects, &rules, &cli_thresholds, embeds, needs_neutral)?;
     let header = TagRunInfo {
         model: engine.info(),
         aspects: aspects
             .iter()
-            .zip(&rules)
-            .map(|(a, r)| aspect_info(a, r))
+            .zip(&prepared)
+            .map(|(a, p)| aspect_info(a, &p.rule, &p.thresholds))
             .collect(),
     };
     let head = engine.head();
@@ -246,7 +295,8 @@ pub fn run(opts: &TagOptions) -> Result<Outcome> {
     )
 }
 
-pub fn aspect_info(a: &Aspect, rule: &Rule) -> AspectInfo {
+/// An aspect as the JSON header describes it; `thresholds` are the labels' own (empty: none).
+pub fn aspect_info(a: &Aspect, rule: &Rule, thresholds: &[f32]) -> AspectInfo {
     AspectInfo {
         name: a.name.clone(),
         kind: a.kind,
@@ -256,6 +306,13 @@ pub fn aspect_info(a: &Aspect, rule: &Rule) -> AspectInfo {
         templates: a.templates.iter().map(|t| t.as_str().to_string()).collect(),
         top_k: rule.top_k,
         threshold: rule.threshold,
+        label_thresholds: a
+            .labels
+            .iter()
+            .zip(thresholds)
+            .filter(|(_, &t)| t != rule.threshold)
+            .map(|(l, &t)| (l.name.clone(), t))
+            .collect(),
     }
 }
 
@@ -292,6 +349,7 @@ mod tests {
                 n
             }),
             rule,
+            thresholds: vec![rule.threshold; 3],
         }
     }
 
@@ -365,9 +423,43 @@ mod tests {
                 top_k: None,
                 threshold: 1.0,
             },
+            thresholds: vec![1.0; 3],
             ..a
         };
         assert!(tag(&image, &none, &clip(10.0)).is_empty());
+    }
+
+    #[test]
+    fn per_label_thresholds_replace_the_aspects() {
+        let image = [1.0f32, 0.8, 0.0, 0.0];
+        let mut a = aspect(
+            AspectKind::Multi,
+            Rule {
+                top_k: None,
+                threshold: 0.5,
+            },
+        );
+        let names = |tags: Vec<Tag>| tags.into_iter().map(|t| t.label).collect::<Vec<_>>();
+        assert_eq!(names(tag(&image, &a, &clip(100.0))), ["x", "y"]);
+        let all = scores(&image, &a, &clip(100.0));
+        // y's own threshold just above its score drops it; z's just at its score lets it in.
+        a.thresholds = vec![0.5, all[1].score + 1e-3, all[2].score];
+        assert_eq!(names(tag(&image, &a, &clip(100.0))), ["x", "z"]);
+
+        let file = Aspect::parse(
+            "name = \"t\"\ndescription = \"T.\"\nkind = \"multi\"\ntemplates = [\"{}\"]\nneutral = \"n\"\nthreshold = 0.4\nlabels = [\"x\", { name = \"y\", threshold = 0.9 }]\n",
+            "t.toml",
+        )
+        .unwrap();
+        let rule = Rule::resolve(file.kind, (file.top_k, file.threshold), (None, None));
+        assert_eq!(label_thresholds(&file, &rule, None), [0.4, 0.9]);
+        // --threshold for the aspect wins over the file's labels too.
+        assert_eq!(label_thresholds(&file, &rule, Some(0.2)), [0.2, 0.2]);
+        let info = aspect_info(&file, &rule, &[0.4, 0.9]);
+        assert_eq!(
+            info.label_thresholds.into_iter().collect::<Vec<_>>(),
+            [("y".to_string(), 0.9)]
+        );
     }
 
     #[test]

@@ -5,7 +5,8 @@ use std::io;
 
 use super::{Cell, Exporter, Record};
 
-/// A JSON document: the header's fields, then `"results": [...]`, streamed record by record so
+/// A JSON document: the header's fields, then `"results": [...]` (or the record's own
+/// [`Record::ARRAY`] name), streamed record by record so
 /// that memory does not grow with the number of images.
 #[derive(Default)]
 pub(super) struct JsonExporter {
@@ -21,7 +22,8 @@ impl<R: Record> Exporter<R> for JsonExporter {
             Some(b'}') => {}
             _ => return Err(io::Error::other("the JSON header must be an object")),
         }
-        bytes.extend_from_slice(b"\"results\":[");
+        serde_json::to_writer(&mut bytes, R::ARRAY)?;
+        bytes.extend_from_slice(b":[");
         Ok(bytes)
     }
 
@@ -89,8 +91,10 @@ pub(super) struct TableExporter {
 }
 
 impl<R: Record> Exporter<R> for TableExporter {
-    fn begin(&mut self, _: &serde_json::Value) -> io::Result<Vec<u8>> {
-        Ok(Vec::new())
+    fn begin(&mut self, header: &serde_json::Value) -> io::Result<Vec<u8>> {
+        let mut out = String::new();
+        R::table_preamble(header, &mut out, self.width);
+        Ok(out.into_bytes())
     }
 
     fn record(&mut self, result: &R) -> io::Result<Vec<u8>> {

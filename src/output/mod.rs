@@ -67,6 +67,8 @@ pub enum ListFormat {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Cell<'a> {
     Text(&'a str),
+    /// Text made for the row (a list joined into one cell).
+    Owned(String),
     Int(usize),
     Num(f32),
     Empty,
@@ -88,6 +90,7 @@ impl Cell<'_> {
                 format!("\"{}\"", s.replace('"', "\"\""))
             }
             Cell::Text(s) => s.to_string(),
+            Cell::Owned(s) => Cell::Text(s).csv(),
             Cell::Int(n) => n.to_string(),
             Cell::Num(x) => x.to_string(),
             Cell::Empty => String::new(),
@@ -103,6 +106,11 @@ pub trait Record: Serialize {
     fn rows(&self) -> Vec<Vec<Cell<'_>>>;
     /// This record as human-readable lines, wrapped to `width` where it has long lines.
     fn table(&self, out: &mut String, width: Option<usize>);
+    /// The name of the JSON document's array of records.
+    const ARRAY: &'static str = "results";
+    /// What a table shows before the first record, from the run's header (the JSON object the
+    /// document opens with): nothing for per-image records; a report's summary for `eval`.
+    fn table_preamble(_header: &serde_json::Value, _out: &mut String, _width: Option<usize>) {}
 }
 
 /// One `--format`: turns the run's header, each record and the trailer into bytes.

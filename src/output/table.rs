@@ -84,6 +84,14 @@ pub fn aspects_table(width: Option<usize>, aspects: &[(&AspectInfo, Option<Vec<&
                 (None, _) => format!("score >= {}", a.threshold),
             };
             out.push_str(&format!("  reports: {rule}\n"));
+            if !a.label_thresholds.is_empty() {
+                let items: Vec<String> = a
+                    .label_thresholds
+                    .iter()
+                    .map(|(l, t)| format!("{l} >= {t}"))
+                    .collect();
+                out.push_str(&wrap_items("  own thresholds: ", &items, ", ", width));
+            }
             let n = labels.len();
             let items: Vec<String> = labels
                 .iter()

@@ -5,9 +5,11 @@
 //!
 //! A new command adds a file here with its header and record types.
 
+mod calibrate;
 mod classify;
 mod dupes;
 mod embed;
+mod eval;
 mod explain;
 mod search;
 mod tag;
@@ -16,9 +18,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::HeadKind;
 
+pub use calibrate::{CalibrateInfo, CalibratedLabel};
 pub use classify::{ImageResult, Prediction, RunInfo};
 pub use dupes::{DupeGroup, DupeImage, DupesInfo};
 pub use embed::{EmbedInfo, ImageEmbedding, TextEmbedding};
+pub use eval::{Confusion, EvalClass, EvalInfo, FailedInput, SweepRow};
 pub use explain::{ExplainResult, Grid, LabelMap};
 pub use search::{SearchHit, SearchInfo, SearchQuery};
 pub use tag::{AspectInfo, AspectTags, Tag, TagResult, TagRunInfo};

@@ -1,5 +1,7 @@
 //! `vlm tag`'s header and per-image record.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use super::ModelInfo;
@@ -23,6 +25,10 @@ pub struct AspectInfo {
     /// The rule in force (command line over aspect file over defaults).
     pub top_k: Option<usize>,
     pub threshold: f32,
+    /// Labels whose threshold differs from `threshold` (their own, from the aspect file), by name;
+    /// left out when there are none.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub label_thresholds: BTreeMap<String, f32>,
 }
 
 /// What a `tag` run is about: the JSON document's header.
