@@ -292,9 +292,25 @@ impl Db {
                 .pragma_update(None, "page_size", PAGE_SIZE)
                 .map_err(|e| db.err(e, "cannot set up"))?;
         }
-        db.conn
-            .pragma_update(None, "journal_mode", "WAL")
-            .map_err(|e| db.err(e, "cannot switch to WAL mode"))?;
+        // Switching to WAL needs an exclusive lock, and SQLite may answer SQLITE_BUSY at once,
+        // without calling the busy handler, while another process is setting the same new file
+        // up (seen with three `vlm index` runs started together on one file): retry here, within
+        // the same timeout.
+        let started = std::time::Instant::now();
+        loop {
+            match db.conn.pragma_update(None, "journal_mode", "WAL") {
+                Ok(()) => break,
+                Err(e)
+                    if matches!(
+                        e.sqlite_error_code(),
+                        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
+                    ) && started.elapsed() < BUSY_TIMEOUT =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => return Err(db.err(e, "cannot switch to WAL mode")),
+            }
+        }
         db.conn
             .execute_batch("PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;")
             .map_err(|e| db.err(e, "cannot set up"))?;
@@ -322,17 +338,17 @@ impl Db {
     }
 
     fn kind(&self) -> Result<Kind> {
+        // One statement, so one snapshot: read one by one, a run that was creating the schema
+        // meanwhile could be seen half before and half after (no application id yet, but
+        // tables), which looks like someone else's database.
         let read = || -> rusqlite::Result<(i32, i32, i64)> {
-            let app: i32 = self
-                .conn
-                .pragma_query_value(None, "application_id", |r| r.get(0))?;
-            let version: i32 = self
-                .conn
-                .pragma_query_value(None, "user_version", |r| r.get(0))?;
-            let objects: i64 =
-                self.conn
-                    .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))?;
-            Ok((app, version, objects))
+            self.conn.query_row(
+                "SELECT (SELECT application_id FROM pragma_application_id()), \
+                        (SELECT user_version FROM pragma_user_version()), \
+                        (SELECT count(*) FROM sqlite_master)",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
         };
         let (app, version, objects) = read().map_err(|e| self.err(e, "cannot read"))?;
         Ok(match (app, objects) {
