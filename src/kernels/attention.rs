@@ -173,6 +173,11 @@ fn query_scores(q: &[f32], kt: &[f32], scores: &mut [f32]) {
         unsafe { query_scores_avx512(q, kt, scores) };
         return;
     }
+    query_scores_portable(q, kt, scores);
+}
+
+fn query_scores_portable(q: &[f32], kt: &[f32], scores: &mut [f32]) {
+    let padded = scores.len();
     scores.fill(0.0);
     for (&qc, kc) in q.iter().zip(kt.chunks_exact(padded)) {
         for (s, &k) in scores.iter_mut().zip(kc) {
@@ -220,6 +225,11 @@ fn weighted_sum(p: &[f32], v: &[f32], out: &mut [f32]) {
         unsafe { weighted_sum_avx512(p, v, out) };
         return;
     }
+    weighted_sum_portable(p, v, out);
+}
+
+fn weighted_sum_portable(p: &[f32], v: &[f32], out: &mut [f32]) {
+    let hd = out.len();
     out.fill(0.0);
     for (&pj, vj) in p.iter().zip(v.chunks_exact(hd)) {
         for (o, &x) in out.iter_mut().zip(vj) {
@@ -351,6 +361,35 @@ mod tests {
                     &pooled[bi * d..(bi + 1) * d],
                     &all[(bi * 7 + r) * d..(bi * 7 + r + 1) * d]
                 );
+            }
+        }
+    }
+
+    /// The AVX-512 loops against the portable ones (which the other tests exercise only on CPUs
+    /// without AVX-512), including head sizes that are not a multiple of 16.
+    #[test]
+    fn avx512_loops_equal_the_portable_ones() {
+        #[cfg(target_arch = "x86_64")]
+        if crate::kernels::elementwise::has_avx512() {
+            for hd in [64, 72, 40, 16, 3] {
+                let q = values(hd, 31);
+                let kt = values(hd * 128, 32);
+                let (mut a, mut b) = (vec![0.0; 128], vec![0.0; 128]);
+                // SAFETY: AVX-512 F checked above; 128 is a multiple of 64 and kt is hd x 128.
+                unsafe { query_scores_avx512(&q, &kt, &mut a) };
+                query_scores_portable(&q, &kt, &mut b);
+                for (x, y) in a.iter().zip(&b) {
+                    assert!((x - y).abs() < 1e-5, "scores, hd {hd}: {x} vs {y}");
+                }
+                let p = values(50, 33);
+                let v = values(50 * hd, 34);
+                let (mut a, mut b) = (vec![f32::NAN; hd], vec![f32::NAN; hd]);
+                // SAFETY: AVX-512 F checked above; v is 50 x hd.
+                unsafe { weighted_sum_avx512(&p, &v, &mut a) };
+                weighted_sum_portable(&p, &v, &mut b);
+                for (x, y) in a.iter().zip(&b) {
+                    assert!((x - y).abs() < 1e-5, "weighted sum, hd {hd}: {x} vs {y}");
+                }
             }
         }
     }

@@ -298,6 +298,37 @@ mod tests {
         });
     }
 
+    /// Every instruction-set variant gives the baseline loop's numbers exactly (Rust never fuses
+    /// a multiply and an add on its own, so the variants differ in width, not in rounding).
+    #[test]
+    fn dispatched_variants_equal_the_baseline() {
+        let xs: Vec<f32> = grid().chain([f32::NEG_INFINITY, -1e30, 1e30]).collect();
+        let pairs: [(fn(&mut [f32]), fn(&mut [f32])); 4] = [
+            (quick_gelu, quick_gelu_row),
+            (gelu_erf, gelu_erf_row),
+            (gelu_tanh, gelu_tanh_row),
+            (softmax, softmax_row),
+        ];
+        for (i, (dispatched, baseline)) in pairs.into_iter().enumerate() {
+            let (mut a, mut b) = (xs.clone(), xs.clone());
+            dispatched(&mut a);
+            baseline(&mut b);
+            for (x, y) in a.iter().zip(&b) {
+                assert!(
+                    x.to_bits() == y.to_bits() || (x.is_nan() && y.is_nan()),
+                    "{i}: {x} vs {y}"
+                );
+            }
+        }
+        let w: Vec<f32> = (0..40).map(|i| 1.0 + i as f32 * 0.01).collect();
+        let bias: Vec<f32> = (0..40).map(|i| i as f32 * 0.1).collect();
+        let x = &xs[..40 * 100];
+        let (mut a, mut b) = (vec![0.0; x.len()], vec![0.0; x.len()]);
+        layer_norm(x, &mut a, &w, &bias, 1e-5);
+        layer_norm_row(x, &mut b, &w, &bias, 1e-5);
+        assert_eq!(a, b);
+    }
+
     #[test]
     fn softmax_sums_to_one_and_masks() {
         let mut row = vec![1.0, 2.0, f32::NEG_INFINITY, 3.0, -50.0];
