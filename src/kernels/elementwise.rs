@@ -303,7 +303,8 @@ mod tests {
     #[test]
     fn dispatched_variants_equal_the_baseline() {
         let xs: Vec<f32> = grid().chain([f32::NEG_INFINITY, -1e30, 1e30]).collect();
-        let pairs: [(fn(&mut [f32]), fn(&mut [f32])); 4] = [
+        type InPlace = fn(&mut [f32]);
+        let pairs: [(InPlace, InPlace); 4] = [
             (quick_gelu, quick_gelu_row),
             (gelu_erf, gelu_erf_row),
             (gelu_tanh, gelu_tanh_row),
