@@ -59,18 +59,10 @@ impl Linear {
         // Packed straight from the tensor's memory (for a checkpoint, the mapped file) when it is
         // contiguous f32: a copy of every weight first would be the slowest part of loading.
         let weight = weight.to_dtype(DType::F32)?.contiguous()?;
-        let packed = {
-            let (storage, layout) = weight.storage_and_layout();
-            let Storage::Cpu(cpu) = &*storage else {
-                candle_core::bail!("linear: the weight is not in CPU memory");
-            };
-            let start = layout.start_offset();
-            let Some(w) = cpu.as_slice::<f32>()?.get(start..start + out_dim * in_dim) else {
-                candle_core::bail!("linear: weight storage is shorter than its layout");
-            };
+        let packed = with_cpu_f32(&weight, "weight", out_dim * in_dim, |w| {
             PackedLinear::new(w, b.as_deref(), out_dim, in_dim, precision)
-                .map_err(candle_core::Error::wrap)?
-        };
+                .map_err(candle_core::Error::wrap)
+        })?;
         Ok(Self {
             inner: Inner::Cpu(packed),
         })
@@ -155,25 +147,16 @@ impl Linear {
                 bias,
                 out_dim,
                 in_dim,
-            } => {
-                let (storage, layout) = weight.storage_and_layout();
-                let Storage::Cpu(cpu) = &*storage else {
-                    candle_core::bail!("linear: the weight is not in CPU memory");
-                };
-                let start = layout.start_offset();
-                let Some(w) = cpu.as_slice::<f32>()?.get(start..start + out_dim * in_dim) else {
-                    candle_core::bail!("linear: weight storage is shorter than its layout");
-                };
-                let layer = Unpacked {
+            } => with_cpu_f32(weight, "weight", out_dim * in_dim, |w| {
+                Unpacked {
                     weight: w,
                     bias: bias.as_deref(),
                     out_dim: *out_dim,
                     in_dim: *in_dim,
-                };
-                layer
-                    .forward_with(x, rows, out, epilogue)
-                    .map_err(candle_core::Error::wrap)
-            }
+                }
+                .forward_with(x, rows, out, epilogue)
+                .map_err(candle_core::Error::wrap)
+            }),
             Inner::Device { .. } => candle_core::bail!("linear: the layer is not on the CPU"),
         }
     }
@@ -210,18 +193,9 @@ impl Module for Linear {
                 }
                 let x = xs.to_dtype(DType::F32)?.contiguous()?;
                 let mut out = vec![0f32; rows * out_dim];
-                {
-                    let (storage, layout) = x.storage_and_layout();
-                    let Storage::Cpu(cpu) = &*storage else {
-                        candle_core::bail!("linear: the input is not in CPU memory");
-                    };
-                    let start = layout.start_offset();
-                    let Some(data) = cpu.as_slice::<f32>()?.get(start..start + rows * in_dim)
-                    else {
-                        candle_core::bail!("linear: input storage is shorter than its layout");
-                    };
-                    self.forward_slice(data, rows, &mut out, Epilogue::None)?;
-                }
+                with_cpu_f32(&x, "input", rows * in_dim, |data| {
+                    self.forward_slice(data, rows, &mut out, Epilogue::None)
+                })?;
                 let mut out_dims = lead.to_vec();
                 out_dims.push(out_dim);
                 let ys = Tensor::from_vec(out, out_dims, &Device::Cpu)?;
@@ -233,4 +207,23 @@ impl Module for Linear {
             }
         }
     }
+}
+
+/// Calls `f` with the first `len` values of `t` (contiguous f32 in CPU memory) as a slice, read
+/// in place: for a checkpoint's weight that is the mapped file itself. `what` names `t` in errors.
+fn with_cpu_f32<R>(
+    t: &Tensor,
+    what: &str,
+    len: usize,
+    f: impl FnOnce(&[f32]) -> Result<R>,
+) -> Result<R> {
+    let (storage, layout) = t.storage_and_layout();
+    let Storage::Cpu(cpu) = &*storage else {
+        candle_core::bail!("linear: the {what} is not in CPU memory");
+    };
+    let start = layout.start_offset();
+    let Some(values) = cpu.as_slice::<f32>()?.get(start..start + len) else {
+        candle_core::bail!("linear: {what} storage is shorter than its layout");
+    };
+    f(values)
 }

@@ -457,7 +457,7 @@ impl Encoder {
         }
         let (b, t, d) = xs.dims3()?;
         let mask = match mask {
-            Some(m) => Some(m.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?),
+            Some(m) => Some(read_f32(m)?),
             None => None,
         };
         if mask.as_ref().is_some_and(|m| m.len() != t * t) {
@@ -606,21 +606,18 @@ impl CpuEncoder<'_> {
         if x.len() != n * d {
             candle_core::bail!("encoder input has {} values, expected {n} x {d}", x.len());
         }
-        let Some((last_layer, body)) = self.layers.split_last() else {
-            return match last {
-                Last::Full => Ok(x),
-                Last::Pooled(rows) => Ok(gather_rows(&x, rows, t, d)),
-                Last::ValuePath => {
-                    candle_core::bail!("an encoder without layers has no value path")
-                }
-            };
+        // Every layer runs whole, except the last one when it computes less (one row per
+        // sequence, or the value path alone).
+        let (whole, last_layer) = match (last, self.layers.split_last()) {
+            (Last::Full, _) | (_, None) => (self.layers, None),
+            (_, Some((layer, body))) => (body, Some(layer)),
         };
         let mut ln = vec![0.0f32; n * d];
         let mut qkv = vec![0.0f32; n * 3 * d];
         let mut ctx = vec![0.0f32; n * d];
         let mut y = vec![0.0f32; n * d];
         let mut hidden = Vec::new();
-        for layer in body {
+        for layer in whole {
             self.attention_block(layer, &x, &mut ln, &mut qkv, &mut ctx, Queries::All)?;
             layer
                 .self_attn
@@ -630,18 +627,13 @@ impl CpuEncoder<'_> {
             self.mlp_block(layer, &x, n, &mut ln, &mut hidden, &mut y)?;
             std::mem::swap(&mut x, &mut y);
         }
-        match last {
-            Last::Full => {
-                self.attention_block(last_layer, &x, &mut ln, &mut qkv, &mut ctx, Queries::All)?;
-                last_layer
-                    .self_attn
-                    .out_proj
-                    .forward_slice(&ctx, n, &mut y, Epilogue::Add(&x))?;
-                std::mem::swap(&mut x, &mut y);
-                self.mlp_block(last_layer, &x, n, &mut ln, &mut hidden, &mut y)?;
-                Ok(y)
+        match (last, last_layer) {
+            (Last::Full, _) => Ok(x),
+            (Last::Pooled(rows), None) => Ok(gather_rows(&x, rows, t, d)),
+            (Last::ValuePath, None) => {
+                candle_core::bail!("an encoder without layers has no value path")
             }
-            Last::Pooled(rows) => {
+            (Last::Pooled(rows), Some(last_layer)) => {
                 self.attention_block(
                     last_layer,
                     &x,
@@ -662,7 +654,7 @@ impl CpuEncoder<'_> {
                 self.mlp_block(last_layer, &xb, b, &mut ln, &mut hidden, &mut out)?;
                 Ok(out)
             }
-            Last::ValuePath => {
+            (Last::ValuePath, Some(last_layer)) => {
                 last_layer.layer_norm1.forward_slice(&x, &mut ln)?;
                 last_layer
                     .self_attn
