@@ -11,7 +11,7 @@ mod common;
 use std::collections::HashMap;
 
 use candle_core::{Device, Tensor};
-use common::{fixtures, model};
+use common::{fixtures, max_abs_diff, model};
 use serde::Deserialize;
 use vlm::engine::{Engine, ModelOptions, Precision};
 use vlm::model::Towers;
@@ -128,14 +128,6 @@ fn probabilities(name: &str, precision: Precision, r: &F32Reference) -> Vec<Vec<
         .collect()
 }
 
-fn max_gap(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .flat_map(|(x, y)| x.iter().zip(y).map(|(p, q)| (p - q).abs()))
-        .fold(0.0, f32::max)
-}
-
 #[test]
 fn bf16_is_no_further_from_f32_than_autocast() {
     let autocast: Autocast = read("reference/autocast-bf16.json");
@@ -144,12 +136,12 @@ fn bf16_is_no_further_from_f32_than_autocast() {
         let bar = autocast.models[name].max_prob_gap;
         // The f32 path first: the measurement itself must reproduce the reference (within the
         // 1e-3 the parity tests allow), or the bf16 figure would say nothing.
-        let f32_gap = max_gap(&probabilities(name, Precision::F32, &r), &r.probs);
+        let f32_gap = max_abs_diff(&probabilities(name, Precision::F32, &r), &r.probs);
         assert!(
             f32_gap < 1e-3,
             "{name}: f32 probabilities differ by {f32_gap}"
         );
-        let gap = max_gap(&probabilities(name, Precision::Bf16, &r), &r.probs);
+        let gap = max_abs_diff(&probabilities(name, Precision::Bf16, &r), &r.probs);
         eprintln!("{name}: vlm bf16 {gap:.4}, autocast bf16 {bar:.4} (f32 {f32_gap:.1e})");
         assert!(
             gap <= bar,

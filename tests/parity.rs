@@ -4,10 +4,12 @@
 //! image embeddings, probabilities) for the same weights, images and prompts; every check here compares
 //! against those numbers with the tolerance stated beside it.
 
+mod common;
+
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
+use common::{fixtures, max_abs_diff};
 use serde::Deserialize;
 use vlm::engine::{Engine, ModelOptions, Precision};
 use vlm::images::{self as preprocess, DecodeLimits};
@@ -39,10 +41,6 @@ struct Reference {
     classify: Classify,
 }
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
-
 fn reference(model: &str) -> Reference {
     let text = std::fs::read_to_string(fixtures().join(format!("reference/{model}.json"))).unwrap();
     serde_json::from_str(&text).unwrap()
@@ -70,17 +68,6 @@ fn reference_pixels() -> HashMap<String, Tensor> {
         &Device::Cpu,
     )
     .unwrap()
-}
-
-fn max_abs_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .flat_map(|(x, y)| {
-            assert_eq!(x.len(), y.len());
-            x.iter().zip(y).map(|(p, q)| (p - q).abs())
-        })
-        .fold(0.0, f32::max)
 }
 
 fn argmax(v: &[f32]) -> usize {

@@ -21,7 +21,7 @@ use std::process::Output;
 
 use assert_cmd::Command;
 use candle_core::{DType, Device, Tensor};
-use common::{Head, ImageResult, ModelInfo};
+use common::{max_abs_diff, Head, ImageResult, ModelInfo};
 use serde::Deserialize;
 use vlm::engine::{plan_model, Engine, ModelOptions, Precision};
 use vlm::images::{self as preprocess, DecodeLimits};
@@ -139,17 +139,6 @@ fn image_path(name: &str) -> PathBuf {
     } else {
         fixtures().join("images-alpha").join(name)
     }
-}
-
-fn max_abs_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .flat_map(|(x, y)| {
-            assert_eq!(x.len(), y.len());
-            x.iter().zip(y).map(|(p, q)| (p - q).abs())
-        })
-        .fold(0.0, f32::max)
 }
 
 fn sigmoid(x: f32) -> f32 {

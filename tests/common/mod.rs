@@ -143,3 +143,16 @@ pub fn png_claiming(width: u32, height: u32) -> Vec<u8> {
     png_chunk(&mut out, b"IEND", &[]);
     out
 }
+
+/// The largest absolute difference between two equally shaped lists of rows (embeddings,
+/// probabilities), asserting the shapes match.
+pub fn max_abs_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .flat_map(|(x, y)| {
+            assert_eq!(x.len(), y.len());
+            x.iter().zip(y).map(|(p, q)| (p - q).abs())
+        })
+        .fold(0.0, f32::max)
+}
