@@ -5,7 +5,9 @@ use anyhow::{Context, Result};
 use super::{
     collect_inputs, open_destination, skip_completed, write_results, InputSpec, Outcome, RunOptions,
 };
-use crate::engine::text::{load_with_text, text_cache, TextReport};
+use crate::engine::text::{
+    load_with_text, prompt_units, templates_or_default, text_cache, TextReport,
+};
 use crate::engine::{plan_model, ModelOptions};
 use crate::model::HeadKind;
 use crate::output::{self, ImageResult, Prediction, RunInfo};
@@ -67,8 +69,8 @@ fn collect_templates(opts: &ClassifyOptions) -> Result<Vec<Template>> {
     templates_from(&opts.templates, opts.template_set.as_deref())
 }
 
-/// `--template` values then the `--templates` set, without repeats; empty for the model's default.
-/// Shared with `explain`.
+/// `--template` values then the `--templates` set, without repeats; empty for the model's default
+/// ([`templates_or_default`]). Shared with every command that takes templates.
 pub(super) fn templates_from(values: &[String], set: Option<&str>) -> Result<Vec<Template>> {
     let mut templates = values
         .iter()
@@ -88,18 +90,13 @@ pub fn run(opts: &ClassifyOptions) -> Result<Outcome> {
     // Everything the user typed is checked before the model is touched.
     let quiet = opts.run.quiet;
     let (labels, label_warnings) = collect_labels(opts)?;
-    let mut templates = collect_templates(opts)?;
+    let templates = collect_templates(opts)?;
     let inputs = collect_inputs(&opts.inputs)?;
     let dest = open_destination(&opts.run.output)?;
     let inputs = skip_completed(inputs, &dest.completed, quiet);
     let plan = plan_model(&opts.model, quiet)?;
-    if templates.is_empty() {
-        templates.push(Template::new(plan.spec.default_template())?);
-    }
-    let units: Vec<Vec<String>> = labels
-        .iter()
-        .map(|l| templates.iter().map(|t| t.fill(l)).collect())
-        .collect();
+    let templates = templates_or_default(&plan, templates)?;
+    let units = prompt_units(&labels, &templates);
     let cache = text_cache(opts.run.no_cache);
     let report = TextReport {
         quiet,

@@ -11,9 +11,12 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
+use super::classify::templates_from;
 use super::{collect_inputs, display_path, show_progress, InputSpec, Outcome};
 use crate::engine::images::{self, BatchOptions};
-use crate::engine::text::{load_text_only, text_cache, TextReport};
+use crate::engine::text::{
+    load_text_only, prompt_units, templates_or_default, text_cache, TextReport,
+};
 use crate::engine::{plan_model, ModelOptions};
 use crate::model::Towers;
 use crate::output::sink::interrupt;
@@ -21,7 +24,6 @@ use crate::output::{
     EmbedInfo, Format, ImageEmbedding, Progress, Record, ResultWriter, Sink, TextEmbedding,
 };
 use crate::score;
-use crate::text::{self, Template};
 use crate::Error;
 
 /// `--format` of `vlm embed`.
@@ -135,18 +137,7 @@ fn begin_doc<R: Record>(
 }
 
 fn embed_texts(opts: &EmbedOptions, format: EmbedFormat) -> Result<Outcome> {
-    let mut templates = opts
-        .templates
-        .iter()
-        .map(|t| Template::new(t).context("--template"))
-        .collect::<Result<Vec<_>>>()?;
-    if let Some(set) = &opts.template_set {
-        for t in text::template_set(set)? {
-            if !templates.contains(&t) {
-                templates.push(t);
-            }
-        }
-    }
+    let templates = templates_from(&opts.templates, opts.template_set.as_deref())?;
     if format == EmbedFormat::Npy {
         if let Some(t) = opts.texts.iter().find(|t| t.contains(['\n', '\r'])) {
             return Err(Error::Usage(format!(
@@ -157,14 +148,8 @@ fn embed_texts(opts: &EmbedOptions, format: EmbedFormat) -> Result<Outcome> {
     }
     let out = open_out(opts, format)?;
     let plan = plan_model(&opts.model, opts.quiet)?;
-    if templates.is_empty() {
-        templates.push(Template::new(plan.spec.default_template())?);
-    }
-    let units: Vec<Vec<String>> = opts
-        .texts
-        .iter()
-        .map(|t| templates.iter().map(|tpl| tpl.fill(t)).collect())
-        .collect();
+    let templates = templates_or_default(&plan, templates)?;
+    let units = prompt_units(&opts.texts, &templates);
     let cache = text_cache(opts.no_cache);
     let report = TextReport {
         quiet: opts.quiet,

@@ -17,7 +17,9 @@ use anyhow::{Context, Result};
 use super::classify::templates_from;
 use super::{display_path, show_progress, Outcome, RunOptions};
 use crate::engine::images::encode_images;
-use crate::engine::text::{load_with_text, text_cache, TextReport};
+use crate::engine::text::{
+    load_with_text, prompt_units, templates_or_default, text_cache, TextReport,
+};
 use crate::engine::{plan_model, ModelOptions};
 use crate::inputs::{self, Input, InputOptions};
 use crate::metrics::Tally;
@@ -26,7 +28,6 @@ use crate::output::{
     SweepRow,
 };
 use crate::score::{self, normalize};
-use crate::text::Template;
 use crate::Error;
 
 /// How many confusions a class lists.
@@ -254,15 +255,13 @@ pub fn run(opts: &EvalOptions) -> Result<Outcome> {
             Error::Usage("--resume: eval writes one report; nothing to resume".into()).into(),
         );
     }
-    let mut templates = templates_from(&opts.templates, opts.template_set.as_deref())?;
+    let templates = templates_from(&opts.templates, opts.template_set.as_deref())?;
     let (classes, stray) = classes(opts)?;
     let (images, empty) = class_images(&classes, opts.hidden)?;
     let format = super::format_for(&opts.run.output);
     let sink = Sink::open(opts.run.output.output.as_deref(), format, false)?;
     let plan = plan_model(&opts.model, quiet)?;
-    if templates.is_empty() {
-        templates.push(Template::new(plan.spec.default_template())?);
-    }
+    let templates = templates_or_default(&plan, templates)?;
     if !quiet {
         if stray > 0 {
             output::warn(&format!(
@@ -307,10 +306,7 @@ pub fn run(opts: &EvalOptions) -> Result<Outcome> {
             .flat_map(|l| templates.iter().map(move |t| vec![t.fill(l)]))
             .collect()
     } else {
-        labels
-            .iter()
-            .map(|l| templates.iter().map(|t| t.fill(l)).collect())
-            .collect()
+        prompt_units(&labels, &templates)
     };
     let cache = text_cache(opts.run.no_cache);
     let report = TextReport {

@@ -13,13 +13,14 @@ use super::classify::{labels_from, templates_from};
 use super::RunOptions;
 use super::{collect_inputs, display_path, open_destination, show_progress, InputSpec, Outcome};
 use crate::engine::patches::{explain_images, Explained};
-use crate::engine::text::{load_with_text, text_cache, TextReport};
+use crate::engine::text::{
+    load_with_text, prompt_units, templates_or_default, text_cache, TextReport,
+};
 use crate::engine::{model_error, plan_model, ModelOptions};
 use crate::output::overlay::{self, MapRange, Montage, OverlayFiles};
 use crate::output::{
     self, ExplainResult, Format, Grid, LabelMap, Progress, ResultWriter, RunInfo, Sink,
 };
-use crate::text::Template;
 use crate::Error;
 
 /// The most images one `--montage` sheet takes (one row each).
@@ -87,7 +88,7 @@ pub fn run(opts: &ExplainOptions) -> Result<Outcome> {
     // Everything the user typed is checked before the model is touched.
     let quiet = opts.run.quiet;
     let (labels, label_warnings) = labels_from(&opts.labels, &opts.labels_files)?;
-    let mut templates = templates_from(&opts.templates, opts.template_set.as_deref())?;
+    let templates = templates_from(&opts.templates, opts.template_set.as_deref())?;
     let inputs = collect_inputs(&opts.inputs)?;
     let images: Vec<&Path> = inputs
         .iter()
@@ -119,13 +120,8 @@ pub fn run(opts: &ExplainOptions) -> Result<Outcome> {
             ),
         ));
     }
-    if templates.is_empty() {
-        templates.push(Template::new(plan.spec.default_template())?);
-    }
-    let units: Vec<Vec<String>> = labels
-        .iter()
-        .map(|l| templates.iter().map(|t| t.fill(l)).collect())
-        .collect();
+    let templates = templates_or_default(&plan, templates)?;
+    let units = prompt_units(&labels, &templates);
     let cache = text_cache(opts.run.no_cache);
     let report = TextReport {
         quiet,

@@ -4,11 +4,14 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 
+use super::classify::templates_from;
 use super::index::IndexSpec;
 use super::{display_path, open_destination, Outcome, OutputOptions};
 use crate::engine::images::{self, BatchOptions};
 use crate::engine::plan_model;
-use crate::engine::text::{load_text_only, text_cache, TextReport};
+use crate::engine::text::{
+    load_text_only, prompt_units, templates_or_default, text_cache, TextReport,
+};
 use crate::index::choose::{self, key_of};
 use crate::index::matrix;
 use crate::index::{Db, ModelRow, Stamp};
@@ -16,7 +19,6 @@ use crate::inputs::Input;
 use crate::model::Towers;
 use crate::output::{self, ModelInfo, Progress, ResultWriter, SearchHit, SearchInfo, SearchQuery};
 use crate::score;
-use crate::text::{self, Template};
 use crate::Error;
 
 /// How many results a search gives when neither `-k` nor `--threshold` says.
@@ -61,28 +63,12 @@ pub(crate) fn model_info(row: &ModelRow) -> ModelInfo {
     }
 }
 
-/// The user's templates, or the model's default.
-fn templates(given: &[String], set: Option<&str>) -> Result<Vec<Template>> {
-    let mut out = given
-        .iter()
-        .map(|t| Template::new(t).context("--template"))
-        .collect::<Result<Vec<_>>>()?;
-    if let Some(set) = set {
-        for t in text::template_set(set)? {
-            if !out.contains(&t) {
-                out.push(t);
-            }
-        }
-    }
-    Ok(out)
-}
-
 pub fn run(opts: &SearchOptions) -> Result<Outcome> {
     let path = opts.index.path()?;
     let db = Db::open(&path, false)?;
     let models = db.models()?;
     let row = choose::existing(&models, &opts.index.model, &path)?;
-    let mut templates = templates(&opts.templates, opts.template_set.as_deref())?;
+    let templates = templates_from(&opts.templates, opts.template_set.as_deref())?;
     let dest = open_destination(&opts.output)?;
 
     let started = std::time::Instant::now();
@@ -90,16 +76,14 @@ pub fn run(opts: &SearchOptions) -> Result<Outcome> {
         (Some(text), _) => {
             let plan = plan_model(&choose::load_options(row, &opts.index.device), opts.quiet)?;
             check_key(&plan.files, plan.precision, row)?;
-            if templates.is_empty() {
-                templates.push(Template::new(plan.spec.default_template())?);
-            }
-            let unit: Vec<String> = templates.iter().map(|t| t.fill(text)).collect();
+            let templates = templates_or_default(&plan, templates)?;
+            let units = prompt_units(std::slice::from_ref(text), &templates);
             let cache = text_cache(opts.no_cache);
             let report = TextReport {
                 quiet: opts.quiet,
                 verbose: opts.verbose,
             };
-            let (_, mut embeds) = load_text_only(plan, &[unit], cache.as_ref(), report)?;
+            let (_, mut embeds) = load_text_only(plan, &units, cache.as_ref(), report)?;
             let query = SearchQuery {
                 text: Some(text.clone()),
                 templates: Some(templates.iter().map(|t| t.as_str().to_string()).collect()),

@@ -28,6 +28,24 @@ pub fn text_cache(no_cache: bool) -> Option<TextCache> {
     TextCache::default_dir().map(TextCache::new)
 }
 
+/// The templates a run gives, or when it gives none the model family's default (`a photo of a
+/// {}.` for CLIP, `This is a photo of {}.` for SigLIP).
+pub fn templates_or_default(plan: &ModelPlan, templates: Vec<Template>) -> Result<Vec<Template>> {
+    if templates.is_empty() {
+        Ok(vec![Template::new(plan.spec.default_template())?])
+    } else {
+        Ok(templates)
+    }
+}
+
+/// One text unit per label: the label in every template (their embeddings are ensembled).
+pub fn prompt_units(labels: &[String], templates: &[Template]) -> Vec<Vec<String>> {
+    labels
+        .iter()
+        .map(|l| templates.iter().map(|t| t.fill(l)).collect())
+        .collect()
+}
+
 /// Loads the model for a run whose text side is `units` (each the prompts of one label, whose
 /// normalised embeddings are averaged). Units found in the cache are not encoded again, and when all
 /// are there the text tower and tokenizer are not even loaded. Units that are encoded are written to
