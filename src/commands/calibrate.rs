@@ -250,15 +250,12 @@ pub fn run(opts: &CalibrateOptions) -> Result<Outcome> {
     let mut scores: Vec<Vec<f32>> = vec![Vec::new(); aspect.labels.len()];
     let mut failed: Vec<FailedInput> = Vec::new();
     let progress = Progress::images(inputs.len(), show_progress(quiet)).with_errors(true);
-    let mut index = 0usize;
     encode_images(
         &engine,
         &inputs,
         &opts.run.batch,
         &progress,
-        |input, embedding| {
-            let i = index;
-            index += 1;
+        |i, input, embedding| {
             match embedding {
                 Ok(e) => {
                     for (j, t) in tag::scores(&e, prepared, &head).into_iter().enumerate() {

@@ -207,7 +207,7 @@ fn embed_images(opts: &EmbedOptions, format: EmbedFormat) -> Result<Outcome> {
     let mut writer: Option<ResultWriter<Sink, ImageEmbedding>> = None;
     let mut waiting: Vec<ImageEmbedding> = Vec::new();
     let mut refused = 0usize;
-    let failed = images::encode_images(&engine, &inputs, &opts.batch, &progress, |input, r| {
+    let failed = images::encode_images(&engine, &inputs, &opts.batch, &progress, |_, input, r| {
         let r = r.map(|mut e| {
             score::normalize(&mut e);
             e

@@ -338,18 +338,13 @@ pub fn run(opts: &EvalOptions) -> Result<Outcome> {
     let truth: Vec<usize> = images.iter().map(|(_, c)| *c).collect();
     let mut failed: Vec<FailedInput> = Vec::new();
     let progress = Progress::images(inputs.len(), show_progress(quiet)).with_errors(true);
-    let mut index = 0usize;
     encode_images(
         &engine,
         &inputs,
         &opts.run.batch,
         &progress,
-        |input, embedding| {
-            let class = truth
-                .get(index)
-                .copied()
-                .context("an image without a class")?;
-            index += 1;
+        |i, input, embedding| {
+            let class = truth.get(i).copied().context("an image without a class")?;
             match embedding {
                 Ok(mut e) => {
                     normalize(&mut e);

@@ -329,7 +329,7 @@ fn embed(
         pending.clear();
         Ok(())
     };
-    images::encode_images(&engine, &inputs, &opts.batch, &progress, |_, result| {
+    images::encode_images(&engine, &inputs, &opts.batch, &progress, |_, _, result| {
         let i = next;
         next += 1;
         let result = result.map(|mut e| {

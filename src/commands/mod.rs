@@ -230,11 +230,16 @@ pub fn write_results<R: Record>(
     let progress =
         Progress::images(inputs.len(), show_progress(run.quiet)).with_errors(!table_on_terminal);
     let mut writer = ResultWriter::begin(dest.sink, dest.format, header)?;
-    let failed =
-        images::encode_images(engine, inputs, &run.batch, &progress, |input, embedding| {
+    let failed = images::encode_images(
+        engine,
+        inputs,
+        &run.batch,
+        &progress,
+        |_, input, embedding| {
             let rec = record(display_path(&input.path), embedding);
             Ok(progress.suspend(|| writer.record(&rec))?)
-        })?;
+        },
+    )?;
     progress.finish();
     let sink = writer.finish()?;
     sink.commit()?;

@@ -211,7 +211,7 @@ fn image_query(
         std::slice::from_ref(&input),
         &opts.batch,
         &progress,
-        |_, r| {
+        |_, _, r| {
             out = Some(r);
             Ok(())
         },

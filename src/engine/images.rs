@@ -23,14 +23,14 @@ pub struct BatchOptions {
 }
 
 /// Decodes images on worker threads and encodes them batch by batch on this one, handing each
-/// input's embedding (or the error that stopped it) to `emit` in input order. Returns how many
-/// inputs failed.
+/// input's position in `inputs`, the input and its embedding (or the error that stopped it) to
+/// `emit`, in input order. Returns how many inputs failed.
 pub fn encode_images(
     engine: &Engine,
     inputs: &[Input],
     opts: &BatchOptions,
     progress: &Progress,
-    mut emit: impl FnMut(&Input, Result<Vec<f32>, String>) -> Result<()>,
+    mut emit: impl FnMut(usize, &Input, Result<Vec<f32>, String>) -> Result<()>,
 ) -> Result<usize> {
     let limits = DecodeLimits {
         max_pixels: opts.max_pixels,
@@ -61,7 +61,7 @@ pub fn encode_images(
             progress.error(message);
         }
         progress.inc();
-        emit(input, r)
+        emit(i, input, r)
     };
     pipeline::ordered_map(
         inputs,
