@@ -62,7 +62,7 @@ impl Precision {
                 note: None,
             };
         }
-        let native_bf16 = kernels::Backend::best(LinearPrecision::Bf16).is_bf16();
+        let native_bf16 = kernels::Backend::native_bf16();
         let (linear, note) = match self {
             Precision::F32 => (LinearPrecision::F32, None),
             Precision::Bf16 if native_bf16 => (LinearPrecision::Bf16, None),

@@ -85,6 +85,12 @@ impl Backend {
             .unwrap_or(Backend::Portable)
     }
 
+    /// Whether this CPU multiplies bf16 natively (AMX or AVX512-BF16): the one case where the
+    /// `Bf16` precision is not computed in f32.
+    pub fn native_bf16() -> bool {
+        Backend::best(Precision::Bf16).is_bf16()
+    }
+
     /// Whether the backend rounds inputs to bf16.
     pub fn is_bf16(self) -> bool {
         matches!(self, Backend::AmxBf16 | Backend::Avx512Bf16)

@@ -62,8 +62,7 @@ impl Linear {
         // f32 multiplies the weights where they are (no packing: a single-image call would
         // otherwise wait for a pass over every weight), as does bf16 on a CPU without native
         // bf16; bf16 with AMX or AVX512-BF16 packs (and converts) once at load.
-        let native_bf16 = precision == LinearPrecision::Bf16
-            && kernels::Backend::best(LinearPrecision::Bf16).is_bf16();
+        let native_bf16 = precision == LinearPrecision::Bf16 && kernels::Backend::native_bf16();
         let layer = if native_bf16 {
             kernels::Linear::new(weight, bias, precision)?
         } else {
