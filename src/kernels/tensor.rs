@@ -1,6 +1,8 @@
 //! [`Linear`]: `nn.Linear` for Candle tensors, through [`PackedLinear`] on the CPU and Candle's own
 //! matmul elsewhere.
 
+use std::sync::RwLock;
+
 use candle_core::{DType, Device, Module, Result, Storage, Tensor};
 
 use super::{Backend, Epilogue, PackedLinear, Precision, Unpacked};
@@ -17,14 +19,9 @@ pub struct Linear {
 enum Inner {
     Cpu(PackedLinear),
     /// f32 weights used where they are (for a checkpoint, the mapped file), multiplied by the
-    /// `gemm` crate: nothing to pack at load.
-    CpuInPlace {
-        /// `[out, in]`, contiguous f32.
-        weight: Tensor,
-        bias: Option<Vec<f32>>,
-        out_dim: usize,
-        in_dim: usize,
-    },
+    /// `gemm` crate: nothing to pack at load. Packed for vlm's own f32 kernel the first time a
+    /// product is tall enough to pay for it (see [`PACK_ROWS`]).
+    CpuInPlace(InPlace),
     Device {
         /// `[in, out]`, a transposed view of the `[out, in]` weight.
         weight_t: Tensor,
@@ -86,12 +83,14 @@ impl Linear {
             None => None,
         };
         Ok(Self {
-            inner: Inner::CpuInPlace {
-                weight: weight.to_dtype(DType::F32)?.contiguous()?,
+            inner: Inner::CpuInPlace(InPlace {
+                state: RwLock::new(InPlaceState::Weights(
+                    weight.to_dtype(DType::F32)?.contiguous()?,
+                )),
                 bias,
                 out_dim,
                 in_dim,
-            },
+            }),
         })
     }
 
@@ -99,7 +98,10 @@ impl Linear {
     pub fn backend(&self) -> Option<Backend> {
         match &self.inner {
             Inner::Cpu(p) => Some(p.backend()),
-            Inner::CpuInPlace { .. } => Some(Backend::Portable),
+            Inner::CpuInPlace(layer) => Some(match &*layer.read() {
+                InPlaceState::Weights(_) => Backend::Portable,
+                InPlaceState::Packed(p) => p.backend(),
+            }),
             Inner::Device { .. } => None,
         }
     }
@@ -120,9 +122,7 @@ impl Linear {
     pub fn dims(&self) -> Result<(usize, usize)> {
         match &self.inner {
             Inner::Cpu(p) => Ok((p.out_dim(), p.in_dim())),
-            Inner::CpuInPlace {
-                out_dim, in_dim, ..
-            } => Ok((*out_dim, *in_dim)),
+            Inner::CpuInPlace(layer) => Ok((layer.out_dim, layer.in_dim)),
             Inner::Device { weight_t, .. } => {
                 let (i, o) = weight_t.dims2()?;
                 Ok((o, i))
@@ -142,21 +142,7 @@ impl Linear {
             Inner::Cpu(p) => p
                 .forward_with(x, rows, out, epilogue)
                 .map_err(candle_core::Error::wrap),
-            Inner::CpuInPlace {
-                weight,
-                bias,
-                out_dim,
-                in_dim,
-            } => with_cpu_f32(weight, "weight", out_dim * in_dim, |w| {
-                Unpacked {
-                    weight: w,
-                    bias: bias.as_deref(),
-                    out_dim: *out_dim,
-                    in_dim: *in_dim,
-                }
-                .forward_with(x, rows, out, epilogue)
-                .map_err(candle_core::Error::wrap)
-            }),
+            Inner::CpuInPlace(layer) => layer.forward_slice(x, rows, out, epilogue),
             Inner::Device { .. } => candle_core::bail!("linear: the layer is not on the CPU"),
         }
     }
@@ -181,7 +167,7 @@ impl Module for Linear {
                 out_dims.push(ys.dim(1)?);
                 ys.reshape(out_dims)
             }
-            Inner::Cpu(_) | Inner::CpuInPlace { .. } => {
+            Inner::Cpu(_) | Inner::CpuInPlace(_) => {
                 let (out_dim, layer_in) = self.dims()?;
                 if in_dim != layer_in {
                     candle_core::bail!(
@@ -206,6 +192,89 @@ impl Module for Linear {
                 }
             }
         }
+    }
+}
+
+/// Rows from which an in-place f32 layer packs its weight for [`Backend::Avx512F32`] (once; the
+/// packed copy then serves every later call and the in-place weight is dropped, which gives its
+/// mapped pages back). Below it, the `gemm` crate multiplies the weight where it is: a
+/// single-image call (50 rows for ViT-B/32) must not wait for a pass over every weight. From it,
+/// packing costs less than the `gemm` crate's own packing of the weight, which it redoes on every
+/// call, on the calling thread alone (measured: 9% of a 240-image f32 run, with the other core
+/// idle meanwhile).
+pub const PACK_ROWS: usize = 128;
+
+#[derive(Debug)]
+struct InPlace {
+    state: RwLock<InPlaceState>,
+    bias: Option<Vec<f32>>,
+    out_dim: usize,
+    in_dim: usize,
+}
+
+#[derive(Debug)]
+enum InPlaceState {
+    /// `[out, in]`, contiguous f32.
+    Weights(Tensor),
+    Packed(PackedLinear),
+}
+
+impl InPlace {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, InPlaceState> {
+        // A panic while packing leaves the old state (the assignment is the last step).
+        self.state.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn forward_slice(
+        &self,
+        x: &[f32],
+        rows: usize,
+        out: &mut [f32],
+        epilogue: Epilogue,
+    ) -> Result<()> {
+        if rows >= PACK_ROWS
+            && matches!(*self.read(), InPlaceState::Weights(_))
+            && Backend::Avx512F32.is_available()
+        {
+            self.pack()?;
+        }
+        match &*self.read() {
+            InPlaceState::Packed(p) => p
+                .forward_with(x, rows, out, epilogue)
+                .map_err(candle_core::Error::wrap),
+            InPlaceState::Weights(weight) => {
+                with_cpu_f32(weight, "weight", self.out_dim * self.in_dim, |w| {
+                    Unpacked {
+                        weight: w,
+                        bias: self.bias.as_deref(),
+                        out_dim: self.out_dim,
+                        in_dim: self.in_dim,
+                    }
+                    .forward_with(x, rows, out, epilogue)
+                    .map_err(candle_core::Error::wrap)
+                })
+            }
+        }
+    }
+
+    /// Replaces the in-place weight by its packed copy (a no-op if another call did it first).
+    fn pack(&self) -> Result<()> {
+        let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
+        let InPlaceState::Weights(weight) = &*state else {
+            return Ok(());
+        };
+        let packed = with_cpu_f32(weight, "weight", self.out_dim * self.in_dim, |w| {
+            PackedLinear::with_backend(
+                w,
+                self.bias.as_deref(),
+                self.out_dim,
+                self.in_dim,
+                Backend::Avx512F32,
+            )
+            .map_err(candle_core::Error::wrap)
+        })?;
+        *state = InPlaceState::Packed(packed);
+        Ok(())
     }
 }
 

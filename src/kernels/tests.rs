@@ -77,8 +77,8 @@ const ALL: [Backend; 4] = [
     Backend::Portable,
 ];
 
-/// (M, K, N): odd sizes around the tiles (14 or 32 rows, 32 columns, 32 k for bf16, 256 k per f32
-/// block), M = 1, one of each dimension, and one encoder layer's K and N at batch 1.
+/// (M, K, N): odd sizes around the tiles (14, 16 or 8 rows, 32 or 48 columns, 32 k for bf16, 768 k
+/// per f32 block), M = 1, one of each dimension, and one encoder layer's K and N at batch 1.
 const SHAPES: &[(usize, usize, usize)] = &[
     (1, 1, 1),
     (1, 5, 3),
@@ -94,6 +94,7 @@ const SHAPES: &[(usize, usize, usize)] = &[
     (33, 129, 96),
     (50, 600, 45),
     (67, 65, 97),
+    (9, 1000, 50),
 ];
 
 fn run_backend(backend: Backend) {
@@ -408,6 +409,28 @@ mod candle {
             .unwrap();
         assert_eq!(out_slice, via_tensor);
         assert!(Linear::in_place(&w, Some(&w)).is_err());
+        // From PACK_ROWS rows on, an in-place layer packs its weight (where the CPU has the f32
+        // kernel) and keeps giving the same products, tall or short.
+        let rows = super::super::tensor::PACK_ROWS + 3;
+        let tall = Tensor::randn(0f32, 1.0, (rows, inp), &dev).unwrap();
+        let want_tall = tall
+            .matmul(&w.t().unwrap())
+            .unwrap()
+            .broadcast_add(&b)
+            .unwrap();
+        let lin = Linear::in_place(&w, Some(&b)).unwrap();
+        let before = lin.forward(&x).unwrap();
+        assert!(max_rel_diff(&lin.forward(&tall).unwrap(), &want_tall) < 1e-5);
+        let packed = crate::kernels::Backend::Avx512F32.is_available();
+        assert_eq!(
+            lin.backend(),
+            Some(if packed {
+                crate::kernels::Backend::Avx512F32
+            } else {
+                crate::kernels::Backend::Portable
+            })
+        );
+        assert!(max_rel_diff(&lin.forward(&x).unwrap(), &before) < 1e-6);
         // Other dtypes go through f32 and come back in their own.
         let lin = Linear::new(&w, None, Precision::F32).unwrap();
         let got = lin.forward(&x.to_dtype(DType::F16).unwrap()).unwrap();
