@@ -309,7 +309,26 @@ impl PackedLinear {
                     out_dim: self.out_dim,
                     in_dim: self.in_dim,
                 };
-                layer.run(x, rows, out, epilogue, threads);
+                let n = self.out_dim;
+                let ptr = OutPtr(out.as_mut_ptr());
+                let jobs = column_jobs(&[layer], threads);
+                let run = |&(layer, col): &(Unpacked, usize)| {
+                    // SAFETY: as in Unpacked::forward_parts: lengths checked above, disjoint
+                    // column ranges of the mutably borrowed out.
+                    unsafe { portable(x, rows, &layer, ptr.get(), (col, n)) }
+                };
+                if jobs.len() == 1 {
+                    run(&jobs[0]);
+                } else {
+                    use rayon::prelude::*;
+                    jobs.par_iter().for_each(run);
+                }
+                if !matches!(epilogue, Epilogue::None) {
+                    use rayon::prelude::*;
+                    out.par_chunks_mut(n)
+                        .enumerate()
+                        .for_each(|(r, row)| epilogue.apply(row, r, 0, n));
+                }
             }
             #[cfg(target_arch = "x86_64")]
             Packed::X86 {
@@ -380,16 +399,13 @@ impl PackedLinear {
 }
 
 /// The output pointer, shared by tasks that write disjoint parts of it.
-#[cfg(target_arch = "x86_64")]
 #[derive(Clone, Copy)]
 struct OutPtr(*mut f32);
-// SAFETY: only used in `forward_threads`, whose tasks write disjoint rectangles of the buffer.
-#[cfg(target_arch = "x86_64")]
+// SAFETY: only used by tasks and jobs that write disjoint parts of the buffer (`forward_threads`,
+// `Unpacked::forward_parts`).
 unsafe impl Send for OutPtr {}
 // SAFETY: as above.
-#[cfg(target_arch = "x86_64")]
 unsafe impl Sync for OutPtr {}
-#[cfg(target_arch = "x86_64")]
 impl OutPtr {
     // A method (not field access) so closures capture the whole Send + Sync wrapper.
     fn get(self) -> *mut f32 {
@@ -481,96 +497,145 @@ impl Unpacked<'_> {
         out: &mut [f32],
         epilogue: Epilogue,
     ) -> Result<(), KernelError> {
-        check_len(
-            "weight",
-            self.weight.len(),
-            self.out_dim.saturating_mul(self.in_dim),
-        )?;
-        if let Some(b) = self.bias {
-            check_len("bias", b.len(), self.out_dim)?;
+        Self::forward_parts(std::slice::from_ref(self), x, rows, out, epilogue)
+    }
+
+    /// Several layers over the same input written side by side, as one layer whose weight is
+    /// theirs stacked (q, k and v as one `qkv` output, without copying their weights into one):
+    /// `out` is `rows × Σ out_dim`; then `epilogue` over it. Lengths checked.
+    pub fn forward_parts(
+        parts: &[Unpacked],
+        x: &[f32],
+        rows: usize,
+        out: &mut [f32],
+        epilogue: Epilogue,
+    ) -> Result<(), KernelError> {
+        let mut width = 0usize;
+        for part in parts {
+            check_len(
+                "weight",
+                part.weight.len(),
+                part.out_dim.saturating_mul(part.in_dim),
+            )?;
+            if let Some(b) = part.bias {
+                check_len("bias", b.len(), part.out_dim)?;
+            }
+            check_len("input", x.len(), rows.saturating_mul(part.in_dim))?;
+            width += part.out_dim;
         }
-        check_len("input", x.len(), rows.saturating_mul(self.in_dim))?;
-        check_len("output", out.len(), rows.saturating_mul(self.out_dim))?;
+        check_len("output", out.len(), rows.saturating_mul(width))?;
         if let Epilogue::Add(residual) = epilogue {
             check_len("residual", residual.len(), out.len())?;
         }
-        if rows > 0 {
-            self.run(x, rows, out, epilogue, rayon::current_num_threads());
+        if rows == 0 {
+            return Ok(());
+        }
+        let jobs = column_jobs(parts, rayon::current_num_threads());
+        let ptr = OutPtr(out.as_mut_ptr());
+        let run = |&(layer, col): &(Unpacked, usize)| {
+            // SAFETY: out holds rows × width values (checked above); the jobs cover disjoint
+            // column ranges col..col + layer.out_dim ⊆ 0..width (column_jobs), so no two write
+            // the same element, and nothing else touches out during the call (borrowed mutably).
+            // x, the weight and the bias lengths were checked above for each part, and a job's
+            // weight and bias are whole rows and values of its part's.
+            unsafe { portable(x, rows, &layer, ptr.get(), (col, width)) }
+        };
+        if jobs.len() == 1 {
+            run(&jobs[0]);
+        } else {
+            use rayon::prelude::*;
+            jobs.par_iter().for_each(run);
+        }
+        if !matches!(epilogue, Epilogue::None) {
+            use rayon::prelude::*;
+            out.par_chunks_mut(width)
+                .enumerate()
+                .for_each(|(r, row)| epilogue.apply(row, r, 0, width));
         }
         Ok(())
     }
-
-    /// [`Unpacked::forward_with`] on checked lengths.
-    fn run(&self, x: &[f32], rows: usize, out: &mut [f32], epilogue: Epilogue, threads: usize) {
-        portable(
-            x,
-            rows,
-            self.in_dim,
-            self.weight,
-            self.bias,
-            self.out_dim,
-            out,
-            threads,
-        );
-        if !matches!(epilogue, Epilogue::None) {
-            use rayon::prelude::*;
-            let n = self.out_dim;
-            out.par_chunks_mut(n)
-                .enumerate()
-                .for_each(|(r, row)| epilogue.apply(row, r, 0, n));
-        }
-    }
 }
 
-/// The portable path: the `gemm` crate with the weight read transposed in place, the output
-/// pre-filled with the bias.
-#[allow(clippy::too_many_arguments)]
-fn portable(
+/// The parts' output columns cut into about `threads` jobs each (at least 64 columns), each job a
+/// layer of whole rows of its part's weight and the column where it writes. One `gemm` call per
+/// job, single-threaded: the `gemm` crate's own threads split the rows, after packing the whole
+/// weight on the calling thread alone; with few rows that packing (the weights' one pass from
+/// memory) was most of the product, the other cores idle meanwhile.
+fn column_jobs<'a>(parts: &[Unpacked<'a>], threads: usize) -> Vec<(Unpacked<'a>, usize)> {
+    let mut jobs = Vec::new();
+    let mut col = 0;
+    for part in parts {
+        let (n, k) = (part.out_dim, part.in_dim);
+        let step = n.div_ceil(threads.max(1)).next_multiple_of(16).max(64);
+        let mut j0 = 0;
+        while j0 < n {
+            let j1 = (j0 + step).min(n);
+            jobs.push((
+                Unpacked {
+                    weight: &part.weight[j0 * k..j1 * k],
+                    bias: part.bias.map(|b| &b[j0..j1]),
+                    out_dim: j1 - j0,
+                    in_dim: k,
+                },
+                col + j0,
+            ));
+            j0 = j1;
+        }
+        col += n;
+    }
+    jobs
+}
+
+/// The portable path: the `gemm` crate with the weight read transposed in place, into columns
+/// `col..col + layer.out_dim` of the `rows × width` output at `out`, pre-filled with the bias;
+/// on the calling thread.
+///
+/// # Safety
+/// `out` must point to `rows × width` writable f32 values of which no other thread touches
+/// columns `col..col + layer.out_dim` during the call, with `col + layer.out_dim <= width`; `x`
+/// must hold `rows × layer.in_dim` values, `layer.weight` `out_dim × in_dim`, `layer.bias` (if
+/// any) `out_dim`.
+unsafe fn portable(
     x: &[f32],
     rows: usize,
-    in_dim: usize,
-    weight: &[f32],
-    bias: Option<&[f32]>,
-    out_dim: usize,
-    out: &mut [f32],
-    threads: usize,
+    layer: &Unpacked,
+    out: *mut f32,
+    (col, width): (usize, usize),
 ) {
-    if let Some(b) = bias {
-        for row in out.chunks_exact_mut(out_dim) {
-            row.copy_from_slice(b);
+    let (n, k) = (layer.out_dim, layer.in_dim);
+    if let Some(b) = layer.bias {
+        for r in 0..rows {
+            // SAFETY: row r, columns col..col + n of out, ours by the contract.
+            let dst = unsafe { std::slice::from_raw_parts_mut(out.add(r * width + col), n) };
+            dst.copy_from_slice(b);
         }
     }
-    let parallelism = if threads > 1 {
-        gemm::Parallelism::Rayon(threads)
-    } else {
-        gemm::Parallelism::None
-    };
-    // SAFETY: dst is rows × out_dim row-major (column stride 1, row stride out_dim), lhs is
-    // rows × in_dim row-major, rhs = Wᵀ is in_dim × out_dim read from W (out_dim × in_dim,
-    // row-major): element (k, j) at j·in_dim + k, so column stride in_dim and row stride 1. The
-    // callers checked all three lengths. dst = alpha·dst + beta·lhs·rhs, with alpha = 1 (keep the
-    // bias) only when dst was filled with it.
+    // SAFETY: dst starts at column col of out, rows × n with column stride 1 and row stride
+    // width (the caller's contract); lhs is rows × k row-major; rhs = Wᵀ is k × n read from W
+    // (n × k, row-major): element (kk, j) at j·k + kk, so column stride k and row stride 1.
+    // dst = alpha·dst + beta·lhs·rhs, with alpha = 1 (keep the bias) only when dst was filled
+    // with it.
     unsafe {
         gemm::gemm(
             rows,
-            out_dim,
-            in_dim,
-            out.as_mut_ptr(),
+            n,
+            k,
+            out.add(col),
             1,
-            out_dim as isize,
-            bias.is_some(),
+            width as isize,
+            layer.bias.is_some(),
             x.as_ptr(),
             1,
-            in_dim as isize,
-            weight.as_ptr(),
-            in_dim as isize,
+            k as isize,
+            layer.weight.as_ptr(),
+            k as isize,
             1,
             1.0f32,
             1.0f32,
             false,
             false,
             false,
-            parallelism,
+            gemm::Parallelism::None,
         );
     }
 }

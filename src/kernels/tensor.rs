@@ -68,10 +68,31 @@ impl Linear {
     /// An f32 layer over `weight` as it is, on the CPU: no copy and no packing (the `gemm` crate
     /// reads the `[out, in]` weight transposed in place). Other devices: as [`Linear::new`].
     pub fn in_place(weight: &Tensor, bias: Option<&Tensor>) -> Result<Self> {
-        if !weight.device().is_cpu() {
-            return Self::new(weight, bias, Precision::F32);
+        Self::in_place_parts(std::slice::from_ref(weight), bias)
+    }
+
+    /// [`Linear::in_place`] over several `[out_i, in]` weights as one layer whose weight is them
+    /// stacked (q, k and v: one product, one `[.., Σ out_i]` output), without copying them into
+    /// one; `bias` is the stacked `[Σ out_i]` bias. Other devices: the weights concatenated, as
+    /// [`Linear::new`].
+    pub fn in_place_parts(weights: &[Tensor], bias: Option<&Tensor>) -> Result<Self> {
+        let Some(first) = weights.first() else {
+            candle_core::bail!("linear: no weights");
+        };
+        if !first.device().is_cpu() {
+            return Self::new(&Tensor::cat(weights, 0)?, bias, Precision::F32);
         }
-        let (out_dim, in_dim) = weight.dims2()?;
+        let in_dim = first.dims2()?.1;
+        let mut parts = Vec::with_capacity(weights.len());
+        let mut out_dim = 0;
+        for w in weights {
+            let (o, i) = w.dims2()?;
+            if i != in_dim {
+                candle_core::bail!("linear: stacked weights take {in_dim} and {i} features");
+            }
+            out_dim += o;
+            parts.push(w.to_dtype(DType::F32)?.contiguous()?);
+        }
         let bias = match bias {
             Some(b) => {
                 let b = b.to_dtype(DType::F32)?.to_vec1::<f32>()?;
@@ -84,9 +105,7 @@ impl Linear {
         };
         Ok(Self {
             inner: Inner::CpuInPlace(InPlace {
-                state: RwLock::new(InPlaceState::Weights(
-                    weight.to_dtype(DType::F32)?.contiguous()?,
-                )),
+                state: RwLock::new(InPlaceState::Weights(parts)),
                 bias,
                 out_dim,
                 in_dim,
@@ -214,8 +233,8 @@ struct InPlace {
 
 #[derive(Debug)]
 enum InPlaceState {
-    /// `[out, in]`, contiguous f32.
-    Weights(Tensor),
+    /// `[out_i, in]` parts (one unless stacked), contiguous f32.
+    Weights(Vec<Tensor>),
     Packed(PackedLinear),
 }
 
@@ -242,30 +261,45 @@ impl InPlace {
             InPlaceState::Packed(p) => p
                 .forward_with(x, rows, out, epilogue)
                 .map_err(candle_core::Error::wrap),
-            InPlaceState::Weights(weight) => {
-                with_cpu_f32(weight, "weight", self.out_dim * self.in_dim, |w| {
-                    Unpacked {
-                        weight: w,
-                        bias: self.bias.as_deref(),
-                        out_dim: self.out_dim,
-                        in_dim: self.in_dim,
-                    }
-                    .forward_with(x, rows, out, epilogue)
+            InPlaceState::Weights(parts) => with_cpu_f32_parts(parts, self.in_dim, |slices| {
+                let mut col = 0;
+                let layers: Vec<Unpacked> = slices
+                    .iter()
+                    .map(|&w| {
+                        let n = w.len() / self.in_dim;
+                        let layer = Unpacked {
+                            weight: w,
+                            bias: self.bias.as_ref().map(|b| &b[col..col + n]),
+                            out_dim: n,
+                            in_dim: self.in_dim,
+                        };
+                        col += n;
+                        layer
+                    })
+                    .collect();
+                Unpacked::forward_parts(&layers, x, rows, out, epilogue)
                     .map_err(candle_core::Error::wrap)
-                })
-            }
+            }),
         }
     }
 
-    /// Replaces the in-place weight by its packed copy (a no-op if another call did it first).
+    /// Replaces the in-place weights by their packed copy (a no-op if another call did it first).
     fn pack(&self) -> Result<()> {
         let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
-        let InPlaceState::Weights(weight) = &*state else {
+        let InPlaceState::Weights(parts) = &*state else {
             return Ok(());
         };
-        let packed = with_cpu_f32(weight, "weight", self.out_dim * self.in_dim, |w| {
+        let packed = with_cpu_f32_parts(parts, self.in_dim, |slices| {
+            let stacked;
+            let weight = match slices {
+                [one] => *one,
+                _ => {
+                    stacked = slices.concat();
+                    &stacked[..]
+                }
+            };
             PackedLinear::with_backend(
-                w,
+                weight,
                 self.bias.as_deref(),
                 self.out_dim,
                 self.in_dim,
@@ -276,6 +310,29 @@ impl InPlace {
         *state = InPlaceState::Packed(packed);
         Ok(())
     }
+}
+
+/// Calls `f` with each part's values (contiguous f32 `[out_i, in_dim]` CPU tensors) as slices, read
+/// in place.
+fn with_cpu_f32_parts<R>(
+    parts: &[Tensor],
+    in_dim: usize,
+    f: impl FnOnce(&[&[f32]]) -> Result<R>,
+) -> Result<R> {
+    let guards: Vec<_> = parts.iter().map(|t| t.storage_and_layout()).collect();
+    let mut slices = Vec::with_capacity(parts.len());
+    for (t, (storage, layout)) in parts.iter().zip(&guards) {
+        let Storage::Cpu(cpu) = &**storage else {
+            candle_core::bail!("linear: the weight is not in CPU memory");
+        };
+        let len = t.dim(0)? * in_dim;
+        let start = layout.start_offset();
+        let Some(values) = cpu.as_slice::<f32>()?.get(start..start + len) else {
+            candle_core::bail!("linear: weight storage is shorter than its layout");
+        };
+        slices.push(values);
+    }
+    f(&slices)
 }
 
 /// Calls `f` with the first `len` values of `t` (contiguous f32 in CPU memory) as a slice, read

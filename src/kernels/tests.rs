@@ -431,6 +431,28 @@ mod candle {
             })
         );
         assert!(max_rel_diff(&lin.forward(&x).unwrap(), &before) < 1e-6);
+        // Stacked parts (q, k, v kept apart) equal the layer over their concatenation, in place
+        // (short: one gemm job per part and column range) and packed (tall).
+        let parts: Vec<Tensor> = (0..3)
+            .map(|_| Tensor::randn(0f32, 1.0, (out, inp), &dev).unwrap())
+            .collect();
+        let stacked_w = Tensor::cat(&parts, 0).unwrap();
+        let stacked_b = Tensor::randn(0f32, 1.0, 3 * out, &dev).unwrap();
+        let whole = Linear::in_place(&stacked_w, Some(&stacked_b)).unwrap();
+        let split = Linear::in_place_parts(&parts, Some(&stacked_b)).unwrap();
+        assert_eq!(split.dims().unwrap(), (3 * out, inp));
+        let flat_x = x.reshape((6, inp)).unwrap();
+        for input in [&flat_x, &tall] {
+            let want = input
+                .matmul(&stacked_w.t().unwrap())
+                .unwrap()
+                .broadcast_add(&stacked_b)
+                .unwrap();
+            assert!(max_rel_diff(&split.forward(input).unwrap(), &want) < 1e-5);
+            assert!(max_rel_diff(&whole.forward(input).unwrap(), &want) < 1e-5);
+        }
+        assert!(Linear::in_place_parts(&[], None).is_err());
+        assert!(Linear::in_place_parts(&[w.clone(), w.t().unwrap()], None).is_err());
         // Other dtypes go through f32 and come back in their own.
         let lin = Linear::new(&w, None, Precision::F32).unwrap();
         let got = lin.forward(&x.to_dtype(DType::F16).unwrap()).unwrap();
