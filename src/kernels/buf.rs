@@ -6,13 +6,6 @@
 
 use std::cell::RefCell;
 
-/// One 64-byte cache line; a `Vec<Line>` is 64-byte aligned.
-#[derive(Clone, Copy)]
-#[repr(C, align(64))]
-struct Line([u8; 64]);
-
-const ZERO_LINE: Line = Line([0; 64]);
-
 /// Types whose every bit pattern is a valid value and that have no padding, aligned to at most 64.
 ///
 /// # Safety
@@ -24,35 +17,53 @@ unsafe impl Plain for f32 {}
 unsafe impl Plain for u16 {}
 
 /// A zero-initialised `[T]` starting on a cache line.
+///
+/// The bytes come from `vec![0u8; n]`, which the allocator serves with `calloc`: a large buffer
+/// is fresh zero pages from the OS, with nothing written until the packing threads fill it (a
+/// `Vec` of 64-byte-aligned lines was zeroed by a `memset` on the calling thread first: 350 MB
+/// for ViT-B/32's weights, one core, the other idle). The slice starts at the buffer's first
+/// 64-byte boundary.
 pub(crate) struct Aligned<T: Plain> {
-    lines: Vec<Line>,
+    bytes: Vec<u8>,
+    offset: usize,
     len: usize,
     _t: std::marker::PhantomData<T>,
 }
 
 impl<T: Plain> Aligned<T> {
     pub(crate) fn zeroed(len: usize) -> Self {
-        let bytes = len.saturating_mul(std::mem::size_of::<T>());
+        let size = len.saturating_mul(std::mem::size_of::<T>());
+        let bytes = vec![0u8; size.saturating_add(63)];
+        let offset = bytes.as_ptr().align_offset(64);
         Self {
-            lines: vec![ZERO_LINE; bytes.div_ceil(64)],
+            bytes,
+            offset,
             len,
             _t: std::marker::PhantomData,
         }
     }
 
     pub(crate) fn as_slice(&self) -> &[T] {
-        // SAFETY: `lines` holds at least len · size_of::<T>() initialised bytes (zeroed() sized
-        // it so), aligned to 64 ≥ align_of::<T>(), and every bit pattern is a valid T (Plain).
-        unsafe { std::slice::from_raw_parts(self.lines.as_ptr().cast::<T>(), self.len) }
+        // SAFETY: `bytes` holds offset + len · size_of::<T>() initialised (zero or since written)
+        // bytes (zeroed() sized it so: offset < 64), starting at a 64-byte boundary ≥
+        // align_of::<T>(), and every bit pattern is a valid T (Plain).
+        unsafe {
+            std::slice::from_raw_parts(self.bytes.as_ptr().add(self.offset).cast::<T>(), self.len)
+        }
     }
 
     pub(crate) fn as_mut_slice(&mut self) -> &mut [T] {
         // SAFETY: as in as_slice; the &mut self borrow makes it unique.
-        unsafe { std::slice::from_raw_parts_mut(self.lines.as_mut_ptr().cast::<T>(), self.len) }
+        unsafe {
+            std::slice::from_raw_parts_mut(
+                self.bytes.as_mut_ptr().add(self.offset).cast::<T>(),
+                self.len,
+            )
+        }
     }
 
     fn capacity_bytes(&self) -> usize {
-        self.lines.len() * 64
+        self.bytes.len() - self.offset
     }
 }
 
@@ -80,10 +91,12 @@ pub(crate) fn with_scratch<T: Plain, R>(len: usize, f: impl FnOnce(&mut [T]) -> 
 /// The first `len` values of `buf` as `T`s; `buf` must hold at least `len · size_of::<T>()` bytes.
 fn view<T: Plain>(buf: &mut Aligned<u16>, len: usize) -> &mut [T] {
     let len = len.min(buf.capacity_bytes() / std::mem::size_of::<T>());
-    // SAFETY: the buffer holds capacity_bytes() ≥ len · size_of::<T>() initialised bytes (len is
-    // clamped to it), 64-byte aligned ≥ align_of::<T>(), and any bit pattern is a valid T (Plain);
-    // the &mut borrow makes the view unique.
-    unsafe { std::slice::from_raw_parts_mut(buf.lines.as_mut_ptr().cast::<T>(), len) }
+    // SAFETY: from the start of buf's slice (64-byte aligned ≥ align_of::<T>()), capacity_bytes()
+    // ≥ len · size_of::<T>() initialised bytes follow (len is clamped to it), and any bit pattern
+    // is a valid T (Plain); the &mut borrow makes the view unique.
+    unsafe {
+        std::slice::from_raw_parts_mut(buf.bytes.as_mut_ptr().add(buf.offset).cast::<T>(), len)
+    }
 }
 
 #[cfg(test)]

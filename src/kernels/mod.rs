@@ -1,5 +1,6 @@
-//! CPU linear layers `y = x · Wᵀ + b` whose weights are packed once, at load, into the layout the
-//! matrix kernel reads, with the kernel chosen at run time from what the CPU offers.
+//! CPU linear layers `y = x · Wᵀ + b` whose weights are packed once (at load, or for f32 when the
+//! first batch comes) into the layout the matrix kernel reads, with the kernel chosen at run time
+//! from what the CPU offers.
 //!
 //! [`PackedLinear`] works on plain slices; [`Linear`] wraps it for Candle tensors (and keeps Candle's
 //! own matmul on other devices). Backends, by [`Precision`]:

@@ -30,8 +30,9 @@ pub enum Activation {
 pub use crate::kernels::Precision as LinearPrecision;
 
 /// `nn.Linear`: on the CPU through [`kernels::Linear`](crate::kernels::Linear): f32 over the
-/// weights where they are, bf16 (where the CPU multiplies it natively) over weights packed once
-/// at load; elsewhere Candle's matmul, as one 2-D product over all leading dimensions.
+/// weights where they are (packed on first use by a batch), bf16 (where the CPU multiplies it
+/// natively) over weights packed once at load; elsewhere Candle's matmul, as one 2-D product
+/// over all leading dimensions.
 #[derive(Debug, Clone)]
 pub struct Linear(Arc<kernels::Linear>);
 
@@ -59,9 +60,10 @@ impl Linear {
         bias: Option<&Tensor>,
         precision: LinearPrecision,
     ) -> Result<Self> {
-        // f32 multiplies the weights where they are (no packing: a single-image call would
-        // otherwise wait for a pass over every weight), as does bf16 on a CPU without native
-        // bf16; bf16 with AMX or AVX512-BF16 packs (and converts) once at load.
+        // f32 multiplies the weights where they are (a single-image call would otherwise wait
+        // for a pass over every weight) until a product has PACK_ROWS rows (kernels/tensor.rs), when the
+        // layer packs them for the AVX-512 kernel; bf16 on a CPU without native bf16 does the
+        // same; bf16 with AMX or AVX512-BF16 packs (and converts) once at load.
         let native_bf16 = precision == LinearPrecision::Bf16 && kernels::Backend::native_bf16();
         let layer = if native_bf16 {
             kernels::Linear::new(weight, bias, precision)?
