@@ -222,10 +222,30 @@ impl PackedLinear {
         in_dim: usize,
         backend: Backend,
     ) -> Result<Self, KernelError> {
+        Self::from_parts(&[weight], bias, out_dim, in_dim, backend)
+    }
+
+    /// As [`PackedLinear::with_backend`], for the weight made of `parts` stacked (whole rows of
+    /// `in_dim` values each; q, k and v packed as one layer without copying them into one first).
+    pub fn from_parts(
+        parts: &[&[f32]],
+        bias: Option<&[f32]>,
+        out_dim: usize,
+        in_dim: usize,
+        backend: Backend,
+    ) -> Result<Self, KernelError> {
         if in_dim == 0 || out_dim == 0 {
             return Err(KernelError::Empty { in_dim, out_dim });
         }
-        check_len("weight", weight.len(), out_dim.saturating_mul(in_dim))?;
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        check_len("weight", total, out_dim.saturating_mul(in_dim))?;
+        if let Some(p) = parts.iter().find(|p| p.len() % in_dim != 0) {
+            return Err(KernelError::Length {
+                what: "weight part",
+                got: p.len(),
+                expected: p.len().next_multiple_of(in_dim),
+            });
+        }
         if let Some(b) = bias {
             check_len("bias", b.len(), out_dim)?;
         }
@@ -236,11 +256,11 @@ impl PackedLinear {
             #[cfg(target_arch = "x86_64")]
             Backend::Avx512F32 | Backend::AmxBf16 | Backend::Avx512Bf16 => Packed::X86 {
                 backend,
-                weight: x86::PackedWeights::new(weight, out_dim, in_dim, backend),
+                weight: x86::PackedWeights::new(parts, out_dim, in_dim, backend),
                 bias: x86::padded_bias(bias, out_dim, backend),
             },
             _ => Packed::Portable {
-                weight: weight.to_vec(),
+                weight: parts.concat(),
                 bias: bias.map(<[f32]>::to_vec),
             },
         };

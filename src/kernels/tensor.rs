@@ -34,7 +34,7 @@ impl Linear {
     /// any float dtype. On the CPU they are read once, converted to f32 and packed; the tensors can
     /// be dropped afterwards.
     pub fn new(weight: &Tensor, bias: Option<&Tensor>, precision: Precision) -> Result<Self> {
-        let (out_dim, in_dim) = weight.dims2()?;
+        let (out_dim, _) = weight.dims2()?;
         if let Some(b) = bias {
             let n = b.dims1()?;
             if n != out_dim {
@@ -49,16 +49,56 @@ impl Linear {
                 },
             });
         }
+        Self::new_parts(std::slice::from_ref(weight), bias, precision)
+    }
+
+    /// [`Linear::new`] for the weight made of several `[out_i, in]` weights stacked (q, k and v
+    /// as one layer), packed without concatenating them first; `bias` is the stacked bias. Other
+    /// devices: the weights concatenated.
+    pub fn new_parts(
+        weights: &[Tensor],
+        bias: Option<&Tensor>,
+        precision: Precision,
+    ) -> Result<Self> {
+        let Some(first) = weights.first() else {
+            candle_core::bail!("linear: no weights");
+        };
+        if !first.device().is_cpu() {
+            return Self::new(&Tensor::cat(weights, 0)?, bias, precision);
+        }
+        let in_dim = first.dims2()?.1;
+        let mut out_dim = 0;
+        let mut parts = Vec::with_capacity(weights.len());
+        for w in weights {
+            let (o, i) = w.dims2()?;
+            if i != in_dim {
+                candle_core::bail!("linear: stacked weights take {in_dim} and {i} features");
+            }
+            out_dim += o;
+            // Packed straight from the tensor's memory (for a checkpoint, the mapped file) when
+            // it is contiguous f32: a copy of every weight first would be the slowest part of
+            // loading.
+            parts.push(w.to_dtype(DType::F32)?.contiguous()?);
+        }
         let b = match bias {
-            Some(b) => Some(b.to_dtype(DType::F32)?.to_vec1::<f32>()?),
+            Some(b) => {
+                let b = b.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+                if b.len() != out_dim {
+                    candle_core::bail!("linear: bias has {} values for {out_dim} outputs", b.len());
+                }
+                Some(b)
+            }
             None => None,
         };
-        // Packed straight from the tensor's memory (for a checkpoint, the mapped file) when it is
-        // contiguous f32: a copy of every weight first would be the slowest part of loading.
-        let weight = weight.to_dtype(DType::F32)?.contiguous()?;
-        let packed = with_cpu_f32(&weight, "weight", out_dim * in_dim, |w| {
-            PackedLinear::new(w, b.as_deref(), out_dim, in_dim, precision)
-                .map_err(candle_core::Error::wrap)
+        let packed = with_cpu_f32_parts(&parts, in_dim, |slices| {
+            PackedLinear::from_parts(
+                slices,
+                b.as_deref(),
+                out_dim,
+                in_dim,
+                Backend::best(precision),
+            )
+            .map_err(candle_core::Error::wrap)
         })?;
         Ok(Self {
             inner: Inner::Cpu(packed),
@@ -290,16 +330,8 @@ impl InPlace {
             return Ok(());
         };
         let packed = with_cpu_f32_parts(parts, self.in_dim, |slices| {
-            let stacked;
-            let weight = match slices {
-                [one] => *one,
-                _ => {
-                    stacked = slices.concat();
-                    &stacked[..]
-                }
-            };
-            PackedLinear::with_backend(
-                weight,
+            PackedLinear::from_parts(
+                slices,
                 self.bias.as_deref(),
                 self.out_dim,
                 self.in_dim,

@@ -451,6 +451,30 @@ mod candle {
             assert!(max_rel_diff(&split.forward(input).unwrap(), &want) < 1e-5);
             assert!(max_rel_diff(&whole.forward(input).unwrap(), &want) < 1e-5);
         }
+        // Packed from the parts: the same packing as from their concatenation, so the same
+        // products, bit for bit, in both precisions.
+        for precision in [Precision::F32, Precision::Bf16] {
+            let from_parts = Linear::new_parts(&parts, Some(&stacked_b), precision).unwrap();
+            let from_cat = Linear::new(&stacked_w, Some(&stacked_b), precision).unwrap();
+            for input in [&flat_x, &tall] {
+                let a: Vec<f32> = from_parts
+                    .forward(input)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1()
+                    .unwrap();
+                let b: Vec<f32> = from_cat
+                    .forward(input)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1()
+                    .unwrap();
+                assert_eq!(a, b, "{precision:?}");
+            }
+        }
+        assert!(Linear::new_parts(&[], None, Precision::F32).is_err());
         assert!(Linear::in_place_parts(&[], None).is_err());
         assert!(Linear::in_place_parts(&[w.clone(), w.t().unwrap()], None).is_err());
         // Other dtypes go through f32 and come back in their own.

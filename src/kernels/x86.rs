@@ -78,28 +78,33 @@ pub(super) enum PackedWeights {
 }
 
 impl PackedWeights {
-    /// Packs `w` (`n × k`, row-major). Panels are filled in parallel, each from its 32 or 48
+    /// Packs the `n × k` row-major weight made of `parts` stacked (each a whole number of rows;
+    /// one part, or q, k and v kept apart). Panels are filled in parallel, each from its 32 or 48
     /// weight rows read in order (the padding stays zero): at load this is the one pass over all
     /// the weights, so it is what a single-image call waits for.
-    pub(super) fn new(w: &[f32], n: usize, k: usize, backend: Backend) -> Self {
+    pub(super) fn new(parts: &[&[f32]], n: usize, k: usize, backend: Backend) -> Self {
         use rayon::prelude::*;
+        // The weight's rows, in order, wherever their part is.
+        let rows: Vec<&[f32]> = parts.iter().flat_map(|p| p.chunks_exact(k)).collect();
+        debug_assert_eq!(rows.len(), n);
         if backend.is_bf16() {
             let panels = n.div_ceil(NR);
             let kp = k.next_multiple_of(32);
             let mut data = Aligned::<u16>::zeroed(panels * kp * NR);
             data.as_mut_slice()
                 .par_chunks_mut(kp * NR)
-                .zip(w.par_chunks(NR * k))
+                .zip(rows.par_chunks(NR))
                 .for_each(|(panel, rows)| {
                     // W[32p + 16t + c][32kb + 2r + e] goes to kb·1024 + t·512 + r·32 + c·2 + e.
-                    for (col, row) in rows.chunks_exact(k).enumerate() {
+                    for (col, row) in rows.iter().enumerate() {
                         let (t, c) = (col / 16, col % 16);
-                        for (pair, v) in row.chunks(2).enumerate() {
-                            let (kb, r) = (pair / 16, pair % 16);
-                            let i = kb * 1024 + t * 512 + r * 32 + c * 2;
-                            panel[i] = bf16(v[0]);
-                            if let Some(&odd) = v.get(1) {
-                                panel[i + 1] = bf16(odd);
+                        for (kb, block) in row.chunks(32).enumerate() {
+                            let dst = &mut panel[kb * 1024 + t * 512 + c * 2..];
+                            for (r, v) in block.chunks(2).enumerate() {
+                                dst[r * 32] = bf16(v[0]);
+                                if let Some(&odd) = v.get(1) {
+                                    dst[r * 32 + 1] = bf16(odd);
+                                }
                             }
                         }
                     }
@@ -110,11 +115,11 @@ impl PackedWeights {
             let mut data = Aligned::<f32>::zeroed(panels * k * NRF);
             data.as_mut_slice()
                 .par_chunks_mut(k * NRF)
-                .zip(w.par_chunks(NRF * k))
+                .zip(rows.par_chunks(NRF))
                 .for_each(|(panel, rows)| {
                     // W[48p + j][kk] goes to kk·48 + j.
-                    for (j, row) in rows.chunks_exact(k).enumerate() {
-                        for (d, &v) in panel[j..].iter_mut().step_by(NRF).zip(row) {
+                    for (j, row) in rows.iter().enumerate() {
+                        for (d, &v) in panel[j..].iter_mut().step_by(NRF).zip(*row) {
                             *d = v;
                         }
                     }
