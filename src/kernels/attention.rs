@@ -138,15 +138,16 @@ fn attend_row(job: &Sequence, out: &mut [f32]) {
         None => (0..seq).collect(),
     };
     for h in 0..heads {
+        // kᵀ row by row: contiguous stores, strided loads (which vectorise as gathers; the
+        // other order, column by column, compiled to scatters, most of attention's own time).
+        let keys = &qkv[d + h * hd..];
+        for (c, kt_c) in kt.chunks_exact_mut(padded).enumerate() {
+            for (j, dst) in kt_c[..seq].iter_mut().enumerate() {
+                *dst = keys[j * stride + c];
+            }
+        }
         for (j, vj) in v.chunks_exact_mut(hd).enumerate() {
             let row = &qkv[j * stride..(j + 1) * stride];
-            // Down column j of kᵀ: one store per row of kt (no bounds check per value).
-            for (kt_c, &kv) in kt
-                .chunks_exact_mut(padded)
-                .zip(&row[d + h * hd..d + (h + 1) * hd])
-            {
-                kt_c[j] = kv;
-            }
             vj.copy_from_slice(&row[2 * d + h * hd..2 * d + (h + 1) * hd]);
         }
         for (block, rows) in positions.chunks(QB).enumerate() {
