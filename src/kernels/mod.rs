@@ -330,26 +330,9 @@ impl PackedLinear {
                     out_dim: self.out_dim,
                     in_dim: self.in_dim,
                 };
-                let n = self.out_dim;
-                let ptr = OutPtr(out.as_mut_ptr());
-                let jobs = column_jobs(&[layer], threads);
-                let run = |&(layer, col): &(Unpacked, usize)| {
-                    // SAFETY: as in Unpacked::forward_parts: lengths checked above, disjoint
-                    // column ranges of the mutably borrowed out.
-                    unsafe { portable(x, rows, &layer, ptr.get(), (col, n)) }
-                };
-                if jobs.len() == 1 {
-                    run(&jobs[0]);
-                } else {
-                    use rayon::prelude::*;
-                    jobs.par_iter().for_each(run);
-                }
-                if !matches!(epilogue, Epilogue::None) {
-                    use rayon::prelude::*;
-                    out.par_chunks_mut(n)
-                        .enumerate()
-                        .for_each(|(r, row)| epilogue.apply(row, r, 0, n));
-                }
+                // SAFETY: x and out were checked against rows, in_dim and out_dim above, and
+                // the weight and bias against out_dim × in_dim and out_dim when packed.
+                unsafe { run_parts(&[layer], x, rows, out, epilogue, threads) };
             }
             #[cfg(target_arch = "x86_64")]
             Packed::X86 {
@@ -548,32 +531,51 @@ impl Unpacked<'_> {
         if let Epilogue::Add(residual) = epilogue {
             check_len("residual", residual.len(), out.len())?;
         }
-        if rows == 0 {
+        if rows == 0 || width == 0 {
             return Ok(());
         }
-        let jobs = column_jobs(parts, rayon::current_num_threads());
-        let ptr = OutPtr(out.as_mut_ptr());
-        let run = |&(layer, col): &(Unpacked, usize)| {
-            // SAFETY: out holds rows × width values (checked above); the jobs cover disjoint
-            // column ranges col..col + layer.out_dim ⊆ 0..width (column_jobs), so no two write
-            // the same element, and nothing else touches out during the call (borrowed mutably).
-            // x, the weight and the bias lengths were checked above for each part, and a job's
-            // weight and bias are whole rows and values of its part's.
-            unsafe { portable(x, rows, &layer, ptr.get(), (col, width)) }
-        };
-        if jobs.len() == 1 {
-            run(&jobs[0]);
-        } else {
-            use rayon::prelude::*;
-            jobs.par_iter().for_each(run);
-        }
-        if !matches!(epilogue, Epilogue::None) {
-            use rayon::prelude::*;
-            out.par_chunks_mut(width)
-                .enumerate()
-                .for_each(|(r, row)| epilogue.apply(row, r, 0, width));
-        }
+        // SAFETY: every length run_parts relies on was checked just above.
+        unsafe { run_parts(parts, x, rows, out, epilogue, rayon::current_num_threads()) };
         Ok(())
+    }
+}
+
+/// [`Unpacked::forward_parts`] on checked lengths, its column jobs cut for `threads` threads.
+///
+/// # Safety
+/// Each part's weight must hold `out_dim × in_dim` values and its bias (if any) `out_dim`, `x`
+/// `rows × in_dim` (the same `in_dim` for all), `out` `rows × Σ out_dim`, and an `Add`
+/// epilogue's residual as many as `out`.
+unsafe fn run_parts(
+    parts: &[Unpacked],
+    x: &[f32],
+    rows: usize,
+    out: &mut [f32],
+    epilogue: Epilogue,
+    threads: usize,
+) {
+    let width: usize = parts.iter().map(|p| p.out_dim).sum();
+    let jobs = column_jobs(parts, threads);
+    let ptr = OutPtr(out.as_mut_ptr());
+    let run = |&(layer, col): &(Unpacked, usize)| {
+        // SAFETY: out holds rows × width values (the caller's contract); the jobs cover disjoint
+        // column ranges col..col + layer.out_dim ⊆ 0..width (column_jobs), so no two write the
+        // same element, and nothing else touches out during the call (borrowed mutably). A job's
+        // weight and bias are whole rows and values of its part's, whose lengths, like x's, the
+        // caller guarantees.
+        unsafe { portable(x, rows, &layer, ptr.get(), (col, width)) }
+    };
+    if jobs.len() == 1 {
+        run(&jobs[0]);
+    } else {
+        use rayon::prelude::*;
+        jobs.par_iter().for_each(run);
+    }
+    if !matches!(epilogue, Epilogue::None) {
+        use rayon::prelude::*;
+        out.par_chunks_mut(width)
+            .enumerate()
+            .for_each(|(r, row)| epilogue.apply(row, r, 0, width));
     }
 }
 

@@ -60,42 +60,18 @@ impl Linear {
         bias: Option<&Tensor>,
         precision: Precision,
     ) -> Result<Self> {
-        let Some(first) = weights.first() else {
-            candle_core::bail!("linear: no weights");
+        let s = match Stacked::prepare(weights, bias, precision)? {
+            Prepared::Device(layer) => return Ok(layer),
+            Prepared::Cpu(s) => s,
         };
-        if !first.device().is_cpu() {
-            return Self::new(&Tensor::cat(weights, 0)?, bias, precision);
-        }
-        let in_dim = first.dims2()?.1;
-        let mut out_dim = 0;
-        let mut parts = Vec::with_capacity(weights.len());
-        for w in weights {
-            let (o, i) = w.dims2()?;
-            if i != in_dim {
-                candle_core::bail!("linear: stacked weights take {in_dim} and {i} features");
-            }
-            out_dim += o;
-            // Packed straight from the tensor's memory (for a checkpoint, the mapped file) when
-            // it is contiguous f32: a copy of every weight first would be the slowest part of
-            // loading.
-            parts.push(w.to_dtype(DType::F32)?.contiguous()?);
-        }
-        let b = match bias {
-            Some(b) => {
-                let b = b.to_dtype(DType::F32)?.to_vec1::<f32>()?;
-                if b.len() != out_dim {
-                    candle_core::bail!("linear: bias has {} values for {out_dim} outputs", b.len());
-                }
-                Some(b)
-            }
-            None => None,
-        };
-        let packed = with_cpu_f32_parts(&parts, in_dim, |slices| {
+        // Packed straight from the tensors' memory (for a checkpoint, the mapped file) when they
+        // are contiguous f32: a copy of every weight first would be the slowest part of loading.
+        let packed = with_cpu_f32_parts(&s.parts, s.in_dim, |slices| {
             PackedLinear::from_parts(
                 slices,
-                b.as_deref(),
-                out_dim,
-                in_dim,
+                s.bias.as_deref(),
+                s.out_dim,
+                s.in_dim,
                 Backend::best(precision),
             )
             .map_err(candle_core::Error::wrap)
@@ -116,39 +92,16 @@ impl Linear {
     /// one; `bias` is the stacked `[Σ out_i]` bias. Other devices: the weights concatenated, as
     /// [`Linear::new`].
     pub fn in_place_parts(weights: &[Tensor], bias: Option<&Tensor>) -> Result<Self> {
-        let Some(first) = weights.first() else {
-            candle_core::bail!("linear: no weights");
-        };
-        if !first.device().is_cpu() {
-            return Self::new(&Tensor::cat(weights, 0)?, bias, Precision::F32);
-        }
-        let in_dim = first.dims2()?.1;
-        let mut parts = Vec::with_capacity(weights.len());
-        let mut out_dim = 0;
-        for w in weights {
-            let (o, i) = w.dims2()?;
-            if i != in_dim {
-                candle_core::bail!("linear: stacked weights take {in_dim} and {i} features");
-            }
-            out_dim += o;
-            parts.push(w.to_dtype(DType::F32)?.contiguous()?);
-        }
-        let bias = match bias {
-            Some(b) => {
-                let b = b.to_dtype(DType::F32)?.to_vec1::<f32>()?;
-                if b.len() != out_dim {
-                    candle_core::bail!("linear: bias has {} values for {out_dim} outputs", b.len());
-                }
-                Some(b)
-            }
-            None => None,
+        let s = match Stacked::prepare(weights, bias, Precision::F32)? {
+            Prepared::Device(layer) => return Ok(layer),
+            Prepared::Cpu(s) => s,
         };
         Ok(Self {
             inner: Inner::CpuInPlace(InPlace {
-                state: RwLock::new(InPlaceState::Weights(parts)),
-                bias,
-                out_dim,
-                in_dim,
+                state: RwLock::new(InPlaceState::Weights(s.parts)),
+                bias: s.bias,
+                out_dim: s.out_dim,
+                in_dim: s.in_dim,
             }),
         })
     }
@@ -251,6 +204,67 @@ impl Module for Linear {
                 }
             }
         }
+    }
+}
+
+/// A layer made of `[out_i, in]` weights stacked, read for the CPU: each part as contiguous f32
+/// (the tensor itself where it already is), the stacked bias as f32, and the checked sizes.
+struct Stacked {
+    parts: Vec<Tensor>,
+    bias: Option<Vec<f32>>,
+    out_dim: usize,
+    in_dim: usize,
+}
+
+enum Prepared {
+    /// Not on the CPU: Candle's layer over the concatenated weights.
+    Device(Linear),
+    Cpu(Stacked),
+}
+
+impl Stacked {
+    fn prepare(
+        weights: &[Tensor],
+        bias: Option<&Tensor>,
+        precision: Precision,
+    ) -> Result<Prepared> {
+        let Some(first) = weights.first() else {
+            candle_core::bail!("linear: no weights");
+        };
+        if !first.device().is_cpu() {
+            return Ok(Prepared::Device(Linear::new(
+                &Tensor::cat(weights, 0)?,
+                bias,
+                precision,
+            )?));
+        }
+        let in_dim = first.dims2()?.1;
+        let mut parts = Vec::with_capacity(weights.len());
+        let mut out_dim = 0;
+        for w in weights {
+            let (o, i) = w.dims2()?;
+            if i != in_dim {
+                candle_core::bail!("linear: stacked weights take {in_dim} and {i} features");
+            }
+            out_dim += o;
+            parts.push(w.to_dtype(DType::F32)?.contiguous()?);
+        }
+        let bias = match bias {
+            Some(b) => {
+                let b = b.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+                if b.len() != out_dim {
+                    candle_core::bail!("linear: bias has {} values for {out_dim} outputs", b.len());
+                }
+                Some(b)
+            }
+            None => None,
+        };
+        Ok(Prepared::Cpu(Stacked {
+            parts,
+            bias,
+            out_dim,
+            in_dim,
+        }))
     }
 }
 

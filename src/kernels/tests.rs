@@ -456,22 +456,16 @@ mod candle {
         for precision in [Precision::F32, Precision::Bf16] {
             let from_parts = Linear::new_parts(&parts, Some(&stacked_b), precision).unwrap();
             let from_cat = Linear::new(&stacked_w, Some(&stacked_b), precision).unwrap();
+            let values = |lin: &Linear, input: &Tensor| -> Vec<f32> {
+                let y = lin.forward(input).unwrap();
+                y.flatten_all().unwrap().to_vec1().unwrap()
+            };
             for input in [&flat_x, &tall] {
-                let a: Vec<f32> = from_parts
-                    .forward(input)
-                    .unwrap()
-                    .flatten_all()
-                    .unwrap()
-                    .to_vec1()
-                    .unwrap();
-                let b: Vec<f32> = from_cat
-                    .forward(input)
-                    .unwrap()
-                    .flatten_all()
-                    .unwrap()
-                    .to_vec1()
-                    .unwrap();
-                assert_eq!(a, b, "{precision:?}");
+                assert_eq!(
+                    values(&from_parts, input),
+                    values(&from_cat, input),
+                    "{precision:?}"
+                );
             }
         }
         assert!(Linear::new_parts(&[], None, Precision::F32).is_err());
