@@ -11,7 +11,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use common::{fixtures, model, stderr_of, stdout_of, success, vlm_cache, ModelInfo};
+use common::{fixtures, model, stderr_of, stdout_of, success, vlm_cache, ModelInfo, PNGS};
 use serde::Deserialize;
 use vlm::aspects::Aspect;
 
@@ -126,15 +126,7 @@ fn setup() -> Setup {
     let root = dir.path().to_path_buf();
     let cache = root.join("cache");
     let mut images = Vec::new();
-    for name in [
-        "camera.png",
-        "coins.png",
-        "color.png",
-        "horse.png",
-        "ihc.png",
-        "logo.png",
-        "page.png",
-    ] {
+    for name in PNGS {
         std::fs::copy(fixtures().join("images").join(name), root.join(name)).unwrap();
         images.push(name.to_string());
     }

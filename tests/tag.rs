@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use assert_cmd::Command;
 use common::{
-    fixtures, image, model, stderr_of, stdout_of, success, vlm, vlm_cache, Head, ModelInfo,
+    fixtures, image, model, stderr_of, stdout_of, success, vlm, vlm_cache, Head, ModelInfo, PNGS,
 };
 use serde::Deserialize;
 
@@ -201,17 +201,6 @@ const KIND: &str = "kind.toml";
 const KIND_PLUS: &str = "kind_plus.toml";
 const THING: &str = "thing.toml";
 const THING_SUBSET: &str = "thing_subset.toml";
-
-/// PNG images: vlm's pixels are bit-exact with transformers' PIL processor on them.
-const PNGS: [&str; 7] = [
-    "camera.png",
-    "coins.png",
-    "color.png",
-    "horse.png",
-    "ihc.png",
-    "logo.png",
-    "page.png",
-];
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

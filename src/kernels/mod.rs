@@ -493,17 +493,6 @@ pub struct Unpacked<'a> {
 }
 
 impl Unpacked<'_> {
-    /// `out = x · Wᵀ + b`, then `epilogue`, for `rows` rows; lengths checked.
-    pub fn forward_with(
-        &self,
-        x: &[f32],
-        rows: usize,
-        out: &mut [f32],
-        epilogue: Epilogue,
-    ) -> Result<(), KernelError> {
-        Self::forward_parts(std::slice::from_ref(self), x, rows, out, epilogue)
-    }
-
     /// Several layers over the same input written side by side, as one layer whose weight is
     /// theirs stacked (q, k and v as one `qkv` output, without copying their weights into one):
     /// `out` is `rows × Σ out_dim`; then `epilogue` over it. Lengths checked.

@@ -12,6 +12,18 @@ pub fn fixtures() -> PathBuf {
 }
 
 /// A fixture model folder, as `--model` takes it.
+/// The fixture PNGs: vlm's pixels are bit-exact with transformers' PIL processor on them (the JPEGs
+/// differ by a grey level here and there), so tests that compare decisions use these.
+pub const PNGS: [&str; 7] = [
+    "camera.png",
+    "coins.png",
+    "color.png",
+    "horse.png",
+    "ihc.png",
+    "logo.png",
+    "page.png",
+];
+
 pub fn model(name: &str) -> String {
     fixtures().join("models").join(name).display().to_string()
 }
