@@ -50,7 +50,7 @@ impl Precision {
     /// CPU multiplies bf16 natively (AMX or AVX512-BF16): anywhere else bf16 would be emulated,
     /// slower than f32 and less exact, so f32 runs instead and the note says so. The text tower
     /// stays f32: each label is encoded once and cached, so bf16 would save little time there,
-    /// and on the SigLIP 2 fixture most of bf16's error came from the text side (tests/bf16.rs).
+    /// and on the SigLIP 2 fixture most of bf16's error came from the text side (tests/it/bf16.rs).
     /// There is no f16 CPU kernel: f16 computes in f32. On a GPU, the tensors take the
     /// precision's dtype.
     pub fn compute(self, device: &Device) -> Compute {

@@ -17,7 +17,7 @@
 //!
 //! [`prepare_file`] (and [`prepare_bytes`] for data in memory) runs both steps for one input
 //! and is the whole per-image step of a batch: it never panics on any input, and its error is
-//! one line naming the input (`tests/hostile.rs`, and the fuzz targets in `tests/fuzz/`).
+//! one line naming the input (`tests/it/hostile.rs`, and the fuzz targets in `tests/fuzz/`).
 //!
 //! The resampler is a port of Pillow's `libImaging/Resample.c` (separable convolution,
 //! filter support scaled by the downscale factor, i.e. antialiased, 22-bit fixed-point

@@ -1,7 +1,7 @@
 //! Drives the built `vlm` binary against the fixture model folders. JSON output is checked by
 //! deserialising into strict structs (unknown fields are errors), not by comparing strings.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

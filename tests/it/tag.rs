@@ -7,7 +7,7 @@
 //! `tests/fixtures/reference/tag-*.json`, written by
 //! `/work/.venv/bin/python tests/fixtures/make_fixtures.py --tag`.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

@@ -2,9 +2,8 @@
 //! has, and an image costs memory in proportion to its pixels, which `--max-pixels` bounds (a
 //! refused image, bomb or not, costs nothing). Each child's own peak is read with `wait4`, so the
 //! tests can run side by side.
-#![cfg(target_os = "linux")]
 
-mod common;
+use crate::common;
 
 use std::fs::File;
 use std::io::Write;

@@ -7,7 +7,7 @@
 //! only images whose decisions have a cosine margin of at least 2e-3, twenty times the 1e-4 by
 //! which vlm's embeddings may differ from transformers' on identical pixels.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 

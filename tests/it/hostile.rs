@@ -9,7 +9,7 @@
 //! output parsed into strict structs. Questions of "are these the right pixels" are answered
 //! through the library (`vlm::images`), where exact comparisons are possible.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::io::Cursor;
@@ -481,7 +481,7 @@ fn add_unix_cases(c: &mut Corpus, good_png: &[u8]) {
     if std::fs::File::open(&locked).is_ok() {
         // Root (or CAP_DAC_OVERRIDE) reads it anyway; nothing to test.
         println!(
-            "note: skipping the unreadable-file case here (privileges ignore file permissions); tests/batch.rs runs it as an unprivileged user"
+            "note: skipping the unreadable-file case here (privileges ignore file permissions); tests/it/batch.rs runs it as an unprivileged user"
         );
     } else {
         c.cases

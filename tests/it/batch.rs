@@ -1,7 +1,7 @@
 //! Batch runs through the built binary: folders, lists on stdin, shards, ordering, per-image errors,
 //! `--output` and `--resume`. Records are checked by deserialising into strict structs.
 
-mod common;
+use crate::common;
 
 use std::collections::HashSet;
 use std::fs;

@@ -6,7 +6,7 @@
 //! Every run of a test shares one private text cache, so `tag` and `calibrate` score with the very
 //! same text embeddings (the shared cache may hold ones encoded in another batch).
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -6,7 +6,7 @@
 //! On a CPU with native bf16 (AMX or AVX512-BF16) vlm's linear layers round their inputs and
 //! weights to bf16; elsewhere bf16 computes in f32 and the distance is that of the f32 path.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 

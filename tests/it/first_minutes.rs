@@ -2,7 +2,7 @@
 //! fix, warnings for runs that look like mistakes, output files that behave like files, and no
 //! leftovers after Ctrl-C.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::time::{Duration, Instant};

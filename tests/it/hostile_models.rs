@@ -6,7 +6,7 @@
 //! folder, with `config.json`, `preprocessor_config.json` or the safetensors bytes edited, and
 //! the built `vlm` binary run on it as a user would.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 

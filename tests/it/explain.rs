@@ -2,7 +2,7 @@
 //! computed them with `CLIPModel`'s own modules on the fixture models and reference pixels), and
 //! the command's output: JSON records, overlay pictures, files never overwritten, per-image errors.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -15,7 +15,7 @@ use vlm::model::Towers;
 use vlm::text::Template;
 
 /// f32 on identical pixels: transformers' eager attention and ours sum in different orders
-/// (as for the image embeddings in tests/parity.rs).
+/// (as for the image embeddings in tests/it/parity.rs).
 const MAP_TOL: f32 = 1e-4;
 
 #[derive(Deserialize)]

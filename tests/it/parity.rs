@@ -4,7 +4,7 @@
 //! image embeddings, probabilities) for the same weights, images and prompts; every check here compares
 //! against those numbers with the tolerance stated beside it.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 

@@ -13,7 +13,7 @@
 //!   tokenizer's goldens (`siglip-v1-tokenizer-goldens.json`) only the canonical forms (the text
 //!   canonicalisation vlm does in Rust) can be checked, not the ids.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

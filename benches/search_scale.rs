@@ -1,7 +1,7 @@
 //! Exact search speed on synthetic indexes (ignored by default; numbers in BENCHMARKS.md):
 //!
 //! ```sh
-//! cargo test --release --test search_bench -- --ignored --nocapture --test-threads 1
+//! cargo bench --bench search_scale
 //! ```
 //!
 //! Prints queries per second of the in-memory scan (`vlm::index::matrix`) at 10k, 100k and 1M rows
@@ -59,8 +59,6 @@ fn qps(m: &Matrix, queries: &[Vec<f32>], threads: usize) -> f64 {
     n as f64 / started.elapsed().as_secs_f64()
 }
 
-#[test]
-#[ignore]
 fn queries_per_second() {
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let queries: Vec<Vec<f32>> = (0..16).map(|_| rng.unit(DIM)).collect();
@@ -80,8 +78,6 @@ fn queries_per_second() {
     }
 }
 
-#[test]
-#[ignore]
 fn reading_an_index_file() {
     let mut rng = Rng(7);
     let dir = tempfile::tempdir().unwrap();
@@ -136,8 +132,6 @@ fn reading_an_index_file() {
     );
 }
 
-#[test]
-#[ignore]
 fn dupes_over_all_pairs() {
     let mut rng = Rng(11);
     for rows in [10_000usize, 30_000] {
@@ -154,4 +148,10 @@ fn dupes_over_all_pairs() {
             groups.len()
         );
     }
+}
+
+fn main() {
+    queries_per_second();
+    reading_an_index_file();
+    dupes_over_all_pairs();
 }

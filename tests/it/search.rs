@@ -3,7 +3,7 @@
 //! nothing changed), damaged and foreign index files, concurrent and interrupted runs, shards and
 //! merging, search ranking and every output format, and copies found by `dupes`.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -24,9 +24,9 @@ const IMAGES: [&str; 9] = [
     "retina.jpg",
 ];
 
-/// f32 embeddings from identical pixels (as tests/parity.rs).
+/// f32 embeddings from identical pixels (as tests/it/parity.rs).
 const EMBED_TOL: f32 = 1e-4;
-/// From image files: JPEG decoding differs by a grey level here and there (as tests/parity.rs).
+/// From image files: JPEG decoding differs by a grey level here and there (as tests/it/parity.rs).
 const FILE_TOL: f32 = 2e-3;
 
 fn dot(a: &[f32], b: &[f32]) -> f32 {

@@ -1,0 +1,23 @@
+//! The integration tests: one test binary, so that the suite links once (each file under `tests/`
+//! used to be a binary of its own, linked against all of vlm and Candle: most of the tests' build
+//! time). Each module drives the built `vlm` binary against the fixture models.
+//! `tests/alloc.rs` and `tests/caught_panics.rs` stay separate: one installs its own global
+//! allocator, the other re-runs its own executable as a child.
+
+mod common;
+
+mod batch;
+mod bf16;
+mod calibrate;
+mod cli;
+mod eval;
+mod explain;
+mod first_minutes;
+mod hostile;
+mod hostile_models;
+#[cfg(target_os = "linux")]
+mod memory;
+mod parity;
+mod search;
+mod siglip;
+mod tag;
