@@ -32,6 +32,7 @@ pub mod cli;
 pub mod commands;
 pub mod engine;
 pub mod error;
+pub mod exit_codes;
 pub mod hub;
 pub mod images;
 pub mod index;

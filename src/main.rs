@@ -1,17 +1,16 @@
-use std::process::ExitCode;
-
 use clap::error::ErrorKind;
 use clap::Parser;
 use vlm::cli::{clap_one_line, Cli};
-use vlm::commands::{self, Outcome};
+use vlm::commands;
 use vlm::error::{is_broken_pipe, one_line};
+use vlm::exit_codes::ExitCode;
 use vlm::output::report_error;
 
 // Lets model weights stay in the mapped checkpoint instead of being copied (see `vlm::alloc`).
 #[global_allocator]
 static ALLOC: vlm::alloc::Allocator = vlm::alloc::Allocator;
 
-fn main() -> ExitCode {
+fn main() -> std::process::ExitCode {
     // SAFETY: `ALLOC` above, a `vlm::alloc::Allocator`, is this program's global allocator.
     unsafe { vlm::alloc::enable_in_place() };
     // A decoder panic costs one image and one line on stderr, not the standard panic message too.
@@ -25,20 +24,20 @@ fn main() -> ExitCode {
         // Bare `vlm`: the help, listing the commands, on stderr; a usage error.
         Err(e) if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
             eprint!("{}", e.render().ansi());
-            return ExitCode::from(2);
+            return ExitCode::Error.into();
         }
         Err(e) => {
             report_error(&clap_one_line(&e));
-            return ExitCode::from(2);
+            return ExitCode::Error.into();
         }
     };
-    match commands::run(cli.into_request()) {
-        Ok(Outcome::Success) => ExitCode::SUCCESS,
-        Ok(Outcome::SomeFailed) => ExitCode::from(1),
-        Err(err) if is_broken_pipe(&err) => ExitCode::SUCCESS,
+    let code = match commands::run(cli.into_request()) {
+        Ok(outcome) => ExitCode::from(outcome),
+        Err(err) if is_broken_pipe(&err) => ExitCode::Success,
         Err(err) => {
             report_error(&one_line(&err));
-            ExitCode::from(2)
+            ExitCode::Error
         }
-    }
+    };
+    code.into()
 }

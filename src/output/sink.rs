@@ -35,7 +35,7 @@ pub mod interrupt {
                 for p in partial().iter() {
                     let _ = std::fs::remove_file(p);
                 }
-                std::process::exit(130);
+                crate::exit_codes::ExitCode::Interrupted.exit();
             });
         });
         partial().push(path.to_path_buf());
