@@ -1,13 +1,15 @@
 //! A stand-in for the Hugging Face Hub on 127.0.0.1, reached through `HF_ENDPOINT` (issue 19,
-//! section 2). Standard library only; one thread that answers one connection at a time (every
-//! answer says `Connection: close`), stopped and joined when the [`StandIn`] is dropped.
+//! section 2). The standard library (and sha2 for the Hub's content hashes); a thread per port (the
+//! Hub's, the CDN's) answers one connection at a time (every answer says `Connection: close`);
+//! both stop and are joined when the [`StandIn`] is dropped.
 //!
 //! It answers what hf-hub (`ApiRepo::download`) and Python's huggingface_hub (`hf_hub_download`)
 //! ask, with the headers the real Hub sends:
 //! - `GET|HEAD /{repo}/resolve/{revision}/{file}` (`revision` a branch, tag or commit, `/` written
 //!   `%2F`): `X-Repo-Commit` always; a small file is answered in place (`ETag`, `Content-Length`,
 //!   `Range` honoured with `206` and `Content-Range`); a large one (`*.safetensors`, `*.bin`, ...,
-//!   stored in LFS on the Hub) with `302` to `/cdn/{sha256}` and `X-Linked-Etag`, `X-Linked-Size`;
+//!   stored in LFS on the Hub) with `302` to `/cdn/{sha256}` on a second port (the Hub's CDN is
+//!   another origin) and `X-Linked-Etag`, `X-Linked-Size`;
 //! - `404` with `X-Error-Code: EntryNotFound` (and the commit), `RevisionNotFound`; `401` with
 //!   `RepoNotFound` for an unknown repository (as the Hub answers without a token); `401`/`403`
 //!   with `GatedRepo` for a gated one without the right `Authorization: Bearer` token;
@@ -147,9 +149,10 @@ struct State {
 /// The running stand-in; stops when dropped.
 pub struct StandIn {
     url: String,
+    cdn_url: String,
     state: Arc<Mutex<State>>,
     stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    threads: Vec<JoinHandle<()>>,
 }
 
 impl StandIn {
@@ -158,31 +161,39 @@ impl StandIn {
     }
 
     pub fn start_on(addr: &str, repos: Vec<HubRepo>) -> StandIn {
-        let listener = TcpListener::bind(addr).unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
+        let hub = TcpListener::bind(addr).unwrap();
+        // The CDN is another origin, as on the Hub: huggingface_hub follows redirects within the
+        // Hub's origin and reads a file's metadata off the redirect to anywhere else.
+        let cdn = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", hub.local_addr().unwrap());
+        let cdn_url = format!("http://{}", cdn.local_addr().unwrap());
         let state = Arc::new(Mutex::new(State {
             repos,
             ..State::default()
         }));
         let stop = Arc::new(AtomicBool::new(false));
-        let thread = {
-            let (state, stop, base) = (state.clone(), stop.clone(), url.clone());
-            std::thread::spawn(move || {
-                for stream in listener.incoming() {
-                    if stop.load(Ordering::SeqCst) {
-                        break;
+        let threads = [hub, cdn]
+            .into_iter()
+            .map(|listener| {
+                let (state, stop, cdn_url) = (state.clone(), stop.clone(), cdn_url.clone());
+                std::thread::spawn(move || {
+                    for stream in listener.incoming() {
+                        if stop.load(Ordering::SeqCst) {
+                            break;
+                        }
+                        if let Ok(stream) = stream {
+                            let _ = serve(stream, &state, &cdn_url);
+                        }
                     }
-                    if let Ok(stream) = stream {
-                        let _ = serve(stream, &state, &base);
-                    }
-                }
+                })
             })
-        };
+            .collect();
         StandIn {
             url,
+            cdn_url,
             state,
             stop,
-            thread: Some(thread),
+            threads,
         }
     }
 
@@ -218,9 +229,11 @@ impl StandIn {
 impl Drop for StandIn {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
-        // Wakes the accept loop, which then sees `stop`.
-        let _ = TcpStream::connect(self.url.trim_start_matches("http://"));
-        if let Some(thread) = self.thread.take() {
+        // Wakes the accept loops, which then see `stop`.
+        for url in [&self.url, &self.cdn_url] {
+            let _ = TcpStream::connect(url.trim_start_matches("http://"));
+        }
+        for thread in self.threads.drain(..) {
             let _ = thread.join();
         }
     }
@@ -281,7 +294,7 @@ impl Answer {
     }
 }
 
-fn serve(mut stream: TcpStream, state: &Mutex<State>, base: &str) -> std::io::Result<()> {
+fn serve(mut stream: TcpStream, state: &Mutex<State>, cdn: &str) -> std::io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     stream.set_write_timeout(Some(Duration::from_secs(10)))?;
     let request = read_request(&stream)?;
@@ -290,7 +303,7 @@ fn serve(mut stream: TcpStream, state: &Mutex<State>, base: &str) -> std::io::Re
         state
             .log
             .push(format!("{} {}", request.method, request.path));
-        let answer = route(&state, &request, base);
+        let answer = route(&state, &request, cdn);
         let name = request.path.rsplit('/').next().unwrap_or("").to_string();
         // The file to cut, by name (resolve) or by content (the CDN).
         let targeted = match (&state.cut, &answer.body) {
@@ -398,7 +411,7 @@ fn content(
     }
 }
 
-fn route(state: &State, request: &Request, base: &str) -> Answer {
+fn route(state: &State, request: &Request, cdn: &str) -> Answer {
     if request.method != "GET" && request.method != "HEAD" {
         return Answer::error("405 Method Not Allowed", "MethodNotAllowed");
     }
@@ -454,7 +467,7 @@ fn route(state: &State, request: &Request, base: &str) -> Answer {
                 ("ETag".into(), format!("\"{}\"", served.git_etag())),
                 ("X-Linked-Etag".into(), format!("\"{}\"", served.sha256)),
                 ("X-Linked-Size".into(), served.bytes.len().to_string()),
-                ("Location".into(), format!("{base}/cdn/{}", served.sha256)),
+                ("Location".into(), format!("{cdn}/cdn/{}", served.sha256)),
             ],
             body: None,
         };
