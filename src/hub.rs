@@ -406,6 +406,12 @@ impl<'a> HubSource<'a> {
         let Some(api) = &self.api else {
             return Ok(None);
         };
+        // A snapshot link whose blob is gone (a cleaned cache): hf-hub would fail to link the new
+        // download over it ("File exists") on every run.
+        if path.symlink_metadata().is_ok() {
+            std::fs::remove_file(&path)
+                .with_context(|| format!("cannot remove the broken link {}", path.display()))?;
+        }
         match api.download(file) {
             Ok(path) => {
                 self.check_download(file, &path)?;
@@ -717,5 +723,60 @@ mod tests {
         );
         std::fs::write(&index, r#"{"weight_map":{"a":"../../etc/passwd"}}"#).unwrap();
         assert!(shard_names(&index).is_err());
+    }
+
+    #[test]
+    fn only_full_lowercase_commit_ids_are_commits() {
+        assert!(is_commit("3d74acf9a28c67741b2f4f2ea7635f0aaf6f0268"));
+        assert!(!is_commit("3d74acf9a28c"));
+        assert!(!is_commit("3D74ACF9A28C67741B2F4F2EA7635F0AAF6F0268"));
+        assert!(!is_commit("main"));
+        assert!(!is_commit("refs/pr/15"));
+        assert_eq!(
+            origin("http://127.0.0.1:8/a/resolve/main/x"),
+            "http://127.0.0.1:8"
+        );
+        assert_eq!(origin("https://huggingface.co"), "https://huggingface.co");
+    }
+
+    fn settings(cache: &Path, offline: bool) -> HubSettings {
+        HubSettings {
+            cache: cache.to_path_buf(),
+            offline,
+            // A closed port: nothing may be asked in these tests.
+            endpoint: "http://127.0.0.1:9".into(),
+            token: None,
+            timeout: Duration::from_secs(1),
+            progress: false,
+        }
+    }
+
+    /// issue 19: Python writes refs/main and snapshots/<commit>/ but never refs/<commit>.
+    #[test]
+    fn a_commit_resolves_to_its_snapshot_without_a_ref_offline_and_online() {
+        let cache = tempfile::tempdir().unwrap();
+        let commit = "3d74acf9a28c67741b2f4f2ea7635f0aaf6f0268";
+        let snapshot = cache.path().join("models--o--m/snapshots").join(commit);
+        std::fs::create_dir_all(&snapshot).unwrap();
+        std::fs::write(snapshot.join(CONFIG), "{}").unwrap();
+        let absent = cache.path().join("models--o--m/.no_exist").join(commit);
+        std::fs::create_dir_all(&absent).unwrap();
+        std::fs::write(absent.join(WEIGHTS), "").unwrap();
+        for offline in [true, false] {
+            let settings = settings(cache.path(), offline);
+            let source = HubSource::open(&settings, "o/m", commit).unwrap();
+            assert_eq!(source.fetch(CONFIG).unwrap(), Some(snapshot.join(CONFIG)));
+            // Known absent: no request (the endpoint is a closed port).
+            assert_eq!(source.fetch(WEIGHTS).unwrap(), None);
+            assert_eq!(source.finish().unwrap(), commit);
+        }
+        // A branch with no ref is not in the cache.
+        let settings = settings(cache.path(), true);
+        let source = HubSource::open(&settings, "o/m", "main").unwrap();
+        assert_eq!(source.fetch(CONFIG).unwrap(), None);
+        assert!(source
+            .missing(CONFIG)
+            .to_string()
+            .contains("HF_HUB_OFFLINE is set"));
     }
 }

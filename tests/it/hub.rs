@@ -246,6 +246,15 @@ fn first_run_downloads_then_offline_and_unreachable_runs_use_the_cache() {
         [format!("HEAD /{id}/resolve/main/config.json")]
     );
 
+    // A blob removed from under its snapshot link (a cleaned cache): downloaded again, the
+    // dangling link replaced.
+    std::fs::remove_file(dir.join("blobs").join(weights.file_name().unwrap())).unwrap();
+    classify_reference(
+        &mut vlm_hub(Some(hub.url()), home.path()),
+        id,
+        "tiny-openai",
+    );
+
     // The Hub gone: HF_HUB_OFFLINE=1, and online with nothing answering, both use the cache.
     drop(hub);
     let doc = classify_reference(
