@@ -18,6 +18,7 @@ mod hostile_models;
 #[cfg(target_os = "linux")]
 mod memory;
 mod parity;
+mod pytorch_bin;
 mod search;
 mod siglip;
 mod tag;
