@@ -40,9 +40,14 @@ const PREPROCESSOR: &str = "preprocessor_config.json";
 const TOKENIZER: &str = "tokenizer.json";
 /// Accepted in a local folder in place of `tokenizer.json` (the Hub serves it uncompressed).
 const TOKENIZER_GZ: &str = "tokenizer.json.gz";
-const WEIGHTS: &str = "model.safetensors";
-const WEIGHTS_INDEX: &str = "model.safetensors.index.json";
-const PICKLE_WEIGHTS: [&str; 2] = ["pytorch_model.bin", "pytorch_model.bin.index.json"];
+/// The weight files, in transformers' order of preference (`modeling_utils`: safetensors first,
+/// then `pytorch_model.bin`): each single file, then its sharded index. A PyTorch archive is read
+/// as data (`model::pytorch`), never unpickled.
+const WEIGHT_FILES: [(&str, &str); 2] = [
+    ("model.safetensors", "model.safetensors.index.json"),
+    ("pytorch_model.bin", "pytorch_model.bin.index.json"),
+];
+const NO_WEIGHTS: &str = "model.safetensors, model.safetensors.index.json, pytorch_model.bin or pytorch_model.bin.index.json";
 
 fn model_error(model: &str, reason: impl Into<String>) -> anyhow::Error {
     Error::Model {
@@ -96,7 +101,7 @@ fn resolve_local(dir: &Path) -> Result<ModelFiles> {
         } else {
             Err(model_error(
                 &name,
-                format!("missing {file}: a model folder holds config.json, preprocessor_config.json, tokenizer.json and model.safetensors"),
+                format!("missing {file}: a model folder holds config.json, preprocessor_config.json, tokenizer.json and model.safetensors (or pytorch_model.bin)"),
             ))
         }
     };
@@ -106,23 +111,26 @@ fn resolve_local(dir: &Path) -> Result<ModelFiles> {
         gz if gz.is_file() && !dir.join(TOKENIZER).is_file() => gz,
         _ => need(TOKENIZER)?,
     };
-    let weights = if dir.join(WEIGHTS).is_file() {
-        vec![dir.join(WEIGHTS)]
-    } else if dir.join(WEIGHTS_INDEX).is_file() {
-        let shards = shard_names(&dir.join(WEIGHTS_INDEX))?;
-        let paths: Vec<PathBuf> = shards.iter().map(|s| dir.join(s)).collect();
-        if let Some(missing) = paths.iter().find(|p| !p.is_file()) {
-            return Err(model_error(
+    let present = |file: &str| -> Result<Option<PathBuf>> {
+        let path = dir.join(file);
+        Ok(path.is_file().then_some(path))
+    };
+    let shard = |file: &str| -> Result<PathBuf> {
+        let path = dir.join(file);
+        if path.is_file() {
+            Ok(path)
+        } else {
+            Err(model_error(
                 &name,
-                format!(
-                    "{WEIGHTS_INDEX} lists {} but it is missing",
-                    missing.display()
-                ),
-            ));
+                format!("its shard index lists {} but it is missing", path.display()),
+            ))
         }
-        paths
-    } else {
-        return Err(no_weights_error(&name, |f| dir.join(f).is_file()));
+    };
+    let Some(weights) = weight_files(&present, &shard)? else {
+        return Err(model_error(
+            &name,
+            format!("no weights: expected {NO_WEIGHTS}"),
+        ));
     };
     Ok(ModelFiles {
         id: name,
@@ -134,23 +142,32 @@ fn resolve_local(dir: &Path) -> Result<ModelFiles> {
     })
 }
 
-fn no_weights_error(name: &str, has: impl Fn(&str) -> bool) -> anyhow::Error {
-    if PICKLE_WEIGHTS.iter().any(|f| has(f)) {
-        model_error(
-            name,
-            "has only pytorch_model.bin weights, which vlm never loads (unpickling can run code); \
-             convert them with transformers: AutoModel.from_pretrained(dir).save_pretrained(dir, safe_serialization=True)",
-        )
-    } else {
-        model_error(
-            name,
-            format!("no weights: expected {WEIGHTS} or {WEIGHTS_INDEX}"),
-        )
+/// The weight files to load, the first of [`WEIGHT_FILES`] there is (transformers' order; so a
+/// `.bin` is never fetched where safetensors exist). `fetch(file)`: the file's local path, or
+/// `None` when the folder or repository has no such file (downloading it if needed); `shard(file)`:
+/// a shard an index names, which must exist. `None`: no weights at all.
+fn weight_files(
+    fetch: &dyn Fn(&str) -> Result<Option<PathBuf>>,
+    shard: &dyn Fn(&str) -> Result<PathBuf>,
+) -> Result<Option<Vec<PathBuf>>> {
+    for (single, index) in WEIGHT_FILES {
+        if let Some(path) = fetch(single)? {
+            return Ok(Some(vec![path]));
+        }
+        if let Some(index) = fetch(index)? {
+            let shards = shard_names(&index)?;
+            return shards
+                .iter()
+                .map(|s| shard(s))
+                .collect::<Result<_>>()
+                .map(Some);
+        }
     }
+    Ok(None)
 }
 
 #[derive(Deserialize)]
-struct SafetensorsIndex {
+struct ShardIndex {
     weight_map: std::collections::BTreeMap<String, String>,
 }
 
@@ -158,7 +175,7 @@ struct SafetensorsIndex {
 fn shard_names(index: &Path) -> Result<Vec<String>> {
     let text = std::fs::read_to_string(index)
         .with_context(|| format!("cannot read {}", index.display()))?;
-    let parsed: SafetensorsIndex =
+    let parsed: ShardIndex =
         serde_json::from_str(&text).with_context(|| format!("invalid {}", index.display()))?;
     let mut shards: Vec<String> = parsed.weight_map.into_values().collect();
     shards.sort();
@@ -211,21 +228,21 @@ fn resolve_hub(req: &ModelRequest) -> Result<ModelFiles> {
     let config = require(CONFIG)?;
     let preprocessor = require(PREPROCESSOR)?;
     let tokenizer = require(TOKENIZER)?;
-    let weights = if let Some(w) = fetch(WEIGHTS)? {
-        vec![w]
-    } else if let Some(index) = fetch(WEIGHTS_INDEX)? {
-        shard_names(&index)?
-            .iter()
-            .map(|s| require(s))
-            .collect::<Result<Vec<_>>>()?
-    } else if offline {
-        return Err(model_error(
-            id,
-            format!("no {WEIGHTS} in the cache and HF_HUB_OFFLINE is set: run once online, or pass a local folder"),
-        ));
-    } else {
-        // Ask for the pickle files' presence only to explain the refusal; never download them.
-        return Err(no_weights_error(id, |_| true));
+    let Some(weights) = weight_files(&fetch, &require)? else {
+        return Err(if offline && !settings.offline {
+            // The Hub did not answer and the cached commit has no weights.
+            source.missing(&format!("the weights ({NO_WEIGHTS})"))
+        } else if offline {
+            model_error(
+                id,
+                format!("no weights ({NO_WEIGHTS}) in the cache and HF_HUB_OFFLINE is set: run once online, or pass a local folder"),
+            )
+        } else {
+            model_error(
+                id,
+                format!("the repository has no weights: expected {NO_WEIGHTS}"),
+            )
+        });
     };
     let commit = source.finish()?;
     Ok(ModelFiles {
@@ -698,20 +715,62 @@ mod tests {
             std::fs::write(dir.path().join(f), "{}").unwrap();
         }
         let err = resolve_local(dir.path()).unwrap_err().to_string();
-        assert!(err.contains("no weights"), "{err}");
-        std::fs::write(dir.path().join("pytorch_model.bin"), "x").unwrap();
-        let err = resolve_local(dir.path()).unwrap_err().to_string();
-        assert!(err.contains("never loads"), "{err}");
+        assert!(err.contains("no weights: expected model.safetensors, model.safetensors.index.json, pytorch_model.bin or pytorch_model.bin.index.json"), "{err}");
         let err = resolve_local(&dir.path().join("nope"))
             .unwrap_err()
             .to_string();
         assert!(err.ends_with("no such folder"), "{err}");
     }
 
+    /// transformers' order: model.safetensors, its index, pytorch_model.bin, its index; the first
+    /// present wins, whatever else the folder holds.
+    #[test]
+    fn weights_are_chosen_in_transformers_order() {
+        let dir = tempfile::tempdir().unwrap();
+        for f in [CONFIG, PREPROCESSOR, TOKENIZER] {
+            std::fs::write(dir.path().join(f), "{}").unwrap();
+        }
+        let chosen = || {
+            let files = resolve_local(dir.path()).unwrap();
+            let names: Vec<String> = files
+                .weights
+                .iter()
+                .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+                .collect();
+            names
+        };
+        let write = |f: &str, text: &str| std::fs::write(dir.path().join(f), text).unwrap();
+        write("pytorch_model-2.bin", "x");
+        write("pytorch_model-1.bin", "x");
+        write(
+            "pytorch_model.bin.index.json",
+            r#"{"weight_map":{"a":"pytorch_model-2.bin","b":"pytorch_model-1.bin"}}"#,
+        );
+        assert_eq!(chosen(), ["pytorch_model-1.bin", "pytorch_model-2.bin"]);
+        write("pytorch_model.bin", "x");
+        assert_eq!(chosen(), ["pytorch_model.bin"]);
+        write("model-1.safetensors", "x");
+        write(
+            "model.safetensors.index.json",
+            r#"{"weight_map":{"a":"model-1.safetensors"}}"#,
+        );
+        assert_eq!(chosen(), ["model-1.safetensors"]);
+        write("model.safetensors", "x");
+        assert_eq!(chosen(), ["model.safetensors"]);
+        // A shard an index names must be there.
+        std::fs::remove_file(dir.path().join("model.safetensors")).unwrap();
+        std::fs::remove_file(dir.path().join("model-1.safetensors")).unwrap();
+        let err = resolve_local(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("lists") && err.contains("model-1.safetensors but it is missing"),
+            "{err}"
+        );
+    }
+
     #[test]
     fn shard_index_lists_distinct_files_and_refuses_paths() {
         let dir = tempfile::tempdir().unwrap();
-        let index = dir.path().join(WEIGHTS_INDEX);
+        let index = dir.path().join("model.safetensors.index.json");
         std::fs::write(
             &index,
             r#"{"metadata":{},"weight_map":{"a":"m-2.safetensors","b":"m-1.safetensors","c":"m-2.safetensors"}}"#,
