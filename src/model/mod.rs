@@ -12,6 +12,8 @@
 pub mod checks;
 pub mod clip;
 pub mod nn;
+pub mod pickle;
+pub mod pytorch;
 pub mod siglip;
 pub mod weights;
 

@@ -1,4 +1,5 @@
-//! Reads tensors from safetensors files straight into their final buffers.
+//! Reads tensors from weight files (safetensors, or PyTorch's `torch.save` archives) straight into
+//! their final buffers.
 //!
 //! Candle's mmap loader maps the whole checkpoint and copies each tensor out of the map: while the model
 //! is built, the mapped pages and the copies are both resident, so peak memory is twice the weights.
@@ -7,11 +8,19 @@
 //! and only the tensors asked for are ever touched. Elsewhere (library users, other dtypes) each
 //! tensor is read with one positioned read into the buffer that becomes its storage, so peak memory
 //! is the weights plus one tensor in flight.
+//!
+//! Both formats come down to the same thing, a byte range of a file per tensor: safetensors says so
+//! in its header; a PyTorch archive's pickle says which zip entry and which elements
+//! ([`super::pytorch`], which reads the pickle as data and runs nothing). [`Checkpoint`] holds
+//! either, or shards of both, so that no model family needs to know which format it loads.
+//! PyTorch adds three cases safetensors cannot have, each read by copy instead of in place: tensors
+//! sharing bytes (tied weights, views of one storage: two `Vec`s must never own the same bytes), views
+//! with strides (gathered) and files written on a machine of the other byte order (swapped).
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::Read;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{bail, Context, Result};
@@ -19,6 +28,7 @@ use candle_core::{DType, Device, Shape, Tensor};
 use safetensors::tensor::{Metadata, TensorInfo as TensorLayout};
 use safetensors::Dtype;
 
+use super::{pickle, pytorch};
 use crate::alloc::Mapping;
 use crate::error::single_line;
 
@@ -27,16 +37,25 @@ struct TensorInfo {
     file: usize,
     dtype: DType,
     shape: Vec<usize>,
-    /// Absolute byte range in the file.
+    /// Absolute byte range in the file: the tensor's elements, or for a strided one (`strides`)
+    /// the span from its first element to its last.
     start: u64,
     len: u64,
+    /// Element strides of a tensor that is not row-major contiguous (a PyTorch view): gathered.
+    strides: Option<Vec<usize>>,
+    /// The file's byte order is not this machine's: each element is reversed when read.
+    swap_bytes: bool,
+    /// Another tensor's bytes overlap this one's (PyTorch storages may be shared): always copied,
+    /// never handed out in place.
+    shared: bool,
     /// Set once the tensor has been handed out in place (mapped): a second request for it gets a
     /// copy, so that no two tensors share a buffer.
     in_place: AtomicBool,
 }
 
-/// The tensors of one checkpoint (one file, or the shards of an index).
-pub struct Safetensors {
+/// The tensors of one checkpoint: one file, or the shards of an index, each a safetensors file
+/// or a PyTorch archive.
+pub struct Checkpoint {
     files: Vec<(PathBuf, File)>,
     /// Each file mapped, when the binary's allocator allows tensors to use it in place
     /// (`crate::alloc`); `None` entries are read with positioned reads.
@@ -74,8 +93,9 @@ pub struct HeaderTensor {
     pub range: std::ops::Range<u64>,
 }
 
-impl Safetensors {
-    /// Reads and checks the headers; no tensor data is read yet.
+impl Checkpoint {
+    /// Reads and checks the headers (a PyTorch archive's zip directory and pickle); no tensor data
+    /// is read yet.
     pub fn open(paths: &[PathBuf]) -> Result<Self> {
         let mut files = Vec::with_capacity(paths.len());
         let mut maps = Vec::with_capacity(paths.len());
@@ -83,8 +103,22 @@ impl Safetensors {
         for (index, path) in paths.iter().enumerate() {
             let mut file =
                 File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-            let entries = read_header(&mut file, index)
-                .with_context(|| format!("{} is not a valid safetensors file", path.display()))?;
+            let entries = if is_pytorch(path, &mut file)? {
+                read_pytorch(&file, index).map_err(|e| {
+                    if e.chain().any(|c| c.is::<pickle::Refused>()) {
+                        e.context(format!("{} was not loaded", path.display()))
+                    } else {
+                        e.context(format!(
+                            "{} is not a valid PyTorch checkpoint",
+                            path.display()
+                        ))
+                    }
+                })?
+            } else {
+                read_header(&mut file, index).with_context(|| {
+                    format!("{} is not a valid safetensors file", path.display())
+                })?
+            };
             for (name, info) in entries {
                 if tensors.insert(name.clone(), info).is_some() {
                     bail!("tensor {name} appears in two weight files");
@@ -114,7 +148,8 @@ impl Safetensors {
         let context = || format!("cannot read tensor {name} from {}", path.display());
         let elems: usize = info.shape.iter().product();
         let shape = Shape::from(info.shape.clone());
-        if info.dtype == DType::F32 && cfg!(target_endian = "little") {
+        let plain = info.strides.is_none() && !info.swap_bytes;
+        if info.dtype == DType::F32 && plain && !info.shared {
             // The common case: the tensor uses the mapped file's bytes in place, when it can.
             let mapped = self
                 .maps
@@ -122,14 +157,15 @@ impl Safetensors {
                 .and_then(Option::as_ref)
                 .filter(|_| !info.in_place.swap(true, Ordering::AcqRel))
                 .zip(usize::try_from(info.start).ok())
-                // SAFETY: tensors do not overlap in the file (`parse_header` checks) and each is
-                // handed out in place at most once (`in_place`), so no two Vecs share bytes.
+                // SAFETY: tensors handed out in place do not overlap in the file (`parse_header`
+                // checks safetensors; `mark_shared` excludes overlapping PyTorch tensors) and each
+                // is handed out in place at most once (`in_place`), so no two Vecs share bytes.
                 .and_then(|(map, start)| unsafe { map.f32s(start, elems) });
             if let Some(values) = mapped {
                 return Ok(Tensor::from_vec(values, shape, &Device::Cpu)?);
             }
         }
-        if info.dtype == DType::F32 {
+        if info.dtype == DType::F32 && info.strides.is_none() {
             // Otherwise read into the f32 buffer the tensor will own: no second copy.
             let mut values = vec![0f32; elems];
             // SAFETY: any byte pattern is a valid f32, and the slice covers exactly the Vec's
@@ -138,16 +174,22 @@ impl Safetensors {
                 std::slice::from_raw_parts_mut(values.as_mut_ptr().cast::<u8>(), elems * 4)
             };
             read_at(file, bytes, info.start).with_context(context)?;
-            if cfg!(target_endian = "big") {
-                // safetensors is little-endian.
+            if info.swap_bytes {
                 values
                     .iter_mut()
-                    .for_each(|v| *v = f32::from_bits(u32::from_le(v.to_bits())));
+                    .for_each(|v| *v = f32::from_bits(v.to_bits().swap_bytes()));
             }
             return Ok(Tensor::from_vec(values, shape, &Device::Cpu)?);
         }
         let mut bytes = vec![0u8; usize::try_from(info.len).with_context(context)?];
         read_at(file, &mut bytes, info.start).with_context(context)?;
+        let elem = info.dtype.size_in_bytes();
+        if let Some(strides) = &info.strides {
+            bytes = pytorch::gather(&bytes, &info.shape, strides, elem).with_context(context)?;
+        }
+        if info.swap_bytes {
+            bytes.chunks_exact_mut(elem).for_each(<[u8]>::reverse);
+        }
         Ok(Tensor::from_raw_buffer(
             &bytes,
             info.dtype,
@@ -220,11 +262,72 @@ fn read_header(file: &mut File, index: usize) -> Result<Vec<(String, TensorInfo)
                 shape: t.shape,
                 start: t.range.start,
                 len: t.range.end - t.range.start,
+                strides: None,
+                // safetensors is little-endian.
+                swap_bytes: cfg!(target_endian = "big") && t.dtype.size_in_bytes() > 1,
+                shared: false,
                 in_place: AtomicBool::new(false),
             };
             (t.name, info)
         })
         .collect())
+}
+
+/// Whether `path` is a PyTorch archive rather than safetensors: it starts as a zip file does, or
+/// is named as PyTorch files are (`.bin`, `.pt`, `.pth`; then the zip reader says what is wrong
+/// with it). Anything else is read as safetensors.
+fn is_pytorch(path: &Path, file: &mut File) -> Result<bool> {
+    let mut magic = [0u8; 4];
+    let n = file
+        .read(&mut magic)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    std::io::Seek::rewind(file).with_context(|| format!("cannot read {}", path.display()))?;
+    let named = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| matches!(e, "bin" | "pt" | "pth"));
+    Ok(&magic[..n] == b"PK\x03\x04" || named)
+}
+
+/// Reads the zip directory and pickle of an open PyTorch archive.
+fn read_pytorch(file: &File, index: usize) -> Result<Vec<(String, TensorInfo)>> {
+    let stored = pytorch::read_tensors(std::io::BufReader::new(file))?;
+    let mut entries: Vec<(String, TensorInfo)> = stored
+        .into_iter()
+        .map(|t| {
+            let info = TensorInfo {
+                file: index,
+                dtype: t.dtype,
+                shape: t.shape,
+                start: t.range.start,
+                len: t.range.end - t.range.start,
+                strides: t.strides,
+                swap_bytes: t.swap_bytes,
+                shared: false,
+                in_place: AtomicBool::new(false),
+            };
+            (t.name, info)
+        })
+        .collect();
+    mark_shared(&mut entries);
+    Ok(entries)
+}
+
+/// Marks every tensor whose bytes overlap another's (tied weights, views of one storage): those
+/// are never used in place. Sorted by start, a tensor overlaps another exactly when one before it
+/// ends after its start or the next one starts before its end.
+fn mark_shared(entries: &mut [(String, TensorInfo)]) {
+    let mut order: Vec<usize> = (0..entries.len())
+        .filter(|&i| entries[i].1.len > 0)
+        .collect();
+    order.sort_by_key(|&i| (entries[i].1.start, entries[i].1.len));
+    let mut max_end = 0u64;
+    for (k, &i) in order.iter().enumerate() {
+        let (start, end) = (entries[i].1.start, entries[i].1.start + entries[i].1.len);
+        let next_start = order.get(k + 1).map(|&j| entries[j].1.start);
+        entries[i].1.shared = (k > 0 && max_end > start) || next_start.is_some_and(|n| n < end);
+        max_end = max_end.max(end);
+    }
 }
 
 /// The header's length from the file's first 8 bytes, when it is plausible: at most the format's
@@ -331,8 +434,8 @@ pub fn parse_header(file_start: &[u8], file_len: u64) -> Result<Vec<HeaderTensor
     Ok(out)
 }
 
-/// Lets candle-nn's `VarBuilder` (and so the `new(cfg, vb)` constructors) read from [`Safetensors`].
-impl candle_nn::var_builder::SimpleBackend for Safetensors {
+/// Lets candle-nn's `VarBuilder` (and so the `new(cfg, vb)` constructors) read from [`Checkpoint`].
+impl candle_nn::var_builder::SimpleBackend for Checkpoint {
     fn get(
         &self,
         s: Shape,
@@ -341,7 +444,7 @@ impl candle_nn::var_builder::SimpleBackend for Safetensors {
         dtype: DType,
         dev: &Device,
     ) -> candle_core::Result<Tensor> {
-        Safetensors::get(self, &s, name, dtype, dev).map_err(candle_core::Error::wrap)
+        Checkpoint::get(self, &s, name, dtype, dev).map_err(candle_core::Error::wrap)
     }
 
     fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
@@ -379,7 +482,7 @@ mod tests {
             r#"{"__metadata__":{"format":"pt"},"a":{"dtype":"F32","shape":[2,2],"data_offsets":[0,16]},"b":{"dtype":"F32","shape":[2],"data_offsets":[16,24]}}"#,
             &data,
         );
-        let st = Safetensors::open(&[f.path().to_path_buf()]).unwrap();
+        let st = Checkpoint::open(&[f.path().to_path_buf()]).unwrap();
         let a = st
             .get(&Shape::from((2, 2)), "a", DType::F32, &Device::Cpu)
             .unwrap();
@@ -488,7 +591,7 @@ mod tests {
         for (f, want) in cases {
             let err = format!(
                 "{:#}",
-                Safetensors::open(&[f.path().to_path_buf()]).err().unwrap()
+                Checkpoint::open(&[f.path().to_path_buf()]).err().unwrap()
             );
             assert!(err.contains(want), "{err} should say {want}");
             assert!(err.contains("is not a valid safetensors file"), "{err}");
@@ -497,7 +600,7 @@ mod tests {
         tiny.write_all(b"\x05").unwrap();
         let err = format!(
             "{:#}",
-            Safetensors::open(&[tiny.path().to_path_buf()])
+            Checkpoint::open(&[tiny.path().to_path_buf()])
                 .err()
                 .unwrap()
         );
@@ -506,7 +609,7 @@ mod tests {
         huge.write_all(&u64::MAX.to_le_bytes()).unwrap();
         let err = format!(
             "{:#}",
-            Safetensors::open(&[huge.path().to_path_buf()])
+            Checkpoint::open(&[huge.path().to_path_buf()])
                 .err()
                 .unwrap()
         );
@@ -534,5 +637,175 @@ mod tests {
         assert!(err.contains("cut short"), "{err}");
         let ok = parse_header(b"\x02\0\0\0\0\0\0\0{}", 10).unwrap();
         assert!(ok.is_empty());
+    }
+
+    fn fixture(path: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(path)
+    }
+
+    fn all(ck: &Checkpoint, name: &str) -> Tensor {
+        let shape = Shape::from(ck.tensors[name].shape.clone());
+        ck.get(&shape, name, ck.tensors[name].dtype, &Device::Cpu)
+            .unwrap()
+    }
+
+    /// `tests/fixtures/pytorch/small`: torch.save's archive, and the same as a big-endian machine
+    /// writes it (make_pytorch_fixtures.py), read to the values PyTorch saved.
+    #[test]
+    fn pytorch_archives_read_to_the_values_saved_in_either_byte_order() {
+        for file in ["little.bin", "big.bin"] {
+            let ck = Checkpoint::open(&[fixture("pytorch/small").join(file)]).unwrap();
+            let base: Vec<f32> = (0..12).map(|i| i as f32 * 0.5 - 1.0).collect();
+            let f32s = all(&ck, "f32");
+            assert_eq!(f32s.dims(), [3, 4]);
+            assert_eq!(f32s.flatten_all().unwrap().to_vec1::<f32>().unwrap(), base);
+            let half = all(&ck, "f16").to_dtype(DType::F32).unwrap();
+            assert_eq!(half.to_vec1::<f32>().unwrap(), [1.5, -2.25, 65504.0]);
+            assert_eq!(all(&ck, "i64").to_vec1::<i64>().unwrap(), [1, -2, 1 << 40]);
+            // A transposed view (strides (1, 4)) and a slice at offset 5 of f32's storage.
+            let t = all(&ck, "transposed");
+            assert_eq!(t.dims(), [4, 3]);
+            assert_eq!(t.to_vec2::<f32>().unwrap()[1], [base[1], base[5], base[9]]);
+            assert_eq!(all(&ck, "slice").to_vec1::<f32>().unwrap(), base[5..9]);
+            let info = &ck.tensors["transposed"];
+            assert_eq!(info.strides, Some(vec![1, 4]), "{file}");
+            assert_eq!(info.swap_bytes, file == "big.bin");
+            // The slice shares f32's storage: neither may be used in place.
+            assert!(ck.tensors["slice"].shared && ck.tensors["f32"].shared);
+            assert!(!ck.tensors["i64"].shared);
+        }
+    }
+
+    /// The fixture models as PyTorch archives (single, sharded, with views, shared storages and
+    /// tied names) hold exactly the safetensors fixture's tensors.
+    #[test]
+    fn pytorch_fixtures_hold_the_safetensors_values() {
+        let reference =
+            Checkpoint::open(&[fixture("models/tiny-siglip/model.safetensors")]).unwrap();
+        let sharded: Vec<PathBuf> = (1..=4)
+            .map(|i| {
+                fixture(&format!(
+                    "pytorch/tiny-siglip-sharded/pytorch_model-0000{i}-of-00004.bin"
+                ))
+            })
+            .collect();
+        for paths in [
+            vec![fixture("pytorch/tiny-siglip/pytorch_model.bin")],
+            sharded,
+            vec![fixture("pytorch/tiny-siglip-views/pytorch_model.bin")],
+        ] {
+            let ck = Checkpoint::open(&paths).unwrap();
+            for name in reference.tensors.keys() {
+                let want = all(&reference, name).flatten_all().unwrap();
+                let got = all(&ck, name).flatten_all().unwrap();
+                assert_eq!(got.dtype(), want.dtype(), "{name}");
+                let (want, got) = (
+                    want.to_dtype(DType::F64).unwrap(),
+                    got.to_dtype(DType::F64).unwrap(),
+                );
+                assert_eq!(
+                    got.to_vec1::<f64>().unwrap(),
+                    want.to_vec1::<f64>().unwrap(),
+                    "{name} in {paths:?}"
+                );
+            }
+        }
+        let views =
+            Checkpoint::open(&[fixture("pytorch/tiny-siglip-views/pytorch_model.bin")]).unwrap();
+        let t = &views.tensors;
+        assert!(t["vision_model.encoder.layers.0.mlp.fc1.weight"]
+            .strides
+            .is_some());
+        assert!(!t["vision_model.encoder.layers.0.mlp.fc1.bias"].shared);
+        assert!(t["tied.copy_of_final_layer_norm"].shared);
+        assert!(t["text_model.final_layer_norm.weight"].shared);
+        assert!(!t["text_model.final_layer_norm.bias"].shared);
+    }
+
+    #[test]
+    fn overlapping_ranges_are_marked_shared() {
+        let info = |start: u64, len: u64| {
+            (
+                format!("{start}+{len}"),
+                TensorInfo {
+                    file: 0,
+                    dtype: DType::F32,
+                    shape: vec![],
+                    start,
+                    len,
+                    strides: None,
+                    swap_bytes: false,
+                    shared: false,
+                    in_place: AtomicBool::new(false),
+                },
+            )
+        };
+        // [0,8) alone; [8,16) inside [8,32); [40,48) overlaps [44,52) which overlaps [50,60);
+        // [60,64) touches but does not overlap; an empty range never counts.
+        let mut entries = vec![
+            info(44, 8),
+            info(0, 8),
+            info(8, 24),
+            info(8, 8),
+            info(50, 10),
+            info(40, 8),
+            info(60, 4),
+            info(62, 0),
+        ];
+        mark_shared(&mut entries);
+        let shared: Vec<&str> = entries
+            .iter()
+            .filter(|(_, i)| i.shared)
+            .map(|(n, _)| n.as_str())
+            .collect();
+        assert_eq!(shared, ["44+8", "8+24", "8+8", "50+10", "40+8"]);
+    }
+
+    /// Every hostile archive (make_pytorch_fixtures.py) is refused with a reason naming the file.
+    #[test]
+    fn hostile_pytorch_archives_are_refused() {
+        for (file, want) in [
+            ("os-system.bin", "was not loaded: refused: its pickle asks for posix.system,"),
+            ("offset-past-storage.bin", "tensor w (storage data/0): offset 3, sizes [4] and strides [1] reach element 6, past the storage's 4"),
+            ("numel-past-entry.bin", "the pickle says 1000 elements of F32 but the entry holds 16 bytes"),
+            ("bool-dtype.bin", "torch.BoolStorage, a dtype vlm does not read"),
+            ("odd-entry.bin", "the pickle says 1 elements of F32 but the entry holds 6 bytes"),
+            ("compressed.bin", "the zip entry archive/data/0 is compressed"),
+            ("missing-storage.bin", "tensor v: its storage data/7 is not in the archive"),
+        ] {
+            let path = fixture("pytorch/hostile").join(file);
+            let err = format!("{:#}", Checkpoint::open(&[path.clone()]).err().unwrap());
+            assert!(err.contains(want), "{file}: {err}");
+            assert!(err.starts_with(&path.display().to_string()), "{err}");
+            assert!(!err.contains('\n'), "{err}");
+        }
+        // Truncated: every cut of a real archive is refused, none panics.
+        let bytes = std::fs::read(fixture("pytorch/tiny-siglip/pytorch_model.bin")).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let cut = dir.path().join("pytorch_model.bin");
+        for len in [
+            0,
+            3,
+            4,
+            100,
+            bytes.len() / 2,
+            bytes.len() - 30,
+            bytes.len() - 1,
+        ] {
+            std::fs::write(&cut, &bytes[..len]).unwrap();
+            let err = format!("{:#}", Checkpoint::open(&[cut.clone()]).err().unwrap());
+            assert!(
+                err.contains("is not a valid PyTorch checkpoint"),
+                "{len}: {err}"
+            );
+        }
+        std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+        let err = format!("{:#}", Checkpoint::open(&[cut]).err().unwrap());
+        assert!(
+            err.contains("truncated (an interrupted download?)"),
+            "{err}"
+        );
     }
 }

@@ -353,9 +353,12 @@ fn model_errors_name_the_model_and_the_problem() {
     broken_model("tiny-openai", "missing config.json", |d| {
         std::fs::remove_file(d.join("config.json")).unwrap()
     });
-    broken_model("tiny-openai", "never loads", |d| {
-        std::fs::rename(d.join("model.safetensors"), d.join("pytorch_model.bin")).unwrap()
-    });
+    // A safetensors file named as a PyTorch archive: read as one (issue 19), and refused as one.
+    broken_model(
+        "tiny-openai",
+        "pytorch_model.bin is not a valid PyTorch checkpoint: not a zip archive",
+        |d| std::fs::rename(d.join("model.safetensors"), d.join("pytorch_model.bin")).unwrap(),
+    );
     broken_model("tiny-openai", "safetensors", |d| {
         let weights = d.join("model.safetensors");
         let bytes = std::fs::read(&weights).unwrap();
@@ -501,7 +504,7 @@ fn missing_tokenizer_or_weights_name_the_folder() {
     });
     broken_model(
         "tiny-openai",
-        "no weights: expected model.safetensors or model.safetensors.index.json",
+        "no weights: expected model.safetensors, model.safetensors.index.json, pytorch_model.bin or pytorch_model.bin.index.json",
         |d| std::fs::remove_file(d.join("model.safetensors")).unwrap(),
     );
     broken_model("tiny-openai", "truncated (an interrupted download?)", |d| {

@@ -15,9 +15,12 @@ mod explain;
 mod first_minutes;
 mod hostile;
 mod hostile_models;
+mod hub;
+mod hub_bin;
 #[cfg(target_os = "linux")]
 mod memory;
 mod parity;
+mod pytorch_bin;
 mod search;
 mod siglip;
 mod tag;

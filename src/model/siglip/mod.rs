@@ -367,13 +367,13 @@ pub struct Siglip {
 }
 
 impl Siglip {
-    /// Loads from safetensors files (one, or the shards of an index): only the tensors of the
+    /// Loads from weight files (safetensors or PyTorch; one, or the shards of an index): only the tensors of the
     /// requested towers are read.
     pub fn load(config: SiglipConfig, weights: &[PathBuf], opts: &LoadOptions) -> Result<Self> {
         if weights.is_empty() {
             bail!("no weight files");
         }
-        let files = weights::Safetensors::open(weights)?;
+        let files = weights::Checkpoint::open(weights)?;
         let vb = VarBuilder::from_backend(Box::new(files), opts.dtype, opts.device.clone());
         let vision = if opts.towers.vision {
             Some(

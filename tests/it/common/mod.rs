@@ -7,6 +7,8 @@ use std::process::Output;
 
 use assert_cmd::Command;
 
+pub mod hub;
+
 pub fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
