@@ -215,6 +215,15 @@ pub fn run(opts: &CalibrateOptions) -> Result<Outcome> {
     let truth_source = display_path(&opts.truth);
     let rows = truth::read(&opts.truth)?;
     let per_label_truth = truth_matrix(&rows, &aspect, &truth_source)?;
+    let inputs: Vec<Input> = rows
+        .iter()
+        .map(|r| Input {
+            path: r.path.clone(),
+            error: None,
+        })
+        .collect();
+    // None of the truth's images readable is a usage error before the model loads (issue 23).
+    super::require_usable(&inputs)?;
     let format = super::format_for(&opts.run.output);
     let sink = Sink::open(None, format, false)?;
 
@@ -239,13 +248,6 @@ pub fn run(opts: &CalibrateOptions) -> Result<Outcome> {
     let head = engine.head();
 
     // Scores per label over the images that could be scored.
-    let inputs: Vec<Input> = rows
-        .iter()
-        .map(|r| Input {
-            path: r.path.clone(),
-            error: None,
-        })
-        .collect();
     let mut scored: Vec<usize> = Vec::new();
     let mut scores: Vec<Vec<f32>> = vec![Vec::new(); aspect.labels.len()];
     let mut failed: Vec<FailedInput> = Vec::new();

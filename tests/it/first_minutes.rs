@@ -48,8 +48,9 @@ fn typos_get_clap_suggestions_on_one_line() {
 
 #[test]
 fn a_dash_points_to_files_from() {
+    // The only input, so nothing to process: a usage error before the model (issue 23).
     let out = classify(&["--labels", "cat,dog", "-f", "json", "-"]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2));
     assert!(
         stderr_of(&out).contains("use --files-from -"),
         "{}",
