@@ -210,7 +210,10 @@ fn ctrl_c_leaves_no_partial_file() {
 
 #[test]
 fn piped_aspect_labels_come_one_per_line() {
-    let out = vlm().args(["aspects", "color"]).output().unwrap();
+    let out = vlm()
+        .args(["aspects", "color", "-f", "labels"])
+        .output()
+        .unwrap();
     success(&out);
     let text = stdout_of(&out);
     let lines: Vec<&str> = text.lines().collect();
