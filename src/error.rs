@@ -76,7 +76,7 @@ pub fn one_line(err: &anyhow::Error) -> String {
 /// hints (issue 23: `-a colour` names no aspect, `color` does). Nearness is the edit distance
 /// (Levenshtein, over characters, ignoring ASCII case): at most 1 for words up to 4 characters,
 /// 2 up to 8, 3 beyond. Ties go to the first candidate.
-pub fn did_you_mean<'a>(
+pub(crate) fn did_you_mean<'a>(
     word: &str,
     candidates: impl IntoIterator<Item = &'a str>,
 ) -> Option<&'a str> {
@@ -116,7 +116,7 @@ fn edit_distance(a: &[char], b: &[char]) -> usize {
 }
 
 /// `" (did you mean \"x\"?)"` when [`did_you_mean`] finds one, else nothing.
-pub fn hint(word: &str, candidates: &[&str]) -> String {
+pub(crate) fn hint(word: &str, candidates: &[&str]) -> String {
     did_you_mean(word, candidates.iter().copied())
         .map(|c| format!(" (did you mean {c:?}?)"))
         .unwrap_or_default()

@@ -162,7 +162,7 @@ pub fn collect_inputs(spec: &InputSpec) -> Result<Vec<Input>> {
 
 /// [`collect_inputs`] without the check that one of them is usable (`vlm index`, where a folder
 /// that is now empty is how its files leave the index).
-pub fn collect_all_inputs(spec: &InputSpec) -> Result<Vec<Input>> {
+pub(crate) fn collect_all_inputs(spec: &InputSpec) -> Result<Vec<Input>> {
     inputs::collect(&spec.paths, &spec.options, &mut std::io::stdin().lock())
 }
 
@@ -172,7 +172,7 @@ pub fn collect_all_inputs(spec: &InputSpec) -> Result<Vec<Input>> {
 /// (exit 2, nothing processed) naming the first problem, before anything is loaded. The check
 /// stops at the first input that may be an image, so a normal run reads one file header more.
 /// No inputs at all (an empty `--files-from` list, a `--shard` that got none) is not an error.
-pub fn require_usable(inputs: &[Input]) -> Result<()> {
+pub(crate) fn require_usable(inputs: &[Input]) -> Result<()> {
     let mut first: Option<String> = None;
     for input in inputs {
         let problem = match &input.error {

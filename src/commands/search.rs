@@ -179,9 +179,9 @@ pub fn run(opts: &SearchOptions) -> Result<Outcome> {
 }
 
 /// The most hits one `--montage` sheet shows (the best ones).
-pub const MONTAGE_MAX_HITS: usize = 200;
+pub(crate) const MONTAGE_MAX_HITS: usize = 200;
 /// Hits per row of the sheet.
-pub const MONTAGE_COLUMNS: u32 = 5;
+pub(crate) const MONTAGE_COLUMNS: u32 = 5;
 
 /// `--montage`: the hits as thumbnails, best first, each captioned with its rank, file name and
 /// cosine (issue 23: a contact sheet is what people look at rather than read). A hit whose file

@@ -489,7 +489,7 @@ impl Montage {
 }
 
 /// A map's highest cosine (0 for an empty map).
-pub fn peak(map: &[f32]) -> f32 {
+pub(crate) fn peak(map: &[f32]) -> f32 {
     let max = map.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     if max.is_finite() {
         max
@@ -499,7 +499,7 @@ pub fn peak(map: &[f32]) -> f32 {
 }
 
 /// The caption of one `-o` overlay: the image's file name, the label, the map's peak cosine.
-pub fn overlay_caption(input: &Path, label: &str, map: &[f32]) -> String {
+pub(crate) fn overlay_caption(input: &Path, label: &str, map: &[f32]) -> String {
     let name = input.file_name().map_or_else(
         || input.display().to_string(),
         |n| n.to_string_lossy().into_owned(),
