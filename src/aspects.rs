@@ -633,8 +633,9 @@ pub fn resolve(specs: &[String]) -> Result<Vec<Aspect>> {
                 match builtin(part) {
                     Some(aspect) => vec![aspect],
                     None => anyhow::bail!(Error::Usage(format!(
-                        "{part}: no such built-in aspect (built-ins: {}, or all); \
+                        "{part}: no such built-in aspect{} (built-ins: {}, or all); \
                          a file of your own must contain '/' or end in .toml",
+                        crate::error::hint(part, &BUILTIN_NAMES),
                         BUILTIN_NAMES.join(", ")
                     ))),
                 }

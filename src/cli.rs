@@ -42,7 +42,7 @@ pub struct Cli {
 
 const EXIT_CODES: &str =
     "Exit codes: 0 every image was processed; 1 some images failed (the others \
-are in the output); 2 usage or model error, before any image was processed.";
+are in the output); 2 usage or model error, or no input is an image, before any image was processed.";
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -168,14 +168,16 @@ pub struct TagArgs {
     #[arg(short, long, value_name = "NAMES|FILES", required = true)]
     pub aspects: Vec<String>,
 
-    /// Report tags scoring at least this: `0.3` for every aspect, or `object=0.3` for one;
-    /// repeatable. Overrides the aspect file's threshold (multi aspects default to 0.5: the label
-    /// beats the aspect's neutral prompt; single aspects to 0).
+    /// A score (0..1, the tags' `score`; not a cosine): report tags scoring at least this. `0.3`
+    /// for every aspect, or `object=0.3` for one; repeatable. Overrides the aspect file's
+    /// threshold (multi aspects default to 0.5: the label beats the aspect's neutral prompt;
+    /// single aspects to 0).
     #[arg(long, value_name = "[ASPECT=]SCORE", value_parser = parse_threshold)]
     pub threshold: Vec<PerAspect<f32>>,
 
-    /// Report at most K tags per aspect: `3`, or `scene=1` for one aspect; repeatable. Overrides
-    /// the aspect file's top_k (single aspects default to 3, multi aspects to no limit).
+    /// Tags per aspect: report at most K for each aspect of each image. `3`, or `scene=1` for one
+    /// aspect; repeatable. Overrides the aspect file's top_k (single aspects default to 3, multi
+    /// aspects to no limit).
     #[arg(short = 'k', long, value_name = "[ASPECT=]K", value_parser = parse_top_k)]
     pub top_k: Vec<PerAspect<usize>>,
 
@@ -388,22 +390,21 @@ pub struct IndexArgs {
 #[derive(Debug, Args)]
 pub struct SearchArgs {
     /// What to look for, in words; put through the templates as classify puts a label.
-    #[arg(
-        value_name = "TEXT",
-        required_unless_present = "image",
-        conflicts_with = "image"
-    )]
+    // Not `required_unless_present`: clap's message would name only <TEXT>; `search::run` says
+    // "give a text ... or --image FILE" (issue 23).
+    #[arg(value_name = "TEXT", conflicts_with = "image")]
     pub query: Option<String>,
 
     /// Find images like this one instead (an indexed, unchanged file needs no model).
     #[arg(long, value_name = "FILE")]
     pub image: Option<PathBuf>,
 
-    /// Report the K best images. Default: 10, or every image above --threshold.
+    /// Images: report the K best. Default: 10, or every image above --threshold.
     #[arg(short = 'k', long, value_name = "K", value_parser = clap::value_parser!(u32).range(1..))]
     pub top_k: Option<u32>,
 
-    /// Report only images whose cosine with the query is at least this.
+    /// A cosine (-1..1, the hits' `score`; not a probability): report only images whose cosine
+    /// with the query is at least this.
     #[arg(long, value_name = "COSINE", allow_negative_numbers = true)]
     pub threshold: Option<f64>,
 
@@ -428,6 +429,15 @@ pub struct SearchArgs {
     /// Write results to FILE instead of stdout.
     #[arg(short, long, value_name = "FILE")]
     pub output: Option<PathBuf>,
+
+    /// Also draw the hits on one contact sheet (a PNG): best first, five to a row, each with its
+    /// rank, file name and cosine.
+    #[arg(long, value_name = "FILE.png")]
+    pub montage: Option<PathBuf>,
+
+    /// Overwrite the --montage file.
+    #[arg(long)]
+    pub force: bool,
 
     #[command(flatten)]
     pub index: IndexDbArgs,
@@ -454,7 +464,8 @@ pub struct DupesArgs {
     #[arg(value_name = "PATH")]
     pub paths: Vec<PathBuf>,
 
-    /// Images whose embeddings have at least this cosine are copies (linked transitively). The
+    /// A cosine (-1..1, not a probability): images whose embeddings have at least this cosine
+    /// are copies (linked transitively). The
     /// default catches byte copies, re-encoded and resized copies; lower it to also group crops
     /// and near-identical shots.
     #[arg(long, value_name = "COSINE", default_value_t = DEFAULT_THRESHOLD)]
@@ -488,8 +499,8 @@ pub struct AspectsArgs {
     #[arg(value_name = "NAME|FILE")]
     pub aspects: Vec<String>,
 
-    /// Output format. Default: table on a terminal; piped, the labels of named aspects one per
-    /// line, else json.
+    /// Output format. Default: table on a terminal, json otherwise; `labels` prints the named
+    /// aspects' labels one per line.
     #[arg(short, long, value_enum)]
     pub format: Option<ListFormat>,
 }
@@ -507,7 +518,7 @@ pub struct ClassifyArgs {
     #[command(flatten)]
     pub templates: TemplateArgs,
 
-    /// Report only the K most probable labels per image.
+    /// Labels per image: report only the K most probable.
     #[arg(short = 'k', long, value_name = "K", value_parser = clap::value_parser!(u32).range(1..))]
     pub top_k: Option<u32>,
 
@@ -620,9 +631,15 @@ pub struct CalibrateArgs {
     #[arg(long, value_name = "N", default_value_t = crate::commands::calibrate::DEFAULT_MIN_POSITIVES as u32, value_parser = clap::value_parser!(u32).range(1..))]
     pub min_positives: u32,
 
-    /// Format of the report (stdout). Default: table on a terminal, json otherwise.
+    /// Format of the report (stdout). Default: table on a terminal, json otherwise. The table
+    /// lists the calibrated labels first and leaves out those without an image in the truth
+    /// (see --all); json, jsonl and csv always list every label, in the aspect's order.
     #[arg(short, long, value_enum)]
     pub format: Option<Format>,
+
+    /// List every label of the aspect in the table, also those without an image in the truth.
+    #[arg(long)]
+    pub all: bool,
 
     #[command(flatten)]
     pub model: ModelArgs,
@@ -815,6 +832,8 @@ impl Cli {
                 top_k: a.top_k.map(|k| k as usize),
                 threshold: a.threshold,
                 where_: a.where_,
+                montage: a.montage,
+                force: a.force,
                 index: a.index.into(),
                 output: OutputOptions {
                     format: a.format,
@@ -866,6 +885,7 @@ impl Cli {
                 force: a.force,
                 precision: a.precision,
                 min_positives: a.min_positives as usize,
+                all: a.all,
                 model: a.model.into(),
                 run: RunOptions {
                     output: OutputOptions {

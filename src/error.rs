@@ -72,9 +72,59 @@ pub fn one_line(err: &anyhow::Error) -> String {
     parts.join(": ")
 }
 
+/// The candidate nearest `word` when it is near enough to be a typo of it, for "did you mean"
+/// hints (issue 23: `-a colour` names no aspect, `color` does). Nearness is the edit distance
+/// (Levenshtein, over characters, ignoring ASCII case): at most 1 for words up to 4 characters,
+/// 2 up to 8, 3 beyond. Ties go to the first candidate.
+pub(crate) fn did_you_mean<'a>(
+    word: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
+    let word: Vec<char> = word.to_ascii_lowercase().chars().collect();
+    let limit = match word.len() {
+        0 => return None,
+        1..=4 => 1,
+        5..=8 => 2,
+        _ => 3,
+    };
+    let mut best: Option<(usize, &str)> = None;
+    for candidate in candidates {
+        let c: Vec<char> = candidate.to_ascii_lowercase().chars().collect();
+        let d = edit_distance(&word, &c);
+        if d <= limit && best.is_none_or(|(b, _)| d < b) {
+            best = Some((d, candidate));
+        }
+    }
+    best.map(|(_, c)| c)
+}
+
+/// Levenshtein distance: insertions, deletions and substitutions, one row at a time.
+fn edit_distance(a: &[char], b: &[char]) -> usize {
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.iter().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (above + 1)
+                .min(row[j] + 1)
+                .min(diagonal + usize::from(ca != cb));
+            diagonal = above;
+        }
+    }
+    row[b.len()]
+}
+
+/// `" (did you mean \"x\"?)"` when [`did_you_mean`] finds one, else nothing.
+pub(crate) fn hint(word: &str, candidates: &[&str]) -> String {
+    did_you_mean(word, candidates.iter().copied())
+        .map(|c| format!(" (did you mean {c:?}?)"))
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
-    use super::{escape_controls, single_line};
+    use super::{did_you_mean, escape_controls, single_line};
 
     #[test]
     fn single_line_joins_lines_and_escapes_the_rest() {
@@ -94,5 +144,18 @@ mod tests {
         );
         let once = escape_controls("x\ny").into_owned();
         assert_eq!(escape_controls(&once), once);
+    }
+
+    #[test]
+    fn typos_get_the_nearest_name_and_strangers_none() {
+        let aspects = ["color", "scene", "object", "time_of_day"];
+        assert_eq!(did_you_mean("colour", aspects), Some("color"));
+        assert_eq!(did_you_mean("Scene", aspects), Some("scene"));
+        assert_eq!(did_you_mean("objects", aspects), Some("object"));
+        assert_eq!(did_you_mean("time-of-day", aspects), Some("time_of_day"));
+        assert_eq!(did_you_mean("vehicle", aspects), None);
+        assert_eq!(did_you_mean("", aspects), None);
+        assert_eq!(did_you_mean("cat", ["car", "cut"]), Some("car"));
+        assert_eq!(super::hint("colr", &aspects), " (did you mean \"color\"?)");
     }
 }

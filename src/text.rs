@@ -203,7 +203,8 @@ pub fn template_set(name_or_file: &str) -> Result<Vec<Template>> {
     if !path.exists() {
         let names: Vec<&str> = BUILTIN_TEMPLATE_SETS.iter().map(|(n, _)| *n).collect();
         bail!(Error::Usage(format!(
-            "--templates {name_or_file}: no such built-in set ({}) and no such file",
+            "--templates {name_or_file}: no such built-in set{} ({}) and no such file",
+            crate::error::hint(name_or_file, &names),
             names.join(", ")
         )));
     }

@@ -15,7 +15,7 @@ use crate::output::{self, AspectInfo, ListFormat};
 pub struct AspectsOptions {
     /// Aspects to show in full; empty for a summary of the built-ins.
     pub aspects: Vec<String>,
-    /// `None`: a table on a terminal; piped, labels one per line for named aspects, else JSON.
+    /// `None`: a table on a terminal, JSON otherwise.
     pub format: Option<ListFormat>,
 }
 
@@ -45,12 +45,10 @@ pub fn run(opts: &AspectsOptions, out: &mut impl std::io::Write) -> Result<Outco
     } else {
         aspects::builtins()
     };
-    // Piped, the labels of named aspects come one per line (for `grep`, `wc -l`, `while read`);
-    // a summary comes as JSON.
+    // Piped, JSON, as every other command writes (issue 23: named aspects used to come as bare
+    // labels); `-f labels` gives them one per line (for `grep`, `wc -l`, `while read`).
     let format = opts.format.unwrap_or(if std::io::stdout().is_terminal() {
         ListFormat::Table
-    } else if detailed {
-        ListFormat::Labels
     } else {
         ListFormat::Json
     });

@@ -10,6 +10,7 @@
 //! - A label with fewer than `--min-positives` positives (default 3) keeps its threshold, and so
 //!   does one whose precision target cannot be reached; the report's `note` says why.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -24,7 +25,9 @@ use crate::engine::{plan_model, ModelOptions};
 use crate::inputs::Input;
 use crate::metrics::{self, counts_at, Counts, Target};
 use crate::model::HeadKind;
-use crate::output::{CalibrateInfo, CalibratedLabel, FailedInput, Progress, Sink};
+use crate::output::{
+    CalibrateInfo, CalibratedLabel, FailedInput, Format, Progress, ResultWriter, Sink,
+};
 use crate::truth::{self, TruthRow};
 use crate::Error;
 
@@ -44,9 +47,34 @@ pub struct CalibrateOptions {
     /// Reach this precision instead of maximising F1.
     pub precision: Option<f64>,
     pub min_positives: usize,
+    /// The table lists every label of the aspect, not only those the truth has images of.
+    pub all: bool,
     pub model: ModelOptions,
     /// The report's format; `run.output.output` is unused (the report goes to stdout).
     pub run: RunOptions,
+}
+
+/// The rows a table shows, and how many it leaves out (issue 23: an aspect of 397 labels
+/// calibrated from a truth that covers 6 printed 397 rows, and the useful ones scrolled away).
+/// The calibrated labels come first, then the other labels the truth has images of, each group
+/// in label order; labels without a single image in the truth are left out unless `all` (then
+/// they come last).
+fn table_rows(records: &[CalibratedLabel], all: bool) -> (Vec<&CalibratedLabel>, usize) {
+    let calibrated = records.iter().filter(|r| r.note.is_none());
+    let kept_seen = records
+        .iter()
+        .filter(|r| r.note.is_some() && r.positives > 0);
+    let unseen = records
+        .iter()
+        .filter(|r| r.note.is_some() && r.positives == 0);
+    let mut rows: Vec<&CalibratedLabel> = calibrated.chain(kept_seen).collect();
+    let left_out = if all {
+        rows.extend(unseen);
+        0
+    } else {
+        unseen.count()
+    };
+    (rows, left_out)
 }
 
 /// The aspect of the run: exactly one.
@@ -100,11 +128,7 @@ fn truth_matrix(rows: &[TruthRow], aspect: &Aspect, source: &str) -> Result<Vec<
     for (i, row) in rows.iter().enumerate() {
         for l in &row.labels {
             let Some(j) = names.iter().position(|n| n == l) else {
-                let hint = names
-                    .iter()
-                    .find(|n| n.eq_ignore_ascii_case(l))
-                    .map(|n| format!(" (did you mean {n:?}?)"))
-                    .unwrap_or_default();
+                let hint = crate::error::hint(l, &names);
                 return Err(Error::Usage(format!(
                     "{source}:{}: label {l:?} is not in aspect {}{hint}",
                     row.line, aspect.name
@@ -215,6 +239,15 @@ pub fn run(opts: &CalibrateOptions) -> Result<Outcome> {
     let truth_source = display_path(&opts.truth);
     let rows = truth::read(&opts.truth)?;
     let per_label_truth = truth_matrix(&rows, &aspect, &truth_source)?;
+    let inputs: Vec<Input> = rows
+        .iter()
+        .map(|r| Input {
+            path: r.path.clone(),
+            error: None,
+        })
+        .collect();
+    // None of the truth's images readable is a usage error before the model loads (issue 23).
+    super::require_usable(&inputs)?;
     let format = super::format_for(&opts.run.output);
     let sink = Sink::open(None, format, false)?;
 
@@ -239,13 +272,6 @@ pub fn run(opts: &CalibrateOptions) -> Result<Outcome> {
     let head = engine.head();
 
     // Scores per label over the images that could be scored.
-    let inputs: Vec<Input> = rows
-        .iter()
-        .map(|r| Input {
-            path: r.path.clone(),
-            error: None,
-        })
-        .collect();
     let mut scored: Vec<usize> = Vec::new();
     let mut scores: Vec<Vec<f32>> = vec![Vec::new(); aspect.labels.len()];
     let mut failed: Vec<FailedInput> = Vec::new();
@@ -327,7 +353,26 @@ pub fn run(opts: &CalibrateOptions) -> Result<Outcome> {
         output: opts.output.as_deref().map(display_path),
     };
     let some_failed = !header.failed.is_empty();
-    write_report(sink, format, &header, &records)?;
+    if format == Format::Table {
+        // The table for a person: what was calibrated first, the rest summarised. JSON, JSONL
+        // and CSV always hold every label, in label order, for scripts.
+        let (rows, left_out) = table_rows(&records, opts.all);
+        let mut writer = ResultWriter::begin(sink, format, &header)?;
+        for r in rows {
+            writer.record(r)?;
+        }
+        let mut sink = writer.finish()?;
+        if left_out > 0 {
+            writeln!(
+                sink,
+                "  ({left_out} more labels of {} have no image in the truth and kept their threshold; --all lists them)",
+                aspect.name
+            )?;
+        }
+        sink.commit()?;
+    } else {
+        write_report(sink, format, &header, &records)?;
+    }
     Ok(if some_failed {
         Outcome::SomeFailed
     } else {
@@ -385,6 +430,39 @@ mod tests {
             r.note.as_deref(),
             Some("kept: no threshold reaches precision 1")
         );
+    }
+
+    #[test]
+    fn the_table_leads_with_the_calibrated_labels() {
+        let label = |name: &str, positives: usize, note: Option<&str>| CalibratedLabel {
+            label: name.into(),
+            positives,
+            threshold_before: 0.5,
+            precision_before: None,
+            recall_before: None,
+            f1_before: None,
+            threshold_after: 0.5,
+            precision_after: None,
+            recall_after: None,
+            f1_after: None,
+            note: note.map(str::to_string),
+        };
+        let records = [
+            label("apple", 0, Some("kept: 0 positive(s), fewer than 3")),
+            label("bike", 1, Some("kept: 1 positive(s), fewer than 3")),
+            label("car", 5, None),
+            label("dog", 0, Some("kept: 0 positive(s), fewer than 3")),
+            label("egg", 4, None),
+        ];
+        let names = |rows: Vec<&CalibratedLabel>| -> Vec<String> {
+            rows.iter().map(|r| r.label.clone()).collect()
+        };
+        let (rows, left_out) = table_rows(&records, false);
+        assert_eq!(names(rows), ["car", "egg", "bike"]);
+        assert_eq!(left_out, 2);
+        let (rows, left_out) = table_rows(&records, true);
+        assert_eq!(names(rows), ["car", "egg", "bike", "apple", "dog"]);
+        assert_eq!(left_out, 0);
     }
 
     #[test]

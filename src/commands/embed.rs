@@ -2,9 +2,9 @@
 //! with), or of each `--text` (through the templates, as `classify` embeds a label), as JSON,
 //! JSONL, or a float32 `.npy` matrix with the paths beside it.
 //!
-//! JSON: `{"model", "dtype", "dimension", "normalized", "results": [...]}`. JSONL: the same header
-//! object (without `results`) on the first line, then one record per line. The header is written
-//! once the first vector's length is known.
+//! JSON: `{"model", "dtype", "dimension", "normalized", "results": [...]}`, the header written once
+//! the first vector's length is known. JSONL: one record per line and no header, as every
+//! command's JSONL (issue 23).
 
 use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -31,7 +31,7 @@ use crate::Error;
 pub enum EmbedFormat {
     /// One JSON document: the header, then `results`.
     Json,
-    /// The header on the first line, then one record per line.
+    /// One record per line, as json's `results` (no header line, like every command's JSONL).
     Jsonl,
     /// A float32 N x D NumPy array (needs --output), and the paths (or texts) in the same order,
     /// one per line, in a `.paths.txt` (`.texts.txt`) file beside it.
@@ -121,18 +121,13 @@ fn open_out(opts: &EmbedOptions, format: EmbedFormat) -> Result<Out> {
     })
 }
 
-/// Opens a JSON or JSONL document with `info` (for JSONL, its first line).
+/// Opens a JSON document with `info` as its header, or JSONL, which has none: every line is a
+/// record, as in classify, tag and search (issue 23; the header used to be JSONL's first line).
 fn begin_doc<R: Record>(
-    mut sink: Sink,
+    sink: Sink,
     format: Format,
     info: &EmbedInfo,
 ) -> Result<ResultWriter<Sink, R>> {
-    if format == Format::Jsonl {
-        // Through a JSON value, so that the line's keys are in the JSON document's order.
-        let mut line = serde_json::to_vec(&serde_json::to_value(info)?)?;
-        line.push(b'\n');
-        sink.write_all(&line)?;
-    }
     Ok(ResultWriter::begin(sink, format, info)?)
 }
 

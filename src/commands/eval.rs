@@ -258,6 +258,16 @@ pub fn run(opts: &EvalOptions) -> Result<Outcome> {
     let templates = templates_from(&opts.templates, opts.template_set.as_deref())?;
     let (classes, stray) = classes(opts)?;
     let (images, empty) = class_images(&classes, opts.hidden)?;
+    // Nothing to score is a usage error before the model loads (issue 23).
+    if images.is_empty() {
+        return Err(Error::Usage(format!(
+            "{}: no images in any class folder",
+            opts.root.display()
+        ))
+        .into());
+    }
+    let inputs: Vec<Input> = images.iter().map(|(i, _)| i.clone()).collect();
+    super::require_usable(&inputs)?;
     let format = super::format_for(&opts.run.output);
     let sink = Sink::open(opts.run.output.output.as_deref(), format, false)?;
     let plan = plan_model(&opts.model, quiet)?;
@@ -334,7 +344,6 @@ pub fn run(opts: &EvalOptions) -> Result<Outcome> {
         .map(|v| Tally::new(classes.len(), v == 0))
         .collect();
 
-    let inputs: Vec<Input> = images.iter().map(|(i, _)| i.clone()).collect();
     let truth: Vec<usize> = images.iter().map(|(_, c)| *c).collect();
     let mut failed: Vec<FailedInput> = Vec::new();
     let progress = Progress::images(inputs.len(), show_progress(quiet)).with_errors(true);

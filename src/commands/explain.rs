@@ -54,7 +54,7 @@ pub struct ExplainOptions {
 
 /// `--montage`: a `.png` name, not over an existing file unless `--force`, at most
 /// [`MONTAGE_MAX_IMAGES`] images.
-fn check_montage(path: &Path, images: usize, force: bool) -> Result<()> {
+pub(crate) fn check_montage(path: &Path, images: usize, force: bool) -> Result<()> {
     let is_png = path
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("png"));
@@ -150,7 +150,7 @@ pub fn run(opts: &ExplainOptions) -> Result<Outcome> {
     let mut montage = opts
         .montage
         .as_ref()
-        .map(|_| Montage::new(MONTAGE_TILE, labels.len()));
+        .map(|_| Montage::new(MONTAGE_TILE, &labels));
     let keep_images = files.is_some() || montage.is_some();
     let mut write_failures = 0usize;
     let failed = explain_images(
@@ -250,13 +250,19 @@ fn draw(
         if let Some(files) = files {
             for (i, (map, &b)) in maps.maps.iter().zip(&bounds).enumerate() {
                 let target = files.target(input, i);
-                let picture = overlay::render(photo, &view, map, maps.rows, maps.cols, b);
+                let mut picture = overlay::render(photo, &view, map, maps.rows, maps.cols, b);
+                let label = labels.get(i).map_or("", String::as_str);
+                let caption = overlay::overlay_caption(input, label, map);
+                crate::output::draw::caption_band(&mut picture, &caption, Some(b));
                 files.write(&target, &picture)?;
                 overlays[i] = Some(display_path(&target));
             }
         }
         if let Some(montage) = montage {
-            montage.add(photo, &view, &maps, &bounds);
+            let name = input
+                .file_name()
+                .map_or_else(|| display_path(input), |n| n.to_string_lossy().into_owned());
+            montage.add(&name, photo, &view, &maps, &bounds);
         }
     }
     let grid = Grid {

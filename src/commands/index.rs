@@ -124,7 +124,12 @@ pub fn run(opts: &IndexOptions) -> Result<Outcome> {
         paths: roots,
         options: opts.inputs.options.clone(),
     };
-    let inputs = super::collect_inputs(&spec)?;
+    let inputs = super::collect_all_inputs(&spec)?;
+    // Files only (no folder whose vanished files leave, no --prune): none usable is a usage
+    // error before the model is planned (issue 23).
+    if dir_roots.is_empty() && !opts.prune {
+        super::require_usable(&inputs)?;
+    }
 
     // The model's index: found in the file by name (no model needed), else made for the model.
     let models = db.models()?;

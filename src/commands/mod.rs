@@ -151,9 +151,47 @@ pub fn format_for(out: &OutputOptions) -> Format {
     }
 }
 
-/// The inputs of a run, in order, after `--shard`; usage errors (an unreadable list) end the run.
+/// The inputs of a run, in order, after `--shard`; usage errors (an unreadable list) end the run,
+/// and so do inputs of which none can be an image ([`require_usable`]), before any model is
+/// touched.
 pub fn collect_inputs(spec: &InputSpec) -> Result<Vec<Input>> {
+    let inputs = collect_all_inputs(spec)?;
+    require_usable(&inputs)?;
+    Ok(inputs)
+}
+
+/// [`collect_inputs`] without the check that one of them is usable (`vlm index`, where a folder
+/// that is now empty is how its files leave the index).
+pub(crate) fn collect_all_inputs(spec: &InputSpec) -> Result<Vec<Input>> {
     inputs::collect(&spec.paths, &spec.options, &mut std::io::stdin().lock())
+}
+
+/// Issue 23: `vlm tag nosuch.jpg -a all` loaded the model and encoded 1,955 prompts before saying
+/// "No such file". When there are inputs but none of them can be an image (missing, a folder
+/// without images, empty, no image signature: [`crate::images::sniff`]), the run is a usage error
+/// (exit 2, nothing processed) naming the first problem, before anything is loaded. The check
+/// stops at the first input that may be an image, so a normal run reads one file header more.
+/// No inputs at all (an empty `--files-from` list, a `--shard` that got none) is not an error.
+pub(crate) fn require_usable(inputs: &[Input]) -> Result<()> {
+    let mut first: Option<String> = None;
+    for input in inputs {
+        let problem = match &input.error {
+            Some(error) => error.clone(),
+            None => match crate::images::sniff(&input.path) {
+                Ok(()) => return Ok(()),
+                Err(e) => e.to_string(),
+            },
+        };
+        first.get_or_insert(problem);
+    }
+    let Some(first) = first else {
+        return Ok(());
+    };
+    let rest = match inputs.len() {
+        1 => String::new(),
+        n => format!(" (and {} more inputs, none of them an image)", n - 1),
+    };
+    Err(Error::Usage(format!("nothing to process: {first}{rest}")).into())
 }
 
 /// Where the results go, and which inputs `--resume` can skip. Checked before the model loads.
@@ -201,8 +239,9 @@ pub fn skip_completed(inputs: Vec<Input>, completed: &HashSet<String>, quiet: bo
         .into_iter()
         .filter(|i| !completed.contains(&display_path(&i.path)))
         .collect();
+    // A note, not a warning: resuming is what the user asked for (issue 23).
     if !quiet {
-        output::warn(&format!(
+        output::info(&format!(
             "--resume: {} of {before} images already done, {} to go",
             before - left.len(),
             left.len()

@@ -41,6 +41,10 @@ pub struct SearchOptions {
     pub threshold: Option<f64>,
     /// Only paths matching this SQL LIKE pattern.
     pub where_: Option<String>,
+    /// `--montage FILE.png`: the hits on a contact sheet.
+    pub montage: Option<PathBuf>,
+    /// Overwrite the montage file.
+    pub force: bool,
     pub index: IndexSpec,
     pub output: OutputOptions,
     /// Decoding of an image query.
@@ -64,11 +68,21 @@ pub(crate) fn model_info(row: &ModelRow) -> ModelInfo {
 }
 
 pub fn run(opts: &SearchOptions) -> Result<Outcome> {
+    if opts.text.is_none() && opts.image.is_none() {
+        return Err(Error::Usage(
+            "nothing to search for: give a text (vlm search \"a red bicycle\") or --image FILE"
+                .into(),
+        )
+        .into());
+    }
     let path = opts.index.path()?;
     let db = Db::open(&path, false)?;
     let models = db.models()?;
     let row = choose::existing(&models, &opts.index.model, &path)?;
     let templates = templates_from(&opts.templates, opts.template_set.as_deref())?;
+    if let Some(path) = &opts.montage {
+        super::explain::check_montage(path, 0, opts.force)?;
+    }
     let dest = open_destination(&opts.output)?;
 
     let started = std::time::Instant::now();
@@ -147,15 +161,88 @@ pub fn run(opts: &SearchOptions) -> Result<Outcome> {
         threshold: opts.threshold,
     };
     let mut writer = ResultWriter::begin(dest.sink, dest.format, &header)?;
+    let mut records = Vec::with_capacity(hits.len());
     for (rank, hit) in hits.iter().enumerate() {
-        writer.record(&SearchHit {
+        let record = SearchHit {
             rank: rank + 1,
             path: String::from_utf8_lossy(&m.paths[hit.row]).into_owned(),
             score: hit.score,
-        })?;
+        };
+        writer.record(&record)?;
+        records.push(record);
     }
     writer.finish()?.commit()?;
+    if let Some(path) = &opts.montage {
+        write_montage(path, &records, opts)?;
+    }
     Ok(Outcome::Success)
+}
+
+/// The most hits one `--montage` sheet shows (the best ones).
+pub(crate) const MONTAGE_MAX_HITS: usize = 200;
+/// Hits per row of the sheet.
+pub(crate) const MONTAGE_COLUMNS: u32 = 5;
+
+/// `--montage`: the hits as thumbnails, best first, each captioned with its rank, file name and
+/// cosine (issue 23: a contact sheet is what people look at rather than read). A hit whose file
+/// cannot be read now keeps its place as an empty square saying so.
+fn write_montage(path: &std::path::Path, hits: &[SearchHit], opts: &SearchOptions) -> Result<()> {
+    use crate::output::draw::{thumbnail, Sheet, SheetCell};
+    if hits.is_empty() {
+        if !opts.quiet {
+            output::warn(&format!(
+                "--montage {}: no hits; nothing written",
+                path.display()
+            ));
+        }
+        return Ok(());
+    }
+    if hits.len() > MONTAGE_MAX_HITS && !opts.quiet {
+        output::warn(&format!(
+            "--montage {}: the best {MONTAGE_MAX_HITS} of {} hits",
+            path.display(),
+            hits.len()
+        ));
+    }
+    let tile = super::explain::MONTAGE_TILE;
+    let limits = crate::images::DecodeLimits {
+        max_pixels: opts.batch.max_pixels,
+    };
+    let cells = hits
+        .iter()
+        .take(MONTAGE_MAX_HITS)
+        .map(|hit| {
+            let file = std::path::Path::new(&hit.path);
+            let name = file
+                .file_name()
+                .map_or_else(|| hit.path.clone(), |n| n.to_string_lossy().into_owned());
+            let (picture, note) = match crate::images::load_image(file, &limits) {
+                Ok(photo) => (Some(thumbnail(&photo, tile)), None),
+                Err(_) => (None, Some("cannot read it now".to_string())),
+            };
+            let mut caption = vec![
+                format!("{}. {name}", hit.rank),
+                format!("cos {}", crate::output::draw::number(hit.score)),
+            ];
+            caption.extend(note);
+            SheetCell {
+                picture,
+                caption,
+                range: None,
+            }
+        })
+        .collect::<Vec<_>>();
+    let columns = (cells.len() as u32).min(MONTAGE_COLUMNS);
+    // A third line only when some hit says it cannot be read.
+    let lines = cells.iter().map(|c| c.caption.len()).max().unwrap_or(2) as u32;
+    let sheet = Sheet {
+        tile,
+        columns,
+        lines,
+        cells,
+    };
+    crate::output::overlay::write_png(path, &sheet.render(), opts.force)
+        .map_err(|e| anyhow::anyhow!("--montage {}", crate::error::one_line(&e)))
 }
 
 fn check_key(

@@ -169,7 +169,8 @@ fn aspect_rules(aspects: &[Aspect], opts: &TagOptions) -> Result<Vec<Rule>> {
     for (flag, name) in named {
         if !names.contains(&name.as_str()) {
             return Err(Error::Usage(format!(
-                "{flag} {name}=...: no aspect {name:?} in this run (aspects: {})",
+                "{flag} {name}=...: no aspect {name:?} in this run{} (aspects: {})",
+                crate::error::hint(name, &names),
                 names.join(", ")
             ))
             .into());

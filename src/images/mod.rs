@@ -80,7 +80,7 @@ pub use config::{
     OPENAI_CLIP_STD,
 };
 pub use decode::{
-    load_image, load_image_from_memory, DecodeLimits, ImageLoadError, DEFAULT_MAX_PIXELS,
+    load_image, load_image_from_memory, sniff, DecodeLimits, ImageLoadError, DEFAULT_MAX_PIXELS,
 };
 pub use jpeg::decode_reduced;
 pub use tensor::to_tensor;

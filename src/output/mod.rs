@@ -7,6 +7,7 @@
 //! rows once, and its table view; every format then writes it.
 
 pub mod console;
+pub(crate) mod draw;
 pub mod formats;
 pub mod overlay;
 pub mod progress;

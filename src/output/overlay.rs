@@ -7,7 +7,8 @@
 //! through a colour map ([`viridis`]) after normalising to `0..=1` ([`MapRange`]), and blended
 //! over the photo at [`OPACITY`]; the part of the photo the model did not see is dimmed to
 //! [`DIM`]. Files are PNGs of the original's size, written atomically and never over an existing
-//! file unless asked ([`OverlayFiles`]); [`Montage`] puts many on one contact sheet.
+//! file unless asked ([`OverlayFiles`]); [`Montage`] puts many on one contact sheet. Both carry
+//! captions and a colour scale ([`super::draw`]).
 
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -17,6 +18,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Context, Result};
 use image::{ImageEncoder, RgbImage};
 
+use super::draw::{self, Sheet, SheetCell};
 use crate::engine::patches::PatchMaps;
 use crate::images::{center_crop_axis, PreprocessConfig};
 
@@ -414,78 +416,95 @@ pub fn write_png(target: &Path, image: &RgbImage, overwrite: bool) -> Result<()>
     result.with_context(cannot)
 }
 
-/// Many images' overlays on one contact sheet: a row per image (input order), its photo in the
-/// first column and one overlay per label (label order) in the next, each scaled to fit a
-/// `tile`-pixel square.
+/// Many images' overlays on one contact sheet ([`super::draw::Sheet`]): a row per image (input
+/// order), its photo in the first column and one overlay per label (label order) in the next,
+/// each scaled to fit a `tile`-pixel square. Under the photo its file name and size; under each
+/// overlay its label, its peak cosine and the colour scale of its range (issue 23).
 #[derive(Debug)]
 pub struct Montage {
     tile: u32,
-    labels: usize,
-    rows: Vec<MontageRow>,
+    labels: Vec<String>,
+    cells: Vec<SheetCell>,
 }
-
-#[derive(Debug)]
-struct MontageRow {
-    thumb: RgbImage,
-    tiles: Vec<RgbImage>,
-}
-
-/// The gap between tiles and around the sheet, in pixels.
-const GAP: u32 = 4;
-/// The sheet's background.
-const BACKGROUND: [u8; 3] = [24, 24, 24];
 
 impl Montage {
-    pub fn new(tile: u32, labels: usize) -> Self {
+    pub fn new(tile: u32, labels: &[String]) -> Self {
         Self {
             tile: tile.max(16),
-            labels,
-            rows: Vec::new(),
+            labels: labels.to_vec(),
+            cells: Vec::new(),
         }
     }
 
     /// Adds one image's row: its overlays rendered on a thumbnail (cheaper than scaling each
-    /// full-size overlay).
-    pub fn add(&mut self, photo: &RgbImage, view: &View, maps: &PatchMaps, bounds: &[(f32, f32)]) {
+    /// full-size overlay). `name` is the image's file name.
+    pub fn add(
+        &mut self,
+        name: &str,
+        photo: &RgbImage,
+        view: &View,
+        maps: &PatchMaps,
+        bounds: &[(f32, f32)],
+    ) {
         let (w, h) = photo.dimensions();
-        let scale = f64::from(self.tile) / f64::from(w.max(h).max(1));
-        let tw = ((f64::from(w) * scale).round() as u32).clamp(1, self.tile);
-        let th = ((f64::from(h) * scale).round() as u32).clamp(1, self.tile);
-        let thumb = image::imageops::resize(photo, tw, th, image::imageops::FilterType::Triangle);
+        let thumb = draw::thumbnail(photo, self.tile);
+        let (tw, th) = thumb.dimensions();
         let view = view.scaled(f64::from(tw) / f64::from(w), f64::from(th) / f64::from(h));
-        let tiles = maps
+        let tiles: Vec<SheetCell> = maps
             .maps
             .iter()
             .zip(bounds)
-            .map(|(m, &b)| render(&thumb, &view, m, maps.rows, maps.cols, b))
+            .zip(&self.labels)
+            .map(|((m, &b), label)| SheetCell {
+                picture: Some(render(&thumb, &view, m, maps.rows, maps.cols, b)),
+                caption: vec![label.clone(), format!("max {}", draw::number(peak(m)))],
+                range: Some(b),
+            })
             .collect();
-        self.rows.push(MontageRow { thumb, tiles });
+        self.cells.push(SheetCell {
+            picture: Some(thumb),
+            caption: vec![name.to_string(), format!("{w}x{h}")],
+            range: None,
+        });
+        self.cells.extend(tiles);
     }
 
     pub fn is_empty(&self) -> bool {
-        self.rows.is_empty()
+        self.cells.is_empty()
+    }
+
+    fn sheet(&self) -> Sheet {
+        Sheet {
+            tile: self.tile,
+            columns: self.labels.len() as u32 + 1,
+            lines: 2,
+            cells: self.cells.clone(),
+        }
     }
 
     /// The sheet.
     pub fn render(&self) -> RgbImage {
-        let cols = self.labels as u32 + 1;
-        let rows = self.rows.len() as u32;
-        let step = self.tile + GAP;
-        let mut sheet = RgbImage::from_pixel(
-            GAP + cols * step,
-            GAP + rows.max(1) * step,
-            image::Rgb(BACKGROUND),
-        );
-        for (r, row) in self.rows.iter().enumerate() {
-            let tiles = std::iter::once(&row.thumb).chain(&row.tiles);
-            for (c, tile) in tiles.enumerate() {
-                let x = GAP + c as u32 * step + (self.tile - tile.width()) / 2;
-                let y = GAP + r as u32 * step + (self.tile - tile.height()) / 2;
-                image::imageops::replace(&mut sheet, tile, i64::from(x), i64::from(y));
-            }
-        }
-        sheet
+        self.sheet().render()
     }
+}
+
+/// A map's highest cosine (0 for an empty map).
+pub(crate) fn peak(map: &[f32]) -> f32 {
+    let max = map.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    if max.is_finite() {
+        max
+    } else {
+        0.0
+    }
+}
+
+/// The caption of one `-o` overlay: the image's file name, the label, the map's peak cosine.
+pub(crate) fn overlay_caption(input: &Path, label: &str, map: &[f32]) -> String {
+    let name = input.file_name().map_or_else(
+        || input.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    );
+    format!("{name}  {label}  max {}", draw::number(peak(map)))
 }
 
 #[cfg(test)]

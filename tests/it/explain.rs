@@ -299,11 +299,19 @@ fn overlays_have_the_originals_size_and_are_never_overwritten() {
     let overlay = ::image::open(out_dir.join("coins.coin.png"))
         .unwrap()
         .to_rgb8();
-    for y in [0, 150, 302] {
+    // (Above the caption band: its last 11 rows.)
+    for y in [0, 150, 290] {
         let p = photo.get_pixel(0, y).0;
         let dimmed = p.map(|v| (f32::from(v) * 0.3).round() as u8);
         assert_eq!(overlay.get_pixel(0, y).0, dimmed);
     }
+    // The caption (issue 23): white text in the band at the bottom, which neither the photo
+    // dimmed nor the colour map (viridis tops out at [253, 231, 37]) would give.
+    let ink = (292..303)
+        .flat_map(|y| (0..384).map(move |x| (x, y)))
+        .filter(|&(x, y)| overlay.get_pixel(x, y).0 == [255, 255, 255])
+        .count();
+    assert!(ink > 100, "{ink} caption pixels");
     // Inside it is coloured: not the photo, not grey.
     let inside = overlay.get_pixel(192, 150).0;
     assert!(
@@ -401,8 +409,9 @@ fn montage_has_a_row_per_image_and_a_column_per_label() {
         .output()
         .unwrap();
     success(&out);
-    // Tiles of 256 px with 4 px gaps: the photo and three labels across, two images down.
-    assert_eq!(png_size(&sheet), (4 + 4 * 260, 4 + 2 * 260));
+    // Tiles of 256 px with 4 px gaps: the photo and three labels across, two images down; under
+    // each tile a caption of two lines and a colour scale, 10 px each after a 2 px gap.
+    assert_eq!(png_size(&sheet), (4 + 4 * 260, 4 + 2 * (256 + 32 + 4)));
     // Without -o no overlay files.
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     let again = vlm()

@@ -19,6 +19,7 @@ mod hub;
 mod hub_bin;
 #[cfg(target_os = "linux")]
 mod memory;
+mod newcomer;
 mod parity;
 mod pytorch_bin;
 mod search;

@@ -6,7 +6,7 @@ use super::ModelInfo;
 use crate::output::table::table_entry_head;
 use crate::output::{Cell, Record};
 
-/// What an `embed` run's vectors are: the JSON document's header, and the first line of JSONL.
+/// What an `embed` run's vectors are: the JSON document's header (JSONL has none).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EmbedInfo {

@@ -27,6 +27,33 @@ pub use explain::{ExplainResult, Grid, LabelMap};
 pub use search::{SearchHit, SearchInfo, SearchQuery};
 pub use tag::{AspectInfo, AspectTags, Tag, TagResult, TagRunInfo};
 
+/// `f32` values as their shortest decimal (`0.497`, as an aspect file writes it), also where a
+/// header goes through `serde_json::Value`, which holds numbers as `f64` and would print
+/// `0.4970000088214874` (issue 23). For `#[serde(serialize_with)]`.
+pub(crate) mod shortest_f32 {
+    use std::collections::BTreeMap;
+
+    use serde::ser::SerializeMap;
+    use serde::Serializer;
+
+    /// The `f64` whose shortest decimal is `x`'s shortest decimal.
+    pub(crate) fn widen(x: f32) -> f64 {
+        x.to_string().parse().unwrap_or(f64::from(x))
+    }
+
+    pub(crate) fn serialize<S: Serializer>(x: &f32, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(widen(*x))
+    }
+
+    pub(crate) fn map<S: Serializer>(m: &BTreeMap<String, f32>, s: S) -> Result<S::Ok, S::Error> {
+        let mut out = s.serialize_map(Some(m.len()))?;
+        for (k, v) in m {
+            out.serialize_entry(k, &widen(*v))?;
+        }
+        out.end()
+    }
+}
+
 /// Which model produced the results.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -40,4 +67,33 @@ pub struct ModelInfo {
     /// The score head: `softmax` (CLIP: probabilities over the labels sum to 1) or `sigmoid`
     /// (SigLIP: each label's probability on its own).
     pub head: HeadKind,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_thresholds_print_as_written() {
+        let info = AspectInfo {
+            name: "vehicle".into(),
+            kind: crate::aspects::AspectKind::Multi,
+            description: String::new(),
+            source: "v.toml".into(),
+            labels: 2,
+            templates: vec![],
+            top_k: None,
+            threshold: 0.497,
+            label_thresholds: [("bike".to_string(), 0.3f32)].into_iter().collect(),
+        };
+        // Through a `Value`, as `ResultWriter` writes headers.
+        let text = serde_json::to_value(&info).unwrap().to_string();
+        assert!(text.contains(r#""threshold":0.497,"#), "{text}");
+        assert!(
+            text.contains(r#""label_thresholds":{"bike":0.3}"#),
+            "{text}"
+        );
+        let back: AspectInfo = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, info);
+    }
 }

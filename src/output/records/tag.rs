@@ -24,10 +24,15 @@ pub struct AspectInfo {
     pub templates: Vec<String>,
     /// The rule in force (command line over aspect file over defaults).
     pub top_k: Option<usize>,
+    #[serde(serialize_with = "super::shortest_f32::serialize")]
     pub threshold: f32,
     /// Labels whose threshold differs from `threshold` (their own, from the aspect file), by name;
     /// left out when there are none.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeMap::is_empty",
+        serialize_with = "super::shortest_f32::map"
+    )]
     pub label_thresholds: BTreeMap<String, f32>,
 }
 
