@@ -259,7 +259,11 @@ pub fn run(opts: &EvalOptions) -> Result<Outcome> {
     let (classes, stray) = classes(opts)?;
     let (images, empty) = class_images(&classes, opts.hidden)?;
     let format = super::format_for(&opts.run.output);
-    let sink = Sink::open(opts.run.output.output.as_deref(), format, false)?;
+    let sink = Sink::open(
+        opts.run.output.output.as_deref(),
+        format,
+        output::Existing::of(opts.run.output.force, false, false),
+    )?;
     let plan = plan_model(&opts.model, quiet)?;
     let templates = templates_or_default(&plan, templates)?;
     if !quiet {
