@@ -334,6 +334,10 @@ pub struct EmbedArgs {
     #[arg(short, long, value_name = "FILE")]
     pub output: Option<PathBuf>,
 
+    /// Overwrite an existing --output file (without it an existing file is refused).
+    #[arg(long, requires = "output")]
+    pub force: bool,
+
     #[command(flatten)]
     pub inputs: InputArgs,
 
@@ -435,7 +439,8 @@ pub struct SearchArgs {
     #[arg(long, value_name = "FILE.png")]
     pub montage: Option<PathBuf>,
 
-    /// Overwrite the --montage file.
+    /// Overwrite an existing --output or --montage file (without it an existing file is
+    /// refused).
     #[arg(long)]
     pub force: bool,
 
@@ -483,6 +488,10 @@ pub struct DupesArgs {
     /// Write results to FILE instead of stdout.
     #[arg(short, long, value_name = "FILE")]
     pub output: Option<PathBuf>,
+
+    /// Overwrite an existing --output file (without it an existing file is refused).
+    #[arg(long, requires = "output")]
+    pub force: bool,
 
     #[command(flatten)]
     pub index: IndexDbArgs,
@@ -582,6 +591,10 @@ pub struct EvalArgs {
     /// Write the report to FILE instead of stdout.
     #[arg(short, long, value_name = "FILE")]
     pub output: Option<PathBuf>,
+
+    /// Overwrite an existing --output file (without it an existing file is refused).
+    #[arg(long, requires = "output")]
+    pub force: bool,
 
     #[command(flatten)]
     pub model: ModelArgs,
@@ -740,8 +753,13 @@ pub struct RunArgs {
 
     /// Skip images that already have a result in the --output JSONL file, and append the rest.
     /// Records of images that failed are dropped from the file and those images are tried again.
+    /// Refused when the file's records are from another command, model, labels or templates.
     #[arg(long, requires = "output")]
     pub resume: bool,
+
+    /// Overwrite an existing --output file (without it, or --resume, an existing file is refused).
+    #[arg(long, requires = "output", conflicts_with = "resume")]
+    pub force: bool,
 
     /// Threads for decoding images and running the model. Default: all cores.
     #[arg(short = 'j', long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
@@ -810,6 +828,7 @@ impl Cli {
                 model: a.model.into(),
                 format: a.format,
                 output: a.output,
+                force: a.force,
                 batch: a.encode.into(),
                 no_cache: a.no_cache,
                 verbose: a.verbose,
@@ -839,6 +858,7 @@ impl Cli {
                     format: a.format,
                     output: a.output,
                     resume: false,
+                    force: a.force,
                 },
                 batch: a.encode.into(),
                 no_cache: a.no_cache,
@@ -854,6 +874,7 @@ impl Cli {
                     format: a.format,
                     output: a.output,
                     resume: false,
+                    force: a.force,
                 },
                 quiet: a.quiet,
             }),
@@ -871,6 +892,7 @@ impl Cli {
                         format: a.format,
                         output: a.output,
                         resume: false,
+                        force: a.force,
                     },
                     batch: a.encode.into(),
                     no_cache: a.no_cache,
@@ -892,6 +914,7 @@ impl Cli {
                         format: a.format,
                         output: None,
                         resume: false,
+                        force: false,
                     },
                     batch: a.encode.into(),
                     no_cache: a.no_cache,
@@ -915,6 +938,7 @@ impl Cli {
                         format: a.format,
                         output: None,
                         resume: false,
+                        force: false,
                     },
                     batch: BatchOptions {
                         threads: a.threads.map(|n| n as usize),
@@ -966,6 +990,7 @@ impl From<RunArgs> for RunOptions {
                 format: a.format,
                 output: a.output,
                 resume: a.resume,
+                force: a.force,
             },
             batch: BatchOptions {
                 threads: a.threads.map(|n| n as usize),

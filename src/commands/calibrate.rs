@@ -25,8 +25,10 @@ use crate::engine::{plan_model, ModelOptions};
 use crate::inputs::Input;
 use crate::metrics::{self, counts_at, Counts, Target};
 use crate::model::HeadKind;
+use crate::output::target::WholeFile;
 use crate::output::{
-    CalibrateInfo, CalibratedLabel, FailedInput, Format, Progress, ResultWriter, Sink,
+    CalibrateInfo, CalibratedLabel, Existing, FailedInput, Format, Progress, ResultWriter, Sink,
+    Target as OutputTarget,
 };
 use crate::truth::{self, TruthRow};
 use crate::Error;
@@ -89,8 +91,9 @@ fn one_aspect(spec: &str) -> Result<Aspect> {
     }
 }
 
-/// Checks `-o` before any work: not the input aspect file, not an existing file without --force.
-fn check_output(out: &Path, aspect: &Aspect, force: bool) -> Result<()> {
+/// Checks `-o` before any work: not the input aspect file, not an existing file without --force,
+/// and where it leads (see [`OutputTarget::check`]).
+fn check_output(out: &Path, aspect: &Aspect, force: bool) -> Result<OutputTarget> {
     if aspect.source != aspects::BUILTIN_SOURCE {
         let same = match (
             std::fs::canonicalize(out),
@@ -107,17 +110,7 @@ fn check_output(out: &Path, aspect: &Aspect, force: bool) -> Result<()> {
             .into());
         }
     }
-    if out.symlink_metadata().is_ok() && !force {
-        return Err(Error::Usage(format!(
-            "-o {}: already exists; use --force to overwrite it",
-            out.display()
-        ))
-        .into());
-    }
-    if out.is_dir() {
-        return Err(Error::Usage(format!("-o {}: is a folder", out.display())).into());
-    }
-    Ok(())
+    OutputTarget::check("-o", out, Existing::of(force, false, false))
 }
 
 /// The truth's labels as indexes into the aspect's labels; an unknown label is an error naming
@@ -192,43 +185,22 @@ fn calibrate_label(
     )
 }
 
-/// Writes `text` to `target` through a temporary file beside it; never over an existing file
-/// unless `force`.
-fn write_aspect_file(target: &Path, text: &str, force: bool) -> Result<()> {
+/// Writes `text` to `target`, put in place at the end; never over an existing file unless
+/// `--force` (checked again then).
+fn write_aspect_file(target: &OutputTarget, text: &str) -> Result<()> {
     use std::io::Write;
-    let dir = match target.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let cannot = || format!("cannot write {}", target.display());
-    let mut file = tempfile::Builder::new()
-        .prefix(".vlm-calibrate")
-        .tempfile_in(&dir)
-        .with_context(cannot)?;
-    file.write_all(text.as_bytes()).with_context(cannot)?;
-    let persisted = if force {
-        file.persist(target).map(|_| ())
-    } else {
-        file.persist_noclobber(target).map(|_| ())
-    };
-    persisted.map_err(|e| {
-        if e.error.kind() == std::io::ErrorKind::AlreadyExists {
-            anyhow::anyhow!(Error::Usage(format!(
-                "-o {}: already exists; use --force to overwrite it",
-                target.display()
-            )))
-        } else {
-            anyhow::Error::from(e.error).context(cannot())
-        }
-    })
+    let mut file = WholeFile::create(target, false)?;
+    file.write_all(text.as_bytes())?;
+    file.commit()
 }
 
 pub fn run(opts: &CalibrateOptions) -> Result<Outcome> {
     let quiet = opts.run.quiet;
     let aspect = one_aspect(&opts.aspect)?;
-    if let Some(out) = &opts.output {
-        check_output(out, &aspect, opts.force)?;
-    }
+    let out_target = match &opts.output {
+        Some(out) => Some(check_output(out, &aspect, opts.force)?),
+        None => None,
+    };
     let target = match opts.precision {
         None => Target::F1,
         Some(p) if (0.0..=1.0).contains(&p) => Target::Precision(p),
@@ -249,7 +221,7 @@ pub fn run(opts: &CalibrateOptions) -> Result<Outcome> {
     // None of the truth's images readable is a usage error before the model loads (issue 23).
     super::require_usable(&inputs)?;
     let format = super::format_for(&opts.run.output);
-    let sink = Sink::open(None, format, false)?;
+    let sink = Sink::open(None, format, crate::output::Existing::Replace)?;
 
     let plan = plan_model(&opts.model, quiet)?;
     let needs_neutral = plan.spec.head_kind() == HeadKind::Softmax;
@@ -328,7 +300,7 @@ pub fn run(opts: &CalibrateOptions) -> Result<Outcome> {
             ));
         }
     }
-    if let Some(out) = &opts.output {
+    if let Some(out) = &out_target {
         let comment = format!(
             "Calibrated by `vlm calibrate` from {} ({} images), model {}, target {};\n\
              the per-label thresholds below replace the aspect's threshold for those labels.\n\
@@ -339,7 +311,7 @@ pub fn run(opts: &CalibrateOptions) -> Result<Outcome> {
             target_name(target),
             aspect.source
         );
-        write_aspect_file(out, &calibrated.to_toml(&comment), opts.force)?;
+        write_aspect_file(out, &calibrated.to_toml(&comment))?;
     }
     let header = CalibrateInfo {
         model: engine.info(),

@@ -3,14 +3,15 @@
 use anyhow::{Context, Result};
 
 use super::{
-    collect_inputs, open_destination, skip_completed, write_results, InputSpec, Outcome, RunOptions,
+    collect_inputs, open_destination_for, skip_completed, write_results, InputSpec, Outcome,
+    RunOptions,
 };
 use crate::engine::text::{
     load_with_text, prompt_units, templates_or_default, text_cache, TextReport,
 };
 use crate::engine::{plan_model, ModelOptions};
 use crate::model::HeadKind;
-use crate::output::{self, ImageResult, Prediction, RunInfo};
+use crate::output::{self, ImageResult, Prediction, RunInfo, RunStamp};
 use crate::score::{self, LabelEmbeddings, Scoring, Selection};
 use crate::text::{self, LabelList, Template};
 
@@ -92,7 +93,13 @@ pub fn run(opts: &ClassifyOptions) -> Result<Outcome> {
     let (labels, label_warnings) = collect_labels(opts)?;
     let templates = collect_templates(opts)?;
     let inputs = collect_inputs(&opts.inputs)?;
-    let dest = open_destination(&opts.run.output)?;
+    let stamp = RunStamp::new(
+        "classify",
+        &opts.model,
+        &(&labels, opts.top_k),
+        &templates.iter().map(Template::as_str).collect::<Vec<_>>(),
+    );
+    let dest = open_destination_for(&opts.run.output, Some(stamp))?;
     let inputs = skip_completed(inputs, &dest.completed, quiet);
     let plan = plan_model(&opts.model, quiet)?;
     let templates = templates_or_default(&plan, templates)?;

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 
 use super::classify::templates_from;
-use super::{collect_inputs, display_path, show_progress, InputSpec, Outcome};
+use super::{collect_inputs, display_path, InputSpec, Outcome};
 use crate::engine::images::{self, BatchOptions};
 use crate::engine::text::{
     load_text_only, prompt_units, templates_or_default, text_cache, TextReport,
@@ -20,8 +20,10 @@ use crate::engine::text::{
 use crate::engine::{plan_model, ModelOptions};
 use crate::model::Towers;
 use crate::output::sink::interrupt;
+use crate::output::target::WholeFile;
 use crate::output::{
-    EmbedInfo, Format, ImageEmbedding, Progress, Record, ResultWriter, Sink, TextEmbedding,
+    self, EmbedInfo, Existing, Format, ImageEmbedding, Progress, Record, ResultWriter, Sink,
+    Target, TextEmbedding,
 };
 use crate::score;
 use crate::Error;
@@ -60,6 +62,8 @@ pub struct EmbedOptions {
     pub model: ModelOptions,
     pub format: Option<EmbedFormat>,
     pub output: Option<PathBuf>,
+    /// Write over an existing `output` (and its names file).
+    pub force: bool,
     pub batch: BatchOptions,
     pub no_cache: bool,
     pub verbose: bool,
@@ -110,15 +114,51 @@ fn open_out(opts: &EmbedOptions, format: EmbedFormat) -> Result<Out> {
                 Format::Jsonl
             };
             Out::Doc {
-                sink: Some(Sink::open(opts.output.as_deref(), format, false)?),
+                sink: Some(Sink::open(
+                    opts.output.as_deref(),
+                    format,
+                    Existing::of(opts.force, false, false),
+                )?),
                 format,
             }
         }
         EmbedFormat::Npy => {
             let target = opts.output.as_deref().context("-f npy needs --output")?;
-            Out::Npy(NpyWriter::create(target, !opts.texts.is_empty())?)
+            Out::Npy(NpyWriter::create(
+                target,
+                !opts.texts.is_empty(),
+                Existing::of(opts.force, false, false),
+            )?)
         }
     })
+}
+
+impl Out {
+    /// What Ctrl-C and the end of the run say about an `--output` file (issue 23 item 6).
+    fn report(&self) -> Option<interrupt::Report> {
+        let (output, streamed) = match self {
+            Out::Doc {
+                sink: Some(sink),
+                format,
+            } => (sink.target()?.shown().to_string(), *format == Format::Jsonl),
+            Out::Doc { sink: None, .. } => return None,
+            Out::Npy(npy) => (
+                format!(
+                    "{} (and {})",
+                    npy.data.get_ref().target().shown(),
+                    npy.names.get_ref().target().shown()
+                ),
+                false,
+            ),
+        };
+        Some(interrupt::Report {
+            output,
+            noun: "embeddings",
+            streamed,
+            resumable: false,
+            before: 0,
+        })
+    }
 }
 
 /// Opens a JSON document with `info` as its header, or JSONL, which has none: every line is a
@@ -142,6 +182,7 @@ fn embed_texts(opts: &EmbedOptions, format: EmbedFormat) -> Result<Outcome> {
         }
     }
     let out = open_out(opts, format)?;
+    let last_word = out.report().filter(|_| !opts.quiet);
     let plan = plan_model(&opts.model, opts.quiet)?;
     let templates = templates_or_default(&plan, templates)?;
     let units = prompt_units(&opts.texts, &templates);
@@ -178,6 +219,9 @@ fn embed_texts(opts: &EmbedOptions, format: EmbedFormat) -> Result<Outcome> {
             npy.finish()?;
         }
     }
+    if let Some(r) = &last_word {
+        output::info(&interrupt::finished(r, opts.texts.len(), 0));
+    }
     Ok(Outcome::Success)
 }
 
@@ -197,7 +241,27 @@ fn embed_images(opts: &EmbedOptions, format: EmbedFormat) -> Result<Outcome> {
         normalized: true,
         templates: None,
     };
-    let progress = Progress::images(inputs.len(), show_progress(opts.quiet));
+    let to_stdout = matches!(
+        &out,
+        Out::Doc {
+            sink: Some(Sink::Stdout(_)),
+            ..
+        }
+    );
+    let whole_lines = matches!(
+        &out,
+        Out::Doc {
+            format: Format::Jsonl,
+            ..
+        }
+    );
+    let bar = output::progress::bar_allowed(opts.quiet, to_stdout, whole_lines);
+    let progress = Progress::images(inputs.len(), bar);
+    let last_word = out.report().filter(|_| !opts.quiet);
+    if let Some(r) = &last_word {
+        interrupt::report(r.clone());
+    }
+    let mut written = 0usize;
     // JSON/JSONL: records wait until the first vector gives the header its dimension.
     let mut writer: Option<ResultWriter<Sink, ImageEmbedding>> = None;
     let mut waiting: Vec<ImageEmbedding> = Vec::new();
@@ -228,7 +292,10 @@ fn embed_images(opts: &EmbedOptions, format: EmbedFormat) -> Result<Outcome> {
                             let s = sink.take().context("the output was already begun")?;
                             let mut w = progress.suspend(|| begin_doc(s, *format, &info))?;
                             for earlier in waiting.drain(..) {
-                                progress.suspend(|| w.record(&earlier))?;
+                                interrupt::record(false, || {
+                                    progress.suspend(|| w.record(&earlier))
+                                })?;
+                                written += 1;
                             }
                             writer = Some(w);
                         }
@@ -239,7 +306,9 @@ fn embed_images(opts: &EmbedOptions, format: EmbedFormat) -> Result<Outcome> {
                     }
                 }
                 if let Some(w) = writer.as_mut() {
-                    progress.suspend(|| w.record(&record))?;
+                    let ok = record.error.is_none();
+                    interrupt::record(ok, || progress.suspend(|| w.record(&record)))?;
+                    written += 1;
                 }
             }
             Out::Npy(npy) => {
@@ -253,6 +322,7 @@ fn embed_images(opts: &EmbedOptions, format: EmbedFormat) -> Result<Outcome> {
                         ));
                     } else {
                         npy.push(name, &e)?;
+                        written += 1;
                     }
                 }
             }
@@ -269,6 +339,7 @@ fn embed_images(opts: &EmbedOptions, format: EmbedFormat) -> Result<Outcome> {
                     let mut w = begin_doc(sink, format, &info)?;
                     for earlier in waiting.drain(..) {
                         w.record(&earlier)?;
+                        written += 1;
                     }
                     w
                 }
@@ -276,6 +347,9 @@ fn embed_images(opts: &EmbedOptions, format: EmbedFormat) -> Result<Outcome> {
             w.finish()?.commit()?;
         }
         Out::Npy(npy) => npy.finish()?,
+    }
+    if let Some(r) = &last_word {
+        output::info(&interrupt::finished(r, written, failed + refused));
     }
     Ok(if failed + refused == 0 {
         Outcome::Success
@@ -288,43 +362,13 @@ fn embed_images(opts: &EmbedOptions, format: EmbedFormat) -> Result<Outcome> {
 /// format asks, so the data starts aligned.
 const NPY_HEADER: usize = 128;
 
-/// A float32 `.npy` matrix written row by row and its names file, both in temporary files renamed
-/// into place at the end (the shape, unknown until then, is written last).
+/// A float32 `.npy` matrix written row by row and its names file, both put in place at the end
+/// (the shape, unknown until then, is written last), each checked as an output beforehand.
 struct NpyWriter {
-    target: PathBuf,
-    names_target: PathBuf,
-    data: std::io::BufWriter<tempfile::NamedTempFile>,
-    names: std::io::BufWriter<tempfile::NamedTempFile>,
+    data: std::io::BufWriter<WholeFile>,
+    names: std::io::BufWriter<WholeFile>,
     rows: usize,
     dim: Option<usize>,
-}
-
-fn temp_beside(target: &Path) -> Result<tempfile::NamedTempFile> {
-    let dir = match target.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let name = target
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let mut builder = tempfile::Builder::new();
-    let prefix = format!(".{name}.");
-    builder.prefix(&prefix).suffix(".vlm-partial");
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        builder.permissions(std::fs::Permissions::from_mode(0o666));
-    }
-    let file = builder.tempfile_in(&dir).with_context(|| {
-        format!(
-            "--output {}: cannot create a file in {}",
-            target.display(),
-            dir.display()
-        )
-    })?;
-    interrupt::register(file.path());
-    Ok(file)
 }
 
 fn npy_header(rows: usize, dim: usize) -> Vec<u8> {
@@ -340,19 +384,13 @@ fn npy_header(rows: usize, dim: usize) -> Vec<u8> {
 }
 
 impl NpyWriter {
-    fn create(target: &Path, texts: bool) -> Result<NpyWriter> {
-        if target.is_dir() {
-            return Err(anyhow::anyhow!("is a folder"))
-                .with_context(|| format!("--output {}", target.display()));
-        }
-        let names_target = names_file(target, texts);
-        let mut data = std::io::BufWriter::new(temp_beside(target)?);
-        data.write_all(&npy_header(0, 0))
-            .with_context(|| format!("--output {}", target.display()))?;
-        let names = std::io::BufWriter::new(temp_beside(&names_target)?);
+    fn create(target: &Path, texts: bool, existing: Existing) -> Result<NpyWriter> {
+        let data = Target::check("--output", target, existing)?;
+        let names = Target::check("--output", &names_file(target, texts), existing)?;
+        let mut data = std::io::BufWriter::new(WholeFile::create(&data, true)?);
+        data.write_all(&npy_header(0, 0))?;
+        let names = std::io::BufWriter::new(WholeFile::create(&names, false)?);
         Ok(NpyWriter {
-            target: target.to_path_buf(),
-            names_target,
             data,
             names,
             rows: 0,
@@ -361,7 +399,6 @@ impl NpyWriter {
     }
 
     fn push(&mut self, name: &[u8], embedding: &[f32]) -> Result<()> {
-        let context = || format!("--output {}", self.target.display());
         match self.dim {
             Some(d) if d != embedding.len() => {
                 anyhow::bail!(
@@ -372,38 +409,22 @@ impl NpyWriter {
             _ => self.dim = Some(embedding.len()),
         }
         let bytes: Vec<u8> = embedding.iter().flat_map(|x| x.to_le_bytes()).collect();
-        self.data.write_all(&bytes).with_context(context)?;
+        self.data.write_all(&bytes)?;
         self.names
             .write_all(name)
-            .and_then(|()| self.names.write_all(b"\n"))
-            .with_context(|| format!("--output {}", self.names_target.display()))?;
+            .and_then(|()| self.names.write_all(b"\n"))?;
         self.rows += 1;
         Ok(())
     }
 
     fn finish(self) -> Result<()> {
-        let context = || format!("--output {}", self.target.display());
-        let mut data = self
-            .data
-            .into_inner()
-            .map_err(|e| e.into_error())
-            .with_context(context)?;
-        data.seek(SeekFrom::Start(0)).with_context(context)?;
-        data.write_all(&npy_header(self.rows, self.dim.unwrap_or(0)))
-            .with_context(context)?;
-        data.flush().with_context(context)?;
-        let names = self
-            .names
-            .into_inner()
-            .map_err(|e| e.into_error())
-            .with_context(|| format!("--output {}", self.names_target.display()))?;
-        for (file, target) in [(data, &self.target), (names, &self.names_target)] {
-            let temp = file.path().to_path_buf();
-            file.persist(target).map_err(|e| e.error).with_context(|| {
-                format!("--output {}: cannot rename into place", target.display())
-            })?;
-            interrupt::unregister(&temp);
-        }
+        let mut data = self.data.into_inner().map_err(|e| e.into_error())?;
+        data.seek(SeekFrom::Start(0))?;
+        data.write_all(&npy_header(self.rows, self.dim.unwrap_or(0)))?;
+        data.flush()?;
+        let names = self.names.into_inner().map_err(|e| e.into_error())?;
+        data.commit()?;
+        names.commit()?;
         Ok(())
     }
 }

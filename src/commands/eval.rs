@@ -269,7 +269,11 @@ pub fn run(opts: &EvalOptions) -> Result<Outcome> {
     let inputs: Vec<Input> = images.iter().map(|(i, _)| i.clone()).collect();
     super::require_usable(&inputs)?;
     let format = super::format_for(&opts.run.output);
-    let sink = Sink::open(opts.run.output.output.as_deref(), format, false)?;
+    let sink = Sink::open(
+        opts.run.output.output.as_deref(),
+        format,
+        output::Existing::of(opts.run.output.force, false, false),
+    )?;
     let plan = plan_model(&opts.model, quiet)?;
     let templates = templates_or_default(&plan, templates)?;
     if !quiet {

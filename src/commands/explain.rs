@@ -11,7 +11,7 @@ use anyhow::{anyhow, Result};
 
 use super::classify::{labels_from, templates_from};
 use super::RunOptions;
-use super::{collect_inputs, display_path, open_destination, show_progress, InputSpec, Outcome};
+use super::{collect_inputs, display_path, open_destination, InputSpec, Outcome};
 use crate::engine::patches::{explain_images, Explained};
 use crate::engine::text::{
     load_with_text, prompt_units, templates_or_default, text_cache, TextReport,
@@ -68,13 +68,11 @@ pub(crate) fn check_montage(path: &Path, images: usize, force: bool) -> Result<(
     if path.is_dir() {
         return Err(Error::Usage(format!("--montage {}: is a folder", path.display())).into());
     }
-    if !force && path.symlink_metadata().is_ok() {
-        return Err(Error::Usage(format!(
-            "--montage {}: already exists; use --force to overwrite it",
-            path.display()
-        ))
-        .into());
-    }
+    crate::output::Target::check(
+        "--montage",
+        path,
+        crate::output::Existing::of(force, false, false),
+    )?;
     if images > MONTAGE_MAX_IMAGES {
         return Err(Error::Usage(format!(
             "--montage: {images} images, but one sheet takes at most {MONTAGE_MAX_IMAGES} (a row each); use -o DIR for one picture per image, or --shard"
@@ -144,9 +142,13 @@ pub fn run(opts: &ExplainOptions) -> Result<Outcome> {
     let table_on_terminal = dest.format == Format::Table
         && matches!(dest.sink, Sink::Stdout(_))
         && std::io::stdout().is_terminal();
-    let progress =
-        Progress::images(inputs.len(), show_progress(quiet)).with_errors(!table_on_terminal);
-    let mut writer = ResultWriter::begin(dest.sink, dest.format, &header)?;
+    let bar = output::progress::bar_allowed(
+        quiet,
+        matches!(dest.sink, Sink::Stdout(_)),
+        dest.format != Format::Json,
+    );
+    let progress = Progress::images(inputs.len(), bar).with_errors(!table_on_terminal);
+    let mut writer = progress.suspend(|| ResultWriter::begin(dest.sink, dest.format, &header))?;
     let mut montage = opts
         .montage
         .as_ref()
@@ -220,8 +222,7 @@ pub fn run(opts: &ExplainOptions) -> Result<Outcome> {
                 ));
             }
         } else {
-            overlay::write_png(path, &montage.render(), opts.force)
-                .map_err(|e| anyhow!("--montage {}", crate::error::one_line(&e)))?;
+            overlay::write_png("--montage", path, &montage.render(), opts.force)?;
         }
     }
     Ok(if failed + write_failures == 0 {

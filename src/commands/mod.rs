@@ -22,7 +22,10 @@ use anyhow::Result;
 use crate::engine::images::{self, BatchOptions};
 use crate::engine::Engine;
 use crate::inputs::{self, Input, InputOptions};
-use crate::output::{self, Format, Progress, Record, ResultWriter, Sink};
+use crate::output::sink::interrupt;
+use crate::output::{
+    self, Existing, Format, Progress, Record, ResultWriter, ResumeFile, RunStamp, Sink, Target,
+};
 use crate::Error;
 
 /// How a run ended when it did not fail as a whole.
@@ -59,7 +62,7 @@ pub fn run(request: Request) -> Result<Outcome> {
             limit_threads(&opts.run);
             tag::run(&opts)
         }
-        Request::Aspects(opts) => aspects::run(&opts, &mut std::io::stdout().lock()),
+        Request::Aspects(opts) => aspects::run(&opts, &mut output::sink::StdoutSink::new()),
         Request::Embed(opts) => {
             limit_batch_threads(&opts.batch);
             embed::run(&opts)
@@ -104,6 +107,8 @@ pub struct OutputOptions {
     pub output: Option<PathBuf>,
     /// Append to the JSONL `output`, skipping the images it already has.
     pub resume: bool,
+    /// Write over an existing `output` (without it, or `resume`, an existing file is refused).
+    pub force: bool,
 }
 
 /// The options every image command shares.
@@ -200,27 +205,54 @@ pub struct Destination {
     pub format: Format,
     /// Paths (as printed) that already have a result in the `--resume` file.
     pub completed: HashSet<String>,
+    /// The run's fingerprint, carried by each JSONL record (see [`output::resume`]).
+    pub stamp: Option<RunStamp>,
 }
 
+/// The destination of a command without `--resume` (its records carry no fingerprint).
 pub fn open_destination(out: &OutputOptions) -> Result<Destination> {
+    open_destination_for(out, None)
+}
+
+/// The destination of a run whose JSONL records carry `stamp`; `--resume` appends only to records
+/// with the same one (issue 20 item 4), and an existing `--output` is written only with `--force`
+/// or `--resume` (item 16). Nothing at the output changes when this fails.
+pub fn open_destination_for(out: &OutputOptions, stamp: Option<RunStamp>) -> Result<Destination> {
     let format = format_for(out);
+    if out.resume && format != Format::Jsonl {
+        return Err(Error::Usage(
+            "--resume needs --format jsonl: only JSONL output can be appended to".into(),
+        )
+        .into());
+    }
+    let Some(path) = &out.output else {
+        return Ok(Destination {
+            sink: Sink::open(None, format, Existing::Replace)?,
+            format,
+            completed: HashSet::new(),
+            stamp,
+        });
+    };
+    let existing = Existing::of(
+        out.force,
+        out.resume,
+        stamp.is_some() && format == Format::Jsonl,
+    );
+    let target = Target::check("--output", path, existing)?;
     let mut completed = HashSet::new();
     if out.resume {
-        if format != Format::Jsonl {
-            return Err(Error::Usage(
-                "--resume needs --format jsonl: only JSONL output can be appended to".into(),
-            )
-            .into());
+        let file = ResumeFile::read(&target)?;
+        match &stamp {
+            Some(s) => file.accept(s)?,
+            None => return Err(Error::Usage("--resume: this command cannot resume".into()).into()),
         }
-        if let Some(path) = &out.output {
-            completed = output::read_completed(path)?;
-        }
+        completed = file.completed().clone();
     }
-    let sink = Sink::open(out.output.as_deref(), format, out.resume)?;
     Ok(Destination {
-        sink,
+        sink: Sink::to(&target, format)?,
         format,
         completed,
+        stamp,
     })
 }
 
@@ -263,25 +295,44 @@ pub fn write_results<R: Record>(
 ) -> Result<Outcome> {
     // A failed image is in the table; when that table is on the terminal, the stderr line would
     // show the same error twice.
-    let table_on_terminal = dest.format == Format::Table
-        && matches!(dest.sink, Sink::Stdout(_))
-        && std::io::stdout().is_terminal();
-    let progress =
-        Progress::images(inputs.len(), show_progress(run.quiet)).with_errors(!table_on_terminal);
-    let mut writer = ResultWriter::begin(dest.sink, dest.format, header)?;
+    let to_stdout = matches!(dest.sink, Sink::Stdout(_));
+    let table_on_terminal =
+        dest.format == Format::Table && to_stdout && std::io::stdout().is_terminal();
+    let bar = output::progress::bar_allowed(run.quiet, to_stdout, dest.format != Format::Json);
+    let progress = Progress::images(inputs.len(), bar).with_errors(!table_on_terminal);
+    let report = dest.sink.target().map(|t| interrupt::Report {
+        output: t.shown().to_string(),
+        noun: "results",
+        streamed: matches!(dest.format, Format::Jsonl | Format::Csv),
+        resumable: dest.format == Format::Jsonl && dest.stamp.is_some(),
+        before: dest.completed.len(),
+    });
+    if let (Some(r), false) = (&report, run.quiet) {
+        interrupt::report(r.clone());
+    }
+    let stamp = dest.stamp.as_ref().map(RunStamp::as_str);
+    let mut writer =
+        progress.suspend(|| ResultWriter::begin_run(dest.sink, dest.format, header, stamp))?;
+    let mut written = 0usize;
     let failed = images::encode_images(
         engine,
         inputs,
         &run.batch,
         &progress,
         |_, input, embedding| {
+            let ok = embedding.is_ok();
             let rec = record(display_path(&input.path), embedding);
-            Ok(progress.suspend(|| writer.record(&rec))?)
+            interrupt::record(ok, || progress.suspend(|| writer.record(&rec)))?;
+            written += 1;
+            Ok(())
         },
     )?;
     progress.finish();
     let sink = writer.finish()?;
     sink.commit()?;
+    if let (Some(r), false) = (&report, run.quiet) {
+        output::info(&interrupt::finished(r, written, failed));
+    }
     Ok(if failed == 0 {
         Outcome::Success
     } else {

@@ -241,7 +241,7 @@ fn write_montage(path: &std::path::Path, hits: &[SearchHit], opts: &SearchOption
         lines,
         cells,
     };
-    crate::output::overlay::write_png(path, &sheet.render(), opts.force)
+    crate::output::overlay::write_png("--montage", path, &sheet.render(), opts.force)
         .map_err(|e| anyhow::anyhow!("--montage {}", crate::error::one_line(&e)))
 }
 

@@ -14,14 +14,15 @@
 use anyhow::{Context, Result};
 
 use super::{
-    collect_inputs, open_destination, skip_completed, write_results, InputSpec, Outcome, RunOptions,
+    collect_inputs, open_destination_for, skip_completed, write_results, InputSpec, Outcome,
+    RunOptions,
 };
 use crate::aspects::{self, Aspect, AspectKind};
 use crate::cli::PerAspect;
 use crate::engine::text::{load_with_text, text_cache, TextReport};
 use crate::engine::{plan_model, ModelOptions};
 use crate::model::{HeadKind, ScoreHead};
-use crate::output::{AspectInfo, AspectTags, Tag, TagResult, TagRunInfo};
+use crate::output::{AspectInfo, AspectTags, RunStamp, Tag, TagResult, TagRunInfo};
 use crate::score::{self, LabelEmbeddings, LabelScore, Scoring, Selection};
 use crate::Error;
 
@@ -236,12 +237,37 @@ pub fn prepare(
     Ok(prepared)
 }
 
+/// The run's fingerprint for `--resume`: the aspects' labels, neutral prompts and rules as this
+/// run applies them (per-label thresholds included), and their templates.
+fn run_stamp(aspects: &[Aspect], rules: &[Rule], opts: &TagOptions) -> RunStamp {
+    let labels: Vec<_> = aspects
+        .iter()
+        .zip(rules)
+        .map(|(a, rule)| {
+            let cli = PerAspect::lookup(&opts.threshold, &a.name);
+            (
+                &a.name,
+                a.kind,
+                a.labels.iter().map(|l| &l.name).collect::<Vec<_>>(),
+                a.neutral.as_ref().map(|n| &n.name),
+                rule.top_k,
+                label_thresholds(a, rule, cli),
+            )
+        })
+        .collect();
+    let templates: Vec<Vec<&str>> = aspects
+        .iter()
+        .map(|a| a.templates.iter().map(|t| t.as_str()).collect())
+        .collect();
+    RunStamp::new("tag", &opts.model, &labels, &templates)
+}
+
 pub fn run(opts: &TagOptions) -> Result<Outcome> {
     let quiet = opts.run.quiet;
     let aspects = aspects::resolve(&opts.aspects)?;
     let rules = aspect_rules(&aspects, opts)?;
     let inputs = collect_inputs(&opts.inputs)?;
-    let dest = open_destination(&opts.run.output)?;
+    let dest = open_destination_for(&opts.run.output, Some(run_stamp(&aspects, &rules, opts)))?;
     let inputs = skip_completed(inputs, &dest.completed, quiet);
     let plan = plan_model(&opts.model, quiet)?;
     // A sigmoid head scores each label on its own: multi aspects need no neutral prompt.

@@ -43,8 +43,11 @@ impl<R: Record> Exporter<R> for JsonExporter {
     }
 }
 
-/// One JSON object per line, the same object as in the JSON document's `results`.
-pub(super) struct JsonlExporter;
+/// One JSON object per line, the same object as in the JSON document's `results`; with `run`, each
+/// ends with `"run": "<fingerprint>"` (see [`super::resume`]).
+pub(super) struct JsonlExporter {
+    pub(super) run: Option<String>,
+}
 
 impl<R: Record> Exporter<R> for JsonlExporter {
     fn begin(&mut self, _: &serde_json::Value) -> io::Result<Vec<u8>> {
@@ -53,6 +56,15 @@ impl<R: Record> Exporter<R> for JsonlExporter {
 
     fn record(&mut self, result: &R) -> io::Result<Vec<u8>> {
         let mut bytes = serde_json::to_vec(result)?;
+        if let Some(run) = &self.run {
+            // Records are objects: `}` reopened for one more field.
+            if bytes.last() == Some(&b'}') {
+                bytes.pop();
+                bytes.extend_from_slice(b",\"run\":");
+                serde_json::to_writer(&mut bytes, run)?;
+                bytes.push(b'}');
+            }
+        }
         bytes.push(b'\n');
         Ok(bytes)
     }

@@ -12,8 +12,10 @@ pub mod formats;
 pub mod overlay;
 pub mod progress;
 pub mod records;
+pub mod resume;
 pub mod sink;
 pub mod table;
+pub mod target;
 
 use std::io::{self, Write};
 use std::path::Path;
@@ -23,8 +25,10 @@ use serde::Serialize;
 pub use console::{info, report_error, warn};
 pub use progress::Progress;
 pub use records::*;
-pub use sink::{read_completed, Sink};
+pub use resume::{ResumeFile, RunStamp};
+pub use sink::Sink;
 pub use table::{aspects_table, terminal_width};
+pub use target::{Existing, Target};
 
 /// `--format` of the image commands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -122,12 +126,19 @@ pub trait Exporter<R> {
 }
 
 pub fn exporter<R: Record>(format: Format) -> Box<dyn Exporter<R>> {
+    stamped_exporter(format, None)
+}
+
+/// [`exporter`], whose JSONL records carry `run` (the run's fingerprint, which `--resume` checks).
+pub fn stamped_exporter<R: Record>(format: Format, run: Option<&str>) -> Box<dyn Exporter<R>> {
     match format {
         Format::Table => Box::new(formats::TableExporter {
             width: table::terminal_width(),
         }),
         Format::Json => Box::new(formats::JsonExporter::default()),
-        Format::Jsonl => Box::new(formats::JsonlExporter),
+        Format::Jsonl => Box::new(formats::JsonlExporter {
+            run: run.map(str::to_string),
+        }),
         Format::Csv => Box::new(formats::CsvExporter),
     }
 }
@@ -141,9 +152,19 @@ pub struct ResultWriter<W: Write, R> {
 impl<W: Write, R: Record> ResultWriter<W, R> {
     /// `header` (a JSON object) opens the JSON document; the other formats do not print it.
     pub fn begin(out: W, format: Format, header: &impl Serialize) -> io::Result<Self> {
+        Self::begin_run(out, format, header, None)
+    }
+
+    /// [`ResultWriter::begin`] for a run whose JSONL records carry its fingerprint `run`.
+    pub fn begin_run(
+        out: W,
+        format: Format,
+        header: &impl Serialize,
+        run: Option<&str>,
+    ) -> io::Result<Self> {
         let mut w = Self {
             out,
-            exporter: exporter(format),
+            exporter: stamped_exporter(format, run),
         };
         let header = serde_json::to_value(header)?;
         let bytes = w.exporter.begin(&header)?;

@@ -15,7 +15,7 @@ use std::ffi::OsString;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use image::{ImageEncoder, RgbImage};
 
 use super::draw::{self, Sheet, SheetCell};
@@ -362,58 +362,34 @@ impl OverlayFiles {
 
     /// Writes one overlay, atomically, never over an existing file unless `--force`.
     pub fn write(&self, target: &Path, image: &RgbImage) -> Result<()> {
-        write_png(target, image, self.force)
+        write_png("-o", target, image, self.force)
     }
 }
 
-/// A PNG written to a temporary file beside `target` and renamed into place: a reader never sees
-/// half a picture, and Ctrl-C leaves no temporary file. Without `overwrite`, an existing
-/// `target` is an error and stays as it was.
-pub fn write_png(target: &Path, image: &RgbImage, overwrite: bool) -> Result<()> {
-    let dir = match target.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let mut prefix = OsString::from(".");
-    prefix.push(target.file_name().unwrap_or_default());
-    prefix.push(".");
-    let mut builder = tempfile::Builder::new();
-    builder.prefix(&prefix).suffix(".vlm-partial");
-    #[cfg(unix)]
+/// A PNG put in place when it is whole (see [`super::target`]): a reader never sees half a picture,
+/// Ctrl-C leaves no temporary file, a symbolic link is followed and a FIFO or device written to.
+/// Without `overwrite`, an existing `target` is an error and stays as it was. `flag` names the
+/// output in errors (`--montage`, `-o`).
+pub fn write_png(flag: &str, target: &Path, image: &RgbImage, overwrite: bool) -> Result<()> {
+    let checked = super::target::Target::check(
+        flag,
+        target,
+        super::target::Existing::of(overwrite, false, false),
+    )?;
+    let mut file = super::target::WholeFile::create(&checked, false)?;
     {
-        use std::os::unix::fs::PermissionsExt;
-        builder.permissions(std::fs::Permissions::from_mode(0o666));
-    }
-    let cannot = || format!("cannot write {}", target.display());
-    let mut file = builder.tempfile_in(&dir).with_context(cannot)?;
-    super::sink::interrupt::register(file.path());
-    let temp_path = file.path().to_path_buf();
-    let result = (|| -> Result<()> {
-        {
-            let mut out = BufWriter::new(file.as_file_mut());
-            image::codecs::png::PngEncoder::new(&mut out).write_image(
+        let mut out = BufWriter::new(&mut file);
+        image::codecs::png::PngEncoder::new(&mut out)
+            .write_image(
                 image.as_raw(),
                 image.width(),
                 image.height(),
                 image::ExtendedColorType::Rgb8,
-            )?;
-            out.flush()?;
-        }
-        let persisted = if overwrite {
-            file.persist(target)
-        } else {
-            file.persist_noclobber(target)
-        };
-        match persisted {
-            Ok(_) => Ok(()),
-            Err(e) if e.error.kind() == std::io::ErrorKind::AlreadyExists => {
-                Err(anyhow!("already exists; use --force to overwrite it"))
-            }
-            Err(e) => Err(e.error.into()),
-        }
-    })();
-    super::sink::interrupt::unregister(&temp_path);
-    result.with_context(cannot)
+            )
+            .with_context(|| checked.name().to_string())?;
+        out.flush()?;
+    }
+    file.commit()
 }
 
 /// Many images' overlays on one contact sheet ([`super::draw::Sheet`]): a row per image (input
@@ -656,7 +632,7 @@ mod tests {
         let err = files.write(&target, &img).unwrap_err();
         assert!(format!("{err:#}").contains("already exists"), "{err:#}");
         assert_eq!(std::fs::read(&target).unwrap(), b"keep");
-        write_png(&target, &img, true).unwrap();
+        write_png("-o", &target, &img, true).unwrap();
         assert_eq!(image::open(&target).unwrap().width(), 2);
         // No temporary file is left behind.
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);

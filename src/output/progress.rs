@@ -3,7 +3,7 @@
 //! and redrawn below it, and never left frozen in the scrollback.
 
 use std::io::IsTerminal;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 
@@ -15,6 +15,44 @@ pub struct Progress {
     bar: Option<ProgressBar>,
     /// Per-input errors on stderr; off when the same terminal shows them in the table already.
     errors: bool,
+}
+
+/// Whether a run's bar may be drawn (issue 23 item 5): on a terminal, not `--quiet`, and never
+/// where results would tear it or it them. Results on stdout that is the terminal too are written
+/// with the bar cleared around each record, which works for formats whose records end their line
+/// (`whole_lines`), not for a JSON document, whose separators begin the next record; results on a
+/// pipe are most likely printed on this terminal by its reader (`| head`, `| jq`), which the bar
+/// cannot clear itself around.
+pub fn bar_allowed(quiet: bool, results_on_stdout: bool, whole_lines: bool) -> bool {
+    if quiet || !std::io::stderr().is_terminal() {
+        return false;
+    }
+    if !results_on_stdout {
+        return true;
+    }
+    if std::io::stdout().is_terminal() {
+        return whole_lines;
+    }
+    !stdout_is_pipe()
+}
+
+/// Whether stdout is a pipe or socket (not a file, `/dev/null` or a terminal).
+#[cfg(unix)]
+fn stdout_is_pipe() -> bool {
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::FileTypeExt;
+    let Ok(fd) = std::io::stdout().as_fd().try_clone_to_owned() else {
+        return true;
+    };
+    std::fs::File::from(fd).metadata().is_ok_and(|m| {
+        let t = m.file_type();
+        t.is_fifo() || t.is_socket()
+    })
+}
+
+#[cfg(not(unix))]
+fn stdout_is_pipe() -> bool {
+    false
 }
 
 /// `1,757`: counts people read.
@@ -43,14 +81,23 @@ fn rate(per_sec: f64, unit: &str) -> String {
     }
 }
 
+/// How long after the first item finished a rate is shown: before that it rests on a batch or two
+/// finishing close together, and reads like `6884 img/s  ETA 0:00` (issue 23 item 5).
+const MIN_RATE_WINDOW: Duration = Duration::from_secs(1);
+
 /// Items per second since the first item finished: the start-up (model warm-up, filling the
-/// decoding pipeline) is not a rate, and counting it makes the first ETA far too long.
+/// decoding pipeline) is not a rate, and counting it makes the first ETA far too long. NaN (shown
+/// as `-`) until [`MIN_RATE_WINDOW`] has passed.
 fn steady_rate(state: &ProgressState, first: Option<(Instant, u64)>) -> f64 {
+    rate_at(state.pos(), first, Instant::now())
+}
+
+fn rate_at(pos: u64, first: Option<(Instant, u64)>, now: Instant) -> f64 {
     match first {
-        Some((at, done)) if state.pos() > done => {
-            let secs = at.elapsed().as_secs_f64();
-            if secs > 0.0 {
-                (state.pos() - done) as f64 / secs
+        Some((at, done)) if pos > done => {
+            let window = now.saturating_duration_since(at);
+            if window >= MIN_RATE_WINDOW {
+                (pos - done) as f64 / window.as_secs_f64()
             } else {
                 f64::NAN
             }
@@ -209,5 +256,16 @@ mod tests {
         assert_eq!(rate(0.4213, "img"), "0.42 img/s");
         assert_eq!(rate(231.7, "img"), "232 img/s");
         assert_eq!(rate(f64::NAN, "img"), "- img/s");
+    }
+
+    #[test]
+    fn no_rate_until_a_second_of_items_is_seen() {
+        let t0 = Instant::now();
+        // Two batches of 8 a millisecond apart: no rate yet, not 8,000 img/s.
+        assert!(rate_at(16, Some((t0, 8)), t0 + Duration::from_millis(1)).is_nan());
+        assert!(rate_at(8, Some((t0, 8)), t0 + Duration::from_secs(5)).is_nan());
+        assert!(rate_at(16, None, t0).is_nan());
+        let r = rate_at(16, Some((t0, 8)), t0 + Duration::from_secs(2));
+        assert!((r - 4.0).abs() < 1e-9, "{r}");
     }
 }

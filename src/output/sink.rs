@@ -1,167 +1,271 @@
 //! Where results go: stdout, a file streamed as records finish, or a file put in place at the end.
 
-use std::collections::HashSet;
-use std::fs::{File, OpenOptions};
-use std::io::{self, BufRead, Write};
-use std::path::{Path, PathBuf};
+use std::io::{self, Write};
+use std::path::Path;
 
-use anyhow::{Context, Result};
-use serde::Deserialize;
+use anyhow::Result;
 
+use super::target::{Existing, StreamFile, Target, WholeFile};
 use super::Format;
 
 /// Ctrl-C (or SIGTERM) during a run: the temporary files of whole-document outputs are removed
 /// before the process exits (130), so no `.*.vlm-partial` is left behind; the target was never
-/// touched.
+/// touched. A run writing to a file says what the file holds (issue 23 item 6).
 pub mod interrupt {
     use std::path::{Path, PathBuf};
-    use std::sync::{Mutex, Once};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Mutex, MutexGuard, Once};
+    use std::time::Duration;
 
     static PARTIAL: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+    static REPORT: Mutex<Option<Report>> = Mutex::new(None);
+    /// Held while a record is written and counted, so the count said on Ctrl-C is the file's.
+    static WRITING: Mutex<()> = Mutex::new(());
+    static WRITTEN: AtomicUsize = AtomicUsize::new(0);
+    static FAILED: AtomicUsize = AtomicUsize::new(0);
     static HANDLER: Once = Once::new();
 
-    fn partial() -> std::sync::MutexGuard<'static, Vec<PathBuf>> {
-        match PARTIAL.lock() {
+    /// What a run writing to a file says when it is interrupted.
+    #[derive(Debug, Clone)]
+    pub struct Report {
+        /// The output as given.
+        pub output: String,
+        /// What a record is (`results`, `embeddings`).
+        pub noun: &'static str,
+        /// Streamed: the records written so far are in the file; otherwise nothing is.
+        pub streamed: bool,
+        /// `--resume` can go on from the file.
+        pub resumable: bool,
+        /// Records the file held before this run (`--resume`).
+        pub before: usize,
+    }
+
+    fn lock<T>(m: &'static Mutex<T>) -> MutexGuard<'static, T> {
+        match m.lock() {
             Ok(g) => g,
             Err(poisoned) => poisoned.into_inner(),
         }
     }
 
-    pub fn register(path: &Path) {
+    fn install() {
         HANDLER.call_once(|| {
             // If a handler cannot be installed (another one is), the default action stays:
-            // the run stops, and only the cleanup is lost.
+            // the run stops, and only the cleanup and the last word are lost.
             let _ = ctrlc::set_handler(|| {
-                for p in partial().iter() {
+                // Wait (a little) for a record being written, and keep the next from starting.
+                let mut guard = None;
+                for _ in 0..100 {
+                    match WRITING.try_lock() {
+                        Ok(g) => {
+                            guard = Some(g);
+                            break;
+                        }
+                        Err(std::sync::TryLockError::Poisoned(p)) => {
+                            guard = Some(p.into_inner());
+                            break;
+                        }
+                        Err(std::sync::TryLockError::WouldBlock) => {
+                            std::thread::sleep(Duration::from_millis(10))
+                        }
+                    }
+                }
+                for p in lock(&PARTIAL).iter() {
                     let _ = std::fs::remove_file(p);
                 }
+                if let Some(report) = lock(&REPORT).as_ref() {
+                    crate::output::info(&interrupted(
+                        report,
+                        WRITTEN.load(Ordering::SeqCst),
+                        FAILED.load(Ordering::SeqCst),
+                    ));
+                }
+                drop(guard);
                 crate::exit_codes::ExitCode::Interrupted.exit();
             });
         });
-        partial().push(path.to_path_buf());
+    }
+
+    /// The line said on Ctrl-C.
+    pub fn interrupted(r: &Report, written: usize, failed: usize) -> String {
+        if !r.streamed {
+            return format!(
+                "interrupted: {} was not written (json and table files are put in place when the run ends; -f jsonl keeps each result as it is done)",
+                r.output
+            );
+        }
+        let total = r.before + written;
+        let failed = if failed > 0 {
+            format!(" ({failed} failed)")
+        } else {
+            String::new()
+        };
+        let more = if r.before > 0 {
+            format!(", {written} of them from this run{failed}")
+        } else {
+            failed
+        };
+        let next = if r.resumable {
+            "; the same command with --resume goes on from there"
+        } else {
+            ""
+        };
+        format!(
+            "interrupted: {} holds {total} {}{more}{next}",
+            r.output,
+            noun(r.noun, total)
+        )
+    }
+
+    /// `results` for any count but one.
+    fn noun(plural: &str, n: usize) -> &str {
+        if n == 1 {
+            plural.strip_suffix('s').unwrap_or(plural)
+        } else {
+            plural
+        }
+    }
+
+    /// The line said when a run writing to a file is done (issue 23 item 6).
+    pub fn finished(r: &Report, written: usize, failed: usize) -> String {
+        let failed = if failed > 0 {
+            format!(" ({failed} failed)")
+        } else {
+            String::new()
+        };
+        let noun = noun(r.noun, written);
+        if r.before > 0 {
+            format!(
+                "wrote {written} more {noun}{failed} to {}, which now holds {}",
+                r.output,
+                r.before + written
+            )
+        } else {
+            format!("wrote {written} {noun}{failed} to {}", r.output)
+        }
+    }
+
+    pub fn register(path: &Path) {
+        install();
+        lock(&PARTIAL).push(path.to_path_buf());
     }
 
     pub fn unregister(path: &Path) {
-        partial().retain(|p| p != path);
+        lock(&PARTIAL).retain(|p| p != path);
+    }
+
+    /// From now on, Ctrl-C says what `report`'s output holds.
+    pub fn report(report: Report) {
+        install();
+        *lock(&REPORT) = Some(report);
+    }
+
+    /// Writes one record with `write` and counts it (`ok`: not a failed input) when it was
+    /// written; Ctrl-C waits for both.
+    pub fn record<T, E>(ok: bool, write: impl FnOnce() -> Result<T, E>) -> Result<T, E> {
+        let _guard = lock(&WRITING);
+        let result = write();
+        if result.is_ok() {
+            WRITTEN.fetch_add(1, Ordering::SeqCst);
+            if !ok {
+                FAILED.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        result
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn the_last_word_says_what_the_file_holds() {
+            let mut r = Report {
+                output: "tags.jsonl".into(),
+                noun: "results",
+                streamed: true,
+                resumable: true,
+                before: 0,
+            };
+            assert_eq!(
+                interrupted(&r, 12, 1),
+                "interrupted: tags.jsonl holds 12 results (1 failed); the same command with --resume goes on from there"
+            );
+            r.before = 30;
+            assert_eq!(
+                interrupted(&r, 12, 0),
+                "interrupted: tags.jsonl holds 42 results, 12 of them from this run; the same command with --resume goes on from there"
+            );
+            r.streamed = false;
+            assert!(interrupted(&r, 12, 0).starts_with("interrupted: tags.jsonl was not written"));
+        }
     }
 }
 
 /// Where results go: stdout, or `--output FILE`.
 pub enum Sink {
-    Stdout(io::StdoutLock<'static>),
-    /// Streamed formats: the file is opened (truncated, or appended to with `--resume`) at the first
-    /// flush, i.e. when the first result is ready, so a run that fails before any result leaves an
-    /// existing file as it was.
-    Lazy(LazyFile),
-    /// Whole-document formats: written to a temporary file beside the target and renamed over it
-    /// when the run is done; a run that fails leaves the target untouched.
-    Atomic {
-        file: tempfile::NamedTempFile,
-        target: PathBuf,
-    },
+    Stdout(StdoutSink),
+    /// Streamed formats: the file is opened (truncated, made, or appended to with `--resume`) at
+    /// the first flush, i.e. when the first result is ready, so a run that fails before any
+    /// result leaves an existing file as it was.
+    Lazy(StreamFile),
+    /// Whole-document formats: written to a temporary file and put in place when the run is done
+    /// (or straight into a FIFO or device); a run that fails leaves the target untouched.
+    Atomic(WholeFile),
 }
 
-pub struct LazyFile {
-    path: PathBuf,
-    append: bool,
-    pending: Vec<u8>,
-    file: Option<File>,
-}
+/// Standard output, its errors naming it (`stdout: No space left on device`). A broken pipe keeps
+/// its kind: `vlm ... | head` ends quietly.
+pub struct StdoutSink(io::StdoutLock<'static>);
 
-impl LazyFile {
-    fn open(&mut self) -> io::Result<&mut File> {
-        if self.file.is_none() {
-            let file = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .append(self.append)
-                .truncate(!self.append)
-                .open(&self.path)?;
-            self.file = Some(file);
-        }
-        self.file
-            .as_mut()
-            .ok_or_else(|| io::Error::other("output file not open"))
+impl StdoutSink {
+    pub fn new() -> StdoutSink {
+        StdoutSink(io::stdout().lock())
     }
 }
 
-impl Write for LazyFile {
+impl Default for StdoutSink {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn stdout_error(e: io::Error) -> io::Error {
+    io::Error::new(e.kind(), format!("stdout: {}", super::target::reason(&e)))
+}
+
+impl Write for StdoutSink {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match &mut self.file {
-            Some(f) => f.write(buf),
-            None => {
-                self.pending.extend_from_slice(buf);
-                Ok(buf.len())
-            }
-        }
+        self.0.write(buf).map_err(stdout_error)
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        let pending = std::mem::take(&mut self.pending);
-        let file = self.open()?;
-        file.write_all(&pending)?;
-        file.flush()
+        self.0.flush().map_err(stdout_error)
     }
 }
 
 impl Sink {
     /// Checks `--output` and prepares it; nothing existing is modified yet.
-    pub fn open(output: Option<&Path>, format: Format, append: bool) -> Result<Sink> {
-        let Some(path) = output else {
-            return Ok(Sink::Stdout(io::stdout().lock()));
-        };
-        let context = || format!("--output {}", path.display());
-        if path.is_dir() {
-            return Err(anyhow::anyhow!("is a folder")).with_context(context);
+    pub fn open(output: Option<&Path>, format: Format, existing: Existing) -> Result<Sink> {
+        match output {
+            None => Ok(Sink::Stdout(StdoutSink::new())),
+            Some(path) => Sink::to(&Target::check("--output", path, existing)?, format),
         }
-        let dir = match path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        match format {
-            Format::Jsonl | Format::Csv => {
-                // Fail now, before the model loads, if the file cannot be written at all.
-                if path.exists() {
-                    OpenOptions::new()
-                        .append(true)
-                        .open(path)
-                        .with_context(context)?;
-                } else if !dir.is_dir() {
-                    return Err(anyhow::anyhow!("folder {} does not exist", dir.display()))
-                        .with_context(context);
-                }
-                Ok(Sink::Lazy(LazyFile {
-                    path: path.to_path_buf(),
-                    append,
-                    pending: Vec::new(),
-                    file: None,
-                }))
-            }
-            Format::Json | Format::Table => {
-                let name = path
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                let prefix = format!(".{name}.");
-                let mut builder = tempfile::Builder::new();
-                builder.prefix(&prefix).suffix(".vlm-partial");
-                // The finished file gets the permissions of any new file (0666 less the umask),
-                // not the 0600 of a temporary one.
-                #[cfg(unix)]
-                {
-                    use std::os::unix::fs::PermissionsExt;
-                    builder.permissions(std::fs::Permissions::from_mode(0o666));
-                }
-                let file = builder
-                    .tempfile_in(&dir)
-                    .with_context(|| format!("cannot create a temporary file in {}", dir.display()))
-                    .with_context(context)?;
-                interrupt::register(file.path());
-                Ok(Sink::Atomic {
-                    file,
-                    target: path.to_path_buf(),
-                })
-            }
+    }
+
+    /// Prepares an already checked output.
+    pub fn to(target: &Target, format: Format) -> Result<Sink> {
+        Ok(match format {
+            Format::Jsonl | Format::Csv => Sink::Lazy(StreamFile::new(target)),
+            Format::Json | Format::Table => Sink::Atomic(WholeFile::create(target, false)?),
+        })
+    }
+
+    /// The file results go to; `None` for stdout.
+    pub fn target(&self) -> Option<&Target> {
+        match self {
+            Sink::Stdout(_) => None,
+            Sink::Lazy(f) => Some(f.target()),
+            Sink::Atomic(f) => Some(f.target()),
         }
     }
 
@@ -169,18 +273,8 @@ impl Sink {
     pub fn commit(self) -> Result<()> {
         match self {
             Sink::Stdout(mut out) => Ok(out.flush()?),
-            Sink::Lazy(mut file) => Ok(file
-                .flush()
-                .with_context(|| format!("--output {}", file.path.display()))?),
-            Sink::Atomic { file, target } => {
-                interrupt::unregister(file.path());
-                file.persist(&target)
-                    .map_err(|e| e.error)
-                    .with_context(|| {
-                        format!("--output {}: cannot rename into place", target.display())
-                    })?;
-                Ok(())
-            }
+            Sink::Lazy(mut file) => Ok(file.flush()?),
+            Sink::Atomic(file) => file.commit(),
         }
     }
 }
@@ -190,7 +284,7 @@ impl Write for Sink {
         match self {
             Sink::Stdout(out) => out.write(buf),
             Sink::Lazy(file) => file.write(buf),
-            Sink::Atomic { file, .. } => file.write(buf),
+            Sink::Atomic(file) => file.write(buf),
         }
     }
 
@@ -198,76 +292,7 @@ impl Write for Sink {
         match self {
             Sink::Stdout(out) => out.flush(),
             Sink::Lazy(file) => file.flush(),
-            Sink::Atomic { file, .. } => file.flush(),
+            Sink::Atomic(file) => file.flush(),
         }
     }
-}
-
-/// The part of any vlm JSONL record that `--resume` reads.
-#[derive(Deserialize)]
-struct ResumeRecord {
-    path: String,
-    error: Option<String>,
-}
-
-/// Reads an existing JSONL output for `--resume`: the paths that already have a result. The file is
-/// tidied first (atomically) when it needs it: records of failed images are dropped so that those
-/// images are tried again, and a last line cut short by a killed run is removed. A line that is not a
-/// vlm record stops the run: appending to someone else's file would corrupt it.
-pub fn read_completed(path: &Path) -> Result<HashSet<String>> {
-    let context = || format!("--resume {}", path.display());
-    let file = match File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(HashSet::new()),
-        Err(e) => return Err(e).with_context(context),
-    };
-    let mut reader = io::BufReader::new(file);
-    let mut done = HashSet::new();
-    let mut kept: Vec<u8> = Vec::new();
-    let mut changed = false;
-    let mut line = Vec::new();
-    let mut number = 0usize;
-    loop {
-        line.clear();
-        if reader.read_until(b'\n', &mut line).with_context(context)? == 0 {
-            break;
-        }
-        number += 1;
-        let complete = line.last() == Some(&b'\n');
-        if line.iter().all(u8::is_ascii_whitespace) {
-            changed = true;
-            continue;
-        }
-        match serde_json::from_slice::<ResumeRecord>(&line) {
-            Ok(record) if record.error.is_none() => {
-                done.insert(record.path);
-                kept.extend_from_slice(&line);
-                if !complete {
-                    kept.push(b'\n');
-                    changed = true;
-                }
-            }
-            Ok(_) => changed = true,
-            // Only the last line can be a record cut short.
-            Err(_) if !complete => changed = true,
-            Err(e) => {
-                return Err(anyhow::anyhow!(
-                    "{}:{number}: not a vlm JSONL record ({e}); refusing to append to it",
-                    path.display()
-                ))
-            }
-        }
-    }
-    if changed {
-        let dir = match path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d,
-            _ => Path::new("."),
-        };
-        let mut tmp = tempfile::NamedTempFile::new_in(dir).with_context(context)?;
-        tmp.write_all(&kept).with_context(context)?;
-        tmp.persist(path)
-            .map_err(|e| e.error)
-            .with_context(context)?;
-    }
-    Ok(done)
 }

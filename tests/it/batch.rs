@@ -258,7 +258,7 @@ fn output_file_gets_the_whole_document() {
     fs::write(&target, "old").unwrap();
     let out = vlm()
         .arg(root)
-        .args(["-r", "-f", "json", "-o"])
+        .args(["-r", "-f", "json", "--force", "-o"])
         .arg(&target)
         .output()
         .unwrap();
@@ -292,9 +292,11 @@ fn resume_skips_done_images_and_retries_failed_ones() {
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 4);
     // Record 2 failed in that run; its image is tried again.
+    let run_of_first: Record = serde_json::from_str(lines[0]).unwrap();
     let failed = format!(
-        "{{\"path\":{},\"predictions\":[],\"error\":\"disk hiccup\"}}",
-        serde_json::to_string(&format!("{}/a/horse.png", root.display())).unwrap()
+        "{{\"path\":{},\"predictions\":[],\"error\":\"disk hiccup\",\"run\":{}}}",
+        serde_json::to_string(&format!("{}/a/horse.png", root.display())).unwrap(),
+        serde_json::to_string(&run_of_first.run.unwrap()).unwrap()
     );
     let killed = format!("{}\n{failed}\n{}", lines[0], &lines[2][..20]);
     fs::write(&target, killed).unwrap();

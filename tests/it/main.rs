@@ -20,6 +20,7 @@ mod hub_bin;
 #[cfg(target_os = "linux")]
 mod memory;
 mod newcomer;
+mod outputs;
 mod parity;
 mod pytorch_bin;
 mod search;

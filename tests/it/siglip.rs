@@ -672,6 +672,10 @@ struct TagResult {
     path: String,
     aspects: Vec<AspectTags>,
     error: Option<String>,
+    /// JSONL only: the run's fingerprint, which `--resume` checks.
+    #[serde(default)]
+    #[allow(dead_code)]
+    run: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -51,6 +51,9 @@ struct TagResult {
     path: String,
     aspects: Vec<AspectTags>,
     error: Option<String>,
+    /// JSONL only: the run's fingerprint, which `--resume` checks.
+    #[serde(default)]
+    run: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -501,11 +504,15 @@ fn every_format_carries_the_same_tags() {
         doc.results
     );
 
-    // JSONL: the same result objects, one per line.
-    let jsonl: Vec<TagResult> = run("jsonl")
+    // JSONL: the same result objects, one per line, each with the run's fingerprint.
+    let mut jsonl: Vec<TagResult> = run("jsonl")
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
+    for r in &mut jsonl {
+        let run = r.run.take().unwrap_or_default();
+        assert!(run.starts_with("tag m="), "{run:?}");
+    }
     assert_eq!(jsonl, doc.results);
 
     // CSV: one row per image, aspect and tag; the failed image one row with path and error. The

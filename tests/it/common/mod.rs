@@ -112,6 +112,9 @@ pub struct ImageResult {
     pub path: String,
     pub predictions: Vec<Prediction>,
     pub error: Option<String>,
+    /// JSONL only: the run's fingerprint (`classify m=... l=... t=...`), which `--resume` checks.
+    #[serde(default)]
+    pub run: Option<String>,
 }
 
 /// CRC-32 (ISO-HDLC, as PNG uses it), bit by bit: the tests write only a few small chunks.
@@ -169,4 +172,17 @@ pub fn max_abs_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
             x.iter().zip(y).map(|(p, q)| (p - q).abs())
         })
         .fold(0.0, f32::max)
+}
+
+/// Runs `cmd` as `nobody` (uid and gid 65534) when the tests run as root, whom file permissions do
+/// not bind; as anyone else, as that user. Returns whether it was switched.
+#[cfg(unix)]
+pub fn as_nobody(cmd: &mut std::process::Command) -> bool {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    if root {
+        cmd.uid(65534).gid(65534);
+    }
+    root
 }
