@@ -303,7 +303,7 @@ impl<'a> Machine<'a> {
     }
 
     fn set_items(&mut self, items: Vec<Value>) -> Result<()> {
-        if items.len() % 2 != 0 {
+        if !items.len().is_multiple_of(2) {
             bail!("the pickle sets a dict item without a value");
         }
         let Object::Dict(dict) = self.container()? else {
@@ -498,7 +498,7 @@ impl<'a> Machine<'a> {
                 }
                 b'd' => {
                     let items = self.pop_mark()?;
-                    if items.len() % 2 != 0 {
+                    if !items.len().is_multiple_of(2) {
                         bail!("the pickle builds a dict with a key without a value");
                     }
                     let pairs = items.chunks_exact(2).map(|kv| (kv[0], kv[1])).collect();
@@ -846,7 +846,7 @@ mod tests {
             let v = m.run().unwrap();
             (m, v)
         }
-        let (_, v) = run(&[b'N', b'.']);
+        let (_, v) = run(b"N.");
         assert_eq!(v, Value::None);
         let (_, v) = run(&[0x88, b'.']);
         assert_eq!(v, Value::Bool(true));
@@ -873,7 +873,7 @@ mod tests {
         assert_eq!(v, Value::Float(0.5));
         let (m2, v) = run(&[b'(', b'K', 1, b'K', 2, b't', b'.']);
         assert_eq!(m2.tuple(v).unwrap(), [Value::Int(1), Value::Int(2)]);
-        let (m2, v) = run(&[b')', b'.']);
+        let (m2, v) = run(b").");
         assert!(m2.tuple(v).unwrap().is_empty());
         let (m2, v) = run(&[b'K', 1, b'K', 2, b'K', 3, 0x87, b'.']);
         assert_eq!(m2.tuple(v).unwrap().len(), 3);

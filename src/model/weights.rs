@@ -776,7 +776,7 @@ mod tests {
             ("missing-storage.bin", "tensor v: its storage data/7 is not in the archive"),
         ] {
             let path = fixture("pytorch/hostile").join(file);
-            let err = format!("{:#}", Checkpoint::open(&[path.clone()]).err().unwrap());
+            let err = format!("{:#}", Checkpoint::open(std::slice::from_ref(&path)).err().unwrap());
             assert!(err.contains(want), "{file}: {err}");
             assert!(err.starts_with(&path.display().to_string()), "{err}");
             assert!(!err.contains('\n'), "{err}");
@@ -795,7 +795,10 @@ mod tests {
             bytes.len() - 1,
         ] {
             std::fs::write(&cut, &bytes[..len]).unwrap();
-            let err = format!("{:#}", Checkpoint::open(&[cut.clone()]).err().unwrap());
+            let err = format!(
+                "{:#}",
+                Checkpoint::open(std::slice::from_ref(&cut)).err().unwrap()
+            );
             assert!(
                 err.contains("is not a valid PyTorch checkpoint"),
                 "{len}: {err}"
