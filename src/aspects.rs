@@ -1037,7 +1037,9 @@ labels = [
             .unwrap_err()
             .to_string();
         assert!(
-            e.starts_with("colour: no such built-in aspect (built-ins: color, scene,"),
+            e.starts_with(
+                "colour: no such built-in aspect (did you mean \"color\"?) (built-ins: color, scene,"
+            ),
             "{e}"
         );
         let e = resolve(&strings(&["scene,,mood"])).unwrap_err().to_string();
