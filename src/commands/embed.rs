@@ -295,7 +295,7 @@ const NPY_HEADER: usize = 128;
 
 /// A float32 `.npy` matrix written row by row and its names file, both in temporary files renamed
 /// into place at the end (the shape, unknown until then, is written last).
-struct NpyWriter {
+pub(crate) struct NpyWriter {
     target: PathBuf,
     names_target: PathBuf,
     data: std::io::BufWriter<tempfile::NamedTempFile>,
@@ -345,7 +345,7 @@ fn npy_header(rows: usize, dim: usize) -> Vec<u8> {
 }
 
 impl NpyWriter {
-    fn create(target: &Path, texts: bool) -> Result<NpyWriter> {
+    pub(crate) fn create(target: &Path, texts: bool) -> Result<NpyWriter> {
         if target.is_dir() {
             return Err(anyhow::anyhow!("is a folder"))
                 .with_context(|| format!("--output {}", target.display()));
@@ -365,7 +365,7 @@ impl NpyWriter {
         })
     }
 
-    fn push(&mut self, name: &[u8], embedding: &[f32]) -> Result<()> {
+    pub(crate) fn push(&mut self, name: &[u8], embedding: &[f32]) -> Result<()> {
         let context = || format!("--output {}", self.target.display());
         match self.dim {
             Some(d) if d != embedding.len() => {
@@ -386,7 +386,7 @@ impl NpyWriter {
         Ok(())
     }
 
-    fn finish(self) -> Result<()> {
+    pub(crate) fn finish(self) -> Result<()> {
         let context = || format!("--output {}", self.target.display());
         let mut data = self
             .data
