@@ -443,7 +443,7 @@ fn the_index_file_is_versioned_and_foreign_or_damaged_files_are_refused() {
         .unwrap();
     assert_eq!(
         (version, app, mode.as_str(), page),
-        (1, 0x766c_6d69, "wal", 16384)
+        (2, 0x766c_6d69, "wal", 16384)
     );
     drop(conn);
 
