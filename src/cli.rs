@@ -57,7 +57,8 @@ pub enum Command {
     /// Write each image's embedding (L2-normalised), or each --text's, as JSON, JSONL or .npy.
     #[command(after_help = EXIT_CODES)]
     Embed(EmbedArgs),
-    /// Add images to the search index; only new and changed files are embedded again.
+    /// Add images to the search index (only new and changed files are embedded); without paths,
+    /// show what it holds.
     #[command(after_help = INDEX_HELP)]
     Index(IndexArgs),
     /// Find indexed images by a text or an image, best first.
@@ -158,6 +159,9 @@ else ~/.local/share/vlm (or --db FILE). Exit codes: 0 success; 2 usage, model or
 
 const INDEX_HELP: &str = "The index is index.sqlite in $VLM_DATA_DIR, else $XDG_DATA_HOME/vlm, \
 else ~/.local/share/vlm (or --db FILE); it holds one index per model (id, revision, dtype). \
+Without paths, `vlm index` shows where the index is, its size, and each model's images and \
+failures (a table on a terminal, JSON otherwise). When a local model's files change (new weights \
+at the same path), its old embeddings are dropped and the files embedded again. \
 Exit codes: 0 every image was processed; 1 some images failed (the others are indexed); 2 usage, \
 model or index error.";
 
@@ -221,6 +225,15 @@ fn parse_threshold(s: &str) -> Result<PerAspect<f32>, String> {
     match value.parse::<f32>() {
         Ok(v) if (0.0..=1.0).contains(&v) => Ok(PerAspect { aspect, value: v }),
         _ => Err(format!("{value:?} is not a score between 0 and 1")),
+    }
+}
+
+/// A cosine for `search`/`dupes --threshold`: finite and in [-1, 1] (issue 20.7; NaN, inf or 2
+/// would match nothing without a word).
+fn parse_cosine(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if (-1.0..=1.0).contains(&v) => Ok(v),
+        _ => Err(format!("{s:?} is not a cosine between -1 and 1")),
     }
 }
 
@@ -361,7 +374,9 @@ pub struct EmbedArgs {
 }
 
 #[derive(Debug, Args)]
-#[command(mut_arg("paths", |a| a.required_unless_present_any(["files_from", "merge", "prune"])))]
+// Paths are optional: without any (and without --merge, --prune or --export) `vlm index` shows
+// the index (issue 23.10).
+#[command(mut_arg("paths", |a| a.required_unless_present(clap::builder::Resettable::<clap::Id>::Reset)))]
 pub struct IndexArgs {
     #[command(flatten)]
     pub inputs: InputArgs,
@@ -370,6 +385,16 @@ pub struct IndexArgs {
     /// --shard K/N); a file in both keeps the copy indexed last. Put paths to index before it.
     #[arg(long, value_name = "DB", num_args = 1..)]
     pub merge: Vec<PathBuf>,
+
+    /// Write the model's embeddings, as stored, to FILE.npy (float32 N x D) and the paths to
+    /// FILE.paths.txt, as `vlm embed -f npy` does: a library indexed once need not be embedded
+    /// again. After indexing the paths given, if any.
+    #[arg(long, value_name = "FILE.npy")]
+    pub export: Option<PathBuf>,
+
+    /// Overwrite an existing --export file (without it an existing file is refused).
+    #[arg(long, requires = "export")]
+    pub force: bool,
 
     /// Also remove every file of this model's index that no longer exists, wherever it was indexed
     /// from. (Files gone from under the folders given are always removed.)
@@ -393,7 +418,8 @@ pub struct IndexArgs {
 
 #[derive(Debug, Args)]
 pub struct SearchArgs {
-    /// What to look for, in words; put through the templates as classify puts a label.
+    /// What to look for, in words. Encoded as typed ("a red bicycle on a beach"), unless
+    /// -t/--templates are given: then put through them as classify puts a label.
     // Not `required_unless_present`: clap's message would name only <TEXT>; `search::run` says
     // "give a text ... or --image FILE" (issue 23).
     #[arg(value_name = "TEXT", conflicts_with = "image")]
@@ -409,7 +435,7 @@ pub struct SearchArgs {
 
     /// A cosine (-1..1, the hits' `score`; not a probability): report only images whose cosine
     /// with the query is at least this.
-    #[arg(long, value_name = "COSINE", allow_negative_numbers = true)]
+    #[arg(long, value_name = "COSINE", allow_negative_numbers = true, value_parser = parse_cosine)]
     pub threshold: Option<f64>,
 
     /// Only paths matching this SQL LIKE pattern: `%` any run of characters, `_` one, `\` escapes
@@ -417,7 +443,8 @@ pub struct SearchArgs {
     #[arg(long = "where", value_name = "PATTERN")]
     pub where_: Option<String>,
 
-    /// Prompt template, `{}` standing for the text; repeatable. Default: the model's.
+    /// Prompt template, `{}` standing for the text; repeatable. Default: none, the text is
+    /// encoded as typed (`-t "a photo of a {}."` gives a bare noun the model's label template).
     #[arg(short, long, value_name = "TEMPLATE")]
     pub template: Vec<String>,
 
@@ -473,7 +500,7 @@ pub struct DupesArgs {
     /// are copies (linked transitively). The
     /// default catches byte copies, re-encoded and resized copies; lower it to also group crops
     /// and near-identical shots.
-    #[arg(long, value_name = "COSINE", default_value_t = DEFAULT_THRESHOLD)]
+    #[arg(long, value_name = "COSINE", default_value_t = DEFAULT_THRESHOLD, allow_negative_numbers = true, value_parser = parse_cosine)]
     pub threshold: f64,
 
     /// Only paths matching this SQL LIKE pattern (see `vlm search --help`).
@@ -840,6 +867,8 @@ impl Cli {
                 batch: a.encode.into(),
                 prune: a.prune,
                 merge: a.merge,
+                export: a.export,
+                force: a.force,
                 verbose: a.verbose,
                 quiet: a.quiet,
             }),

@@ -9,7 +9,7 @@ use super::index::IndexSpec;
 use super::{open_destination, Outcome, OutputOptions};
 use crate::index::choose;
 use crate::index::matrix::{self, Matrix};
-use crate::index::{bytes_path, Db};
+use crate::index::{bytes_path, Access, Db};
 use crate::output::{DupeGroup, DupeImage, DupesInfo, ResultWriter};
 
 /// The cosine at or above which two images count as copies; see the README ("Finding duplicates")
@@ -60,7 +60,7 @@ pub fn dupe_groups(m: &Matrix, threshold: f32) -> Result<Vec<DupeGroup>> {
 
 pub fn run(opts: &DupesOptions) -> Result<Outcome> {
     let path = opts.index.path()?;
-    let db = Db::open(&path, false)?;
+    let db = Db::open(&path, Access::Read)?;
     let models = db.models()?;
     let row = choose::existing(&models, &opts.index.model, &path)?;
     let dest = open_destination(&opts.output)?;

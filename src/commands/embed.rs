@@ -364,7 +364,7 @@ const NPY_HEADER: usize = 128;
 
 /// A float32 `.npy` matrix written row by row and its names file, both put in place at the end
 /// (the shape, unknown until then, is written last), each checked as an output beforehand.
-struct NpyWriter {
+pub(crate) struct NpyWriter {
     data: std::io::BufWriter<WholeFile>,
     names: std::io::BufWriter<WholeFile>,
     rows: usize,
@@ -384,7 +384,7 @@ fn npy_header(rows: usize, dim: usize) -> Vec<u8> {
 }
 
 impl NpyWriter {
-    fn create(target: &Path, texts: bool, existing: Existing) -> Result<NpyWriter> {
+    pub(crate) fn create(target: &Path, texts: bool, existing: Existing) -> Result<NpyWriter> {
         let data = Target::check("--output", target, existing)?;
         let names = Target::check("--output", &names_file(target, texts), existing)?;
         let mut data = std::io::BufWriter::new(WholeFile::create(&data, true)?);
@@ -398,7 +398,7 @@ impl NpyWriter {
         })
     }
 
-    fn push(&mut self, name: &[u8], embedding: &[f32]) -> Result<()> {
+    pub(crate) fn push(&mut self, name: &[u8], embedding: &[f32]) -> Result<()> {
         match self.dim {
             Some(d) if d != embedding.len() => {
                 anyhow::bail!(
@@ -417,7 +417,7 @@ impl NpyWriter {
         Ok(())
     }
 
-    fn finish(self) -> Result<()> {
+    pub(crate) fn finish(self) -> Result<()> {
         let mut data = self.data.into_inner().map_err(|e| e.into_error())?;
         data.seek(SeekFrom::Start(0))?;
         data.write_all(&npy_header(self.rows, self.dim.unwrap_or(0)))?;

@@ -4,17 +4,26 @@
 //! modification time), embeds only new and changed files, and removes files that disappeared from
 //! under the folders it was given. An unchanged library is checked without loading the model at
 //! all. Results are committed batch by batch, so an interrupted run keeps all but its last batch.
+//!
+//! The model is known by its fingerprint as well as its name (issue 20.2): when a local model's
+//! files changed since its images were indexed (new weights at the same path), the run drops the
+//! old embeddings and embeds every file again, rather than mixing vectors of two models.
+//!
+//! `vlm index` without paths shows what the index holds (issue 23.10); `--export FILE.npy`
+//! writes a model's embeddings as `vlm embed -f npy` does, bit for bit the stored vectors, so a
+//! library is embedded once (issue 23.3).
 
 use std::collections::HashSet;
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 use super::{display_path, show_progress, InputSpec, Outcome};
 use crate::engine::images::{self, BatchOptions};
 use crate::engine::{plan_model, ModelOptions, ModelPlan, Precision};
 use crate::index::choose::{self, ModelWanted};
-use crate::index::{self, bytes_path, path_bytes, Db, Known, ModelRow, NewRow, Stamp};
+use crate::index::{self, bytes_path, path_bytes, Access, Db, Known, ModelRow, NewRow, Stamp};
 use crate::inputs::Input;
 use crate::model::Towers;
 use crate::output::{self, Progress};
@@ -50,6 +59,10 @@ pub struct IndexOptions {
     pub prune: bool,
     /// Index files to copy into this one first.
     pub merge: Vec<PathBuf>,
+    /// Write the model's embeddings to this `.npy` (and its `.paths.txt`) at the end.
+    pub export: Option<PathBuf>,
+    /// Overwrite an existing `export` file.
+    pub force: bool,
     pub verbose: bool,
     pub quiet: bool,
 }
@@ -108,13 +121,23 @@ fn under_roots(path: &Path, roots: &[PathBuf], recursive: bool) -> bool {
 
 pub fn run(opts: &IndexOptions) -> Result<Outcome> {
     let path = opts.index.path()?;
-    let db = Db::open(&path, true)?;
+    let has_inputs = !opts.inputs.paths.is_empty() || !opts.inputs.options.files_from.is_empty();
+    if !has_inputs && !opts.prune && opts.merge.is_empty() && opts.export.is_none() {
+        return status(&path);
+    }
+    let db = Db::open(&path, Access::Write)?;
     for source in &opts.merge {
         merge(&db, source, opts.quiet)?;
     }
-    let has_inputs = !opts.inputs.paths.is_empty() || !opts.inputs.options.files_from.is_empty();
     if !has_inputs && !opts.prune {
-        return Ok(Outcome::Success);
+        return match &opts.export {
+            Some(target) => {
+                let models = db.models()?;
+                let row = choose::existing(&models, &opts.index.model, &path)?;
+                export(&db, row, target, opts)
+            }
+            None => Ok(Outcome::Success),
+        };
     }
 
     // The inputs, absolute; the folders among them are the roots whose vanished files leave.
@@ -160,10 +183,43 @@ pub fn run(opts: &IndexOptions) -> Result<Outcome> {
         }
     };
 
+    // The model's files against the fingerprint its embeddings were made with (issue 20.2).
+    let mut row = row;
+    let mut known = db.known(row.id)?;
+    let mut again: Vec<PathBuf> = Vec::new();
+    if let Some(fingerprint) = current_fingerprint(&row, &mut plan, opts) {
+        match &row.fingerprint {
+            None => db.set_fingerprint(row.id, &fingerprint)?,
+            Some(old) if *old != fingerprint => {
+                // Every file embedded with the old model is embedded again, those outside this
+                // run's folders too (a shard run embeds only its part; the others re-add theirs).
+                if opts.inputs.options.shard.is_none() {
+                    again = known.keys().map(|p| bytes_path(p)).collect();
+                    again.retain(|p| p.is_file());
+                    again.sort();
+                }
+                let dropped = db.reset_model(row.id, &fingerprint)?;
+                known.clear();
+                if !opts.quiet {
+                    output::warn(&format!(
+                        "{}: the model {} changed since its images were indexed (its files differ): its {dropped} embeddings were dropped and every file is embedded again",
+                        display_path(&path),
+                        row.key
+                    ));
+                }
+                row = db
+                    .models()?
+                    .into_iter()
+                    .find(|m| m.id == row.id)
+                    .unwrap_or(row);
+            }
+            Some(_) => {}
+        }
+    }
+
     let mut counts = Counts::default();
     let mut outcome_failed = false;
     let report = output::report_error;
-    let known = db.known(row.id)?;
     let mut listed: HashSet<Vec<u8>> = HashSet::new();
     let mut todo: Vec<(Input, Stamp, bool)> = Vec::new();
     for input in inputs {
@@ -212,6 +268,23 @@ pub fn run(opts: &IndexOptions) -> Result<Outcome> {
             )),
         }
     }
+    for file in again {
+        let bytes = path_bytes(&file).to_vec();
+        if listed.contains(&bytes) {
+            continue;
+        }
+        if let Ok(meta) = std::fs::metadata(&file) {
+            listed.insert(bytes);
+            todo.push((
+                Input {
+                    path: file,
+                    error: None,
+                },
+                Stamp::of(&meta),
+                false,
+            ));
+        }
+    }
 
     // Files that left: under a folder of this run and not listed, or (--prune) gone anywhere.
     // Shard runs list only their part, so they remove nothing by the first rule.
@@ -243,11 +316,250 @@ pub fn run(opts: &IndexOptions) -> Result<Outcome> {
     if !opts.quiet {
         summary(&db, &row, &counts)?;
     }
+    if let Some(target) = &opts.export {
+        outcome_failed |= export(&db, &row, target, opts)? != Outcome::Success;
+    }
     Ok(if outcome_failed {
         Outcome::SomeFailed
     } else {
         Outcome::Success
     })
+}
+
+/// The fingerprint of the model's files now (`ModelPlan::index_fingerprint`), where it can be
+/// had without the network: a new index's model (planned already), or a local folder. `None`:
+/// not checked, for a Hub model (the commit in the index's key fixes its files) or a folder that
+/// is gone (nothing can be embedded with it; a file that needs it reports that).
+fn current_fingerprint(
+    row: &ModelRow,
+    plan: &mut Option<ModelPlan>,
+    opts: &IndexOptions,
+) -> Option<String> {
+    if plan.is_none() {
+        if !row.key.revision.is_empty() {
+            return None;
+        }
+        *plan = plan_model(&choose::load_options(row, &opts.index.device), true).ok();
+    }
+    plan.as_ref().map(ModelPlan::index_fingerprint)
+}
+
+/// `--export FILE.npy`: the model's stored embeddings, as `vlm embed -f npy` writes them (a
+/// float32 N x D matrix and FILE.paths.txt), in path order; the vectors are the stored bytes.
+fn export(db: &Db, row: &ModelRow, target: &Path, opts: &IndexOptions) -> Result<Outcome> {
+    let quiet = opts.quiet;
+    // As it stands now: this run may have set the embedding size.
+    let row = db
+        .models()?
+        .into_iter()
+        .find(|m| m.id == row.id)
+        .unwrap_or_else(|| row.clone());
+    let m = db.matrix(&row, None, |_| true)?;
+    let mut npy = super::embed::NpyWriter::create(
+        target,
+        false,
+        crate::output::Existing::of(opts.force, false, false),
+    )?;
+    let mut left_out = 0usize;
+    for i in 0..m.len() {
+        let name = &m.paths[i];
+        if name.contains(&b'\n') {
+            left_out += 1;
+            output::report_error(&format!(
+                "{}: its name holds a line break, which a .paths.txt file cannot list; left out of --export",
+                String::from_utf8_lossy(name)
+            ));
+            continue;
+        }
+        npy.push(name, m.row(i))?;
+    }
+    npy.finish()?;
+    if !quiet {
+        output::info(&format!(
+            "exported {} embeddings of {} to {} (paths in {})",
+            m.len() - left_out,
+            row.key,
+            display_path(target),
+            display_path(&super::embed::names_file(target, false))
+        ));
+    }
+    Ok(if left_out == 0 {
+        Outcome::Success
+    } else {
+        Outcome::SomeFailed
+    })
+}
+
+/// One model's index in `vlm index` without paths (JSON when piped).
+#[derive(Debug, serde::Serialize)]
+struct ModelStatus {
+    model: String,
+    revision: Option<String>,
+    dtype: String,
+    family: String,
+    /// Floats per embedding; `None` before the first image.
+    dimension: Option<usize>,
+    images: usize,
+    /// Files that failed and are not tried again until they change.
+    failures: usize,
+    /// Unix seconds.
+    created: i64,
+    last_indexed: Option<i64>,
+    /// Whether the model's files are fingerprinted (an index made before fingerprints is not
+    /// until `vlm index` next runs on it).
+    fingerprinted: bool,
+}
+
+/// `vlm index` without paths (issue 23.10): where the index lives, its size, and each model's.
+#[derive(Debug, serde::Serialize)]
+struct IndexStatus {
+    db: String,
+    /// The file and its `-wal`, in bytes.
+    bytes: u64,
+    schema_version: i32,
+    models: Vec<ModelStatus>,
+}
+
+/// Shows the index read-only: a table on a terminal, JSON otherwise.
+fn status(path: &Path) -> Result<Outcome> {
+    let db = Db::open(path, Access::Read)?;
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let status = IndexStatus {
+        db: display_path(&absolute),
+        bytes: db.bytes(),
+        schema_version: db.version(),
+        models: db
+            .models()?
+            .into_iter()
+            .map(|m| ModelStatus {
+                revision: (!m.key.revision.is_empty()).then_some(m.key.revision),
+                model: m.key.model,
+                dtype: m.key.dtype,
+                family: m.family,
+                dimension: m.dimension,
+                images: m.images,
+                failures: m.failures,
+                created: m.created,
+                last_indexed: m.last_indexed,
+                fingerprinted: m.fingerprint.is_some(),
+            })
+            .collect(),
+    };
+    let text = if std::io::stdout().is_terminal() {
+        status_table(&status)
+    } else {
+        let mut s = serde_json::to_string_pretty(&status)?;
+        s.push('\n');
+        s
+    };
+    let mut stdout = std::io::stdout().lock();
+    std::io::Write::write_all(&mut stdout, text.as_bytes())
+        .and_then(|()| std::io::Write::flush(&mut stdout))
+        .context("stdout")?;
+    Ok(Outcome::Success)
+}
+
+/// `bytes` as B, kB, MB or GB (powers of 1000, one decimal).
+fn human_bytes(bytes: u64) -> String {
+    let units = ["kB", "MB", "GB", "TB"];
+    let mut value = bytes as f64;
+    if value < 1000.0 {
+        return format!("{bytes} B");
+    }
+    let mut unit = "B";
+    for u in units {
+        if value < 1000.0 {
+            break;
+        }
+        value /= 1000.0;
+        unit = u;
+    }
+    format!("{value:.1} {unit}")
+}
+
+/// Unix seconds as `YYYY-MM-DD HH:MM UTC` (the civil-from-days algorithm of H. Hinnant's
+/// `chrono`-compatible date notes).
+fn utc(secs: i64) -> String {
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02} UTC",
+        rem / 3600,
+        rem % 3600 / 60
+    )
+}
+
+fn status_table(s: &IndexStatus) -> String {
+    let mut out = format!("index  {}  ({})\n", s.db, human_bytes(s.bytes));
+    if s.models.is_empty() {
+        out.push_str("no images yet: add some with `vlm index PATH...`\n");
+        return out;
+    }
+    let header = [
+        "model",
+        "dtype",
+        "family",
+        "dim",
+        "images",
+        "failed",
+        "last indexed",
+    ];
+    let rows: Vec<[String; 7]> = s
+        .models
+        .iter()
+        .map(|m| {
+            let mut name = m.model.clone();
+            if let Some(rev) = &m.revision {
+                name.push('@');
+                name.extend(rev.chars().take(12));
+            }
+            [
+                crate::error::escape_controls(&name).into_owned(),
+                m.dtype.clone(),
+                m.family.clone(),
+                m.dimension.map_or("-".into(), |d| d.to_string()),
+                m.images.to_string(),
+                m.failures.to_string(),
+                m.last_indexed.map_or("-".into(), utc),
+            ]
+        })
+        .collect();
+    let mut widths = header.map(str::len);
+    for r in &rows {
+        for (w, cell) in widths.iter_mut().zip(r) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| -> String {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(widths)
+            .enumerate()
+            .map(|(i, (c, w))| {
+                // Numbers right-aligned, text left-aligned.
+                if (3..=5).contains(&i) {
+                    format!("{c:>w$}")
+                } else {
+                    format!("{c:<w$}")
+                }
+            })
+            .collect();
+        format!("{}\n", padded.join("  ").trim_end())
+    };
+    out.push_str(&line(header.to_vec()));
+    for r in &rows {
+        out.push_str(&line(r.iter().map(String::as_str).collect()));
+    }
+    out
 }
 
 fn merge(db: &Db, source: &Path, quiet: bool) -> Result<()> {
@@ -265,7 +577,7 @@ fn merge(db: &Db, source: &Path, quiet: bool) -> Result<()> {
         ))
         .into());
     }
-    let other = Db::open(source, false)?;
+    let other = Db::open(source, Access::Read)?;
     let copied = db.merge_from(&other)?;
     if !quiet {
         output::info(&format!(
@@ -394,4 +706,48 @@ fn summary(db: &Db, row: &ModelRow, c: &Counts) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_and_sizes_read_as_people_write_them() {
+        assert_eq!(utc(0), "1970-01-01 00:00 UTC");
+        assert_eq!(utc(1_000_000_000), "2001-09-09 01:46 UTC");
+        assert_eq!(utc(951_782_400), "2000-02-29 00:00 UTC");
+        assert_eq!(human_bytes(999), "999 B");
+        assert_eq!(human_bytes(1_234_567), "1.2 MB");
+    }
+
+    #[test]
+    fn the_status_table_has_a_row_per_model() {
+        let s = IndexStatus {
+            db: "/d/index.sqlite".into(),
+            bytes: 2_000,
+            schema_version: 2,
+            models: vec![ModelStatus {
+                model: "org/m".into(),
+                revision: Some("0123456789abcdef".into()),
+                dtype: "f32".into(),
+                family: "clip".into(),
+                dimension: Some(512),
+                images: 240,
+                failures: 2,
+                created: 0,
+                last_indexed: Some(1_000_000_000),
+                fingerprinted: true,
+            }],
+        };
+        let table = status_table(&s);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines[0], "index  /d/index.sqlite  (2.0 kB)");
+        assert!(lines[1].starts_with("model"), "{table}");
+        assert!(
+            lines[2]
+                .starts_with("org/m@0123456789ab  f32    clip    512     240       2  2001-09-09"),
+            "{table}"
+        );
+    }
 }

@@ -1,4 +1,8 @@
 //! `vlm search`: the indexed images closest to a text or an image, by exact cosine over every row.
+//!
+//! A text query is encoded as typed (issue 23.2, as rclip and clip-retrieval do): a search phrase
+//! is already a caption, and the label template would make "a red bicycle" into "a photo of a a
+//! red bicycle.". `-t/--template(s)` put it through templates as classify puts a label.
 
 use std::path::PathBuf;
 
@@ -8,12 +12,11 @@ use super::classify::templates_from;
 use super::index::IndexSpec;
 use super::{display_path, open_destination, Outcome, OutputOptions};
 use crate::engine::images::{self, BatchOptions};
-use crate::engine::plan_model;
-use crate::engine::text::{
-    load_text_only, prompt_units, templates_or_default, text_cache, TextReport,
-};
+use crate::engine::text::{load_text_only, prompt_units, text_cache, TextReport};
+use crate::engine::{plan_model, ModelPlan};
 use crate::index::choose::{self, key_of};
 use crate::index::matrix;
+use crate::index::Access;
 use crate::index::{Db, ModelRow, Stamp};
 use crate::inputs::Input;
 use crate::model::Towers;
@@ -75,8 +78,16 @@ pub fn run(opts: &SearchOptions) -> Result<Outcome> {
         )
         .into());
     }
+    if let Some(text) = &opts.text {
+        if text.trim().is_empty() {
+            return Err(Error::Usage(
+                "the search text is empty: give words to search for, or --image FILE".into(),
+            )
+            .into());
+        }
+    }
     let path = opts.index.path()?;
-    let db = Db::open(&path, false)?;
+    let db = Db::open(&path, Access::Read)?;
     let models = db.models()?;
     let row = choose::existing(&models, &opts.index.model, &path)?;
     let templates = templates_from(&opts.templates, opts.template_set.as_deref())?;
@@ -89,9 +100,13 @@ pub fn run(opts: &SearchOptions) -> Result<Outcome> {
     let (query, embedding) = match (&opts.text, &opts.image) {
         (Some(text), _) => {
             let plan = plan_model(&choose::load_options(row, &opts.index.device), opts.quiet)?;
-            check_key(&plan.files, plan.precision, row)?;
-            let templates = templates_or_default(&plan, templates)?;
-            let units = prompt_units(std::slice::from_ref(text), &templates);
+            check_model(&plan, row, &path)?;
+            // The query as typed unless templates are given (issue 23.2).
+            let units = if templates.is_empty() {
+                vec![vec![text.clone()]]
+            } else {
+                prompt_units(std::slice::from_ref(text), &templates)
+            };
             let cache = text_cache(opts.no_cache);
             let report = TextReport {
                 quiet: opts.quiet,
@@ -100,7 +115,8 @@ pub fn run(opts: &SearchOptions) -> Result<Outcome> {
             let (_, mut embeds) = load_text_only(plan, &units, cache.as_ref(), report)?;
             let query = SearchQuery {
                 text: Some(text.clone()),
-                templates: Some(templates.iter().map(|t| t.as_str().to_string()).collect()),
+                templates: (!templates.is_empty())
+                    .then(|| templates.iter().map(|t| t.as_str().to_string()).collect()),
                 image: None,
             };
             (query, embeds.pop().context("no text embedding")?)
@@ -111,7 +127,7 @@ pub fn run(opts: &SearchOptions) -> Result<Outcome> {
                 templates: None,
                 image: Some(display_path(image)),
             };
-            (query, image_query(&db, row, image, opts)?)
+            (query, image_query(&db, row, image, opts, &path)?)
         }
         (None, None) => {
             return Err(Error::Usage("give a text to search for, or --image FILE".into()).into())
@@ -245,17 +261,27 @@ fn write_montage(path: &std::path::Path, hits: &[SearchHit], opts: &SearchOption
         .map_err(|e| anyhow::anyhow!("--montage {}", crate::error::one_line(&e)))
 }
 
-fn check_key(
-    files: &crate::hub::ModelFiles,
-    precision: crate::engine::Precision,
-    row: &ModelRow,
-) -> Result<()> {
-    let key = key_of(files, precision);
+/// The model a query is encoded with is the index's: the same key, and the same files as its
+/// images were embedded with (issue 20.2: the fingerprint, where the index records one).
+fn check_model(plan: &ModelPlan, row: &ModelRow, db: &std::path::Path) -> Result<()> {
+    let key = key_of(&plan.files, plan.precision);
     if key != row.key {
         return Err(Error::Model {
-            model: files.id.clone(),
+            model: plan.files.id.clone(),
             reason: format!("resolved to {key}, not to the index's {}", row.key),
         }
+        .into());
+    }
+    if row
+        .fingerprint
+        .as_ref()
+        .is_some_and(|f| *f != plan.index_fingerprint())
+    {
+        return Err(Error::Usage(format!(
+            "{}: the model {} changed since its images were indexed (its files differ); run `vlm index` on the indexed folders again to embed them with it",
+            display_path(db),
+            row.key
+        ))
         .into());
     }
     Ok(())
@@ -268,6 +294,7 @@ fn image_query(
     row: &ModelRow,
     image: &std::path::Path,
     opts: &SearchOptions,
+    db_path: &std::path::Path,
 ) -> Result<Vec<f32>> {
     let absolute =
         std::fs::canonicalize(image).with_context(|| format!("--image {}", image.display()))?;
@@ -282,7 +309,7 @@ fn image_query(
         }
     }
     let plan = plan_model(&choose::load_options(row, &opts.index.device), opts.quiet)?;
-    check_key(&plan.files, plan.precision, row)?;
+    check_model(&plan, row, db_path)?;
     let engine = plan.load(Towers {
         vision: true,
         text: false,

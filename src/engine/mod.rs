@@ -261,26 +261,48 @@ impl ModelPlan {
         if let Some(rev) = &self.files.revision {
             return format!("hub:{}@{rev}|{tail}", self.files.id);
         }
-        let mut key = format!("local|{tail}");
         let files = [&self.files.config, &self.files.tokenizer]
             .into_iter()
             .chain(&self.files.weights);
-        for path in files {
-            let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.clone());
-            let (len, mtime) = std::fs::metadata(&path)
-                .map(|m| {
-                    let mtime = m
-                        .modified()
-                        .ok()
-                        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                        .map_or(0, |d| d.as_nanos());
-                    (m.len(), mtime)
-                })
-                .unwrap_or((0, 0));
-            key.push_str(&format!("|{}:{len}:{mtime}", path.display()));
-        }
-        key
+        format!("local|{tail}{}", files_identity(files))
     }
+
+    /// What an index's embeddings of this model are keyed by beyond its name (issue 20.2): the
+    /// Hub commit, or for a local folder the identity of the files an image embedding depends on
+    /// (config, whose `projection_dim` is the embedding size, preprocessor and weights), as
+    /// [`ModelPlan::cache_key`] takes it, plus the numeric type and family. Replacing the weights
+    /// at the same path changes it, so an index never mixes embeddings of two models.
+    pub(crate) fn index_fingerprint(&self) -> String {
+        let tail = format!("{}|{}", self.precision.name(), self.spec.family());
+        if let Some(rev) = &self.files.revision {
+            return format!("hub:{}@{rev}|{tail}", self.files.id);
+        }
+        let files = [&self.files.config, &self.files.preprocessor]
+            .into_iter()
+            .chain(&self.files.weights);
+        format!("local|{tail}{}", files_identity(files))
+    }
+}
+
+/// Files' identity as the text cache and the index take it: each one's canonical path, size and
+/// modification time (ns), as `|path:len:mtime`.
+fn files_identity<'a>(files: impl IntoIterator<Item = &'a std::path::PathBuf>) -> String {
+    let mut key = String::new();
+    for path in files {
+        let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.clone());
+        let (len, mtime) = std::fs::metadata(&path)
+            .map(|m| {
+                let mtime = m
+                    .modified()
+                    .ok()
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map_or(0, |d| d.as_nanos());
+                (m.len(), mtime)
+            })
+            .unwrap_or((0, 0));
+        key.push_str(&format!("|{}:{len}:{mtime}", path.display()));
+    }
+    key
 }
 
 impl Engine {

@@ -6,7 +6,8 @@
 //!
 //! ```sql
 //! models   (id INTEGER PRIMARY KEY, model TEXT, revision TEXT, dtype TEXT, family TEXT,
-//!           dimension INTEGER NULL, created INTEGER,  UNIQUE (model, revision, dtype))
+//!           dimension INTEGER NULL, created INTEGER, fingerprint TEXT NULL,
+//!           UNIQUE (model, revision, dtype))
 //! images   (model -> models.id, path TEXT, size INTEGER, mtime_ns INTEGER,
 //!           embedding BLOB (dimension little-endian f32), indexed INTEGER,  UNIQUE (model, path))
 //! failures (model -> models.id, path TEXT, size INTEGER, mtime_ns INTEGER, error TEXT,
@@ -17,6 +18,19 @@
 //! folder's absolute path), its revision (the Hub commit; empty for a folder) and the dtype, so
 //! embeddings of different models never mix, and `search` finds the model to encode a query with in
 //! the file itself. Paths are absolute, stored as their bytes (a file name need not be UTF-8).
+//!
+//! A model is trusted by more than its path (issue 20.2): `fingerprint` holds
+//! `ModelPlan::index_fingerprint` (the Hub commit, or a local folder's config, preprocessor and
+//! weight files by path, size and modification time, as the text cache keys them), and
+//! `dimension` the embedding size. `vlm index` finds a changed fingerprint before it embeds
+//! anything, drops the model's old embeddings and embeds the files again; `search` refuses to
+//! encode a query with a changed model; every write and `--merge` checks each vector's length.
+//! Schema version 1 had no fingerprint: `vlm index` adds the column and takes the model as it is
+//! then (the trust version 1 gave it); readers read version 1 as it is.
+//!
+//! Readers (`search`, `dupes`, a `--merge` source, `vlm index` without paths) open the file
+//! read-only and never change it (issue 20.3); where SQLite cannot create the WAL's shared-memory
+//! file beside it (a folder the reader cannot write) they read it immutable (20.12).
 //!
 //! Concurrency: the file is in WAL mode with a busy timeout, every write is one short transaction
 //! (`BEGIN IMMEDIATE`), so several `vlm index` runs, and searches, can use one file at once.
@@ -35,7 +49,9 @@ use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension, ToSq
 use crate::Error;
 
 /// `PRAGMA user_version` of the files this vlm writes and reads.
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
+/// The oldest schema this vlm reads (and `vlm index` upgrades).
+const OLDEST_VERSION: i32 = 1;
 /// `PRAGMA application_id` of a vlm index: "vlmi" in ASCII.
 pub const APPLICATION_ID: i32 = 0x766c_6d69;
 /// How long a run waits for another one's write transaction before giving up.
@@ -54,6 +70,7 @@ CREATE TABLE models (
     family    TEXT NOT NULL,
     dimension INTEGER,
     created   INTEGER NOT NULL,
+    fingerprint TEXT,
     UNIQUE (model, revision, dtype)
 );
 CREATE TABLE images (
@@ -135,6 +152,15 @@ pub struct ModelRow {
     /// Unknown until the first image is stored.
     pub dimension: Option<usize>,
     pub images: usize,
+    /// Files that failed, remembered so that unchanged ones are not tried again.
+    pub failures: usize,
+    /// `ModelPlan::index_fingerprint` of the model the embeddings were made with; `None` in an
+    /// index made before fingerprints (schema 1) until `vlm index` records it.
+    pub fingerprint: Option<String>,
+    /// Unix seconds.
+    pub created: i64,
+    /// When the last embedding was stored (Unix seconds); `None` with no images.
+    pub last_indexed: Option<i64>,
 }
 
 /// What the index knows of one file: enough to tell whether it changed.
@@ -216,6 +242,38 @@ fn now_secs() -> i64 {
 pub struct Db {
     conn: Connection,
     path: PathBuf,
+    /// The file's schema version (version 1 has no `fingerprint` column).
+    version: i32,
+    /// Opened read-only with `immutable=1` (a folder the reader cannot write).
+    immutable: bool,
+}
+
+/// How a command uses an index file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// `vlm index`: a missing or empty (0-byte) file becomes an index; an older schema is
+    /// upgraded.
+    Write,
+    /// `search`, `dupes`, a `--merge` source, the status: read-only, the file is never changed.
+    Read,
+}
+
+/// The smallest file SQLite writes (one 512-byte page): a shorter non-empty file is someone's
+/// data, however SQLite would read it (it reads a 1-byte file as an empty database).
+const SMALLEST_DATABASE: u64 = 512;
+
+/// `path` as an SQLite URI (`file:` and the absolute path, percent-encoded), for `immutable=1`.
+fn file_uri(path: &Path) -> String {
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut uri = String::from("file:");
+    for &b in path_bytes(&absolute) {
+        if b.is_ascii_alphanumeric() || b"/-._~".contains(&b) {
+            uri.push(char::from(b));
+        } else {
+            uri.push_str(&format!("%{b:02X}"));
+        }
+    }
+    uri
 }
 
 /// What the first look at a file found.
@@ -226,10 +284,12 @@ enum Kind {
 }
 
 impl Db {
-    /// Opens the index at `path`. `create`: a missing file (and its folder) is created and given
-    /// the schema; otherwise a missing file is a usage error. A file that is not a vlm index, is
-    /// damaged, or has a newer schema is refused with one line naming it, and left as it was.
-    pub fn open(path: &Path, create: bool) -> Result<Db> {
+    /// Opens the index at `path`. [`Access::Write`]: a missing file (and its folder) is created
+    /// and given the schema, an empty one too; [`Access::Read`]: a missing or empty file is a usage
+    /// error, and nothing is written. A file that is not a vlm index, is damaged, or has a newer
+    /// schema is refused with one line naming it, and left as it was.
+    pub fn open(path: &Path, access: Access) -> Result<Db> {
+        let create = access == Access::Write;
         if !create && !path.exists() {
             return Err(Error::Usage(format!(
                 "no index at {}: build one with `vlm index PATH...`{}",
@@ -249,40 +309,112 @@ impl Db {
             ))
             .into());
         }
-        if create {
-            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir)
-                    .with_context(|| format!("cannot create the index folder {}", dir.display()))?;
-            }
+        let len = std::fs::metadata(path).map_or(0, |m| m.len());
+        if (1..SMALLEST_DATABASE).contains(&len) {
+            return Err(Error::Usage(format!(
+                "{}: a {len}-byte file that is not a vlm index; refusing to touch it (give another --db)",
+                path.display()
+            ))
+            .into());
         }
-        let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        if create {
-            flags |= OpenFlags::SQLITE_OPEN_CREATE;
+        match access {
+            Access::Read => Db::open_read(path),
+            Access::Write => Db::open_write(path),
         }
-        let conn = Connection::open_with_flags(path, flags)
+    }
+
+    fn connect(path: &Path, target: &str, flags: OpenFlags, immutable: bool) -> Result<Db> {
+        let conn = Connection::open_with_flags(target, flags)
             .map_err(|e| db_error(path, e, "cannot open"))?;
         let db = Db {
             conn,
             path: path.to_path_buf(),
+            version: SCHEMA_VERSION,
+            immutable,
         };
         db.conn
             .busy_timeout(BUSY_TIMEOUT)
             .map_err(|e| db.err(e, "cannot set up"))?;
-        match db.kind()? {
-            Kind::Foreign => return Err(db.foreign()),
-            Kind::Ours(v) if v != SCHEMA_VERSION => {
-                return Err(Error::Usage(format!(
-                    "{}: index schema version {v}, but this vlm reads version {SCHEMA_VERSION}{}",
-                    path.display(),
-                    if v > SCHEMA_VERSION {
-                        " (made by a newer vlm: upgrade vlm)"
-                    } else {
-                        ""
-                    }
-                ))
-                .into())
+        Ok(db)
+    }
+
+    /// The schema version of a file of ours, or the refusal of one this vlm cannot read.
+    fn readable(&self, kind: Kind) -> Result<i32> {
+        match kind {
+            Kind::Foreign => Err(self.foreign()),
+            Kind::Empty => Err(Error::Usage(format!(
+                "{}: an empty file, not an index: build one with `vlm index PATH... --db {}`",
+                self.path.display(),
+                self.path.display()
+            ))
+            .into()),
+            Kind::Ours(v) if (OLDEST_VERSION..=SCHEMA_VERSION).contains(&v) => Ok(v),
+            Kind::Ours(v) => Err(Error::Usage(format!(
+                "{}: index schema version {v}, but this vlm reads version {SCHEMA_VERSION}{}",
+                self.path.display(),
+                if v > SCHEMA_VERSION {
+                    " (made by a newer vlm: upgrade vlm)"
+                } else {
+                    ""
+                }
+            ))
+            .into()),
+        }
+    }
+
+    /// Read-only (issue 20.3). A WAL reader needs the `-shm` file beside the index; where the
+    /// folder is not writable SQLite cannot create it and answers SQLITE_READONLY_DIRECTORY on the
+    /// first read (20.12). The file is then read with `immutable=1`: as it stands, without locks
+    /// or the `-wal` file, which is right for an index nobody is writing (a reader that cannot
+    /// write the folder is not the one indexing into it; an index being written there meanwhile
+    /// may be read without its latest batches).
+    fn open_read(path: &Path) -> Result<Db> {
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let target = path.to_str().map(str::to_owned);
+        let mut db = match &target {
+            Some(t) => Db::connect(path, t, flags, false)?,
+            // A non-UTF-8 path can only be named through the URI.
+            None => Db::connect(
+                path,
+                &file_uri(path),
+                flags | OpenFlags::SQLITE_OPEN_URI,
+                false,
+            )?,
+        };
+        let kind = match db.kind_raw() {
+            Ok(kind) => kind,
+            Err(e)
+                if matches!(
+                    e.sqlite_error_code(),
+                    Some(ErrorCode::ReadOnly | ErrorCode::CannotOpen)
+                ) =>
+            {
+                let uri = format!("{}?immutable=1", file_uri(path));
+                db = Db::connect(path, &uri, flags | OpenFlags::SQLITE_OPEN_URI, true)?;
+                db.kind()?
             }
-            Kind::Ours(_) | Kind::Empty => {}
+            Err(e) => return Err(db.err(e, "cannot read")),
+        };
+        db.version = db.readable(kind)?;
+        Ok(db)
+    }
+
+    fn open_write(path: &Path) -> Result<Db> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create the index folder {}", dir.display()))?;
+        }
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_URI;
+        // Through a URI, so that a path that is not UTF-8 (or looks like a URI) is named exactly.
+        let mut db = Db::connect(path, &file_uri(path), flags, false)?;
+        match db.kind()? {
+            Kind::Empty => {}
+            kind => {
+                db.readable(kind)?;
+            }
         }
         // Only now, knowing the file is ours (or empty), is anything written to it. A new file
         // gets 16 KiB pages: a 512-float embedding (2 KiB) fits a 4 KiB page only once, leaving
@@ -314,9 +446,12 @@ impl Db {
         db.conn
             .execute_batch("PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;")
             .map_err(|e| db.err(e, "cannot set up"))?;
-        if let Kind::Empty = db.kind()? {
-            db.init()?;
+        match db.kind()? {
+            Kind::Empty => db.init()?,
+            Kind::Ours(v) if v < SCHEMA_VERSION => db.upgrade()?,
+            _ => {}
         }
+        db.version = SCHEMA_VERSION;
         Ok(db)
     }
 
@@ -338,6 +473,10 @@ impl Db {
     }
 
     fn kind(&self) -> Result<Kind> {
+        self.kind_raw().map_err(|e| self.err(e, "cannot read"))
+    }
+
+    fn kind_raw(&self) -> rusqlite::Result<Kind> {
         // One statement, so one snapshot: read one by one, a run that was creating the schema
         // meanwhile could be seen half before and half after (no application id yet, but
         // tables), which looks like someone else's database.
@@ -350,7 +489,7 @@ impl Db {
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
         };
-        let (app, version, objects) = read().map_err(|e| self.err(e, "cannot read"))?;
+        let (app, version, objects) = read()?;
         Ok(match (app, objects) {
             (APPLICATION_ID, _) => Kind::Ours(version),
             (0, 0) if version == 0 => Kind::Empty,
@@ -379,6 +518,42 @@ impl Db {
         tx.commit()
     }
 
+    /// Schema 1 to 2: the models' fingerprint column (issue 20.2). A run that raced us there
+    /// finds it done.
+    fn upgrade(&self) -> Result<()> {
+        let tx = self.immediate()?;
+        if let Kind::Ours(1) = self.kind()? {
+            self.conn
+                .execute_batch("ALTER TABLE models ADD COLUMN fingerprint TEXT")
+                .map_err(|e| self.err(e, "cannot upgrade the schema"))?;
+            self.conn
+                .pragma_update(None, "user_version", SCHEMA_VERSION)
+                .map_err(|e| self.err(e, "cannot upgrade the schema"))?;
+        }
+        tx.commit()
+    }
+
+    /// The file's schema version.
+    pub fn version(&self) -> i32 {
+        self.version
+    }
+
+    /// Whether the file was opened immutable (read-only folder).
+    pub fn immutable(&self) -> bool {
+        self.immutable
+    }
+
+    /// Bytes the index takes on disk: the file and its `-wal`.
+    pub fn bytes(&self) -> u64 {
+        let mut wal = self.path.as_os_str().to_owned();
+        wal.push("-wal");
+        [self.path.as_os_str(), wal.as_os_str()]
+            .iter()
+            .filter_map(|p| std::fs::metadata(p).ok())
+            .map(|m| m.len())
+            .sum()
+    }
+
     /// `BEGIN IMMEDIATE`: takes the write lock now (waiting up to the busy timeout), so a write
     /// transaction never fails halfway on a lock another run holds.
     fn immediate(&self) -> Result<Tx<'_>> {
@@ -394,11 +569,19 @@ impl Db {
     /// Every model's index in the file, oldest first.
     pub fn models(&self) -> Result<Vec<ModelRow>> {
         let run = || -> rusqlite::Result<Vec<ModelRow>> {
-            let mut stmt = self.conn.prepare(
+            let fingerprint = if self.version >= 2 {
+                "m.fingerprint"
+            } else {
+                "NULL"
+            };
+            let mut stmt = self.conn.prepare(&format!(
                 "SELECT m.id, m.model, m.revision, m.dtype, m.family, m.dimension,
-                        (SELECT count(*) FROM images i WHERE i.model = m.id)
-                 FROM models m ORDER BY m.id",
-            )?;
+                        (SELECT count(*) FROM images i WHERE i.model = m.id),
+                        (SELECT count(*) FROM failures f WHERE f.model = m.id),
+                        {fingerprint}, m.created,
+                        (SELECT max(indexed) FROM images i WHERE i.model = m.id)
+                 FROM models m ORDER BY m.id"
+            ))?;
             let rows = stmt.query_map([], |r| {
                 Ok(ModelRow {
                     id: r.get(0)?,
@@ -410,6 +593,10 @@ impl Db {
                     family: r.get(4)?,
                     dimension: r.get::<_, Option<i64>>(5)?.map(|d| d.max(0) as usize),
                     images: r.get::<_, i64>(6)?.max(0) as usize,
+                    failures: r.get::<_, i64>(7)?.max(0) as usize,
+                    fingerprint: r.get(8)?,
+                    created: r.get(9)?,
+                    last_indexed: r.get(10)?,
                 })
             })?;
             rows.collect()
@@ -466,6 +653,51 @@ impl Db {
         }
     }
 
+    /// Records the fingerprint of the model a model's index is made with, where none is recorded
+    /// yet (a new index, or one made before fingerprints).
+    pub fn set_fingerprint(&self, model: i64, fingerprint: &str) -> Result<()> {
+        self.conn
+            .execute(
+                "UPDATE models SET fingerprint = ?1 WHERE id = ?2 AND fingerprint IS NULL",
+                params![fingerprint, model],
+            )
+            .map_err(|e| self.err(e, "cannot write the model"))?;
+        Ok(())
+    }
+
+    /// The model changed (issue 20.2): in one transaction, drops every embedding and failure of
+    /// its index and records the new fingerprint, the embedding size to be learnt again. Returns
+    /// the embeddings dropped.
+    pub fn reset_model(&self, model: i64, fingerprint: &str) -> Result<usize> {
+        let tx = self.immediate()?;
+        let run = || -> rusqlite::Result<usize> {
+            let dropped = self
+                .conn
+                .execute("DELETE FROM images WHERE model = ?1", [model])?;
+            self.conn
+                .execute("DELETE FROM failures WHERE model = ?1", [model])?;
+            self.conn.execute(
+                "UPDATE models SET fingerprint = ?1, dimension = NULL WHERE id = ?2",
+                params![fingerprint, model],
+            )?;
+            Ok(dropped)
+        };
+        let dropped = run().map_err(|e| self.err(e, "cannot reset the model's index"))?;
+        tx.commit()?;
+        Ok(dropped)
+    }
+
+    /// The embedding size recorded for a model's index.
+    fn dimension_of(&self, model: i64) -> Result<Option<usize>> {
+        let d: Option<i64> = self
+            .conn
+            .query_row("SELECT dimension FROM models WHERE id = ?1", [model], |r| {
+                r.get(0)
+            })
+            .map_err(|e| self.err(e, "cannot read the model"))?;
+        Ok(d.map(|d| d.max(0) as usize))
+    }
+
     /// What the index knows of every file of a model, by path bytes.
     pub fn known(&self, model: i64) -> Result<HashMap<Vec<u8>, Known>> {
         let run = || -> rusqlite::Result<HashMap<Vec<u8>, Known>> {
@@ -502,6 +734,33 @@ impl Db {
             return Ok(());
         }
         let tx = self.immediate()?;
+        // Every vector is as long as the index's (issue 20.2); the first sets the length.
+        let mut dimension = self.dimension_of(model)?;
+        for row in rows {
+            if let Ok(embedding) = row.result {
+                match dimension {
+                    Some(d) if d != embedding.len() => {
+                        return Err(Error::Usage(format!(
+                            "{}: a {}-float embedding for {}, but the index holds {d}-float ones",
+                            self.path.display(),
+                            embedding.len(),
+                            bytes_path(row.path).display()
+                        ))
+                        .into())
+                    }
+                    Some(_) => {}
+                    None => {
+                        self.conn
+                            .execute(
+                                "UPDATE models SET dimension = ?1 WHERE id = ?2",
+                                params![embedding.len() as i64, model],
+                            )
+                            .map_err(|e| self.err(e, "cannot write the model"))?;
+                        dimension = Some(embedding.len());
+                    }
+                }
+            }
+        }
         let now = now_secs();
         let run = || -> rusqlite::Result<()> {
             let mut put = self.conn.prepare_cached(
@@ -677,11 +936,29 @@ impl Db {
         let mut copied = 0usize;
         for model in other.models()? {
             let mine = self.model_row(&model.key, &model.family)?;
+            // Rows of two different models never mix (issue 20.2): a fingerprint that differs
+            // is refused; an index without one (schema 1, or empty) takes the other's.
+            match (&mine.fingerprint, &model.fingerprint) {
+                (Some(a), Some(b)) if a != b => {
+                    return Err(Error::Usage(format!(
+                        "--merge {}: its index of {} was made with other model files than the one in {} (the model changed between the runs); index those images again instead",
+                        other.path.display(),
+                        model.key,
+                        self.path.display()
+                    ))
+                    .into())
+                }
+                (None, Some(b)) => {
+                    self.set_fingerprint(mine.id, b)?
+                }
+                _ => {}
+            }
             if let Some(dim) = model.dimension {
                 self.set_dimension(&mine, dim)?;
             }
+            let dim = self.dimension_of(mine.id)?;
             let tx = self.immediate()?;
-            let run = || -> rusqlite::Result<usize> {
+            let run = || -> rusqlite::Result<std::result::Result<usize, usize>> {
                 let mut put = self.conn.prepare_cached(
                     "INSERT INTO images (model, path, size, mtime_ns, embedding, indexed)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6)
@@ -704,18 +981,34 @@ impl Db {
                     let mtime: i64 = r.get(2)?;
                     let blob = r.get_ref(3)?.as_blob()?;
                     let indexed: i64 = r.get(4)?;
+                    if dim.is_none_or(|d| blob.len() != d * 4) {
+                        return Ok(Err(blob.len()));
+                    }
                     n += put.execute(params![mine.id, path, size, mtime, blob, indexed])?;
                     unfail.execute(params![mine.id, path])?;
                 }
-                Ok(n)
+                Ok(Ok(n))
             };
-            copied += run().map_err(|e| {
+            let result = run().map_err(|e| {
                 db_error(
                     &self.path,
                     e,
                     &format!("cannot merge {} into", other.path.display()),
                 )
             })?;
+            match result {
+                Ok(n) => copied += n,
+                // Dropping the transaction rolls this model's rows back.
+                Err(bytes) => {
+                    return Err(Error::Usage(format!(
+                        "--merge {}: an embedding of {bytes} bytes in its index of {}, where {} floats were expected; nothing of it was merged",
+                        other.path.display(),
+                        model.key,
+                        dim.map_or("no".into(), |d| d.to_string())
+                    ))
+                    .into())
+                }
+            }
             tx.commit()?;
         }
         Ok(copied)
@@ -791,7 +1084,7 @@ mod tests {
     #[test]
     fn rows_round_trip_and_replace() {
         let dir = tempfile::tempdir().unwrap();
-        let db = Db::open(&dir.path().join("sub/i.sqlite"), true).unwrap();
+        let db = Db::open(&dir.path().join("sub/i.sqlite"), Access::Write).unwrap();
         let m = db.model_row(&key(), "clip").unwrap();
         db.set_dimension(&m, 2).unwrap();
         assert!(db.set_dimension(&m, 3).is_err());
@@ -855,7 +1148,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let garbage = dir.path().join("notes.db");
         std::fs::write(&garbage, vec![b'x'; 4096]).unwrap();
-        let err = Db::open(&garbage, true).err().unwrap();
+        let err = Db::open(&garbage, Access::Write).err().unwrap();
         assert!(format!("{err:#}").contains("not a vlm index"), "{err:#}");
         assert_eq!(std::fs::read(&garbage).unwrap(), vec![b'x'; 4096]);
 
@@ -864,12 +1157,12 @@ mod tests {
         conn.execute_batch("CREATE TABLE t (x)").unwrap();
         drop(conn);
         let before = std::fs::read(&other).unwrap();
-        let err = Db::open(&other, true).err().unwrap();
+        let err = Db::open(&other, Access::Write).err().unwrap();
         assert!(format!("{err:#}").contains("not a vlm index"), "{err:#}");
         assert_eq!(std::fs::read(&other).unwrap(), before);
 
         let missing = dir.path().join("missing.sqlite");
-        assert!(Db::open(&missing, false).is_err());
+        assert!(Db::open(&missing, Access::Read).is_err());
         assert!(!missing.exists());
     }
 
@@ -877,12 +1170,112 @@ mod tests {
     fn a_newer_schema_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("i.sqlite");
-        drop(Db::open(&path, true).unwrap());
+        drop(Db::open(&path, Access::Write).unwrap());
         let conn = Connection::open(&path).unwrap();
         conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
             .unwrap();
         drop(conn);
-        let err = Db::open(&path, false).err().unwrap();
+        let err = Db::open(&path, Access::Read).err().unwrap();
         assert!(format!("{err:#}").contains("upgrade vlm"), "{err:#}");
+    }
+
+    #[test]
+    fn every_vector_must_have_the_index_length() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("i.sqlite"), Access::Write).unwrap();
+        let m = db.model_row(&key(), "clip").unwrap();
+        let stamp = Stamp {
+            size: 1,
+            mtime_ns: 1,
+        };
+        let row = |path: &'static [u8], v: &'static [f32]| NewRow {
+            path,
+            stamp,
+            result: Ok(v),
+        };
+        db.write_batch(m.id, &[row(b"/a", &[1.0, 0.0])]).unwrap();
+        let err = db
+            .write_batch(
+                m.id,
+                &[row(b"/b", &[0.0, 1.0]), row(b"/c", &[1.0, 0.0, 0.0])],
+            )
+            .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("a 3-float embedding for /c"),
+            "{err:#}"
+        );
+        // Nothing of the refused batch was stored.
+        assert_eq!(db.known(m.id).unwrap().len(), 1);
+
+        // A changed model: its rows go, its size is learnt again.
+        db.set_fingerprint(m.id, "old").unwrap();
+        assert_eq!(db.reset_model(m.id, "new").unwrap(), 1);
+        let m = db.models().unwrap().remove(0);
+        assert_eq!(
+            (m.images, m.dimension, m.fingerprint.as_deref()),
+            (0, None, Some("new"))
+        );
+        db.write_batch(m.id, &[row(b"/c", &[1.0, 0.0, 0.0])])
+            .unwrap();
+    }
+
+    #[test]
+    fn readers_leave_short_files_alone_and_index_takes_only_empty_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        for content in [&b""[..], b"x", &[0u8; 511]] {
+            let path = dir.path().join("f.db");
+            std::fs::write(&path, content).unwrap();
+            assert!(Db::open(&path, Access::Read).is_err());
+            if !content.is_empty() {
+                assert!(Db::open(&path, Access::Write).is_err());
+            }
+            assert_eq!(std::fs::read(&path).unwrap(), content);
+        }
+        let path = dir.path().join("f.db");
+        std::fs::write(&path, b"").unwrap();
+        drop(Db::open(&path, Access::Write).unwrap());
+        assert_eq!(
+            Db::open(&path, Access::Read).unwrap().version(),
+            SCHEMA_VERSION
+        );
+    }
+
+    #[test]
+    fn a_version_1_index_is_read_as_it_is_and_upgraded_by_a_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v1.sqlite");
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(&SCHEMA.replace("    fingerprint TEXT,\n", ""))
+            .unwrap();
+        conn.pragma_update(None, "application_id", APPLICATION_ID)
+            .unwrap();
+        conn.pragma_update(None, "user_version", 1).unwrap();
+        conn.execute(
+            "INSERT INTO models (model, revision, dtype, family, dimension, created)
+             VALUES ('m', '', 'f32', 'clip', 2, 5)",
+            [],
+        )
+        .unwrap();
+        drop(conn);
+        let before = std::fs::read(&path).unwrap();
+        let db = Db::open(&path, Access::Read).unwrap();
+        assert_eq!(db.version(), 1);
+        let m = db.models().unwrap().remove(0);
+        assert_eq!((m.fingerprint, m.dimension, m.created), (None, Some(2), 5));
+        drop(db);
+        assert_eq!(std::fs::read(&path).unwrap(), before);
+        let db = Db::open(&path, Access::Write).unwrap();
+        assert_eq!(db.version(), 2);
+        let m = db.models().unwrap().remove(0);
+        db.set_fingerprint(m.id, "f").unwrap();
+        assert_eq!(db.models().unwrap()[0].fingerprint.as_deref(), Some("f"));
+    }
+
+    #[test]
+    fn file_uris_escape_what_sqlite_would_read() {
+        assert_eq!(
+            file_uri(Path::new("/a b/x?y#z%.db")),
+            "file:/a%20b/x%3Fy%23z%25.db"
+        );
     }
 }

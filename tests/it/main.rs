@@ -17,6 +17,7 @@ mod hostile;
 mod hostile_models;
 mod hub;
 mod hub_bin;
+mod index_trust;
 #[cfg(target_os = "linux")]
 mod memory;
 mod newcomer;
