@@ -483,14 +483,20 @@ fn parse_label(
     if name.chars().count() > MAX_LABEL_CHARS {
         return Err(r.at(
             span,
-            format!("{what} {name:?} is longer than {MAX_LABEL_CHARS} characters"),
+            format!(
+                "{what} {} is longer than {MAX_LABEL_CHARS} characters",
+                crate::error::quote(name)
+            ),
         ));
     }
     // Names are printed in tables and CSV rows; a newline or tab there would break them.
     if name.chars().any(char::is_control) {
         return Err(r.at(
             span,
-            format!("{what} {name:?} contains a control character"),
+            format!(
+                "{what} {} contains a control character",
+                crate::error::quote(name)
+            ),
         ));
     }
     let prompts = match prompts {

@@ -224,7 +224,10 @@ fn parse_threshold(s: &str) -> Result<PerAspect<f32>, String> {
     let (aspect, value) = split_per_aspect(s);
     match value.parse::<f32>() {
         Ok(v) if (0.0..=1.0).contains(&v) => Ok(PerAspect { aspect, value: v }),
-        _ => Err(format!("{value:?} is not a score between 0 and 1")),
+        _ => Err(format!(
+            "{} is not a score between 0 and 1",
+            crate::error::quote(value)
+        )),
     }
 }
 
@@ -241,7 +244,10 @@ fn parse_top_k(s: &str) -> Result<PerAspect<usize>, String> {
     let (aspect, value) = split_per_aspect(s);
     match value.parse::<usize>() {
         Ok(v) if v >= 1 => Ok(PerAspect { aspect, value: v }),
-        _ => Err(format!("{value:?} is not a whole number of at least 1")),
+        _ => Err(format!(
+            "{} is not a whole number of at least 1",
+            crate::error::quote(value)
+        )),
     }
 }
 
@@ -1045,7 +1051,16 @@ pub fn clap_one_line(err: &clap::Error) -> String {
         .take_while(|l| !l.trim().is_empty())
         .map(str::trim)
         .collect();
-    let message = message.join(" ");
+    let mut message = message.join(" ");
+    // clap quotes the value it refused whole: a 300-digit number or a pasted page would bury the
+    // message, so it is cut to an excerpt (issue 20).
+    if let Some(clap::error::ContextValue::String(value)) =
+        err.get(clap::error::ContextKind::InvalidValue)
+    {
+        if value.chars().count() > crate::error::EXCERPT_CHARS {
+            message = message.replacen(value.as_str(), &crate::error::excerpt(value), 1);
+        }
+    }
     let message = message.strip_prefix("error: ").unwrap_or(&message);
     // clap's tips ("a similar argument exists: '--labels'", "a similar subcommand exists:
     // 'classify'") name the likely fix.

@@ -35,6 +35,37 @@ pub fn escape_controls(text: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// The most characters of user text an error quotes ([`quote`]).
+pub const EXCERPT_CHARS: usize = 60;
+
+/// `text` as an error quotes it: Rust-quoted (so control characters are escaped and the quote's
+/// end is visible), cut to its first [`EXCERPT_CHARS`] characters with `...` and the whole
+/// length after the closing quote when longer. A 500 KB label or a 300-digit number in an
+/// error is a line of noise that buries the message (issue 20); the start says which one it is.
+pub fn quote(text: &str) -> String {
+    let mut chars = text.char_indices();
+    match chars.nth(EXCERPT_CHARS) {
+        None => format!("{text:?}"),
+        Some((cut, _)) => format!(
+            "{:?} ({} characters)",
+            format!("{}...", &text[..cut]),
+            text.chars().count()
+        ),
+    }
+}
+
+/// [`quote`] without the quotes: for text already set off by its place in the message.
+pub fn excerpt(text: &str) -> String {
+    match text.char_indices().nth(EXCERPT_CHARS) {
+        None => escape_controls(text).into_owned(),
+        Some((cut, _)) => format!(
+            "{}... ({} characters)",
+            escape_controls(&text[..cut]),
+            text.chars().count()
+        ),
+    }
+}
+
 /// A multi-line message from a library (a decoder, the toml parser) as one line: its non-blank
 /// lines trimmed and joined with "; ", control characters escaped (`lines` leaves a lone `\r`,
 /// and the toml crate quotes keys as written: `"a\rb" = 1` is an unknown field whose name holds
@@ -133,6 +164,29 @@ mod tests {
             "invalid string; expected `\"`"
         );
         assert_eq!(single_line("unknown field `a\rb`"), "unknown field `a\\rb`");
+    }
+
+    #[test]
+    fn long_text_is_quoted_as_a_short_excerpt() {
+        use super::{excerpt, quote, EXCERPT_CHARS};
+        assert_eq!(quote("a cat"), "\"a cat\"");
+        assert_eq!(quote("a\ncat"), "\"a\\ncat\"");
+        let long = "x".repeat(500_000);
+        let q = quote(&long);
+        assert_eq!(
+            q,
+            format!("\"{}...\" (500000 characters)", "x".repeat(EXCERPT_CHARS))
+        );
+        let digits = "9".repeat(300);
+        assert!(quote(&digits).len() < 100, "{}", quote(&digits));
+        // Multi-byte characters are cut on a character boundary.
+        let cats = "猫".repeat(100);
+        assert!(quote(&cats).starts_with(&format!("\"{}...\"", "猫".repeat(EXCERPT_CHARS))));
+        assert_eq!(excerpt("a\tb"), "a\\tb");
+        assert_eq!(
+            excerpt(&long),
+            format!("{}... (500000 characters)", "x".repeat(EXCERPT_CHARS))
+        );
     }
 
     #[test]

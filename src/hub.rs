@@ -228,6 +228,11 @@ fn resolve_hub(req: &ModelRequest) -> Result<ModelFiles> {
     let config = require(CONFIG)?;
     let preprocessor = require(PREPROCESSOR)?;
     let tokenizer = require(TOKENIZER)?;
+    // Which token pads the text is named in these when the repository has them; they land beside
+    // tokenizer.json in the snapshot, where the tokenizer looks (`text::pad_id`).
+    for file in crate::text::TOKENIZER_SIDECARS {
+        fetch(file)?;
+    }
     let Some(weights) = weight_files(&fetch, &require)? else {
         return Err(if offline && !settings.offline {
             // The Hub did not answer and the cached commit has no weights.

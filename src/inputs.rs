@@ -168,10 +168,39 @@ fn path_from_bytes(bytes: &[u8]) -> PathBuf {
     PathBuf::from(String::from_utf8_lossy(bytes).into_owned())
 }
 
+/// A file's identity: its device and inode, so that two paths to one file (a symlink, `./a` and
+/// `a`, `x/../x/a`, a hard link) are one input. Elsewhere than Unix, its canonical path.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct FileId(#[cfg(unix)] (u64, u64), #[cfg(not(unix))] PathBuf);
+
+impl FileId {
+    /// The identity of the file `path` reaches (symlinks followed); `None` when it cannot be
+    /// read.
+    pub fn of_path(path: &Path) -> Option<FileId> {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::MetadataExt;
+            fs::metadata(path).ok().map(|m| FileId((m.dev(), m.ino())))
+        }
+        #[cfg(not(unix))]
+        {
+            fs::canonicalize(path).ok().map(FileId)
+        }
+    }
+}
+
+/// How an input is recognised as seen before: its identity, or the path when it has none (a
+/// missing file, which still becomes a record of its own).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum FileKey {
+    Id(FileId),
+    Path(PathBuf),
+}
+
 struct Walker<'a> {
     opts: &'a InputOptions,
-    /// Canonical paths of the files already listed (the path as given when it has none).
-    seen: HashSet<PathBuf>,
+    /// The files already listed, by identity.
+    seen: HashSet<FileKey>,
     out: Vec<Input>,
 }
 
@@ -217,9 +246,25 @@ impl Walker<'_> {
     }
 
     fn push_file(&mut self, path: PathBuf) {
-        let key = fs::canonicalize(&path).unwrap_or_else(|_| path.clone());
-        if self.seen.insert(key) {
-            self.out.push(Input::file(path));
+        let key = match FileId::of_path(&path) {
+            Some(id) => FileKey::Id(id),
+            None => FileKey::Path(fs::canonicalize(&path).unwrap_or_else(|_| path.clone())),
+        };
+        if !self.seen.insert(key) {
+            return;
+        }
+        // `stat`, never `open`: opening a FIFO waits for a writer, forever (issue 20). Refused
+        // here, it is one error record like any unreadable file; the decoder checks again on the
+        // open file (`images::decode::open_image_file`), for a file swapped since.
+        match fs::metadata(&path)
+            .ok()
+            .and_then(|m| crate::images::special_kind(&m.file_type()))
+        {
+            Some(kind) => {
+                let message = format!("{}: not a regular file ({kind})", path.display());
+                self.out.push(Input::failed(path, message));
+            }
+            None => self.out.push(Input::file(path)),
         }
     }
 

@@ -1,7 +1,7 @@
 //! Text side: the checkpoint's tokenizer, prompt templates and label lists.
 
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use tokenizers::{TruncationDirection, TruncationParams, TruncationStrategy};
@@ -76,18 +76,7 @@ impl Tokenizer {
             .with_context(|| format!("cannot configure tokenizer {}", path.display()))?;
         let pad_id = match policy.padding {
             Padding::Longest => None,
-            Padding::Full => Some(
-                inner
-                    .get_padding()
-                    .map(|p| p.pad_id)
-                    .or_else(|| inner.token_to_id("</s>"))
-                    .with_context(|| {
-                        format!(
-                            "cannot tell which id pads the text: {} has no padding section and no </s> token",
-                            path.display()
-                        )
-                    })?,
-            ),
+            Padding::Full => Some(pad_id(&inner, path)?),
         };
         // The padding is ours (below), as the family's policy says, not the file's.
         inner.with_padding(None);
@@ -119,7 +108,9 @@ impl Tokenizer {
                 .inner
                 .encode(text.as_ref(), true)
                 .map_err(|e| anyhow::anyhow!("{e}"))
-                .with_context(|| format!("cannot tokenize prompt {prompt:?}"))?;
+                .with_context(|| {
+                    format!("cannot tokenize prompt {}", crate::error::quote(prompt))
+                })?;
             if !enc.get_overflowing().is_empty() {
                 truncated.push(i);
             }
@@ -131,6 +122,79 @@ impl Tokenizer {
             ids.push(seq);
         }
         Ok(Tokenized { ids, truncated })
+    }
+}
+
+/// The files beside `tokenizer.json` that name its special tokens, as transformers reads them
+/// (`PreTrainedTokenizerBase.from_pretrained`); the Hub resolver fetches them too.
+pub const TOKENIZER_SIDECARS: [&str; 2] = ["tokenizer_config.json", "special_tokens_map.json"];
+
+/// The id [`Padding::Full`] pads with, as transformers finds it: the `pad_token` that
+/// `tokenizer_config.json` or `special_tokens_map.json` beside the tokenizer names, else the
+/// `pad_token` of `tokenizer.json`'s padding section (`PreTrainedTokenizerFast.__init__` takes it
+/// with `setdefault`, so the named one wins). Nothing named: refused, as transformers refuses to
+/// pad without a pad token; guessing (`</s>` used to be the guess) silently changes SigLIP 2's
+/// probabilities, whose `</s>` is an ordinary Gemma piece and whose pad is `<pad>` = 0 (issue 20).
+fn pad_id(inner: &tokenizers::Tokenizer, path: &Path) -> Result<u32> {
+    let dir = path.parent().unwrap_or(Path::new(""));
+    let mut named: Option<(String, PathBuf)> = None;
+    for file in TOKENIZER_SIDECARS {
+        let sidecar = dir.join(file);
+        if !sidecar.is_file() {
+            continue;
+        }
+        let Some(token) = named_pad_token(&sidecar)? else {
+            continue;
+        };
+        match &named {
+            Some((first, from)) if *first != token => bail!(
+                "{} names pad_token {} but {} names {}: cannot tell which token pads the text",
+                from.display(),
+                crate::error::quote(first),
+                sidecar.display(),
+                crate::error::quote(&token)
+            ),
+            Some(_) => {}
+            None => named = Some((token, sidecar)),
+        }
+    }
+    if let Some((token, from)) = named {
+        return inner.token_to_id(&token).with_context(|| {
+            format!(
+                "{} names pad_token {}, which {} does not have",
+                from.display(),
+                crate::error::quote(&token),
+                path.display()
+            )
+        });
+    }
+    inner.get_padding().map(|p| p.pad_id).with_context(|| {
+        format!(
+            "cannot tell which id pads the text: {} has no padding section, and no {} or {} beside it names a pad_token",
+            path.display(),
+            TOKENIZER_SIDECARS[0],
+            TOKENIZER_SIDECARS[1]
+        )
+    })
+}
+
+/// The `pad_token` a `tokenizer_config.json` or `special_tokens_map.json` names: a string, or an
+/// `AddedToken` object's `content`; `None` when absent or null.
+fn named_pad_token(path: &Path) -> Result<Option<String>> {
+    let text = read_text_file(path)?;
+    let root: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("{}: not valid JSON: {e}", path.display()))?;
+    match root.get("pad_token") {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::String(token)) => Ok(Some(token.clone())),
+        Some(serde_json::Value::Object(token)) => match token.get("content") {
+            Some(serde_json::Value::String(content)) => Ok(Some(content.clone())),
+            _ => bail!("{}: pad_token has no \"content\" string", path.display()),
+        },
+        Some(_) => bail!(
+            "{}: pad_token must be a string or an object with \"content\"",
+            path.display()
+        ),
     }
 }
 
@@ -176,7 +240,8 @@ impl Template {
         }
         if !text.contains("{}") {
             return Err(Error::Usage(format!(
-                "template {text:?} has no {{}} where the label goes"
+                "template {} has no {{}} where the label goes",
+                crate::error::quote(text)
             )));
         }
         Ok(Self(text.to_string()))
@@ -218,7 +283,8 @@ fn parse_templates(text: &str, source: &str) -> Result<Vec<Template>> {
         let t = Template::new(line).with_context(|| format!("{source}, line {line_no}"))?;
         if out.contains(&t) {
             bail!(Error::Usage(format!(
-                "{source}, line {line_no}: duplicate template {line:?}"
+                "{source}, line {line_no}: duplicate template {}",
+                crate::error::quote(line)
             )));
         }
         out.push(t);
@@ -267,11 +333,12 @@ impl LabelList {
             let label = part.trim();
             if label.is_empty() {
                 return Err(Error::Usage(format!(
-                    "--labels {value:?}: label {} is empty",
+                    "--labels {}: label {} is empty",
+                    crate::error::quote(value),
                     i + 1
                 )));
             }
-            self.push(label, &format!("--labels {value:?}"))?;
+            self.push(label, &format!("--labels {}", crate::error::quote(value)))?;
         }
         Ok(())
     }
@@ -288,7 +355,8 @@ impl LabelList {
         for (line_no, label) in list_lines(text) {
             if label.contains(',') {
                 self.warnings.push(format!(
-                    "{source}, line {line_no}: {label:?} is one label (a label file takes one label per line; --labels takes comma-separated lists)"
+                    "{source}, line {line_no}: {} is one label (a label file takes one label per line; --labels takes comma-separated lists)",
+                    crate::error::quote(label)
                 ));
             }
             self.push(label, &format!("{source}, line {line_no}"))?;
@@ -301,7 +369,10 @@ impl LabelList {
 
     fn push(&mut self, label: &str, source: &str) -> Result<(), Error> {
         if self.labels.iter().any(|l| l == label) {
-            return Err(Error::Usage(format!("{source}: duplicate label {label:?}")));
+            return Err(Error::Usage(format!(
+                "{source}: duplicate label {}",
+                crate::error::quote(label)
+            )));
         }
         self.labels.push(label.to_string());
         Ok(())
@@ -404,10 +475,37 @@ mod tests {
         assert_eq!(a.encode(&prompts).unwrap(), b.encode(&prompts).unwrap());
         assert_eq!(b.pad_id(), None);
 
-        // CLIP's tokenizer.json has no padding section and no </s>: nothing to pad with.
+        // CLIP's tokenizer.json alone has no padding section, and nothing beside it names a
+        // pad token: nothing to pad with.
         let full = policy(Padding::Full, TextNormalization::SiglipCanonical);
-        let err = format!("{:#}", Tokenizer::from_file(&plain, full).err().unwrap());
+        let alone = dir.path().join("tokenizer.json");
+        std::fs::copy(&plain, &alone).unwrap();
+        let err = format!("{:#}", Tokenizer::from_file(&alone, full).err().unwrap());
         assert!(err.contains("cannot tell which id pads the text"), "{err}");
+        // Named beside it: taken, whatever the file's own padding says.
+        let config = dir.path().join("tokenizer_config.json");
+        std::fs::write(&config, r#"{"pad_token": "<|endoftext|>"}"#).unwrap();
+        assert_eq!(
+            Tokenizer::from_file(&alone, full).unwrap().pad_id(),
+            Some(49407)
+        );
+        std::fs::write(
+            dir.path().join("special_tokens_map.json"),
+            r#"{"pad_token": {"content": "!"}}"#,
+        )
+        .unwrap();
+        let err = format!("{:#}", Tokenizer::from_file(&alone, full).err().unwrap());
+        assert!(
+            err.contains("names pad_token \"<|endoftext|>\" but"),
+            "{err}"
+        );
+        std::fs::write(&config, r#"{"pad_token": "<nowhere>"}"#).unwrap();
+        std::fs::remove_file(dir.path().join("special_tokens_map.json")).unwrap();
+        let err = format!("{:#}", Tokenizer::from_file(&alone, full).err().unwrap());
+        assert!(
+            err.contains("which") && err.contains("does not have"),
+            "{err}"
+        );
 
         let bad = dir.path().join("bad.json.gz");
         std::fs::write(&bad, b"not gzip at all").unwrap();

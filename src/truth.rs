@@ -68,20 +68,12 @@ pub fn parse(text: &str, source: &str, jsonl: &Option<bool>, base: &Path) -> Res
         return Err(Error::Usage(format!("{source}: no images in this ground truth")).into());
     }
     let mut rows: Vec<TruthRow> = Vec::with_capacity(raw.len());
-    let mut seen: std::collections::HashMap<PathBuf, usize> = Default::default();
     for (line, given, labels) in raw {
         let given = given.trim().to_string();
         if given.is_empty() {
             return Err(at(source, line, "empty path"));
         }
         let path = base.join(&given);
-        if let Some(first) = seen.insert(path.clone(), line) {
-            return Err(at(
-                source,
-                line,
-                &format!("{given:?} appears twice (first on line {first})"),
-            ));
-        }
         let mut clean: Vec<String> = Vec::new();
         for l in labels {
             let l = l.trim();
@@ -99,7 +91,75 @@ pub fn parse(text: &str, source: &str, jsonl: &Option<bool>, base: &Path) -> Res
             line,
         });
     }
+    // The same path written twice; by reference, so that a large truth costs no second copy of
+    // its paths. The same file by two paths is [`locate`]'s to find.
+    let mut seen: std::collections::HashMap<&Path, usize> = Default::default();
+    for row in &rows {
+        if let Some(first) = seen.insert(&row.path, row.line) {
+            return Err(at(
+                source,
+                row.line,
+                &format!(
+                    "{} appears twice (first on line {first})",
+                    crate::error::quote(&row.given)
+                ),
+            ));
+        }
+    }
     Ok(rows)
+}
+
+/// How many paths that do not exist [`Located`] keeps, to name them.
+pub const MISSING_LISTED: usize = 10;
+
+/// A truth's rows split by whether their file exists.
+#[derive(Debug)]
+pub struct Located {
+    /// The rows whose file exists, in order.
+    pub rows: Vec<TruthRow>,
+    /// How many paths do not exist (or cannot be read).
+    pub missing: usize,
+    /// The first [`MISSING_LISTED`] of them. The rest are counted, not kept: a truth of a million
+    /// rows for another machine's files must not cost a million error records (issue 20).
+    pub missing_rows: Vec<TruthRow>,
+}
+
+/// Finds each row's file by identity (device and inode, [`crate::inputs::FileId`]): two rows
+/// that reach one file (`./a.png` and `a.png`, `x/../x/a.png`, a symlink) are an error naming
+/// both lines, as a path written twice is; rows whose file does not exist are counted.
+pub fn locate(rows: Vec<TruthRow>, source: &str) -> Result<Located> {
+    let mut located = Located {
+        rows: Vec::new(),
+        missing: 0,
+        missing_rows: Vec::new(),
+    };
+    let mut seen: std::collections::HashMap<crate::inputs::FileId, usize> = Default::default();
+    for row in rows {
+        let Some(id) = crate::inputs::FileId::of_path(&row.path) else {
+            located.missing += 1;
+            if located.missing_rows.len() < MISSING_LISTED {
+                located.missing_rows.push(row);
+            }
+            continue;
+        };
+        if let Some(&first) = seen.get(&id) {
+            let first: &TruthRow = &located.rows[first];
+            return Err(at(
+                source,
+                row.line,
+                &format!(
+                    "{} is the same file as {} (line {})",
+                    crate::error::quote(&row.given),
+                    crate::error::quote(&first.given),
+                    first.line
+                ),
+            ));
+        }
+        seen.insert(id, located.rows.len());
+        located.rows.push(row);
+    }
+    located.rows.shrink_to_fit();
+    Ok(located)
 }
 
 fn at(source: &str, line: usize, message: &str) -> anyhow::Error {

@@ -123,8 +123,10 @@ fn truth_matrix(rows: &[TruthRow], aspect: &Aspect, source: &str) -> Result<Vec<
             let Some(j) = names.iter().position(|n| n == l) else {
                 let hint = crate::error::hint(l, &names);
                 return Err(Error::Usage(format!(
-                    "{source}:{}: label {l:?} is not in aspect {}{hint}",
-                    row.line, aspect.name
+                    "{source}:{}: label {} is not in aspect {}{hint}",
+                    row.line,
+                    crate::error::quote(l),
+                    aspect.name
                 ))
                 .into());
             };
@@ -210,7 +212,33 @@ pub fn run(opts: &CalibrateOptions) -> Result<Outcome> {
     };
     let truth_source = display_path(&opts.truth);
     let rows = truth::read(&opts.truth)?;
+    // Every row's labels are checked, found or not; then only the found rows are kept.
+    truth_matrix(&rows, &aspect, &truth_source)?;
+    let total_rows = rows.len();
+    let located = truth::locate(rows, &truth_source)?;
+    let rows = located.rows;
     let per_label_truth = truth_matrix(&rows, &aspect, &truth_source)?;
+    if !located.missing_rows.is_empty() {
+        // One line for all of them, even with -q: each is also a reason for exit code 1.
+        let named: Vec<String> = located
+            .missing_rows
+            .iter()
+            .take(3)
+            .map(|r| format!("{} (line {})", crate::error::quote(&r.given), r.line))
+            .collect();
+        let more = located.missing - named.len();
+        crate::output::report_error(&format!(
+            "{truth_source}: {} of {} paths do not exist and are left out: {}{}",
+            located.missing,
+            total_rows,
+            named.join(", "),
+            if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
+            }
+        ));
+    }
     let inputs: Vec<Input> = rows
         .iter()
         .map(|r| Input {
@@ -246,7 +274,21 @@ pub fn run(opts: &CalibrateOptions) -> Result<Outcome> {
     // Scores per label over the images that could be scored.
     let mut scored: Vec<usize> = Vec::new();
     let mut scores: Vec<Vec<f32>> = vec![Vec::new(); aspect.labels.len()];
-    let mut failed: Vec<FailedInput> = Vec::new();
+    // The report lists the first missing paths (all of them are counted on stderr), then every
+    // image that could not be decoded.
+    let mut failed: Vec<FailedInput> = located
+        .missing_rows
+        .iter()
+        .map(|r| FailedInput {
+            path: display_path(&r.path),
+            error: format!(
+                "{}: no such file ({} of the truth's paths do not exist; the first {} are listed)",
+                crate::error::escape_controls(&display_path(&r.path)),
+                located.missing,
+                located.missing_rows.len()
+            ),
+        })
+        .collect();
     let progress = Progress::images(inputs.len(), show_progress(quiet)).with_errors(true);
     encode_images(
         &engine,

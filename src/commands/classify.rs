@@ -60,7 +60,8 @@ fn warn_about_labels(labels: &[String], warnings: &[String], head: HeadKind) {
     }
     if let ([only], HeadKind::Softmax) = (labels, head) {
         output::warn(&format!(
-            "only one label ({only:?}): its probability is always 1 with this model; give two or more (comma-separated) to compare"
+            "only one label ({}): its probability is always 1 with this model; give two or more (comma-separated) to compare",
+            crate::error::quote(only)
         ));
     }
 }

@@ -209,15 +209,33 @@ pub fn classes(opts: &EvalOptions) -> Result<(Vec<Class>, usize)> {
 /// The images of a dataset, each with its class index, in class order.
 type ClassImages = Vec<(Input, usize)>;
 
-/// Every image of every class, in class order, with its class; and the classes without images.
-fn class_images(classes: &[Class], hidden: bool) -> Result<(ClassImages, Vec<usize>)> {
+/// What [`class_images`] found.
+struct Dataset {
+    /// Every image of every class, in class order, with its class.
+    images: ClassImages,
+    /// The classes without images.
+    empty: Vec<usize>,
+    /// Files reached through more than one class folder (symlinked folders, hard links): each
+    /// counts once, in the first class that has it, as classify counts a file given twice.
+    duplicates: usize,
+    /// The first such file: its path in the later class, and in the class that keeps it.
+    duplicate_example: Option<(PathBuf, PathBuf)>,
+}
+
+/// Every image of every class, each file once (by identity, [`inputs::FileId`]).
+fn class_images(classes: &[Class], hidden: bool) -> Result<Dataset> {
     let walk = InputOptions {
         recursive: true,
         hidden,
         ..InputOptions::default()
     };
-    let mut out = Vec::new();
-    let mut empty = Vec::new();
+    let mut out = Dataset {
+        images: Vec::new(),
+        empty: Vec::new(),
+        duplicates: 0,
+        duplicate_example: None,
+    };
+    let mut first: std::collections::HashMap<inputs::FileId, PathBuf> = Default::default();
     for (c, class) in classes.iter().enumerate() {
         let found = inputs::collect(
             std::slice::from_ref(&class.folder),
@@ -227,12 +245,28 @@ fn class_images(classes: &[Class], hidden: bool) -> Result<(ClassImages, Vec<usi
         let is_empty = matches!(found.as_slice(), [only] if only.path == class.folder
             && only.error.as_deref().is_some_and(|e| e.contains(inputs::NO_IMAGES)));
         if is_empty {
-            empty.push(c);
+            out.empty.push(c);
             continue;
         }
-        out.extend(found.into_iter().map(|i| (i, c)));
+        for input in found {
+            let id = input
+                .error
+                .is_none()
+                .then(|| inputs::FileId::of_path(&input.path))
+                .flatten();
+            if let Some(id) = id {
+                if let Some(kept) = first.get(&id) {
+                    out.duplicates += 1;
+                    out.duplicate_example
+                        .get_or_insert_with(|| (input.path.clone(), kept.clone()));
+                    continue;
+                }
+                first.insert(id, input.path.clone());
+            }
+            out.images.push((input, c));
+        }
     }
-    Ok((out, empty))
+    Ok(out)
 }
 
 /// Ranks best first: top-1, then mean per-class recall, then top-5; `None` last.
@@ -257,7 +291,12 @@ pub fn run(opts: &EvalOptions) -> Result<Outcome> {
     }
     let templates = templates_from(&opts.templates, opts.template_set.as_deref())?;
     let (classes, stray) = classes(opts)?;
-    let (images, empty) = class_images(&classes, opts.hidden)?;
+    let Dataset {
+        images,
+        empty,
+        duplicates,
+        duplicate_example,
+    } = class_images(&classes, opts.hidden)?;
     // Nothing to score is a usage error before the model loads (issue 23).
     if images.is_empty() {
         return Err(Error::Usage(format!(
@@ -281,6 +320,13 @@ pub fn run(opts: &EvalOptions) -> Result<Outcome> {
             output::warn(&format!(
                 "{}: {stray} file(s) beside the class folders are not in a class, and are left out",
                 opts.root.display()
+            ));
+        }
+        if let Some((again, kept)) = &duplicate_example {
+            output::warn(&format!(
+                "{duplicates} file(s) are in more than one class folder (e.g. {} is {}): each is counted once, in its first class",
+                again.display(),
+                kept.display()
             ));
         }
         for &c in &empty {

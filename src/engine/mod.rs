@@ -239,6 +239,9 @@ impl ModelPlan {
             .spec
             .load(&self.files.weights, &opts)
             .map_err(in_model)?;
+        // Every family's head, checked once here: a non-finite scale or bias is a model error in
+        // every command, not `"probability": null` (issue 21).
+        crate::model::checks::score_head(model.head()).map_err(in_model)?;
         Ok(Engine {
             files: self.files,
             spec: self.spec,

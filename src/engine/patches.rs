@@ -54,6 +54,11 @@ impl Engine {
                         image.len()
                     );
                 }
+                // The check `image_embeddings` makes for every other command: a non-finite
+                // weight on the patch path (projection, post_layernorm, an MLP bias) is a model
+                // error, not `null` scores and blank overlays (issue 20).
+                crate::model::checks::finite_embeddings("patch", &image)
+                    .map_err(|e| super::model_error(&self.files.id, e))?;
                 let normalized: Vec<Vec<f32>> = image
                     .into_iter()
                     .map(|mut p| {

@@ -206,7 +206,11 @@ impl Engine {
             .tokenizer
             .as_ref()
             .context("the tokenizer was not loaded")?;
-        let tokens = tokenizer.encode(prompts)?;
+        // The tokenizer is the model folder's: a prompt it cannot encode is reported against
+        // the model (exit 2, naming the folder), not as a bare tokenizer message (issue 20).
+        let tokens = tokenizer
+            .encode(prompts)
+            .map_err(|e| super::model_error(&self.files.id, e))?;
         if let (false, Some(&first)) = (quiet, tokens.truncated.first()) {
             let example: String = prompts[first].chars().take(60).collect();
             let more = if prompts[first].chars().count() > 60 {
@@ -219,6 +223,9 @@ impl Engine {
                 tokens.truncated.len(),
                 self.spec.text_policy().context_len,
             ));
+        }
+        if let (false, Some(warning)) = (quiet, self.spec.text_warning(&tokens.ids)) {
+            output::warn(&warning);
         }
         Ok(tokens.ids)
     }

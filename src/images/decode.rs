@@ -52,6 +52,10 @@ pub enum ImageLoadError {
         path: PathBuf,
         cause: std::io::Error,
     },
+    /// A FIFO, a device, a socket: opened without blocking and refused before any read
+    /// (reading a FIFO waits for a writer forever; `/dev/zero` never ends).
+    #[error("{}: not a regular file ({kind})", .path.display())]
+    NotRegular { path: PathBuf, kind: &'static str },
     #[error("{}: empty file (0 bytes), not an image", .path.display())]
     Empty { path: PathBuf },
     #[error("{}: not an image in a supported format ({detail})", .path.display())]
@@ -80,6 +84,7 @@ impl ImageLoadError {
     pub fn path(&self) -> &Path {
         match self {
             Self::Io { path, .. }
+            | Self::NotRegular { path, .. }
             | Self::Empty { path }
             | Self::Unsupported { path, .. }
             | Self::TooManyPixels { path, .. }
@@ -92,20 +97,72 @@ impl ImageLoadError {
 /// Decodes an image file (format from its content, not its extension), applies its EXIF
 /// orientation and converts it to RGB8 like transformers' `convert_to_rgb`.
 pub fn load_image(path: &Path, limits: &DecodeLimits) -> Result<RgbImage, ImageLoadError> {
+    let file = open_image_file(path)?;
+    decode(BufReader::new(file), path, limits, None)
+}
+
+/// What a file that is not a regular file is, for messages; `None` for a regular file.
+pub(crate) fn special_kind(file_type: &std::fs::FileType) -> Option<&'static str> {
+    if file_type.is_file() {
+        return None;
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if file_type.is_fifo() {
+            return Some("a FIFO");
+        }
+        if file_type.is_char_device() {
+            return Some("a character device");
+        }
+        if file_type.is_block_device() {
+            return Some("a block device");
+        }
+        if file_type.is_socket() {
+            return Some("a socket");
+        }
+    }
+    if file_type.is_dir() {
+        return Some("a folder");
+    }
+    Some("not a file")
+}
+
+/// Opens an image file for decoding, refusing anything but a regular file before reading a
+/// byte. On Unix the open itself cannot block: `O_NONBLOCK` (which regular files ignore) makes
+/// opening a FIFO with no writer return at once, and `fstat` on the open file then says what it
+/// is, so a file swapped for a FIFO after the inputs were listed is refused too (issue 20).
+/// A character device such as `/dev/zero` reported its offset as 0 after a buffered read,
+/// and std's `BufReader::stream_position` panicked subtracting the buffer from it.
+pub(crate) fn open_image_file(path: &Path) -> Result<File, ImageLoadError> {
     let io_err = |cause| ImageLoadError::Io {
         path: path.to_path_buf(),
         cause,
     };
-    let file = File::open(path).map_err(io_err)?;
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.custom_flags(libc::O_NONBLOCK);
+    }
+    let file = options.open(path).map_err(io_err)?;
+    let file_type = file.metadata().map_err(io_err)?.file_type();
     // Opening a directory succeeds on Unix and only the first read fails ("Is a directory");
     // say so plainly instead.
-    if file.metadata().map_err(io_err)?.is_dir() {
+    if file_type.is_dir() {
         return Err(io_err(std::io::Error::new(
             std::io::ErrorKind::IsADirectory,
             "is a directory, not an image file",
         )));
     }
-    decode(BufReader::new(file), path, limits, None)
+    if let Some(kind) = special_kind(&file_type) {
+        return Err(ImageLoadError::NotRegular {
+            path: path.to_path_buf(),
+            kind,
+        });
+    }
+    Ok(file)
 }
 
 /// Whether `path` can be an image [`load_image`] decodes, from its first bytes only: it opens, is
@@ -421,5 +478,27 @@ mod tests {
         forged[16..20].copy_from_slice(&100_000u32.to_be_bytes());
         forged[20..24].copy_from_slice(&100_000u32.to_be_bytes());
         assert!(load_image_from_memory(&forged, &DecodeLimits::default()).is_err());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn fifos_and_devices_are_refused_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("pipe.png");
+        let c_path = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path; mkfifo only creates the node.
+        assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o644) }, 0);
+        // No writer: a blocking open would never return.
+        let err = load_image(&fifo, &DecodeLimits::default()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("{}: not a regular file (a FIFO)", fifo.display())
+        );
+        // Before: std's BufReader::stream_position panicked on /dev/zero's offset of 0.
+        let err = load_image(Path::new("/dev/zero"), &DecodeLimits::default()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "/dev/zero: not a regular file (a character device)"
+        );
     }
 }

@@ -68,7 +68,6 @@ mod tensor;
 mod test_util;
 mod transform;
 
-use std::fs::File;
 use std::io::{Cursor, Read};
 use std::path::Path;
 
@@ -79,6 +78,7 @@ pub use config::{
     shortest_edge_output_size, CropSize, PreprocessConfig, Resample, ResizeSize, OPENAI_CLIP_MEAN,
     OPENAI_CLIP_STD,
 };
+pub(crate) use decode::special_kind;
 pub use decode::{
     load_image, load_image_from_memory, sniff, DecodeLimits, ImageLoadError, DEFAULT_MAX_PIXELS,
 };
@@ -120,12 +120,9 @@ pub fn prepare_file_reduced(
         path: path.to_path_buf(),
         cause,
     };
-    let mut file = File::open(path).map_err(io_err)?;
+    let mut file = decode::open_image_file(path)?;
     let mut magic = [0u8; 3];
-    let is_jpeg = cfg.do_resize
-        && file.metadata().map_err(io_err)?.is_file()
-        && file.read_exact(&mut magic).is_ok()
-        && magic == JPEG_SIGNATURE;
+    let is_jpeg = cfg.do_resize && file.read_exact(&mut magic).is_ok() && magic == JPEG_SIGNATURE;
     if !is_jpeg {
         // Other formats stream from the file; only a JPEG that may be reduced is read whole.
         return prepare_file(path, limits, cfg);

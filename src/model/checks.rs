@@ -10,6 +10,8 @@
 
 use anyhow::{bail, Result};
 
+use super::ScoreHead;
+
 /// `value`, when it is a finite number; otherwise an error naming `name`.
 pub fn finite_scalar(name: &str, value: f32) -> Result<f32> {
     if !value.is_finite() {
@@ -29,6 +31,42 @@ pub fn logit_scale(value: f32) -> Result<f32> {
         );
     }
     Ok(value)
+}
+
+/// A loaded model's score head, checked for every family at the seam
+/// ([`crate::engine::ModelPlan::load`]): `logit_scale` as [`logit_scale`] has it, a finite
+/// `logit_bias`, and finite logits at both ends of the cosine range. A NaN bias would otherwise
+/// print `"probability": null` for every label and make `vlm tag` return no tags (issue 21).
+pub fn score_head(head: ScoreHead) -> Result<ScoreHead> {
+    logit_scale(head.logit_scale)?;
+    finite_scalar("logit_bias", head.logit_bias)?;
+    for cosine in [-1.0, 1.0] {
+        let logit = head.logit(cosine);
+        if !logit.is_finite() {
+            bail!(
+                "logit_scale {} with logit_bias {} gives the logit {logit} at cosine {cosine}",
+                head.logit_scale,
+                head.logit_bias
+            );
+        }
+    }
+    Ok(head)
+}
+
+/// The largest `layer_norm_eps` accepted. Checkpoints use 1e-12 to 1e-5; an epsilon near the
+/// activations' variance flattens every normalised vector towards zero and every score towards
+/// the same value (1e30 gives 0.5 everywhere), which is a damaged config, not a model (issue 20).
+pub const MAX_LAYER_NORM_EPS: f64 = 1.0;
+
+/// A config's `layer_norm_eps`, named `name` in the error: `0 < eps <= 1`.
+pub fn layer_norm_eps(name: &str, value: f64) -> Result<()> {
+    if !(value.is_finite() && value > 0.0 && value <= MAX_LAYER_NORM_EPS) {
+        bail!(
+            "{name} is {value}; it must be a positive number no larger than {MAX_LAYER_NORM_EPS} \
+             (checkpoints use 1e-12 to 1e-5)"
+        );
+    }
+    Ok(())
 }
 
 /// Checks embeddings (one row per input) before they are scored: every value finite, and the
@@ -64,6 +102,38 @@ mod tests {
         let err = logit_scale(100.0).unwrap_err().to_string();
         assert!(err.contains("overflows"), "{err}");
         assert!(logit_scale(f32::NAN).is_err());
+    }
+
+    #[test]
+    fn the_head_needs_finite_parameters_and_logits() {
+        use crate::model::HeadKind;
+        let head = |logit_scale, logit_bias| ScoreHead {
+            kind: HeadKind::Sigmoid,
+            logit_scale,
+            logit_bias,
+        };
+        assert!(score_head(head(4.7, -16.5)).is_ok());
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            let err = score_head(head(4.7, bad)).unwrap_err().to_string();
+            assert!(err.starts_with("logit_bias is"), "{err}");
+            let err = score_head(head(bad, 0.0)).unwrap_err().to_string();
+            assert!(err.starts_with("logit_scale is"), "{err}");
+        }
+        let err = score_head(head(88.0, 3e38)).unwrap_err().to_string();
+        assert!(err.contains("gives the logit inf"), "{err}");
+    }
+
+    #[test]
+    fn layer_norm_eps_is_bounded_on_both_sides() {
+        for good in [1e-12, 1e-5, 1.0] {
+            assert!(layer_norm_eps("x", good).is_ok(), "{good}");
+        }
+        for bad in [0.0, -1e-5, 1.5, 1e30, f64::NAN, f64::INFINITY] {
+            let err = layer_norm_eps("vision_config.layer_norm_eps", bad)
+                .unwrap_err()
+                .to_string();
+            assert!(err.starts_with("vision_config.layer_norm_eps is"), "{err}");
+        }
     }
 
     #[test]

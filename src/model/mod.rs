@@ -168,6 +168,13 @@ pub trait ModelSpec: Debug + Send + Sync {
     fn patch_grid(&self) -> Option<(usize, usize)> {
         None
     }
+    /// A warning about tokenised prompts that this family would embed badly, or `None`. CLIP
+    /// pools each text at its `eos_token_id`: a config whose id the tokenizer never produces
+    /// pools every prompt at its first token, so every label gets the same embedding (issue 20).
+    fn text_warning(&self, ids: &[Vec<u32>]) -> Option<String> {
+        let _ = ids;
+        None
+    }
 }
 
 /// Per-patch image embeddings, in the same space as the text embeddings, for `vlm explain`.

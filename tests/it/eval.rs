@@ -492,3 +492,39 @@ fn table_and_csv_formats() {
     assert_eq!(lines.next(), Some("label,images,recall,top_confusions"));
     assert_eq!(lines.count(), 6);
 }
+
+#[cfg(unix)]
+#[test]
+fn a_file_reached_through_two_class_folders_counts_once() {
+    // Before: a class folder that is a symlink to another class's folder counted every file
+    // twice (once per class).
+    let root = tempfile::tempdir().unwrap();
+    for (class, images) in [("camera", ["camera.png"]), ("coin", ["coins.png"])] {
+        std::fs::create_dir(root.path().join(class)).unwrap();
+        for name in images {
+            std::fs::copy(
+                fixtures().join("images").join(name),
+                root.path().join(class).join(name),
+            )
+            .unwrap();
+        }
+    }
+    std::os::unix::fs::symlink(root.path().join("coin"), root.path().join("money")).unwrap();
+    let out = eval(root.path(), &["--no-cache"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+    let r = report(&out);
+    assert_eq!(r.images, 2);
+    let images: Vec<(&str, usize)> = r
+        .classes
+        .iter()
+        .map(|c| (c.label.as_str(), c.images))
+        .collect();
+    assert_eq!(images, [("camera", 1), ("coin", 1), ("money", 0)]);
+    let err = stderr_of(&out);
+    assert!(
+        err.contains("1 file(s) are in more than one class folder (e.g. ")
+            && err.contains("money/coins.png is ")
+            && err.contains("coin/coins.png): each is counted once, in its first class"),
+        "{err}"
+    );
+}

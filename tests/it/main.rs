@@ -9,6 +9,7 @@ mod common;
 mod batch;
 mod bf16;
 mod calibrate;
+mod checks;
 mod cli;
 mod eval;
 mod explain;

@@ -8,7 +8,7 @@ use crate::common;
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use common::ImageResult as Record;
 
@@ -18,13 +18,7 @@ fn model() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/tiny-openai")
 }
 
-/// What one run of the binary left: exit code, stdout, and its peak resident set in KiB.
-struct Run {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-    peak_kib: i64,
-}
+use common::Measured as Run;
 
 /// Runs `vlm classify` with the tiny model and `args`, and reads the child's own peak RSS.
 fn classify(dir: &Path, args: &[&str]) -> Run {
@@ -33,40 +27,14 @@ fn classify(dir: &Path, args: &[&str]) -> Run {
 
 /// [`classify`] with the model folder `model`.
 fn classify_with(model: &Path, dir: &Path, args: &[&str]) -> Run {
-    let out_path = dir.join("stdout");
-    let err_path = dir.join("stderr");
-    // Reaped by `wait4` below, which clippy's zombie check cannot see.
-    #[allow(clippy::zombie_processes)]
-    let child = Command::new(assert_cmd::cargo::cargo_bin("vlm"))
-        .env("HF_HUB_OFFLINE", "1")
+    let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("vlm"));
+    cmd.env("HF_HUB_OFFLINE", "1")
         .env("VLM_CACHE_DIR", dir.join("cache"))
         .args(["classify", "-l", "cat,dog", "-q"])
         .arg("-m")
         .arg(model)
-        .args(args)
-        .stdin(Stdio::null())
-        // Files, not pipes: nothing reads pipes while `wait4` waits.
-        .stdout(File::create(&out_path).unwrap())
-        .stderr(File::create(&err_path).unwrap())
-        .spawn()
-        .unwrap();
-    let mut status = 0;
-    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
-    // SAFETY: waits for our own child (std has not reaped it: `wait` was never called) and fills
-    // the status and rusage it is given.
-    let usage = unsafe {
-        assert_eq!(
-            libc::wait4(child.id() as i32, &mut status, 0, usage.as_mut_ptr()),
-            child.id() as i32
-        );
-        usage.assume_init()
-    };
-    Run {
-        code: libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status)),
-        stdout: std::fs::read_to_string(out_path).unwrap(),
-        stderr: std::fs::read_to_string(err_path).unwrap(),
-        peak_kib: usage.ru_maxrss,
-    }
+        .args(args);
+    common::run_measured(cmd, dir)
 }
 
 fn records(run: &Run) -> Vec<Record> {

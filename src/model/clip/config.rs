@@ -251,9 +251,7 @@ impl ClipConfig {
             ("text_config.layer_norm_eps", t.layer_norm_eps),
             ("vision_config.layer_norm_eps", v.layer_norm_eps),
         ] {
-            if !(value.is_finite() && value > 0.0) {
-                bail!("{name} is {value}; it must be a positive number");
-            }
+            crate::model::checks::layer_norm_eps(name, value)?;
         }
         if !t.hidden_size.is_multiple_of(t.num_attention_heads) {
             bail!(
@@ -462,6 +460,10 @@ mod tests {
             (
                 r#""vision_config":{"layer_norm_eps":0.0}"#,
                 "must be a positive number",
+            ),
+            (
+                r#""text_config":{"layer_norm_eps":1e30}"#,
+                "text_config.layer_norm_eps is 1000000000000000000000000000000",
             ),
             (
                 r#""text_config":{"vocab_size":4294967297}"#,

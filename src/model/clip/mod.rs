@@ -16,7 +16,6 @@ use candle_nn::VarBuilder;
 
 pub use config::{ClipConfig, TextPooling};
 
-use crate::model::checks;
 use crate::model::nn::{
     self, causal_mask, layer_norm, Encoder, EncoderSpec, Linear, LinearPrecision,
 };
@@ -61,6 +60,21 @@ impl ModelSpec for ClipConfig {
 
     fn load(&self, weights: &[PathBuf], opts: &LoadOptions) -> Result<Box<dyn ImageTextModel>> {
         Ok(Box::new(Clip::load(self.clone(), weights, opts)?))
+    }
+
+    /// transformers pools at `(ids == eos).int().argmax()`, position 0 when the id is absent:
+    /// the start token, the same for every prompt.
+    fn text_warning(&self, ids: &[Vec<u32>]) -> Option<String> {
+        let TextPooling::FirstEos(eos) = self.text_pooling() else {
+            return None;
+        };
+        let missing = ids.iter().filter(|seq| !seq.contains(&eos)).count();
+        (missing > 0).then(|| {
+            format!(
+                "text_config.eos_token_id {eos} is missing from {missing} of {} tokenised prompts: those pool at their first token, so their labels all get the same embedding (does the config belong to this tokenizer?)",
+                ids.len()
+            )
+        })
     }
 
     /// Every ViT checkpoint: one cell per patch.
@@ -332,7 +346,8 @@ impl Clip {
         if !vb.contains_tensor("logit_scale") {
             bail!("the checkpoint has no logit_scale tensor: is this a CLIPModel checkpoint?");
         }
-        let logit_scale = checks::logit_scale(nn::scalar(&vb, "logit_scale")?)?;
+        // Checked with the other families' heads, at the seam (`model::checks::score_head`).
+        let logit_scale = nn::scalar(&vb, "logit_scale")?;
         Ok(Self {
             config,
             vision,

@@ -148,6 +148,12 @@ impl SiglipConfig {
                 bail!("{name} must be positive");
             }
         }
+        for (name, value) in [
+            ("text_config.layer_norm_eps", t.layer_norm_eps),
+            ("vision_config.layer_norm_eps", v.layer_norm_eps),
+        ] {
+            crate::model::checks::layer_norm_eps(name, value)?;
+        }
         if !t.hidden_size.is_multiple_of(t.num_attention_heads) {
             bail!(
                 "text_config.hidden_size {} is not divisible by num_attention_heads {}",
@@ -360,6 +366,20 @@ mod tests {
         .unwrap_err();
         assert!(format!("{err:#}").contains("text_config"), "{err:#}");
         assert!(SiglipConfig::from_json(r#"{"model_type":"siglip","text_config":3}"#).is_err());
+        for (bad, want) in [
+            (
+                r#""vision_config":{"layer_norm_eps":-1e-5}"#,
+                "vision_config.layer_norm_eps is -0.00001",
+            ),
+            (
+                r#""text_config":{"layer_norm_eps":1e30}"#,
+                "text_config.layer_norm_eps is 1000000000000000000000000000000",
+            ),
+        ] {
+            let json = format!(r#"{{"model_type":"siglip",{bad}}}"#);
+            let err = format!("{:#}", SiglipConfig::from_json(&json).unwrap_err());
+            assert!(err.contains(want), "{err}");
+        }
     }
 
     #[test]

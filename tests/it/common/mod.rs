@@ -218,3 +218,50 @@ pub fn read_npy(path: &Path) -> (usize, usize, Vec<f32>) {
     assert_eq!(data.len(), dims[0] * dims[1]);
     (dims[0], dims[1], data)
 }
+
+pub mod models;
+
+/// What one run of a child process left: exit code, stdout, stderr and its peak resident set in
+/// KiB, read with `wait4` (the child's own peak, so tests can run side by side).
+#[cfg(target_os = "linux")]
+pub struct Measured {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+    pub peak_kib: i64,
+}
+
+/// Runs `cmd` to the end, its stdout and stderr going to files in `dir` (nothing reads pipes
+/// while `wait4` waits), and measures its peak RSS.
+#[cfg(target_os = "linux")]
+pub fn run_measured(mut cmd: std::process::Command, dir: &Path) -> Measured {
+    use std::fs::File;
+    use std::process::Stdio;
+    let out_path = dir.join("stdout");
+    let err_path = dir.join("stderr");
+    // Reaped by `wait4` below, which clippy's zombie check cannot see.
+    #[allow(clippy::zombie_processes)]
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(File::create(&out_path).unwrap())
+        .stderr(File::create(&err_path).unwrap())
+        .spawn()
+        .unwrap();
+    let mut status = 0;
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: waits for our own child (std has not reaped it: `wait` was never called) and fills
+    // the status and rusage it is given.
+    let usage = unsafe {
+        assert_eq!(
+            libc::wait4(child.id() as i32, &mut status, 0, usage.as_mut_ptr()),
+            child.id() as i32
+        );
+        usage.assume_init()
+    };
+    Measured {
+        code: libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status)),
+        stdout: std::fs::read_to_string(out_path).unwrap(),
+        stderr: std::fs::read_to_string(err_path).unwrap(),
+        peak_kib: usage.ru_maxrss,
+    }
+}
