@@ -15,6 +15,7 @@ mod explain;
 mod first_minutes;
 mod hostile;
 mod hostile_models;
+mod int8;
 #[cfg(target_os = "linux")]
 mod memory;
 mod parity;
