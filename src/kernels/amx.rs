@@ -270,7 +270,7 @@ unsafe fn block32(
 ) {
     let pairs = (kb - 1) / 2;
     let (mut a, mut w) = (a.cast::<u8>(), w.cast::<u8>());
-    // SAFETY (every asm! block below): tile loads read a and w only within the first kb × 2048
+    // SAFETY: (every asm! block below) tile loads read a and w only within the first kb × 2048
     // bytes (the main loop loads steps ≤ 2·pairs ≤ kb - 1; the tail one step further only when
     // two steps remain), and the 128 bias bytes (stride 0: 16 times the same 64 bytes);
     // prefetches never fault; the stores write 32 rows × 128 bytes of c at stride ldc·4. Only

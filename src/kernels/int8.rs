@@ -79,16 +79,29 @@ pub(super) fn quantize_weight_row(w: &[f32], q: &mut [i8]) -> f32 {
 /// Quantizes one activation row to `q` (`q.len() ≥ x.len()`; the rest is set to 0): the range
 /// [min(x, 0), max(x, 0)] over 0..=255. Returns (scale, zero point). An all-zero row gives scale
 /// 0; a row holding NaN or an infinity a NaN scale (its outputs NaN, as in f32).
+#[inline(always)]
 pub(super) fn quantize_row(x: &[f32], q: &mut [u8]) -> (f32, i32) {
-    let (mut lo, mut hi) = (0f32, 0f32);
-    let mut finite = true;
-    // Comparisons rather than f32::min/max (whose NaN rules cost a blend per value); NaN is
-    // caught by `finite`.
-    for &v in x {
-        lo = if v < lo { v } else { lo };
-        hi = if v > hi { v } else { hi };
-        finite &= v.is_finite();
+    // 16 independent lanes (a single running min is a chain the compiler cannot vectorise);
+    // comparisons rather than f32::min/max, whose NaN rules cost a blend per value: NaN and the
+    // infinities are caught by `finite` (|v| ≤ MAX is false for them).
+    let (mut lo16, mut hi16, mut ok16) = ([0f32; 16], [0f32; 16], [true; 16]);
+    let chunks = x.chunks_exact(16);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for l in 0..16 {
+            lo16[l] = if c[l] < lo16[l] { c[l] } else { lo16[l] };
+            hi16[l] = if c[l] > hi16[l] { c[l] } else { hi16[l] };
+            ok16[l] &= c[l].abs() <= f32::MAX;
+        }
     }
+    for (l, &v) in tail.iter().enumerate() {
+        lo16[l] = if v < lo16[l] { v } else { lo16[l] };
+        hi16[l] = if v > hi16[l] { v } else { hi16[l] };
+        ok16[l] &= v.abs() <= f32::MAX;
+    }
+    let lo = lo16.iter().fold(0f32, |a, &v| if v < a { v } else { a });
+    let hi = hi16.iter().fold(0f32, |a, &v| if v > a { v } else { a });
+    let finite = ok16.iter().all(|&o| o);
     let (body, rest) = q.split_at_mut(x.len().min(q.len()));
     rest.fill(0);
     let scale = (hi - lo) / 255.0;
@@ -132,9 +145,11 @@ impl PackedInt8 {
                     scale[col] = quantize_weight_row(row, &mut q);
                     colsum[col] = q.iter().map(|&v| i32::from(v)).sum();
                     let (t, c) = (col / 16, col % 16);
-                    for (kk, &v) in q.iter().enumerate() {
-                        let (kb, r, e) = (kk / KB, (kk % KB) / 4, kk % 4);
-                        panel[kb * 2048 + t * 1024 + r * 64 + c * 4 + e] = v;
+                    // One 4-k group (4 bytes) at a time.
+                    for (g, group) in q.chunks(4).enumerate() {
+                        let (kb, r) = (g / 16, g % 16);
+                        let at = kb * 2048 + t * 1024 + r * 64 + c * 4;
+                        panel[at..at + group.len()].copy_from_slice(group);
                     }
                 }
             });
@@ -232,15 +247,7 @@ impl QuantRows {
                 .par_chunks_mut(JOB * kp)
                 .zip(x.par_chunks(JOB * k))
                 .zip(scale.par_chunks_mut(JOB).zip(zero.par_chunks_mut(JOB)))
-                .for_each(|((dst, src), (scale, zero))| {
-                    for (i, (d, s)) in dst
-                        .chunks_exact_mut(kp)
-                        .zip(src.chunks_exact(k))
-                        .enumerate()
-                    {
-                        (scale[i], zero[i]) = quantize_row(s, d);
-                    }
-                });
+                .for_each(|((dst, src), (scale, zero))| quantize_job(src, dst, scale, zero));
             QuantData::U8(data)
         };
         Self {
@@ -249,6 +256,45 @@ impl QuantRows {
             scale,
             zero,
         }
+    }
+}
+
+super::elementwise::dispatch! {
+    /// Quantizes the rows of `x` into `dst` (as many rows, `dst.len() / scale.len()` values
+    /// each), their scales and zero points into `scale` and `zero`: [`quantize_row`] compiled
+    /// for the CPU's vector width (the same arithmetic, so the same values, on every CPU).
+    fn quantize_job(x: &[f32], dst: &mut [u8], scale: &mut [f32], zero: &mut [i32]) = quantize_job_inner;
+}
+
+#[inline(always)]
+fn quantize_job_inner(x: &[f32], dst: &mut [u8], scale: &mut [f32], zero: &mut [i32]) {
+    let rows = scale.len().max(1);
+    let (k, kp) = (x.len() / rows, dst.len() / rows);
+    if k == 0 || kp == 0 {
+        return;
+    }
+    for (i, (d, s)) in dst.chunks_exact_mut(kp).zip(x.chunks_exact(k)).enumerate() {
+        (scale[i], zero[i]) = quantize_row(s, d);
+    }
+}
+
+super::elementwise::dispatch! {
+    /// One output row of [`dequantize`]: `out[j] = (acc[j] − zx·colsum[j]) as f32 ·
+    /// (sx·sw[j]) + b[j]`, compiled for the CPU's vector width (the same arithmetic everywhere).
+    fn dequantize_row(acc: &[i32], colsum: &[i32], sw: &[f32], bias: &[f32], sxz: (f32, i32), out: &mut [f32]) = dequantize_row_inner;
+}
+
+#[inline(always)]
+fn dequantize_row_inner(
+    acc: &[i32],
+    colsum: &[i32],
+    sw: &[f32],
+    bias: &[f32],
+    (sx, zx): (f32, i32),
+    out: &mut [f32],
+) {
+    for ((((o, &a), &cs), &sw), &b) in out.iter_mut().zip(acc).zip(colsum).zip(sw).zip(bias) {
+        *o = (a - zx * cs) as f32 * (sx * sw) + b;
     }
 }
 
@@ -285,10 +331,7 @@ pub(super) unsafe fn dequantize(
         let (sx, zx) = (q.scale[r], q.zero[r]);
         // SAFETY: row r, columns c0..c0 + cols are inside out and ours (the contract).
         let run = unsafe { std::slice::from_raw_parts_mut(out.add(r * out_dim + c0), cols) };
-        for ((((o, &a), &cs), &sw), &b) in run.iter_mut().zip(acc).zip(colsum).zip(scale).zip(bias)
-        {
-            *o = (a - zx * cs) as f32 * (sx * sw) + b;
-        }
+        dequantize_row(acc, colsum, scale, bias, (sx, zx), run);
         epilogue.apply(run, r, c0, out_dim);
     }
 }

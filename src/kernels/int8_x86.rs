@@ -42,7 +42,7 @@ pub(super) fn row_unit(backend: Backend) -> usize {
 pub(super) unsafe fn run(task: &Task, backend: Backend) {
     let kp = task.q.kp;
     let unit = row_unit(backend);
-    // SAFETY (each arm): `blocks`' contract is the caller's; each kernel closure is called with
+    // SAFETY: (each arm) `blocks`' contract is the caller's; each kernel closure is called with
     // rows r..r + rows (rows ≤ unit) inside the quantized rows, which exist in `a` (padded to
     // 32: for AMX, r is a multiple of 32, so the whole 32-row block exists), and fills rows × 32
     // sums of acc (which holds 32 × 32); the CPU has the kernel's features (the caller's
