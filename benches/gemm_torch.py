@@ -3,8 +3,9 @@
     python benches/gemm_torch.py --threads 2 --shapes 1600x768x2304,50x768x768
 
 Each shape is MxKxN: `y = x @ w.T + b` with x [M, K], w [N, K], as `torch.nn.functional.linear`
-computes it, in f32 and in bf16 (x and w both bf16, as a model converted with `.to(torch.bfloat16)`
-runs). Prints one JSON object per line: {"shape": "MxKxN", "dtype": "f32"|"bf16", "gflops": median,
+computes it, in f32, in bf16 (x and w both bf16, as a model converted with `.to(torch.bfloat16)`
+runs) and in dynamic int8 (`quantize_dynamic`, qint8: int8 weights, activations quantized per
+call). Prints one JSON object per line: {"shape": "MxKxN", "dtype": "f32"|"bf16", "gflops": median,
 "gflops_cpu": median}: GFLOP per second of wall-clock time, and per second of the process's CPU
 time summed over its threads (on a machine shared with other work, the second is steadier: it
 leaves out the time the threads waited for a core).
@@ -20,10 +21,21 @@ import torch
 
 def rate(m, k, n, dtype, min_time, repeats):
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(m, k, generator=g).to(dtype)
-    w = torch.randn(n, k, generator=g).to(dtype)
-    b = torch.randn(n, generator=g).to(dtype)
-    f = torch.nn.functional.linear
+    if dtype == "int8":
+        # PyTorch's dynamic int8 (what quantize_dynamic makes of every nn.Linear): int8 weights,
+        # the activations quantized at every call.
+        x = torch.randn(m, k, generator=g)
+        lin = torch.nn.Linear(k, n)
+        lin = torch.ao.quantization.quantize_dynamic(
+            torch.nn.Sequential(lin), {torch.nn.Linear}, dtype=torch.qint8)
+        def f(x, w, b):
+            return lin(x)
+        w = b = None
+    else:
+        x = torch.randn(m, k, generator=g).to(dtype)
+        w = torch.randn(n, k, generator=g).to(dtype)
+        b = torch.randn(n, generator=g).to(dtype)
+        f = torch.nn.functional.linear
     with torch.inference_mode():
         for _ in range(3):
             f(x, w, b)
@@ -47,12 +59,12 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--shapes", default="1600x768x2304,1600x768x768,1600x768x3072,1600x3072x768")
-    p.add_argument("--dtypes", default="f32,bf16")
+    p.add_argument("--dtypes", default="f32,bf16,int8")
     p.add_argument("--min-time", type=float, default=0.2)
     p.add_argument("--repeats", type=int, default=7)
     a = p.parse_args()
     torch.set_num_threads(a.threads)
-    dtypes = {"f32": torch.float32, "bf16": torch.bfloat16}
+    dtypes = {"f32": torch.float32, "bf16": torch.bfloat16, "int8": "int8"}
     print(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads()}), flush=True)
     for shape in a.shapes.split(","):
         m, k, n = (int(v) for v in shape.split("x"))

@@ -1,5 +1,6 @@
-//! GEMM rate (GFLOP/s) of the encoder's linear layers: Candle's matmul and `vlm::kernels` (f32, bf16)
-//! against PyTorch's, measured in the same run.
+//! GEMM rate (GFLOP/s; GOP/s for int8, counting each multiply and add as for f32) of the encoder's
+//! linear layers: Candle's matmul and `vlm::kernels` (f32, bf16, every int8 kernel this CPU
+//! runs) against PyTorch's (f32, bf16, dynamic int8), measured in the same run.
 //!
 //!     cargo bench --bench kernels
 //!
@@ -172,6 +173,10 @@ fn main() -> anyhow::Result<()> {
         Backend::best(Precision::F32),
         Backend::best(Precision::Bf16),
         Backend::Avx512Bf16,
+        Backend::AmxInt8,
+        Backend::Avx512Vnni,
+        Backend::AvxVnni,
+        Backend::Avx2Int8,
     ]
     .into_iter()
     .filter(|b| b.is_available())
@@ -183,7 +188,7 @@ fn main() -> anyhow::Result<()> {
     });
     let mut columns = vec!["candle f32".to_string()];
     columns.extend(backends.iter().map(|b| format!("{b:?}")));
-    columns.extend(["torch f32".to_string(), "torch bf16".to_string()]);
+    columns.extend(["torch f32", "torch bf16", "torch int8"].map(String::from));
     // rows[shape][column] = (wall, cpu) GFLOP/s
     let mut rows: Vec<Vec<Option<(f64, f64)>>> = Vec::new();
     let dev = Device::Cpu;
@@ -209,7 +214,7 @@ fn main() -> anyhow::Result<()> {
                 Ok(())
             })?));
         }
-        for d in ["f32", "bf16"] {
+        for d in ["f32", "bf16", "int8"] {
             row.push(torch.get(&(s.name(), d.to_string())).copied());
         }
         rows.push(row);

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Issue 11's comparison in one run: vlm against transformers/PyTorch, f32 and bf16, same photos.
+"""Issues 11 and 24's comparison in one run: vlm against transformers/PyTorch, f32, bf16 and int8.
 
     cargo build --release
     /work/.venv/bin/python tests/fixtures/make_fixtures.py --bench tests/fixtures/bench-vit-b32
@@ -8,8 +8,10 @@
 Prints Markdown for BENCHMARKS.md:
   * the CPU (model name and the flags that matter) and PyTorch's GEMM rate in f32 and bf16;
   * end to end on `--images` distinct 640x480 JPEGs, batch `--batch`, `--threads` threads:
-    `vlm classify` (f32 and `--dtype bf16`) against benches/transformers_classify.py (f32 and
-    `torch.autocast("cpu", dtype=torch.bfloat16)`), alternating, `--rounds` rounds, medians.
+    `vlm classify` (f32, `--dtype bf16`, `--dtype int8`) against
+    benches/transformers_classify.py (f32, `torch.autocast("cpu", dtype=torch.bfloat16)`,
+    `quantize_dynamic` qint8), alternating, `--rounds` rounds, medians; int8 also against vlm's
+    own f32 and bf16;
     vlm is timed as a whole process (start-up and model load included); the reference times
     itself from after its model load (imports and loading excluded), so the comparison leans
     towards PyTorch;
@@ -100,40 +102,42 @@ def main() -> None:
         return [vlm, "classify", "-m", model, "-l", LABELS, "-f", "jsonl", "-b", str(args.batch),
                 "-j", str(args.threads), "-q", "--dtype", dtype, "--files-from", str(listing)]
 
-    def ref_cmd(autocast: bool) -> list[str]:
+    def ref_cmd(dtype: str) -> list[str]:
+        mode = {"f32": [], "bf16": ["--autocast", "bf16"], "int8": ["--quantize", "int8"]}[dtype]
         return [py, ref, "--model", model, "--labels", LABELS, "--batch-size", str(args.batch),
-                "--threads", str(args.threads), "--timing", *(["--autocast", "bf16"] if autocast
-                                                             else []), *images]
+                "--threads", str(args.threads), "--timing", *mode, *images]
 
+    dtypes = ("f32", "bf16", "int8")
     # Warm the text cache and the page cache once.
-    for dtype in ("f32", "bf16"):
+    for dtype in dtypes:
         run(vlm_cmd(dtype), env)
-    results: dict[str, list[float]] = {k: [] for k in ("vf", "vb", "tf", "tb")}
+    results: dict[str, list[float]] = {f"{s}{d}": [] for s in "vt" for d in dtypes}
     rss: dict[str, float] = {}
     for _ in range(args.rounds):
-        wall, peak = run(vlm_cmd("f32"), env)
-        results["vf"].append(wall)
-        rss["f32"] = peak
-        results["tf"].append(timed_reference(ref_cmd(False)))
-        wall, peak = run(vlm_cmd("bf16"), env)
-        results["vb"].append(wall)
-        rss["bf16"] = peak
-        results["tb"].append(timed_reference(ref_cmd(True)))
+        for dtype in dtypes:
+            wall, peak = run(vlm_cmd(dtype), env)
+            results[f"v{dtype}"].append(wall)
+            rss[dtype] = peak
+            results[f"t{dtype}"].append(timed_reference(ref_cmd(dtype)))
     rate = {k: n / statistics.median(v) for k, v in results.items()}
     spread = {k: f"{n / max(v):.1f}–{n / min(v):.1f}" for k, v in results.items()}
     print(f"End to end, {n} photos (640x480 JPEG), batch {args.batch}, {args.threads} threads, "
           f"median of {args.rounds} alternating rounds (range in brackets):\n")
     print("| precision | vlm img/s | transformers img/s | vlm / transformers | vlm peak RSS |")
     print("| --- | ---: | ---: | ---: | ---: |")
-    print(f"| f32 | {rate['vf']:.1f} ({spread['vf']}) | {rate['tf']:.1f} ({spread['tf']}) | "
-          f"**{rate['vf'] / rate['tf']:.2f}×** | {rss['f32']:.0f} MB |")
-    print(f"| bf16 (`--dtype bf16` / `torch.autocast`) | {rate['vb']:.1f} ({spread['vb']}) | "
-          f"{rate['tb']:.1f} ({spread['tb']}) | **{rate['vb'] / rate['tb']:.2f}×** | "
-          f"{rss['bf16']:.0f} MB |\n")
+    names = {"f32": "f32", "bf16": "bf16 (`--dtype bf16` / `torch.autocast`)",
+             "int8": "int8 (`--dtype int8` / `quantize_dynamic` qint8)"}
+    for d in dtypes:
+        print(f"| {names[d]} | {rate['v' + d]:.1f} ({spread['v' + d]}) | {rate['t' + d]:.1f} "
+              f"({spread['t' + d]}) | **{rate['v' + d] / rate['t' + d]:.2f}×** | "
+              f"{rss[d]:.0f} MB |")
+    print(f"\nvlm int8 against vlm f32: **{rate['vint8'] / rate['vf32']:.2f}×**; against vlm bf16: "
+          f"**{rate['vint8'] / rate['vbf16']:.2f}×**; load average at end: "
+          f"{os.getloadavg()[0]:.1f}\n")
 
     one = [vlm, "classify", "-m", model, "-l", LABELS, "-f", "jsonl", "-j", str(args.threads),
            images[0]]
-    for dtype in ("f32", "bf16"):
+    for dtype in dtypes:
         runs = [run([*one, "--dtype", dtype], env) for _ in range(5)]
         print(f"Single image, `--dtype {dtype}`, process start to exit (text cache warm): "
               f"median {statistics.median(r[0] for r in runs):.3f} s, peak RSS "

@@ -26,6 +26,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--autocast", choices=["bf16"], help="run the model under torch.autocast "
                     "(CPU, bfloat16): PyTorch's fastest CPU mode")
+    ap.add_argument("--quantize", choices=["int8"], help="quantize every nn.Linear with "
+                    "torch.ao.quantization.quantize_dynamic (qint8): PyTorch's CPU int8 mode")
     ap.add_argument("--timing", action="store_true", help="print to stderr the seconds spent "
                     "after the model was loaded (decode, preprocess, encode, output)")
     ap.add_argument("images", nargs="+")
@@ -42,6 +44,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.set_grad_enabled(False)
     model = CLIPModel.from_pretrained(args.model, dtype=torch.float32).eval()
+    if args.quantize:
+        model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
     proc = AutoImageProcessor.from_pretrained(args.model, backend="pil")
     tok = AutoTokenizer.from_pretrained(args.model)
 

@@ -765,7 +765,9 @@ pub struct ModelArgs {
     #[arg(long, value_name = "DEVICE", default_value = "auto")]
     pub device: String,
 
-    /// Numeric type of the weights and activations.
+    /// Numeric type of the weights and activations. On the CPU, bf16 and int8 apply to the
+    /// image tower's linear layers (int8: weights quantized at load, activations per row);
+    /// see the README's Precision section.
     #[arg(long, value_enum, default_value_t = Precision::F32)]
     pub dtype: Precision,
 }

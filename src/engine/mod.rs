@@ -26,6 +26,8 @@ pub enum Precision {
     F32,
     F16,
     Bf16,
+    /// int8 linear layers on the CPU (issue 24); f32 elsewhere.
+    Int8,
 }
 
 impl Precision {
@@ -34,6 +36,9 @@ impl Precision {
             Precision::F32 => DType::F32,
             Precision::F16 => DType::F16,
             Precision::Bf16 => DType::BF16,
+            // Weights and activations are quantized inside the linear layers only; the tensors
+            // between them stay f32.
+            Precision::Int8 => DType::F32,
         }
     }
 
@@ -42,6 +47,7 @@ impl Precision {
             Precision::F32 => "f32",
             Precision::F16 => "f16",
             Precision::Bf16 => "bf16",
+            Precision::Int8 => "int8",
         }
     }
 
@@ -53,13 +59,21 @@ impl Precision {
     /// and on the SigLIP 2 fixture most of bf16's error came from the text side (tests/it/bf16.rs).
     /// There is no f16 CPU kernel: f16 computes in f32. On a GPU, the tensors take the
     /// precision's dtype.
+    ///
+    /// int8 (issue 24) quantizes the image tower's encoder layers (q/k/v, out_proj, fc1, fc2;
+    /// SigLIP's pooling head's k/v): weights once at load, per output channel; activations per
+    /// row at every call. The patch embedding and the projection stay f32 (a few percent of the
+    /// work, and the first reads raw pixels); so do attention, softmax, layer norms and the
+    /// text tower, for the reasons given for bf16. On a CPU without an int8 kernel (AVX2, VNNI,
+    /// AMX) the run is f32 and the note says so; on a GPU, f32.
     pub fn compute(self, device: &Device) -> Compute {
         if !device.is_cpu() {
             return Compute {
                 dtype: self.dtype(),
                 vision: LinearPrecision::F32,
                 text: LinearPrecision::F32,
-                note: None,
+                note: (self == Precision::Int8)
+                    .then_some("--dtype int8: vlm's int8 kernels are for the CPU; on this device it computes in f32"),
             };
         }
         let native_bf16 = kernels::Backend::native_bf16();
@@ -69,6 +83,11 @@ impl Precision {
             Precision::Bf16 => (
                 LinearPrecision::F32,
                 Some("--dtype bf16: this CPU has no bf16 arithmetic (AMX or AVX512-BF16), so vlm computes in f32, which is faster here"),
+            ),
+            Precision::Int8 if kernels::Backend::native_int8() => (LinearPrecision::Int8, None),
+            Precision::Int8 => (
+                LinearPrecision::F32,
+                Some("--dtype int8: this CPU has no int8 kernel of vlm's (AVX2, AVX-VNNI, AVX512-VNNI or AMX), so vlm computes in f32"),
             ),
             Precision::F16 => (
                 LinearPrecision::F32,

@@ -32,8 +32,9 @@ pub fn model_id(model: &str) -> String {
 }
 
 pub fn precision(dtype: &str) -> Option<Precision> {
-    [Precision::F32, Precision::F16, Precision::Bf16]
-        .into_iter()
+    <Precision as clap::ValueEnum>::value_variants()
+        .iter()
+        .copied()
         .find(|p| p.name() == dtype)
 }
 

@@ -10,33 +10,45 @@
 //! writing when the block starts), through a scratch block otherwise.
 //!
 //! Linux keeps the 8 KiB tile state off until a process asks for it:
-//! `arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)`, once per process ([`available`]). Where
+//! `arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)`, once per process ([`tiles_usable`], called
+//! once by [`super::cpu::features`]). Where
 //! that fails (older kernels, seccomp, other OSes) the AMX backend is reported unavailable and
 //! `Backend::best` picks the next one.
 
 use std::arch::asm;
-use std::sync::OnceLock;
 
 use super::x86::{Shape, NR};
 
 /// Rows per block of the AMX kernel (two tiles of 16).
 pub(super) const ROWS: usize = 32;
 
-/// Whether the CPU has AMX-TILE and AMX-BF16, the OS saves their state, and this process may use
-/// them (asked for once; the answer is kept).
-pub(super) fn available() -> bool {
-    static AVAILABLE: OnceLock<bool> = OnceLock::new();
-    *AVAILABLE.get_or_init(|| cpu_has_amx_bf16() && os_enables_tiles() && request_permission())
+/// Which AMX kinds the CPU has with the tile state usable (the OS saves it and granted this
+/// process permission, asked for once): read once into [`super::cpu::features`].
+pub(super) struct TileSupport {
+    pub bf16: bool,
+    pub int8: bool,
 }
 
-fn cpu_has_amx_bf16() -> bool {
+pub(super) fn tiles_usable() -> TileSupport {
     use std::arch::x86_64::{__cpuid, __cpuid_count};
+    let none = TileSupport {
+        bf16: false,
+        int8: false,
+    };
     if __cpuid(0).eax < 7 {
-        return false;
+        return none;
     }
     let edx = __cpuid_count(7, 0).edx;
-    // CPUID.(EAX=7,ECX=0):EDX bit 22 AMX-BF16, bit 24 AMX-TILE.
-    edx & (1 << 22) != 0 && edx & (1 << 24) != 0
+    // CPUID.(EAX=7,ECX=0):EDX bit 22 AMX-BF16, bit 24 AMX-TILE, bit 25 AMX-INT8.
+    let (bf16, tile, int8) = (
+        edx & (1 << 22) != 0,
+        edx & (1 << 24) != 0,
+        edx & (1 << 25) != 0,
+    );
+    if !tile || !(bf16 || int8) || !os_enables_tiles() || !request_permission() {
+        return none;
+    }
+    TileSupport { bf16, int8 }
 }
 
 /// XCR0 bits 17 (XTILECFG) and 18 (XTILEDATA): the OS manages the tile state.
@@ -96,13 +108,13 @@ const CONFIG: TileConfig = {
 };
 
 /// Releases the tiles when a task ends, however it ends.
-struct Tiles;
+pub(super) struct Tiles;
 
 impl Tiles {
     /// # Safety
-    /// AMX must be [`available`].
-    unsafe fn configure() -> Tiles {
-        // SAFETY: available() established the CPU has AMX-TILE and the OS lets this process use
+    /// AMX must be usable ([`tiles_usable`]).
+    pub(super) unsafe fn configure() -> Tiles {
+        // SAFETY: tiles_usable() established the CPU has AMX-TILE and the OS lets this process use
         // the tile state; CONFIG is a valid palette-1 configuration (rows ≤ 16, colsb ≤ 64).
         unsafe {
             asm!("ldtilecfg [{}]", in(reg) &CONFIG, options(nostack, readonly, preserves_flags))
@@ -123,7 +135,7 @@ impl Drop for Tiles {
 /// 32-row block, the panel's weights staying in L1/L2 while the rows pass.
 ///
 /// # Safety
-/// AMX [`available`]; `a` the task's rows converted by `convert_rows` with mr = 32, ck = 32 (blocks
+/// AMX usable ([`tiles_usable`]); `a` the task's rows converted by `convert_rows` with mr = 32, ck = 32 (blocks
 /// of 32 rows, for each 32-k chunk 32 rows × 64 bytes); `w` bf16 panels for `s.n × s.k`; `bias`
 /// padded to whole panels; `out` as in `run_task`.
 pub(super) unsafe fn task(
@@ -258,7 +270,7 @@ unsafe fn block32(
 ) {
     let pairs = (kb - 1) / 2;
     let (mut a, mut w) = (a.cast::<u8>(), w.cast::<u8>());
-    // SAFETY (every asm! block below): tile loads read a and w only within the first kb × 2048
+    // SAFETY: (every asm! block below) tile loads read a and w only within the first kb × 2048
     // bytes (the main loop loads steps ≤ 2·pairs ≤ kb - 1; the tail one step further only when
     // two steps remain), and the 128 bias bytes (stride 0: 16 times the same 64 bytes);
     // prefetches never fault; the stores write 32 rows × 128 bytes of c at stride ldc·4. Only

@@ -15,6 +15,14 @@ pub(crate) unsafe trait Plain: Copy {}
 unsafe impl Plain for f32 {}
 // SAFETY: plain numbers.
 unsafe impl Plain for u16 {}
+// SAFETY: plain numbers.
+unsafe impl Plain for u8 {}
+// SAFETY: plain numbers.
+unsafe impl Plain for i8 {}
+// SAFETY: plain numbers.
+unsafe impl Plain for i16 {}
+// SAFETY: plain numbers.
+unsafe impl Plain for i32 {}
 
 /// A zero-initialised `[T]` starting on a cache line.
 ///

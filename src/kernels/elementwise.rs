@@ -44,15 +44,14 @@ pub(crate) use dispatch;
 
 #[cfg(target_arch = "x86_64")]
 pub(crate) fn has_avx512() -> bool {
-    is_x86_feature_detected!("avx512f")
-        && is_x86_feature_detected!("avx512bw")
-        && is_x86_feature_detected!("avx512vl")
-        && is_x86_feature_detected!("avx512dq")
+    use super::cpu;
+    cpu::features().avx512 && cpu::allows(cpu::Level::Avx512)
 }
 
 #[cfg(target_arch = "x86_64")]
 pub(crate) fn has_avx2_fma() -> bool {
-    is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+    use super::cpu;
+    cpu::features().avx2_fma && cpu::allows(cpu::Level::Avx2)
 }
 
 /// `exp(x)` for f32: `2^n · p(r)` with `x = n·ln 2 + r`, `|r| ≤ ln 2 / 2`, `p` the degree-7

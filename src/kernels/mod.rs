@@ -11,6 +11,16 @@
 //! | `Bf16` | [`Backend::AmxBf16`]: AMX tiles, `tdpbf16ps`, 32 × 32 per step | `amx-tile`, `amx-bf16` (CPUID), the kernel's permission (Linux `arch_prctl`), `avx512bf16` | bf16 pairs |
 //! | `Bf16` | [`Backend::Avx512Bf16`]: `vdpbf16ps` microkernel, 14 × 32 | `avx512bf16`, `avx512bw` | bf16 pairs |
 //! | either | [`Backend::Portable`]: the `gemm` crate (Candle's own CPU matmul, AVX-512/AVX2/NEON/scalar, its own dispatch) | nothing | f32, `[out, in]` |
+//! | `Int8` | [`Backend::AmxInt8`]: AMX tiles, `tdpbusd`, 32 × 32 per step | `amx-tile`, `amx-int8`, the kernel's permission, AVX-512 | i8 in 4-k groups |
+//! | `Int8` | [`Backend::Avx512Vnni`]: `vpdpbusd zmm`, 14 × 32 | `avx512vnni` (+ f/bw/vl) | the same |
+//! | `Int8` | [`Backend::AvxVnni`]: `vpdpbusd ymm`, 6 × 16 | `avxvnni`, `avx2` | the same |
+//! | `Int8` | [`Backend::Avx2Int8`]: `vpmaddwd` on i16, 3 × 16 | `avx2` | the same |
+//! | `Int8` | [`Backend::PortableInt8`]: scalar Rust | nothing | the same |
+//!
+//! The int8 backends all compute the same exact i32 sums and share one epilogue, so they give the
+//! same bits (see `int8.rs` for the quantization). Features are detected once ([`cpu`]);
+//! `VLM_KERNELS=portable|avx2|avx-vnni|avx512|amx` caps what [`Backend::best`] and the elementwise
+//! kernels choose, so one machine can run every path end to end.
 //!
 //! `Bf16` on a CPU without native bf16 arithmetic computes in f32 with the original weights ([`Backend::Avx512F32`]
 //! or [`Backend::Portable`]): converting would only cost time there and lose precision.
@@ -22,13 +32,27 @@
 //! Threads: the output is cut into row blocks × column blocks (see [`grid`]), run on Rayon's global
 //! pool (the one Candle uses), as many tasks as threads or a multiple of it.
 
+// Issue 21: every unsafe block argues its safety, every unsafe fn states its contract, and
+// unsafe operations inside unsafe fns still need their own block.
+#![deny(
+    clippy::undocumented_unsafe_blocks,
+    clippy::missing_safety_doc,
+    unsafe_op_in_unsafe_fn
+)]
+
 #[cfg(target_arch = "x86_64")]
 mod amx;
 pub mod attention;
 mod buf;
+pub mod cpu;
 pub mod elementwise;
+mod int8;
+#[cfg(target_arch = "x86_64")]
+mod int8_x86;
 #[cfg(target_arch = "x86_64")]
 mod x86;
+
+pub use int8::MAX_K as INT8_MAX_K;
 
 mod tensor;
 pub use tensor::Linear;
@@ -41,6 +65,31 @@ pub enum Precision {
     /// bf16 weights and activations, f32 accumulation, where the CPU multiplies bf16 natively;
     /// f32 elsewhere.
     Bf16,
+    /// int8 weights (per output channel) and activations (per row, at run time), exact i32
+    /// sums (see `int8.rs`).
+    Int8,
+}
+
+impl Precision {
+    /// The precision of the layers an int8 model keeps in f32 (the patch embedding, the
+    /// projections: see `Precision::compute` in the engine); other precisions unchanged.
+    pub fn unless_int8(self) -> Precision {
+        match self {
+            Precision::Int8 => Precision::F32,
+            p => p,
+        }
+    }
+
+    /// Whether layers of this precision are packed (converted, quantized) once at load on this
+    /// CPU: bf16 where the CPU multiplies it natively, and int8. f32 multiplies the weights
+    /// where they are until a batch is tall enough (see [`Linear::in_place`]).
+    pub fn packs_at_load(self) -> bool {
+        match self {
+            Precision::F32 => false,
+            Precision::Bf16 => Backend::native_bf16(),
+            Precision::Int8 => true,
+        }
+    }
 }
 
 /// The kernel a [`PackedLinear`] runs.
@@ -54,36 +103,95 @@ pub enum Backend {
     Avx512Bf16,
     /// f32 through the `gemm` crate (what Candle's matmul uses), on any CPU.
     Portable,
+    /// int8 on AMX tiles, `tdpbusd`.
+    AmxInt8,
+    /// int8, AVX512-VNNI `vpdpbusd`.
+    Avx512Vnni,
+    /// int8, AVX-VNNI (256-bit `vpdpbusd`).
+    AvxVnni,
+    /// int8, AVX2 `vpmaddwd`.
+    Avx2Int8,
+    /// int8, scalar Rust: the reference the others must equal, and the fallback anywhere.
+    PortableInt8,
 }
 
+/// Every backend, for tests and reports.
+pub const BACKENDS: [Backend; 9] = [
+    Backend::Avx512F32,
+    Backend::AmxBf16,
+    Backend::Avx512Bf16,
+    Backend::Portable,
+    Backend::AmxInt8,
+    Backend::Avx512Vnni,
+    Backend::AvxVnni,
+    Backend::Avx2Int8,
+    Backend::PortableInt8,
+];
+
 impl Backend {
-    /// Whether this CPU (and OS) can run the backend. The first call for `AmxBf16` asks Linux for
-    /// the AMX tile state, once per process.
+    /// Whether this CPU (and OS) can run the backend (features detected once, [`cpu::features`];
+    /// `VLM_KERNELS` does not change it: it only caps [`Backend::best`]).
     pub fn is_available(self) -> bool {
+        let f = cpu::features();
         match self {
-            Backend::Portable => true,
-            #[cfg(target_arch = "x86_64")]
-            Backend::Avx512F32 => x86::has_avx512f(),
-            #[cfg(target_arch = "x86_64")]
-            Backend::Avx512Bf16 => x86::has_avx512bf16(),
-            #[cfg(target_arch = "x86_64")]
-            Backend::AmxBf16 => x86::has_avx512bf16() && amx::available(),
-            #[cfg(not(target_arch = "x86_64"))]
-            _ => false,
+            Backend::Portable | Backend::PortableInt8 => true,
+            Backend::Avx512F32 => f.avx512f,
+            Backend::Avx512Bf16 => f.avx512_bf16,
+            Backend::AmxBf16 => f.amx_bf16,
+            Backend::AmxInt8 => f.amx_int8,
+            Backend::Avx512Vnni => f.avx512_vnni,
+            Backend::AvxVnni => f.avx_vnni,
+            Backend::Avx2Int8 => f.avx2_fma,
         }
     }
 
-    /// The fastest backend for `precision` on this CPU.
+    /// The instruction-set level the backend needs (what `VLM_KERNELS` caps).
+    pub fn level(self) -> cpu::Level {
+        match self {
+            Backend::Portable | Backend::PortableInt8 => cpu::Level::Portable,
+            Backend::Avx2Int8 => cpu::Level::Avx2,
+            Backend::AvxVnni => cpu::Level::AvxVnni,
+            Backend::Avx512F32 | Backend::Avx512Bf16 | Backend::Avx512Vnni => cpu::Level::Avx512,
+            Backend::AmxBf16 | Backend::AmxInt8 => cpu::Level::Amx,
+        }
+    }
+
+    /// The fastest backend for `precision` on this CPU, within `VLM_KERNELS`' cap.
     pub fn best(precision: Precision) -> Backend {
         let order: &[Backend] = match precision {
             Precision::F32 => &[Backend::Avx512F32],
             Precision::Bf16 => &[Backend::AmxBf16, Backend::Avx512Bf16, Backend::Avx512F32],
+            Precision::Int8 => &[
+                Backend::AmxInt8,
+                Backend::Avx512Vnni,
+                Backend::AvxVnni,
+                Backend::Avx2Int8,
+                Backend::PortableInt8,
+            ],
         };
         order
             .iter()
             .copied()
-            .find(|b| b.is_available())
+            .find(|b| b.is_available() && cpu::allows(b.level()))
             .unwrap_or(Backend::Portable)
+    }
+
+    /// Whether this CPU has an int8 kernel faster than its f32 one (any x86 int8 backend; the
+    /// scalar one is only a reference).
+    pub fn native_int8() -> bool {
+        Backend::best(Precision::Int8) != Backend::PortableInt8
+    }
+
+    /// Whether the backend computes in int8.
+    pub fn is_int8(self) -> bool {
+        matches!(
+            self,
+            Backend::AmxInt8
+                | Backend::Avx512Vnni
+                | Backend::AvxVnni
+                | Backend::Avx2Int8
+                | Backend::PortableInt8
+        )
     }
 
     /// Whether this CPU multiplies bf16 natively (AMX or AVX512-BF16): the one case where the
@@ -112,6 +220,8 @@ pub enum KernelError {
     Unavailable(Backend),
     #[error("a linear layer needs in and out features > 0 (got in {in_dim}, out {out_dim})")]
     Empty { in_dim: usize, out_dim: usize },
+    #[error("an int8 layer takes at most {max} input features (got {in_dim})")]
+    TooWideForInt8 { in_dim: usize, max: usize },
 }
 
 fn check_len(what: &'static str, got: usize, expected: usize) -> Result<(), KernelError> {
@@ -181,6 +291,10 @@ enum Packed {
         weight: x86::PackedWeights,
         /// `bias`, zero-padded to whole panels (zeros without a bias).
         bias: Vec<f32>,
+    },
+    Int8 {
+        backend: Backend,
+        weight: int8::PackedInt8,
     },
 }
 
@@ -252,7 +366,17 @@ impl PackedLinear {
         if !backend.is_available() {
             return Err(KernelError::Unavailable(backend));
         }
+        if backend.is_int8() && in_dim > int8::MAX_K {
+            return Err(KernelError::TooWideForInt8 {
+                in_dim,
+                max: int8::MAX_K,
+            });
+        }
         let packed = match backend {
+            b if b.is_int8() => Packed::Int8 {
+                backend,
+                weight: int8::PackedInt8::new(parts, bias, out_dim, in_dim),
+            },
             #[cfg(target_arch = "x86_64")]
             Backend::Avx512F32 | Backend::AmxBf16 | Backend::Avx512Bf16 => Packed::X86 {
                 backend,
@@ -284,6 +408,7 @@ impl PackedLinear {
             Packed::Portable { .. } => Backend::Portable,
             #[cfg(target_arch = "x86_64")]
             Packed::X86 { backend, .. } => *backend,
+            Packed::Int8 { backend, .. } => *backend,
         }
     }
 
@@ -323,6 +448,43 @@ impl PackedLinear {
             return Ok(());
         }
         match &self.packed {
+            Packed::Int8 { backend, weight } => {
+                let q = int8::QuantRows::new(x, rows, self.in_dim, weight.kp, *backend);
+                let g = grid(
+                    rows,
+                    weight.panels,
+                    threads,
+                    int8::row_unit(*backend),
+                    int8::max_task_rows(*backend, weight.kp),
+                );
+                let ptr = OutPtr(out.as_mut_ptr());
+                let task = |t: usize| {
+                    let (r0, r1, p0, p1) = g.task(t, rows, weight.panels);
+                    // SAFETY: `out` holds rows × out_dim values (checked above) and the tasks of
+                    // one grid cover disjoint rectangles of it (`Grid::task`), whose row blocks
+                    // start at multiples of the backend's row unit; `q` was quantized for this
+                    // backend from x's rows × in_dim values (checked above), and `weight` packed
+                    // for in_dim × out_dim by a backend this CPU runs (checked when packing).
+                    unsafe {
+                        int8::Task {
+                            q: &q,
+                            w: weight,
+                            out_dim: self.out_dim,
+                            out: ptr.get(),
+                            rows: (r0, r1),
+                            panels: (p0, p1),
+                            epilogue,
+                        }
+                        .run(*backend)
+                    }
+                };
+                if g.tasks() == 1 {
+                    task(0);
+                } else {
+                    use rayon::prelude::*;
+                    (0..g.tasks()).into_par_iter().for_each(task);
+                }
+            }
             Packed::Portable { weight, bias } => {
                 let layer = Unpacked {
                     weight,
@@ -417,9 +579,6 @@ impl OutPtr {
     }
 }
 
-// The grid serves the x86 kernels (other targets run the gemm crate, which threads itself); its
-// tests run everywhere.
-#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 /// How a `rows × panels` output (panels of 32 or 48 columns) is cut into tasks: `row_tasks` blocks of `row_step` rows
 /// (the last may be shorter) × `col_tasks` blocks of `panel_step` panels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -433,7 +592,6 @@ struct Grid {
 /// Cuts the output into about `threads` (or a multiple of it) tasks: row blocks of at most
 /// `max_rows` rows (so a task's converted input stays in L2), in multiples of `unit` rows (the
 /// microkernel's height); when there are fewer row blocks than threads, the columns are split too.
-#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 fn grid(rows: usize, panels: usize, threads: usize, unit: usize, max_rows: usize) -> Grid {
     let threads = threads.max(1);
     let unit = unit.max(1);
@@ -461,7 +619,6 @@ fn grid(rows: usize, panels: usize, threads: usize, unit: usize, max_rows: usize
     }
 }
 
-#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 impl Grid {
     fn tasks(&self) -> usize {
         self.row_tasks * self.col_tasks

@@ -307,7 +307,7 @@ impl InPlace {
     ) -> Result<()> {
         if rows >= PACK_ROWS
             && matches!(*self.read(), InPlaceState::Weights(_))
-            && Backend::Avx512F32.is_available()
+            && Backend::best(Precision::F32) == Backend::Avx512F32
         {
             self.pack()?;
         }

@@ -70,12 +70,36 @@ fn check(what: &str, y: &[f32], r: &[(f64, f64)], tol: f64) {
     }
 }
 
+/// The float backends (the int8 ones are held to their own, exact, reference: `int8` below).
 const ALL: [Backend; 4] = [
     Backend::Avx512F32,
     Backend::AmxBf16,
     Backend::Avx512Bf16,
     Backend::Portable,
 ];
+
+/// A backend this CPU cannot run is not silently passed (issue 21): it must be refused by name
+/// when asked for, and it is reported on stderr. With `VLM_REQUIRE_KERNELS=all` (or a list of
+/// backend names, e.g. `AmxInt8,Avx2Int8`), as on a machine known to have them, it fails instead.
+/// Returns whether the backend can be tested here.
+fn testable(backend: Backend) -> bool {
+    if backend.is_available() {
+        return true;
+    }
+    let w = values(6, 1);
+    assert_eq!(
+        PackedLinear::with_backend(&w, None, 2, 3, backend).unwrap_err(),
+        KernelError::Unavailable(backend)
+    );
+    let required = std::env::var("VLM_REQUIRE_KERNELS").unwrap_or_default();
+    let name = format!("{backend:?}");
+    assert!(
+        !(required.trim() == "all" || required.split(',').any(|r| r.trim() == name)),
+        "{name} is required (VLM_REQUIRE_KERNELS={required}) but this CPU cannot run it"
+    );
+    eprintln!("NOT TESTED: this CPU cannot run backend {name}; only its refusal was checked");
+    false
+}
 
 /// (M, K, N): odd sizes around the tiles (14, 16 or 8 rows, 32 or 48 columns, 32 k for bf16, 768 k
 /// per f32 block), M = 1, one of each dimension, and one encoder layer's K and N at batch 1.
@@ -98,8 +122,7 @@ const SHAPES: &[(usize, usize, usize)] = &[
 ];
 
 fn run_backend(backend: Backend) {
-    if !backend.is_available() {
-        eprintln!("{backend:?} not available on this CPU: skipped");
+    if !testable(backend) {
         return;
     }
     for (si, &(m, k, n)) in SHAPES.iter().enumerate() {
@@ -139,7 +162,7 @@ fn run_backend(backend: Backend) {
 /// after the same elementwise step).
 #[test]
 fn epilogues_apply_once_to_every_value() {
-    for backend in ALL.into_iter().filter(|b| b.is_available()) {
+    for backend in BACKENDS.into_iter().filter(|&b| testable(b)) {
         for &(m, k, n) in &[(1, 7, 5), (33, 129, 96), (67, 65, 97), (700, 64, 40)] {
             let x = values(m * k, 21);
             let w = values(n * k, 22);
@@ -200,13 +223,25 @@ fn portable_matches_reference() {
 fn default_backends_are_available_and_bf16_never_worse_than_f32() {
     let f32b = Backend::best(Precision::F32);
     let bf16b = Backend::best(Precision::Bf16);
-    assert!(f32b.is_available() && bf16b.is_available());
+    let int8b = Backend::best(Precision::Int8);
+    assert!(f32b.is_available() && bf16b.is_available() && int8b.is_available());
+    assert!(int8b.is_int8());
+    for b in BACKENDS {
+        eprintln!(
+            "{b:?}: {}",
+            if b.is_available() {
+                "runs here"
+            } else {
+                "NOT AVAILABLE on this CPU"
+            }
+        );
+    }
     assert!(!f32b.is_bf16());
     // Without native bf16, the bf16 precision computes exactly as f32 does.
     if !bf16b.is_bf16() {
         assert_eq!(bf16b, f32b);
     }
-    eprintln!("f32: {f32b:?}, bf16: {bf16b:?}");
+    eprintln!("f32: {f32b:?}, bf16: {bf16b:?}, int8: {int8b:?}");
 }
 
 #[test]
@@ -297,7 +332,7 @@ fn errors_are_reported_not_panicked() {
         Err(KernelError::Length { what: "output", .. })
     ));
     lin.forward(&[], 0, &mut []).unwrap();
-    for b in ALL.into_iter().filter(|b| !b.is_available()) {
+    for b in BACKENDS.into_iter().filter(|b| !b.is_available()) {
         assert_eq!(
             PackedLinear::with_backend(&w, None, 2, 3, b).unwrap_err(),
             KernelError::Unavailable(b)
@@ -480,5 +515,255 @@ mod candle {
             .forward(&Tensor::zeros((2, inp + 1), DType::F32, &dev).unwrap())
             .is_err());
         assert!(Linear::new(&w, Some(&w), Precision::F32).is_err());
+    }
+}
+
+mod int8 {
+    //! The int8 backends against a scalar reference written here from the definition in
+    //! `int8.rs` (quantize, sum in i64, dequantize): every output bit-identical, on every backend
+    //! this CPU runs, every split into tasks; and the result within the quantization's own error
+    //! bound of the exact f64 product.
+
+    use super::{testable, values};
+    use crate::kernels::int8::{quantize_row, quantize_weight_row, MAX_K};
+    use crate::kernels::{Backend, Epilogue, KernelError, PackedLinear, BACKENDS};
+
+    const INT8: [Backend; 5] = [
+        Backend::AmxInt8,
+        Backend::Avx512Vnni,
+        Backend::AvxVnni,
+        Backend::Avx2Int8,
+        Backend::PortableInt8,
+    ];
+
+    /// The int8 product as `int8.rs` defines it, one output at a time, sums in i64.
+    fn reference(
+        x: &[f32],
+        w: &[f32],
+        b: Option<&[f32]>,
+        m: usize,
+        k: usize,
+        n: usize,
+    ) -> Vec<f32> {
+        let mut qw = vec![0i8; n * k];
+        let sw: Vec<f32> = (0..n)
+            .map(|j| quantize_weight_row(&w[j * k..(j + 1) * k], &mut qw[j * k..(j + 1) * k]))
+            .collect();
+        let mut y = Vec::with_capacity(m * n);
+        let mut qx = vec![0u8; k];
+        for i in 0..m {
+            let (sx, zx) = quantize_row(&x[i * k..(i + 1) * k], &mut qx);
+            for j in 0..n {
+                let dot: i64 = (0..k)
+                    .map(|kk| i64::from(qx[kk]) * i64::from(qw[j * k + kk]))
+                    .sum();
+                let colsum: i64 = qw[j * k..(j + 1) * k].iter().map(|&v| i64::from(v)).sum();
+                let exact = dot - i64::from(zx) * colsum;
+                let exact = i32::try_from(exact).unwrap();
+                y.push(exact as f32 * (sx * sw[j]) + b.map_or(0.0, |b| b[j]));
+            }
+        }
+        y
+    }
+
+    fn assert_bits(what: &str, got: &[f32], want: &[f32]) {
+        assert_eq!(got.len(), want.len());
+        for (i, (g, w)) in got.iter().zip(want).enumerate() {
+            assert!(
+                g.to_bits() == w.to_bits(),
+                "{what}: output {i}: {g} vs reference {w}"
+            );
+        }
+    }
+
+    /// (M, K, N): K below, at and across the 64-k blocks, N across the 32-column panels, M
+    /// across every kernel's row block (3, 6, 14, 32) and the tasks' row steps.
+    const SHAPES: &[(usize, usize, usize)] = &[
+        (1, 1, 1),
+        (1, 5, 3),
+        (1, 768, 70),
+        (2, 33, 17),
+        (3, 64, 32),
+        (7, 65, 33),
+        (13, 31, 96),
+        (14, 128, 31),
+        (15, 100, 65),
+        (31, 200, 64),
+        (32, 64, 32),
+        (33, 129, 96),
+        (50, 768, 45),
+        (67, 65, 97),
+        (9, 1000, 50),
+    ];
+
+    #[test]
+    fn every_int8_backend_equals_the_reference_bit_for_bit() {
+        for backend in INT8 {
+            if !testable(backend) {
+                continue;
+            }
+            for (si, &(m, k, n)) in SHAPES.iter().enumerate() {
+                // Mixed signs and scales, and a row of zeros, a constant row and an all-positive
+                // row (zero points 0 and > 0).
+                let mut x = values(m * k, 7 * si as u64 + 1);
+                if m > 3 {
+                    x[..k].fill(0.0);
+                    x[k..2 * k].fill(0.25);
+                    x[2 * k..3 * k].iter_mut().for_each(|v| *v = v.abs() * 40.0);
+                }
+                let mut w = values(n * k, 7 * si as u64 + 2);
+                w[..k].iter_mut().for_each(|v| *v *= 1e-3);
+                let b = values(n, 7 * si as u64 + 3);
+                for bias in [Some(&b[..]), None] {
+                    let lin = PackedLinear::with_backend(&w, bias, n, k, backend).unwrap();
+                    assert_eq!(lin.backend(), backend);
+                    let want = reference(&x, &w, bias, m, k, n);
+                    for threads in [1, 2, 3, 5] {
+                        let mut y = vec![f32::NAN; m * n];
+                        lin.forward_threads(&x, m, &mut y, Epilogue::None, threads)
+                            .unwrap();
+                        let what = format!("{backend:?} {m}x{k}x{n} threads {threads}");
+                        assert_bits(&what, &y, &want);
+                    }
+                    // A row alone gives the bits it has in the batch (batch invariance).
+                    let i = m / 2;
+                    let mut alone = vec![f32::NAN; n];
+                    lin.forward(&x[i * k..(i + 1) * k], 1, &mut alone).unwrap();
+                    assert_bits(
+                        &format!("{backend:?} row {i} alone"),
+                        &alone,
+                        &want[i * n..(i + 1) * n],
+                    );
+                }
+            }
+        }
+    }
+
+    /// The extremes: every activation at 0 or 255, every weight at ±127, K = MAX_K: the largest
+    /// sums the i32 accumulators must hold (255 · 127 · 65536 < 2³¹), and the pairs that would
+    /// saturate `vpmaddubsw`'s i16 (2 · 255 · 127 > 32767).
+    #[test]
+    fn int8_extremes_neither_saturate_nor_overflow() {
+        let (m, k, n) = (3, MAX_K, 33);
+        // Row 0: all 1 (q = 255, zero point 0); row 1: ±1 alternating (q 0 and 255); row 2: a
+        // ramp.
+        let mut x = vec![1.0f32; m * k];
+        for (i, v) in x[k..2 * k].iter_mut().enumerate() {
+            *v = if i % 2 == 0 { 1.0 } else { -1.0 };
+        }
+        for (i, v) in x[2 * k..].iter_mut().enumerate() {
+            *v = (i % 255) as f32;
+        }
+        let w: Vec<f32> = (0..n * k)
+            .map(|i| match (i / k) % 3 {
+                0 => 1.0,
+                1 => -1.0,
+                _ => {
+                    if i % 2 == 0 {
+                        1.0
+                    } else {
+                        -1.0
+                    }
+                }
+            })
+            .collect();
+        let want = reference(&x, &w, None, m, k, n);
+        // Row 0 against all-+1 weights: exactly K (scales 1/255 and 1/127, sums 255·127·K).
+        assert!((want[0] - k as f32).abs() <= 1e-6 * k as f32, "{}", want[0]);
+        for backend in INT8 {
+            if !testable(backend) {
+                continue;
+            }
+            let lin = PackedLinear::with_backend(&w, None, n, k, backend).unwrap();
+            let mut y = vec![f32::NAN; m * n];
+            lin.forward_threads(&x, m, &mut y, Epilogue::None, 2)
+                .unwrap();
+            assert_bits(&format!("{backend:?} extremes"), &y, &want);
+        }
+        assert_eq!(
+            PackedLinear::with_backend(
+                &[0.0; MAX_K + 1],
+                None,
+                1,
+                MAX_K + 1,
+                Backend::PortableInt8
+            )
+            .unwrap_err(),
+            KernelError::TooWideForInt8 {
+                in_dim: MAX_K + 1,
+                max: MAX_K
+            }
+        );
+    }
+
+    /// The int8 product is within the quantization's error of the exact one: per output,
+    /// |Σ x·w − Σ x̃·w̃| ≤ Σₖ (|xₖ|·sw/2 + |wₖ|·sx/2 + sx·sw/4), with f32 rounding on top
+    /// (1e-5 of Σ|x·w|).
+    #[test]
+    fn int8_is_within_its_quantization_error() {
+        let (m, k, n) = (9, 300, 40);
+        let x = values(m * k, 31);
+        let w = values(n * k, 32);
+        let lin = PackedLinear::with_backend(
+            &w,
+            None,
+            n,
+            k,
+            Backend::best(crate::kernels::Precision::Int8),
+        )
+        .unwrap();
+        let mut y = vec![f32::NAN; m * n];
+        lin.forward(&x, m, &mut y).unwrap();
+        for i in 0..m {
+            let xr = &x[i * k..(i + 1) * k];
+            let (lo, hi) = xr
+                .iter()
+                .fold((0f32, 0f32), |(l, h), &v| (l.min(v), h.max(v)));
+            let sx = f64::from((hi - lo) / 255.0);
+            for j in 0..n {
+                let wr = &w[j * k..(j + 1) * k];
+                let sw = f64::from(wr.iter().fold(0f32, |a, v| a.max(v.abs())) / 127.0);
+                let (mut exact, mut bound, mut scale) = (0f64, 0f64, 0f64);
+                for (&a, &b) in xr.iter().zip(wr) {
+                    let (a, b) = (f64::from(a), f64::from(b));
+                    exact += a * b;
+                    scale += (a * b).abs();
+                    bound += a.abs() * sw / 2.0 + b.abs() * sx / 2.0 + sx * sw / 4.0;
+                }
+                let err = (f64::from(y[i * n + j]) - exact).abs();
+                assert!(
+                    err <= bound + 1e-5 * scale,
+                    "output ({i}, {j}): {} vs {exact}: error {err:e} over the bound {bound:e}",
+                    y[i * n + j]
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn quantization_of_rows_and_weights() {
+        let mut q = [0u8; 6];
+        // Range [-1, 3] (0 included) over 255 steps: zero point round(255/4) = 64.
+        let (s, z) = quantize_row(&[-1.0, 0.0, 3.0, 1.0], &mut q);
+        assert_eq!((s, z), (4.0 / 255.0, 64));
+        assert_eq!(q, [0, 64, 255, 128, 0, 0]);
+        // All positive: the range starts at 0 (zero point 0); all zero: scale 0.
+        assert_eq!(quantize_row(&[2.0, 1.0], &mut q).1, 0);
+        assert_eq!(quantize_row(&[0.0, 0.0], &mut q), (0.0, 0));
+        assert!(quantize_row(&[f32::NAN, 1.0], &mut q).0.is_nan());
+        assert!(quantize_row(&[f32::INFINITY, 1.0], &mut q).0.is_nan());
+        let mut qw = [0i8; 3];
+        assert_eq!(quantize_weight_row(&[-2.0, 1.0, 0.0], &mut qw), 2.0 / 127.0);
+        // 1.0 / (2/127) = 63.5: ties to even.
+        assert_eq!(qw, [-127, 64, 0]);
+        assert_eq!(quantize_weight_row(&[0.0; 3], &mut qw), 0.0);
+        assert!(quantize_weight_row(&[f32::NAN, 1.0, 0.0], &mut qw).is_nan());
+        // A NaN input row gives NaN outputs, as f32 would.
+        let lin =
+            PackedLinear::with_backend(&[1.0, 2.0], None, 1, 2, Backend::PortableInt8).unwrap();
+        let mut y = [0.0];
+        lin.forward(&[f32::NAN, 1.0], 1, &mut y).unwrap();
+        assert!(y[0].is_nan());
+        assert!(BACKENDS.iter().filter(|b| b.is_int8()).count() == INT8.len());
     }
 }

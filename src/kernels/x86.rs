@@ -37,17 +37,6 @@ const KC: usize = 768;
 /// on most with AVX-512).
 const TASK_BYTES: usize = 768 * 1024;
 
-pub(super) fn has_avx512f() -> bool {
-    is_x86_feature_detected!("avx512f")
-}
-
-pub(super) fn has_avx512bf16() -> bool {
-    is_x86_feature_detected!("avx512f")
-        && is_x86_feature_detected!("avx512bw")
-        && is_x86_feature_detected!("avx512vl")
-        && is_x86_feature_detected!("avx512bf16")
-}
-
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Shape {
     pub k: usize,

@@ -63,9 +63,9 @@ impl Linear {
         // f32 multiplies the weights where they are (a single-image call would otherwise wait
         // for a pass over every weight) until a product has PACK_ROWS rows (kernels/tensor.rs), when the
         // layer packs them for the AVX-512 kernel; bf16 on a CPU without native bf16 does the
-        // same; bf16 with AMX or AVX512-BF16 packs (and converts) once at load.
-        let native_bf16 = precision == LinearPrecision::Bf16 && kernels::Backend::native_bf16();
-        let layer = if native_bf16 {
+        // same; bf16 with AMX or AVX512-BF16 packs (and converts) once at load, and int8
+        // quantizes once at load.
+        let layer = if precision.packs_at_load() {
             kernels::Linear::new(weight, bias, precision)?
         } else {
             kernels::Linear::in_place(weight, bias)?
@@ -92,8 +92,7 @@ impl Linear {
         // Each part read where it is (in place, or packed from there): concatenating them copied
         // 85 MB for ViT-B/32's vision tower, a tenth of a single-image call. Same choice of
         // layer as from_weights.
-        let native_bf16 = precision == LinearPrecision::Bf16 && kernels::Backend::native_bf16();
-        let layer = if native_bf16 {
+        let layer = if precision.packs_at_load() {
             kernels::Linear::new_parts(&weights, Some(&bias), precision)?
         } else {
             kernels::Linear::in_place_parts(&weights, Some(&bias))?
@@ -156,7 +155,9 @@ pub fn patch_embedding(
     } else {
         None
     };
-    Linear::from_weights(&weight, bias.as_ref(), linear)
+    // int8 keeps the patch embedding in f32 (issue 24): it reads raw pixels, and it is ~3% of
+    // ViT-B/32's work (one 3072 × 768 product per patch against 12 layers' 7M multiply-adds).
+    Linear::from_weights(&weight, bias.as_ref(), linear.unless_int8())
 }
 
 /// The sizes of a patch embedding.

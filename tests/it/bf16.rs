@@ -17,10 +17,10 @@ use vlm::engine::{Engine, ModelOptions, Precision};
 use vlm::model::Towers;
 
 #[derive(Deserialize)]
-struct F32Reference {
+pub(crate) struct F32Reference {
     input_ids: Vec<Vec<u32>>,
     images: Vec<String>,
-    probs: Vec<Vec<f32>>,
+    pub(crate) probs: Vec<Vec<f32>>,
     logit_scale: f32,
     #[serde(default)]
     logit_bias: Option<f32>,
@@ -44,7 +44,7 @@ struct AutocastModel {
     max_prob_gap: f32,
 }
 
-fn read<T: for<'de> Deserialize<'de>>(rel: &str) -> T {
+pub(crate) fn read<T: for<'de> Deserialize<'de>>(rel: &str) -> T {
     let text = std::fs::read_to_string(fixtures().join(rel)).unwrap();
     serde_json::from_str(&text).unwrap()
 }
@@ -60,7 +60,7 @@ fn normalized(rows: Vec<Vec<f32>>) -> Vec<Vec<f32>> {
 
 /// Probabilities as the references compute them: CLIP's softmax over the prompts, SigLIP's
 /// sigmoid per prompt.
-fn probabilities(name: &str, precision: Precision, r: &F32Reference) -> Vec<Vec<f32>> {
+pub(crate) fn probabilities(name: &str, precision: Precision, r: &F32Reference) -> Vec<Vec<f32>> {
     let engine = Engine::load(
         &ModelOptions {
             model: model(name),

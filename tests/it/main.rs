@@ -19,6 +19,7 @@ mod hostile_models;
 mod hub;
 mod hub_bin;
 mod index_trust;
+mod int8;
 #[cfg(target_os = "linux")]
 mod memory;
 mod newcomer;

@@ -132,12 +132,13 @@ impl VisionTower {
             pre_layrnorm: layer_norm(m.pp("pre_layrnorm"), v.hidden_size, v.layer_norm_eps)?,
             encoder: Encoder::new(m.pp("encoder"), &spec)?,
             post_layernorm: layer_norm(m.pp("post_layernorm"), v.hidden_size, v.layer_norm_eps)?,
+            // One row per image: f32 costs nothing here, and int8 would only add error.
             projection: Linear::new(
                 vb.pp("visual_projection"),
                 v.hidden_size,
                 cfg.projection_dim,
                 false,
-                linear,
+                linear.unless_int8(),
             )?,
             patch: v.patch_size,
             grid,
