@@ -41,6 +41,13 @@ const TOKENIZER_GZ: &str = "tokenizer.json.gz";
 const WEIGHTS: &str = "model.safetensors";
 const WEIGHTS_INDEX: &str = "model.safetensors.index.json";
 const PICKLE_WEIGHTS: [&str; 2] = ["pytorch_model.bin", "pytorch_model.bin.index.json"];
+/// An OpenCLIP checkpoint (issue 22): this one file is its model, preprocessing and tokenizer
+/// config (the tokenizer itself is built in), beside its weights.
+const OPENCLIP_CONFIG: &str = "open_clip_config.json";
+const OPENCLIP_WEIGHTS: &str = "open_clip_model.safetensors";
+const OPENCLIP_PICKLE: &str = "open_clip_pytorch_model.bin";
+/// open_clip's spelling of a Hub model (`create_model("hf-hub:org/name")`).
+const HF_HUB_PREFIX: &str = "hf-hub:";
 
 fn model_error(model: &str, reason: impl Into<String>) -> anyhow::Error {
     Error::Model {
@@ -63,6 +70,12 @@ pub fn is_local(model: &str) -> bool {
 }
 
 pub fn resolve(req: &ModelRequest) -> Result<ModelFiles> {
+    if let Some(id) = req.model.strip_prefix(HF_HUB_PREFIX) {
+        return resolve_hub(&ModelRequest {
+            model: id.to_string(),
+            ..req.clone()
+        });
+    }
     if is_local(&req.model) {
         if req.revision.is_some() {
             return Err(model_error(
@@ -98,6 +111,23 @@ fn resolve_local(dir: &Path) -> Result<ModelFiles> {
             ))
         }
     };
+    if dir.join(OPENCLIP_CONFIG).is_file() && !is_transformers_config(&dir.join(CONFIG)) {
+        let weights = match dir.join(OPENCLIP_WEIGHTS) {
+            w if w.is_file() => w,
+            _ => {
+                return Err(no_openclip_weights(
+                    &name,
+                    dir.join(OPENCLIP_PICKLE).is_file(),
+                ))
+            }
+        };
+        return Ok(openclip_files(
+            name,
+            None,
+            dir.join(OPENCLIP_CONFIG),
+            weights,
+        ));
+    }
     let config = need(CONFIG)?;
     let preprocessor = need(PREPROCESSOR)?;
     let tokenizer = match dir.join(TOKENIZER_GZ) {
@@ -130,6 +160,47 @@ fn resolve_local(dir: &Path) -> Result<ModelFiles> {
         tokenizer,
         weights,
     })
+}
+
+/// Whether `path` is a transformers `config.json` (an object with a `model_type`). timm's
+/// repositories, which also hold OpenCLIP's files, have a `config.json` of their own without one.
+fn is_transformers_config(path: &Path) -> bool {
+    std::fs::read(path)
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+        .is_some_and(|v| v.get("model_type").is_some())
+}
+
+/// The files of an OpenCLIP checkpoint: its one config stands for the preprocessor and
+/// tokenizer configs too.
+fn openclip_files(
+    id: String,
+    revision: Option<String>,
+    config: PathBuf,
+    weights: PathBuf,
+) -> ModelFiles {
+    ModelFiles {
+        id,
+        revision,
+        preprocessor: config.clone(),
+        tokenizer: config.clone(),
+        config,
+        weights: vec![weights],
+    }
+}
+
+fn no_openclip_weights(name: &str, has_pickle: bool) -> anyhow::Error {
+    if has_pickle {
+        model_error(
+            name,
+            format!("has only {OPENCLIP_PICKLE} weights, which vlm does not read yet; convert them to {OPENCLIP_WEIGHTS}"),
+        )
+    } else {
+        model_error(
+            name,
+            format!("no weights beside {OPENCLIP_CONFIG}: expected {OPENCLIP_WEIGHTS} ({OPENCLIP_PICKLE} is not read yet)"),
+        )
+    }
 }
 
 fn no_weights_error(name: &str, has: impl Fn(&str) -> bool) -> anyhow::Error {
@@ -248,7 +319,29 @@ fn resolve_hub(req: &ModelRequest) -> Result<ModelFiles> {
             }
         })
     };
-    let config = require(CONFIG)?;
+    // No transformers config.json: an OpenCLIP repository has open_clip_config.json instead
+    // (timm's repositories have both, with a config.json of timm's).
+    let config = match fetch(CONFIG)? {
+        Some(config) if is_transformers_config(&config) => config,
+        transformers => match fetch(OPENCLIP_CONFIG)? {
+            Some(config) => {
+                let Some(weights) = fetch(OPENCLIP_WEIGHTS)? else {
+                    return Err(no_openclip_weights(id, false));
+                };
+                let commit = snapshot_commit(&config).unwrap_or(revision);
+                return Ok(openclip_files(
+                    id.to_string(),
+                    Some(commit),
+                    config,
+                    weights,
+                ));
+            }
+            None => match transformers {
+                Some(config) => config,
+                None => require(CONFIG)?,
+            },
+        },
+    };
     let preprocessor = require(PREPROCESSOR)?;
     let tokenizer = require(TOKENIZER)?;
     let weights = if let Some(w) = fetch(WEIGHTS)? {
@@ -267,12 +360,7 @@ fn resolve_hub(req: &ModelRequest) -> Result<ModelFiles> {
         // Ask for the pickle files' presence only to explain the refusal; never download them.
         return Err(no_weights_error(id, |_| true));
     };
-    // The snapshot folder is named by the commit it holds: report that, not a moving branch name.
-    let commit = config
-        .parent()
-        .and_then(Path::file_name)
-        .map(|c| c.to_string_lossy().into_owned())
-        .unwrap_or(revision);
+    let commit = snapshot_commit(&config).unwrap_or(revision);
     Ok(ModelFiles {
         id: id.to_string(),
         revision: Some(commit),
@@ -281,6 +369,13 @@ fn resolve_hub(req: &ModelRequest) -> Result<ModelFiles> {
         tokenizer,
         weights,
     })
+}
+
+/// The snapshot folder is named by the commit it holds: report that, not a moving branch name.
+fn snapshot_commit(file: &Path) -> Option<String> {
+    file.parent()
+        .and_then(Path::file_name)
+        .map(|c| c.to_string_lossy().into_owned())
 }
 
 /// Fetches one file through the cache; `Ok(None)` when the repository does not have it. `in_cache`:

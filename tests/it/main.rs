@@ -17,6 +17,7 @@ mod hostile;
 mod hostile_models;
 #[cfg(target_os = "linux")]
 mod memory;
+mod openclip;
 mod parity;
 mod search;
 mod siglip;
