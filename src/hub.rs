@@ -48,6 +48,14 @@ const WEIGHT_FILES: [(&str, &str); 2] = [
     ("pytorch_model.bin", "pytorch_model.bin.index.json"),
 ];
 const NO_WEIGHTS: &str = "model.safetensors, model.safetensors.index.json, pytorch_model.bin or pytorch_model.bin.index.json";
+/// An OpenCLIP checkpoint (issue 22): this one file is its model, preprocessing and tokenizer
+/// config (the tokenizer itself is built in), beside its weights.
+const OPENCLIP_CONFIG: &str = "open_clip_config.json";
+/// An OpenCLIP checkpoint's weights, in open_clip's order of preference (`factory.py`:
+/// safetensors first); the `.bin` is read as data, as `pytorch_model.bin` is.
+const OPENCLIP_WEIGHTS: [&str; 2] = ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"];
+/// open_clip's spelling of a Hub model (`create_model("hf-hub:org/name")`).
+const HF_HUB_PREFIX: &str = "hf-hub:";
 
 fn model_error(model: &str, reason: impl Into<String>) -> anyhow::Error {
     Error::Model {
@@ -70,6 +78,12 @@ pub fn is_local(model: &str) -> bool {
 }
 
 pub fn resolve(req: &ModelRequest) -> Result<ModelFiles> {
+    if let Some(id) = req.model.strip_prefix(HF_HUB_PREFIX) {
+        return resolve_hub(&ModelRequest {
+            model: id.to_string(),
+            ..req.clone()
+        });
+    }
     if is_local(&req.model) {
         if req.revision.is_some() {
             return Err(model_error(
@@ -105,6 +119,21 @@ fn resolve_local(dir: &Path) -> Result<ModelFiles> {
             ))
         }
     };
+    if dir.join(OPENCLIP_CONFIG).is_file() && !is_transformers_config(&dir.join(CONFIG)) {
+        let present = |file: &str| -> Result<Option<PathBuf>> {
+            let path = dir.join(file);
+            Ok(path.is_file().then_some(path))
+        };
+        let Some(weights) = openclip_weights(&present)? else {
+            return Err(no_openclip_weights(&name));
+        };
+        return Ok(openclip_files(
+            name,
+            None,
+            dir.join(OPENCLIP_CONFIG),
+            weights,
+        ));
+    }
     let config = need(CONFIG)?;
     let preprocessor = need(PREPROCESSOR)?;
     let tokenizer = match dir.join(TOKENIZER_GZ) {
@@ -161,6 +190,53 @@ fn weight_files(
                 .map(|s| shard(s))
                 .collect::<Result<_>>()
                 .map(Some);
+        }
+    }
+    Ok(None)
+}
+
+/// Whether `path` is a transformers `config.json` (an object with a `model_type`). timm's
+/// repositories, which also hold OpenCLIP's files, have a `config.json` of their own without one.
+fn is_transformers_config(path: &Path) -> bool {
+    std::fs::read(path)
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+        .is_some_and(|v| v.get("model_type").is_some())
+}
+
+/// The files of an OpenCLIP checkpoint: its one config stands for the preprocessor and
+/// tokenizer configs too.
+fn openclip_files(
+    id: String,
+    revision: Option<String>,
+    config: PathBuf,
+    weights: PathBuf,
+) -> ModelFiles {
+    ModelFiles {
+        id,
+        revision,
+        preprocessor: config.clone(),
+        tokenizer: config.clone(),
+        config,
+        weights: vec![weights],
+    }
+}
+
+fn no_openclip_weights(name: &str) -> anyhow::Error {
+    model_error(
+        name,
+        format!(
+            "no weights beside {OPENCLIP_CONFIG}: expected {}",
+            OPENCLIP_WEIGHTS.join(" or ")
+        ),
+    )
+}
+
+/// The first of [`OPENCLIP_WEIGHTS`] that `fetch` finds.
+fn openclip_weights(fetch: &dyn Fn(&str) -> Result<Option<PathBuf>>) -> Result<Option<PathBuf>> {
+    for file in OPENCLIP_WEIGHTS {
+        if let Some(path) = fetch(file)? {
+            return Ok(Some(path));
         }
     }
     Ok(None)
@@ -225,7 +301,29 @@ fn resolve_hub(req: &ModelRequest) -> Result<ModelFiles> {
     let fetch = |file: &str| source.fetch(file);
     let require =
         |file: &str| -> Result<PathBuf> { fetch(file)?.ok_or_else(|| source.missing(file)) };
-    let config = require(CONFIG)?;
+    // No transformers config.json: an OpenCLIP repository has open_clip_config.json instead
+    // (timm's repositories have both, with a config.json of timm's).
+    let config = match fetch(CONFIG)? {
+        Some(config) if is_transformers_config(&config) => config,
+        transformers => match fetch(OPENCLIP_CONFIG)? {
+            Some(config) => {
+                let Some(weights) = openclip_weights(&fetch)? else {
+                    return Err(no_openclip_weights(id));
+                };
+                let commit = source.finish()?;
+                return Ok(openclip_files(
+                    id.to_string(),
+                    Some(commit),
+                    config,
+                    weights,
+                ));
+            }
+            None => match transformers {
+                Some(config) => config,
+                None => require(CONFIG)?,
+            },
+        },
+    };
     let preprocessor = require(PREPROCESSOR)?;
     let tokenizer = require(TOKENIZER)?;
     // Which token pads the text is named in these when the repository has them; they land beside
@@ -367,18 +465,15 @@ impl<'a> HubSource<'a> {
             };
             return Ok(source);
         }
+        let snapshot = repo_dir.join("snapshots").join(revision);
         let commit = if is_commit(revision)
-            && repo_dir
-                .join("snapshots")
-                .join(revision)
-                .join(CONFIG)
-                .is_file()
+            && (snapshot.join(CONFIG).is_file() || snapshot.join(OPENCLIP_CONFIG).is_file())
         {
             revision.to_string()
         } else {
             match probe(settings, id, revision) {
                 Probe::Commit(commit) => commit,
-                Probe::Refused(err) => return Err(err),
+                Probe::Refused(err) | Probe::NoEntry(err) => return Err(err),
                 Probe::Unreachable(why) => {
                     source.commit = if is_commit(revision) {
                         Some(revision.to_string())
@@ -580,12 +675,28 @@ enum Probe {
     Refused(anyhow::Error),
     /// No answer (network, timeout, server error): use the cache.
     Unreachable(String),
+    /// The repository and revision exist, but not the file asked about (an OpenCLIP repository
+    /// has no `config.json`): ask about the next one.
+    NoEntry(anyhow::Error),
 }
 
 /// Asks the Hub which commit `revision` points to: one `HEAD` of its `config.json`, as
 /// huggingface_hub does before every load, answered with `X-Repo-Commit`. Relative redirects (a
 /// renamed repository) are followed; an absolute one (the file's CDN) already carries the header.
 fn probe(settings: &HubSettings, id: &str, revision: &str) -> Probe {
+    // An OpenCLIP repository (issue 22) answers for its open_clip_config.json instead; the error
+    // about a missing config.json is the one reported when neither is there.
+    match probe_file(settings, id, revision, CONFIG) {
+        Probe::NoEntry(err) => match probe_file(settings, id, revision, OPENCLIP_CONFIG) {
+            Probe::NoEntry(_) => Probe::Refused(err),
+            other => other,
+        },
+        other => other,
+    }
+}
+
+/// [`probe`] for one file of the repository.
+fn probe_file(settings: &HubSettings, id: &str, revision: &str, file: &str) -> Probe {
     let agent = ureq::AgentBuilder::new()
         .try_proxy_from_env(true)
         .redirects(0)
@@ -593,7 +704,7 @@ fn probe(settings: &HubSettings, id: &str, revision: &str) -> Probe {
         .timeout(settings.timeout)
         .build();
     let mut url = format!(
-        "{}/{id}/resolve/{}/{CONFIG}",
+        "{}/{id}/resolve/{}/{file}",
         settings.endpoint,
         revision.replace('/', "%2F")
     );
@@ -659,7 +770,7 @@ fn refused(
             id,
             format!("the Hub has no revision {revision}: check --revision"),
         )),
-        (404, Some("EntryNotFound")) => Probe::Refused(model_error(
+        (404, Some("EntryNotFound")) => Probe::NoEntry(model_error(
             id,
             format!("the repository has no {CONFIG} at revision {revision}: it is not an image-text checkpoint in transformers' format"),
         )),

@@ -57,11 +57,17 @@ fn read_tokenizer_file(path: &Path) -> Result<Vec<u8>> {
 
 impl Tokenizer {
     pub fn from_file(path: &Path, policy: TextPolicy) -> Result<Self> {
-        let context_len = policy.context_len;
         let bytes = read_tokenizer_file(path)?;
-        let mut inner = tokenizers::Tokenizer::from_bytes(&bytes)
+        let inner = tokenizers::Tokenizer::from_bytes(&bytes)
             .map_err(|e| anyhow::anyhow!("{e}"))
             .with_context(|| format!("cannot load tokenizer {}", path.display()))?;
+        Self::new(inner, policy, path)
+    }
+
+    /// A tokenizer already built (a family's own, see `ModelSpec::builtin_tokenizer`), set up as
+    /// [`Self::from_file`] does; `path` names it in errors.
+    pub fn new(mut inner: tokenizers::Tokenizer, policy: TextPolicy, path: &Path) -> Result<Self> {
+        let context_len = policy.context_len;
         // Truncate the content and keep the start and end tokens, as transformers' CLIPTokenizer does
         // with `truncation=True, max_length=77` (SigLIP: 63 ids + the end token of 64): the
         // post-processor adds the special tokens after truncation leaves room for them.
@@ -103,6 +109,7 @@ impl Tokenizer {
             let text = match self.policy.normalization {
                 TextNormalization::None => std::borrow::Cow::Borrowed(prompt.as_str()),
                 TextNormalization::SiglipCanonical => siglip_canonical(prompt).into(),
+                TextNormalization::Family(normalizer) => (normalizer.apply)(prompt).into(),
             };
             let enc = self
                 .inner

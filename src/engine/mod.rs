@@ -208,7 +208,10 @@ pub fn plan_model(opts: &ModelOptions, quiet: bool) -> Result<ModelPlan> {
     })?;
     let in_model = |e: anyhow::Error| model_error(&files.id, e);
     let spec = model::read_config(&files.config).map_err(in_model)?;
-    let preprocess = PreprocessConfig::from_file(&files.preprocessor).map_err(in_model)?;
+    let preprocess = match spec.preprocess() {
+        Some(own) => own,
+        None => PreprocessConfig::from_file(&files.preprocessor).map_err(in_model)?,
+    };
     let size = spec.image_size();
     match preprocess.output_size() {
         Some((w, h)) if (w as usize, h as usize) == (size, size) => {}
@@ -239,10 +242,12 @@ impl ModelPlan {
     pub fn load(self, towers: Towers) -> Result<Engine> {
         let in_model = |e: anyhow::Error| model_error(&self.files.id, e);
         let tokenizer = if towers.text {
-            Some(
-                Tokenizer::from_file(&self.files.tokenizer, self.spec.text_policy())
-                    .map_err(in_model)?,
-            )
+            let policy = self.spec.text_policy();
+            let tokenizer = match self.spec.builtin_tokenizer().map_err(in_model)? {
+                Some(own) => Tokenizer::new(own, policy, &self.files.tokenizer),
+                None => Tokenizer::from_file(&self.files.tokenizer, policy),
+            };
+            Some(tokenizer.map_err(in_model)?)
         } else {
             None
         };

@@ -72,6 +72,27 @@ pub enum ResizeSize {
     },
     /// `{"height": H, "width": W}` (or a legacy `[H, W]` list): resize to exactly this size.
     Exact { height: u32, width: u32 },
+    /// open_clip's `resize_mode: "longest"` (`transform.ResizeKeepRatio(size, longest=1)`): scale
+    /// so the long side is `longest_edge`, keeping the aspect ratio, each side
+    /// `round(side / ratio)` with Python's round-half-to-even. Never read from
+    /// `preprocessor_config.json`; an OpenCLIP family config builds it.
+    LongestEdge { longest_edge: u32 },
+}
+
+/// Whose conventions the steps follow where transformers' image processor and torchvision's
+/// transforms (what open_clip's `image_transform` runs) differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Convention {
+    /// transformers' `image_transforms`: center crop from `(size - crop) // 2`, an image smaller
+    /// than the crop zero-padded at `ceil((crop - size) / 2)`; rescale `x * (1/255)` in float64,
+    /// then cast to float32.
+    #[default]
+    Transformers,
+    /// torchvision's `F.center_crop` / open_clip's `center_crop_or_pad`: crop from
+    /// `int(round((size - crop) / 2.0))` (round half to even), an image smaller than the crop
+    /// padded at `(crop - size) // 2` with the value `fill` (uint8, every channel); `ToTensor`
+    /// rescales as `x / 255` in float32.
+    Torchvision { fill: u8 },
 }
 
 /// `crop_size` in `preprocessor_config.json`.
@@ -100,6 +121,8 @@ pub struct PreprocessConfig {
     pub image_std: [f64; 3],
     /// Accepted for completeness; we always convert to RGB (see module docs).
     pub do_convert_rgb: bool,
+    /// transformers' (every `preprocessor_config.json`) or torchvision's (OpenCLIP).
+    pub convention: Convention,
 }
 
 impl Default for PreprocessConfig {
@@ -123,6 +146,7 @@ impl Default for PreprocessConfig {
             image_mean: OPENAI_CLIP_MEAN,
             image_std: OPENAI_CLIP_STD,
             do_convert_rgb: true,
+            convention: Convention::Transformers,
         }
     }
 }
@@ -150,6 +174,7 @@ impl PreprocessConfig {
             image_mean: [0.5; 3],
             image_std: [0.5; 3],
             do_convert_rgb: true,
+            convention: Convention::Transformers,
         }
     }
 }
@@ -227,6 +252,7 @@ impl PreprocessConfig {
                 None => d.image_std,
             },
             do_convert_rgb: raw.do_convert_rgb.unwrap_or(d.do_convert_rgb),
+            convention: Convention::Transformers,
         };
         cfg.validate()?;
         Ok(cfg)
@@ -365,6 +391,13 @@ impl PreprocessConfig {
                     }
                 }
             }
+            ResizeSize::LongestEdge { longest_edge } => {
+                if !dim_ok(longest_edge) {
+                    bail!(
+                        "longest edge must be between 1 and {MAX_CONFIG_DIM}, got {longest_edge}"
+                    );
+                }
+            }
             ResizeSize::Exact { height, width } => {
                 if !dim_ok(height) || !dim_ok(width) {
                     bail!("size height/width must be between 1 and {MAX_CONFIG_DIM}, got {height}x{width}");
@@ -424,6 +457,9 @@ impl PreprocessConfig {
                 longest_edge: Some(longest_edge),
             } => size_with_aspect_ratio(width, height, shortest_edge, longest_edge),
             ResizeSize::Exact { height, width } => (u64::from(width), u64::from(height)),
+            ResizeSize::LongestEdge { longest_edge } => {
+                longest_edge_output_size(width, height, longest_edge)
+            }
         };
         // Pillow sizes are C ints.
         let max = i32::MAX as u64;
@@ -435,6 +471,17 @@ impl PreprocessConfig {
         }
         Ok((w as u32, h as u32))
     }
+}
+
+/// open_clip's `ResizeKeepRatio.get_params(img, (size, size), longest=1)`: `ratio = max(h / size,
+/// w / size)` (plus `min(...) * 0.0`, which changes nothing for finite ratios), then each side
+/// `round(side / ratio)`, Python's `round` (half to even) on the float64 quotient. Returns
+/// `(width, height)`.
+pub fn longest_edge_output_size(width: u32, height: u32, size: u32) -> (u64, u64) {
+    let target = f64::from(size);
+    let ratio = (f64::from(height) / target).max(f64::from(width) / target);
+    let side = |x: u32| (f64::from(x) / ratio).round_ties_even() as u64;
+    (side(width), side(height))
 }
 
 /// `transformers.image_transforms.get_resize_output_image_size(image, size,

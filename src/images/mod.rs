@@ -75,8 +75,8 @@ use image::RgbImage;
 
 pub use color::convert_to_rgb;
 pub use config::{
-    shortest_edge_output_size, CropSize, PreprocessConfig, Resample, ResizeSize, OPENAI_CLIP_MEAN,
-    OPENAI_CLIP_STD,
+    longest_edge_output_size, shortest_edge_output_size, Convention, CropSize, PreprocessConfig,
+    Resample, ResizeSize, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD,
 };
 pub(crate) use decode::special_kind;
 pub use decode::{
@@ -85,7 +85,8 @@ pub use decode::{
 pub use jpeg::decode_reduced;
 pub use tensor::to_tensor;
 pub use transform::{
-    center_crop_axis, preprocess, preprocess_image, AxisCrop, Pixels, MAX_OUTPUT_PIXELS,
+    center_crop_axis, preprocess, preprocess_image, torchvision_center_crop_axis, AxisCrop, Pixels,
+    MAX_OUTPUT_PIXELS,
 };
 
 use container::JPEG_SIGNATURE;
@@ -137,6 +138,7 @@ fn reduction_min_short_side(cfg: &PreprocessConfig) -> u32 {
     let target = match cfg.size {
         ResizeSize::ShortestEdge { shortest_edge, .. } => shortest_edge,
         ResizeSize::Exact { height, width } => height.max(width),
+        ResizeSize::LongestEdge { longest_edge } => longest_edge,
     };
     target.saturating_mul(JPEG_REDUCTION_MARGIN)
 }

@@ -9,7 +9,7 @@ use std::ops::Range;
 use anyhow::bail;
 use image::RgbImage;
 
-use super::config::PreprocessConfig;
+use super::config::{Convention, PreprocessConfig};
 use super::decode::DEFAULT_MAX_PIXELS;
 use super::resample::resize_window;
 
@@ -69,17 +69,67 @@ pub fn center_crop_axis(size: u32, crop: u32) -> AxisCrop {
     }
 }
 
+/// torchvision's `F.center_crop` along one axis (open_clip's `center_crop_or_pad` is the same
+/// with another fill): an image at least as large as the crop keeps
+/// `[int(round((size - crop) / 2.0)), + crop)`, Python's round half to even; a smaller one is
+/// padded by `(crop - size) // 2` before it (and the rest after it).
+pub fn torchvision_center_crop_axis(size: u32, crop: u32) -> AxisCrop {
+    if size >= crop {
+        let diff = size - crop;
+        // diff / 2, rounded half to even: odd diffs end in .5.
+        let half = diff / 2;
+        let start = if diff % 2 == 1 && half % 2 == 1 {
+            half + 1
+        } else {
+            half
+        };
+        AxisCrop {
+            src_start: start,
+            len: crop,
+            dst_offset: 0,
+            out_len: crop,
+        }
+    } else {
+        AxisCrop {
+            src_start: 0,
+            len: size,
+            dst_offset: (crop - size) / 2,
+            out_len: crop,
+        }
+    }
+}
+
 impl PreprocessConfig {
+    /// The center crop along one axis, by this config's [`Convention`].
+    pub fn crop_axis(&self, size: u32, crop: u32) -> AxisCrop {
+        match self.convention {
+            Convention::Transformers => center_crop_axis(size, crop),
+            Convention::Torchvision { .. } => torchvision_center_crop_axis(size, crop),
+        }
+    }
+
+    /// The uint8 value padding takes (before rescale and normalisation).
+    fn pad_value(&self) -> u8 {
+        match self.convention {
+            Convention::Transformers => 0,
+            Convention::Torchvision { fill } => fill,
+        }
+    }
+
     /// Per channel, the float32 output for each uint8 input value: transformers' `rescale`
     /// (`image.astype(float64) * scale`, then cast to float32) followed by `normalize`
-    /// (`(image - mean) / std` with `image`, `mean` and `std` all float32).
+    /// (`(image - mean) / std` with `image`, `mean` and `std` all float32). torchvision's
+    /// `ToTensor` divides by 255 in float32 instead (`Normalize` is the same float32 formula).
     fn value_lut(&self) -> [[f32; 256]; 3] {
         let mut lut = [[0f32; 256]; 3];
         for (c, table) in lut.iter_mut().enumerate() {
             let mean = self.image_mean[c] as f32;
             let std = self.image_std[c] as f32;
             for (v, out) in table.iter_mut().enumerate() {
-                let mut x = if self.do_rescale {
+                let torchvision = matches!(self.convention, Convention::Torchvision { .. });
+                let mut x = if self.do_rescale && torchvision {
+                    v as f32 / (1.0 / self.rescale_factor) as f32
+                } else if self.do_rescale {
                     (v as f64 * self.rescale_factor) as f32
                 } else {
                     v as f32
@@ -129,8 +179,8 @@ pub fn preprocess_image(img: &RgbImage, cfg: &PreprocessConfig) -> anyhow::Resul
     };
     let (cx, cy) = if cfg.do_center_crop {
         (
-            center_crop_axis(rw, cfg.crop_size.width),
-            center_crop_axis(rh, cfg.crop_size.height),
+            cfg.crop_axis(rw, cfg.crop_size.width),
+            cfg.crop_axis(rh, cfg.crop_size.height),
         )
     } else {
         (AxisCrop::full(rw), AxisCrop::full(rh))
@@ -162,9 +212,11 @@ pub fn preprocess_image(img: &RgbImage, cfg: &PreprocessConfig) -> anyhow::Resul
     let lut = cfg.value_lut();
     let plane = out_w * out_h;
     let mut data = vec![0f32; 3 * plane];
+    let pad = usize::from(cfg.pad_value());
     for (c, chan) in data.chunks_exact_mut(plane).enumerate() {
-        // Zero padding is applied to the uint8 image, before rescale/normalise.
-        chan.fill(lut[c][0]);
+        // Padding (zero, or torchvision's fill) is applied to the uint8 image, before
+        // rescale/normalise.
+        chan.fill(lut[c][pad]);
     }
     let (win_w, dx, dy) = (
         cx.len as usize,

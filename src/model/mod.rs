@@ -12,6 +12,7 @@
 pub mod checks;
 pub mod clip;
 pub mod nn;
+pub mod openclip;
 pub mod pickle;
 pub mod pytorch;
 pub mod siglip;
@@ -25,8 +26,9 @@ use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-/// Every family vlm can load, tried in order by `model_type`.
-pub const FAMILIES: &[Family] = &[clip::FAMILY, siglip::FAMILY];
+/// Every family vlm can load, tried in order by `model_type`. OpenCLIP's `open_clip_config.json`
+/// has no `model_type`: [`parse_config`] knows it by its `model_cfg`.
+pub const FAMILIES: &[Family] = &[clip::FAMILY, siglip::FAMILY, openclip::FAMILY];
 
 /// One model family: the `model_type` values of the configs it reads, and their parser.
 pub struct Family {
@@ -96,6 +98,28 @@ pub enum Padding {
     Full,
 }
 
+/// A family's own text normalisation: a function from the prompt to the text the tokenizer sees.
+/// Its name stands for it in cache keys (the policy's `Debug`) and comparisons.
+#[derive(Clone, Copy)]
+pub struct Normalizer {
+    pub name: &'static str,
+    pub apply: fn(&str) -> String,
+}
+
+impl Debug for Normalizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name)
+    }
+}
+
+impl PartialEq for Normalizer {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name
+    }
+}
+
+impl Eq for Normalizer {}
+
 /// Text normalisation applied before the tokenizer (what `tokenizer.json` cannot express).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TextNormalization {
@@ -106,6 +130,8 @@ pub enum TextNormalization {
     /// lowercased, the 32 ASCII punctuation characters are deleted, runs of whitespace become one
     /// space and the ends are stripped ([`crate::text::siglip_canonical`]).
     SiglipCanonical,
+    /// The family's own ([`Normalizer`]; OpenCLIP's `SimpleTokenizer` clean functions).
+    Family(Normalizer),
 }
 
 /// How a family tokenises text.
@@ -175,6 +201,17 @@ pub trait ModelSpec: Debug + Send + Sync {
         let _ = ids;
         None
     }
+
+    /// The preprocessing, when the family's own config says it; `None`: read the folder's
+    /// `preprocessor_config.json`.
+    fn preprocess(&self) -> Option<crate::images::PreprocessConfig> {
+        None
+    }
+    /// The tokenizer, when the family ships its own; `Ok(None)`: read the folder's
+    /// `tokenizer.json`.
+    fn builtin_tokenizer(&self) -> Result<Option<tokenizers::Tokenizer>> {
+        Ok(None)
+    }
 }
 
 /// Per-patch image embeddings, in the same space as the text embeddings, for `vlm explain`.
@@ -218,6 +255,9 @@ pub fn read_config(path: &Path) -> Result<Box<dyn ModelSpec>> {
 pub fn parse_config(text: &str) -> Result<Box<dyn ModelSpec>> {
     let root: Value = serde_json::from_str(text).context("not valid JSON")?;
     let obj = root.as_object().context("expected a JSON object")?;
+    if openclip::is_config(obj) {
+        return (openclip::FAMILY.parse)(text);
+    }
     let supported = || {
         FAMILIES
             .iter()

@@ -20,7 +20,7 @@ use image::{ImageEncoder, RgbImage};
 
 use super::draw::{self, Sheet, SheetCell};
 use crate::engine::patches::PatchMaps;
-use crate::images::{center_crop_axis, PreprocessConfig};
+use crate::images::PreprocessConfig;
 
 /// How much of the colour map covers the photo where the model looked.
 pub const OPACITY: f32 = 0.6;
@@ -52,7 +52,7 @@ impl View {
 /// Where the model's input lies in a `width`×`height` photo, from the preprocessor's own
 /// geometry: the resize (`PreprocessConfig::resized_size`; Pillow maps pixel edges onto pixel
 /// edges, so the resized image spans the original exactly) and the center crop
-/// (`center_crop_axis`, with transformers' zero padding when the image is smaller than the crop).
+/// (`PreprocessConfig::crop_axis`, with the padding when the image is smaller than the crop).
 pub fn model_view(cfg: &PreprocessConfig, width: u32, height: u32) -> Result<View> {
     let (rw, rh) = if cfg.do_resize {
         cfg.resized_size(width, height)?
@@ -63,7 +63,7 @@ pub fn model_view(cfg: &PreprocessConfig, width: u32, height: u32) -> Result<Vie
         let scale = f64::from(size) / f64::from(resized);
         match crop {
             Some(crop) => {
-                let c = center_crop_axis(resized, crop);
+                let c = cfg.crop_axis(resized, crop);
                 let start = f64::from(c.src_start) - f64::from(c.dst_offset);
                 (start * scale, (start + f64::from(c.out_len)) * scale)
             }

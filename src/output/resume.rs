@@ -173,10 +173,12 @@ impl ResumeFile {
                 }
                 // Only the last line can be a record cut short.
                 Err(_) if !complete => out.changed = true,
-                Err(e) => return Err(anyhow!(Error::Usage(format!(
+                Err(e) => {
+                    return Err(anyhow!(Error::Usage(format!(
                     "--resume {}:{number}: not a vlm JSONL record ({e}); refusing to append to it",
                     target.shown()
-                )))),
+                ))))
+                }
             }
         }
         Ok(out)

@@ -23,6 +23,7 @@ mod int8;
 #[cfg(target_os = "linux")]
 mod memory;
 mod newcomer;
+mod openclip;
 mod outputs;
 mod parity;
 mod pytorch_bin;

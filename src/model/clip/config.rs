@@ -142,6 +142,44 @@ pub const MAX_IMAGE_SIZE: usize = 1 << 12;
 /// Patches of one image (the vision tower's sequence is one longer, for the class token).
 pub const MAX_PATCHES: usize = 1 << 12;
 
+/// Which hidden states the vision tower pools into the image embedding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VisionPool {
+    /// The class token (`CLIPVisionTransformer`; OpenCLIP `pool_type: "tok"`).
+    ClassToken,
+    /// The mean of the patch tokens, class token excluded (OpenCLIP `pool_type: "avg"`).
+    MeanOfPatches,
+}
+
+/// Tower variants that transformers' `CLIPModel` does not have and OpenCLIP checkpoints use
+/// (`open_clip/transformer.py`, `VisionTransformer` and `TextTransformer`). The defaults are
+/// `CLIPModel`'s; `config.json` never changes them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TowerOptions {
+    /// The layer norm before the vision encoder (OpenCLIP's `no_ln_pre` drops it).
+    pub vision_ln_pre: bool,
+    pub vision_pool: VisionPool,
+    /// The final vision layer norm on the pooled vector instead of on every token before pooling
+    /// (OpenCLIP's `final_ln_after_pool`; the same thing for [`VisionPool::ClassToken`]).
+    pub vision_ln_after_pool: bool,
+    /// The text projection has a bias (OpenCLIP's `proj_bias`: an `nn.Linear`).
+    pub text_projection_bias: bool,
+    /// Overrides the pooling [`ClipConfig::text_pooling`] reads from `eos_token_id`.
+    pub text_pooling: Option<TextPooling>,
+}
+
+impl Default for TowerOptions {
+    fn default() -> Self {
+        Self {
+            vision_ln_pre: true,
+            vision_pool: VisionPool::ClassToken,
+            vision_ln_after_pool: false,
+            text_projection_bias: false,
+            text_pooling: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct ClipConfig {
     pub text: TextConfig,
@@ -149,6 +187,7 @@ pub struct ClipConfig {
     /// Width of the joint embedding space (`text_projection` / `visual_projection`).
     pub projection_dim: usize,
     pub logit_scale_init_value: f64,
+    pub options: TowerOptions,
 }
 
 impl ClipConfig {
@@ -186,12 +225,13 @@ impl ClipConfig {
             vision,
             projection_dim,
             logit_scale_init_value,
+            options: TowerOptions::default(),
         };
         cfg.validate()?;
         Ok(cfg)
     }
 
-    fn validate(&self) -> Result<()> {
+    pub(crate) fn validate(&self) -> Result<()> {
         let t = &self.text;
         let v = &self.vision;
         // Every size is bounded before anything is allocated from it. The bounds are far above
@@ -302,6 +342,9 @@ impl ClipConfig {
     }
 
     pub fn text_pooling(&self) -> TextPooling {
+        if let Some(pooling) = self.options.text_pooling {
+            return pooling;
+        }
         match self.text.eos_token_id.as_ref().and_then(TokenIds::first) {
             Some(2) => TextPooling::ArgMaxId,
             Some(id) if id >= 0 => {

@@ -14,7 +14,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
-pub use config::{ClipConfig, TextPooling};
+pub use config::{ClipConfig, TextPooling, TowerOptions, VisionPool};
 
 use crate::model::nn::{
     self, causal_mask, layer_norm, Encoder, EncoderSpec, Linear, LinearPrecision,
@@ -90,10 +90,13 @@ pub struct VisionTower {
     patch_embedding: Linear,
     class_embedding: Tensor,
     position_embedding: Tensor,
-    pre_layrnorm: nn::LayerNorm,
+    /// `None` without it (OpenCLIP `no_ln_pre`).
+    pre_layrnorm: Option<nn::LayerNorm>,
     encoder: Encoder,
     post_layernorm: nn::LayerNorm,
     projection: Linear,
+    pool: VisionPool,
+    ln_after_pool: bool,
     patch: usize,
     grid: usize,
     hidden: usize,
@@ -129,7 +132,15 @@ impl VisionTower {
                 (grid * grid + 1, v.hidden_size),
                 "position_embedding.weight",
             )?,
-            pre_layrnorm: layer_norm(m.pp("pre_layrnorm"), v.hidden_size, v.layer_norm_eps)?,
+            pre_layrnorm: if cfg.options.vision_ln_pre {
+                Some(layer_norm(
+                    m.pp("pre_layrnorm"),
+                    v.hidden_size,
+                    v.layer_norm_eps,
+                )?)
+            } else {
+                None
+            },
             encoder: Encoder::new(m.pp("encoder"), &spec)?,
             post_layernorm: layer_norm(m.pp("post_layernorm"), v.hidden_size, v.layer_norm_eps)?,
             // One row per image: f32 costs nothing here, and int8 would only add error.
@@ -140,6 +151,8 @@ impl VisionTower {
                 false,
                 linear.unless_int8(),
             )?,
+            pool: cfg.options.vision_pool,
+            ln_after_pool: cfg.options.vision_ln_after_pool,
             patch: v.patch_size,
             grid,
             hidden: v.hidden_size,
@@ -155,10 +168,28 @@ impl VisionTower {
     pub fn forward(&self, pixels: &Tensor) -> candle_core::Result<Tensor> {
         let xs = self.embed(pixels)?;
         let b = xs.dim(0)?;
-        // Pool the class token, then the final layer norm (CLIPVisionTransformer.forward).
-        let class_rows = Tensor::zeros(b, DType::U32, xs.device())?;
-        let pooled = self.encoder.forward_pooled(&xs, None, &class_rows)?;
-        let pooled = self.post_layernorm.forward(&pooled)?;
+        let pooled = match self.pool {
+            VisionPool::ClassToken => {
+                // Pool the class token, then the final layer norm (CLIPVisionTransformer.forward;
+                // the norm is per token, so before or after pooling is the same).
+                let class_rows = Tensor::zeros(b, DType::U32, xs.device())?;
+                let pooled = self.encoder.forward_pooled(&xs, None, &class_rows)?;
+                self.post_layernorm.forward(&pooled)?
+            }
+            VisionPool::MeanOfPatches => {
+                // open_clip VisionTransformer._pool: `ln_post` then the mean of x[:, 1:], or with
+                // `final_ln_after_pool` the mean first and `ln_post` on it.
+                let xs = self.encoder.forward(&xs, None)?;
+                let t = xs.dim(1)?;
+                if self.ln_after_pool {
+                    let mean = xs.narrow(1, 1, t - 1)?.mean(1)?;
+                    self.post_layernorm.forward(&mean)?
+                } else {
+                    let xs = self.post_layernorm.forward(&xs)?;
+                    xs.narrow(1, 1, t - 1)?.mean(1)?
+                }
+            }
+        };
         self.projection.forward(&pooled)?.to_dtype(DType::F32)
     }
 
@@ -204,7 +235,10 @@ impl VisionTower {
             .reshape((1, 1, self.hidden))?
             .broadcast_as((b, 1, self.hidden))?;
         let xs = Tensor::cat(&[&class, &patches], 1)?.broadcast_add(&self.position_embedding)?;
-        self.pre_layrnorm.forward(&xs)
+        match &self.pre_layrnorm {
+            Some(norm) => norm.forward(&xs),
+            None => Ok(xs),
+        }
     }
 }
 
@@ -252,7 +286,7 @@ impl TextTower {
                 vb.pp("text_projection"),
                 t.hidden_size,
                 cfg.projection_dim,
-                false,
+                cfg.options.text_projection_bias,
                 linear,
             )?,
             pooling: cfg.text_pooling(),
@@ -327,7 +361,17 @@ impl Clip {
             bail!("no weight files");
         }
         let files = weights::Checkpoint::open(weights)?;
-        let vb = VarBuilder::from_backend(Box::new(files), opts.dtype, opts.device.clone());
+        Self::from_backend(config, Box::new(files), opts)
+    }
+
+    /// [`Self::load`] from any source of tensors named as `CLIPModel`'s state dict (another
+    /// family's checkpoint seen through a renaming backend: OpenCLIP's).
+    pub(crate) fn from_backend(
+        config: ClipConfig,
+        backend: Box<dyn candle_nn::var_builder::SimpleBackend>,
+        opts: &LoadOptions,
+    ) -> Result<Self> {
+        let vb = VarBuilder::from_backend(backend, opts.dtype, opts.device.clone());
         let vision = if opts.towers.vision {
             Some(
                 VisionTower::new(&config, vb.clone(), opts.vision)
