@@ -81,7 +81,7 @@ fn queries_per_second() {
 fn reading_an_index_file() {
     let mut rng = Rng(7);
     let dir = tempfile::tempdir().unwrap();
-    let db = Db::open(&dir.path().join("bench.sqlite"), true).unwrap();
+    let db = Db::open(&dir.path().join("bench.sqlite"), vlm::index::Access::Write).unwrap();
     let key = ModelKey {
         model: "bench".into(),
         revision: String::new(),

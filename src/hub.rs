@@ -936,13 +936,13 @@ mod tests {
         std::fs::write(snapshot.join(CONFIG), "{}").unwrap();
         let absent = cache.path().join("models--o--m/.no_exist").join(commit);
         std::fs::create_dir_all(&absent).unwrap();
-        std::fs::write(absent.join(WEIGHTS), "").unwrap();
+        std::fs::write(absent.join("model.safetensors"), "").unwrap();
         for offline in [true, false] {
             let settings = settings(cache.path(), offline);
             let source = HubSource::open(&settings, "o/m", commit).unwrap();
             assert_eq!(source.fetch(CONFIG).unwrap(), Some(snapshot.join(CONFIG)));
             // Known absent: no request (the endpoint is a closed port).
-            assert_eq!(source.fetch(WEIGHTS).unwrap(), None);
+            assert_eq!(source.fetch("model.safetensors").unwrap(), None);
             assert_eq!(source.finish().unwrap(), commit);
         }
         // A branch with no ref is not in the cache.

@@ -311,7 +311,7 @@ impl OpenClipConfig {
         )?;
         let width = vision.width.unwrap_or(768);
         let head_width = vision.head_width.unwrap_or(64);
-        if head_width == 0 || width % head_width != 0 {
+        if head_width == 0 || !width.is_multiple_of(head_width) {
             bail!("vision_cfg.width {width} is not a multiple of head_width {head_width}");
         }
         let image_size = square(
