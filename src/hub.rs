@@ -329,7 +329,7 @@ fn resolve_hub(req: &ModelRequest) -> Result<ModelFiles> {
     // Which token pads the text is named in these when the repository has them; they land beside
     // tokenizer.json in the snapshot, where the tokenizer looks (`text::pad_id`).
     for file in crate::text::TOKENIZER_SIDECARS {
-        fetch(file)?;
+        source.fetch_optional(file)?;
     }
     let Some(weights) = weight_files(&fetch, &require)? else {
         return Err(if offline && !settings.offline {
@@ -436,6 +436,8 @@ struct HubSource<'a> {
     /// Whether `refs/<commit>` was there before this run (hf-hub writes one per download; Python
     /// never does, so vlm removes the ones it caused).
     had_commit_ref: bool,
+    /// The revision is a commit whose snapshot was found in the cache: no request was made.
+    cached_commit: bool,
 }
 
 impl<'a> HubSource<'a> {
@@ -456,6 +458,7 @@ impl<'a> HubSource<'a> {
             api: None,
             unreachable: None,
             had_commit_ref: false,
+            cached_commit: false,
         };
         if settings.offline {
             source.commit = if is_commit(revision) {
@@ -469,6 +472,7 @@ impl<'a> HubSource<'a> {
         let commit = if is_commit(revision)
             && (snapshot.join(CONFIG).is_file() || snapshot.join(OPENCLIP_CONFIG).is_file())
         {
+            source.cached_commit = true;
             revision.to_string()
         } else {
             match probe(settings, id, revision) {
@@ -508,6 +512,21 @@ impl<'a> HubSource<'a> {
 
     /// One file of the commit: from its snapshot folder, else downloaded; `Ok(None)` when the
     /// commit does not have it (or, cache only, when the cache does not).
+    /// [`Self::fetch`] for a file the model can do without (the tokenizer's sidecars): a commit
+    /// whose snapshot is already in the cache is not asked about it again, so that a pinned, cached
+    /// model (an index's) makes no request at all; a cache filled by Python holds these files, or
+    /// its `.no_exist` markers, already.
+    fn fetch_optional(&self, file: &str) -> Result<Option<PathBuf>> {
+        if self.cached_commit {
+            let Some(commit) = &self.commit else {
+                return Ok(None);
+            };
+            let path = self.repo_dir.join("snapshots").join(commit).join(file);
+            return Ok(path.is_file().then_some(path));
+        }
+        self.fetch(file)
+    }
+
     fn fetch(&self, file: &str) -> Result<Option<PathBuf>> {
         let Some(commit) = &self.commit else {
             return Ok(None);

@@ -218,6 +218,27 @@ pub fn run(opts: &CalibrateOptions) -> Result<Outcome> {
     let located = truth::locate(rows, &truth_source)?;
     let rows = located.rows;
     let per_label_truth = truth_matrix(&rows, &aspect, &truth_source)?;
+    if rows.is_empty() && !located.missing_rows.is_empty() {
+        // None of the truth's images exists: a usage error before the model loads (issue 23), in
+        // one line that names the first few.
+        let named: Vec<String> = located
+            .missing_rows
+            .iter()
+            .take(3)
+            .map(|r| format!("{} (line {})", crate::error::quote(&r.given), r.line))
+            .collect();
+        return Err(Error::Usage(format!(
+            "nothing to process: {truth_source}: none of the {} paths it lists exists: {}{}",
+            located.missing,
+            named.join(", "),
+            if located.missing > named.len() {
+                format!(" and {} more", located.missing - named.len())
+            } else {
+                String::new()
+            }
+        ))
+        .into());
+    }
     if !located.missing_rows.is_empty() {
         // One line for all of them, even with -q: each is also a reason for exit code 1.
         let named: Vec<String> = located

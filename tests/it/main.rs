@@ -1,8 +1,9 @@
 //! The integration tests: one test binary, so that the suite links once (each file under `tests/`
 //! used to be a binary of its own, linked against all of vlm and Candle: most of the tests' build
 //! time). Each module drives the built `vlm` binary against the fixture models.
-//! `tests/alloc.rs` and `tests/caught_panics.rs` stay separate: one installs its own global
-//! allocator, the other re-runs its own executable as a child.
+//! `tests/alloc.rs`, `tests/caught_panics.rs` and `tests/memory.rs` stay separate: one installs its
+//! own global allocator, one re-runs its own executable as a child, and one measures children's
+//! peak memory, which starts at the parent's size.
 
 mod common;
 
@@ -20,8 +21,6 @@ mod hub;
 mod hub_bin;
 mod index_trust;
 mod int8;
-#[cfg(target_os = "linux")]
-mod memory;
 mod newcomer;
 mod openclip;
 mod outputs;

@@ -84,7 +84,7 @@ fn unusable_inputs_fail_before_the_model_in_every_command() {
     let truth = truth.display().to_string();
     input_error_first(
         &[&["calibrate", "-a", "color", "--truth", &truth][..], &m].concat(),
-        "gone.jpg: cannot read file",
+        "\"gone.jpg\" (line 2)",
     );
 }
 

@@ -510,7 +510,7 @@ fn the_index_file_is_versioned_and_foreign_or_damaged_files_are_refused() {
     std::fs::copy(lib.db(), &newer).unwrap();
     rusqlite::Connection::open(&newer)
         .unwrap()
-        .pragma_update(None, "user_version", 2)
+        .pragma_update(None, "user_version", 3)
         .unwrap();
     let out = vlm()
         .args(["dupes", "--db", newer.to_str().unwrap()])

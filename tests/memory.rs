@@ -2,8 +2,14 @@
 //! has, and an image costs memory in proportion to its pixels, which `--max-pixels` bounds (a
 //! refused image, bomb or not, costs nothing). Each child's own peak is read with `wait4`, so the
 //! tests can run side by side.
+//!
+//! A test binary of its own, not a module of `tests/it`: a child's peak RSS starts at its parent's
+//! resident size when it forks (Linux keeps the old mm's high-water mark across exec), so the
+//! parent must be a small process, not the big suite whose other tests hold images and models.
+#![cfg(target_os = "linux")]
 
-use crate::common;
+#[path = "it/common/mod.rs"]
+mod common;
 
 use std::fs::File;
 use std::io::Write;
