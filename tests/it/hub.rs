@@ -686,3 +686,85 @@ fn serve_stand_in() {
     std::thread::sleep(std::time::Duration::from_secs(secs));
     eprintln!("{} requests", hub.requests().len());
 }
+
+/// An OpenCLIP repository (issue 22: `open_clip_config.json` and its weights, no `config.json`)
+/// over the stand-in: the probe finds it by its own config, `org/name` and open_clip's
+/// `hf-hub:org/name` both download it, a `.bin`-only repository too (read as data), and the
+/// numbers are the local folder's, bit for bit (same weights, labels encoded in the same batch).
+#[test]
+fn openclip_repositories_download_through_the_stand_in() {
+    let hub = StandIn::start(vec![
+        repo_of("someone/tiny-openclip", "tiny-openclip-gelu", COMMIT_A),
+        repo_of(
+            "someone/tiny-openclip-bin",
+            "tiny-openclip-quickgelu-bin",
+            COMMIT_B,
+        ),
+    ]);
+    let photo = image("coins.png");
+    let probs = |out: &Output| -> Vec<u32> {
+        let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        doc["results"][0]["predictions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| (p["probability"].as_f64().unwrap() as f32).to_bits())
+            .collect()
+    };
+    let classify = |model_arg: &str, home: Option<&Path>| -> Output {
+        let mut cmd = match home {
+            Some(home) => vlm_hub(Some(hub.url()), home),
+            None => vlm(),
+        };
+        let out = cmd
+            .args([
+                "classify",
+                "-f",
+                "json",
+                "--no-cache",
+                "--labels",
+                "cat,dog,coin",
+            ])
+            .args(["--model", model_arg, &photo])
+            .output()
+            .unwrap();
+        success(&out);
+        out
+    };
+    for (id, folder, commit) in [
+        ("someone/tiny-openclip", "tiny-openclip-gelu", COMMIT_A),
+        (
+            "someone/tiny-openclip-bin",
+            "tiny-openclip-quickgelu-bin",
+            COMMIT_B,
+        ),
+    ] {
+        let local = classify(&model(folder), None);
+        for spelling in [id.to_string(), format!("hf-hub:{id}")] {
+            let home = tempfile::tempdir().unwrap();
+            let out = classify(&spelling, Some(home.path()));
+            assert_eq!(probs(&out), probs(&local), "{spelling}");
+            let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            assert_eq!(doc["model"]["id"], id);
+            assert_eq!(doc["model"]["family"], "openclip");
+            assert_eq!(doc["model"]["revision"], commit);
+            // Python's layout: the snapshot of the commit holds the files vlm read.
+            let snapshot = home
+                .path()
+                .join("hub")
+                .join(format!("models--{}", id.replace('/', "--")))
+                .join("snapshots")
+                .join(commit);
+            assert!(
+                snapshot.join("open_clip_config.json").is_file(),
+                "{spelling}"
+            );
+        }
+    }
+    // Nothing asked for a file vlm does not read.
+    assert!(
+        hub.requests().iter().all(|r| !r.contains("tokenizer.json")),
+        "{:?}",
+        hub.requests()
+    );
+}
