@@ -21,7 +21,7 @@ use crate::index::choose::ModelWanted;
 use crate::inputs::InputOptions;
 use crate::output::{Format, ListFormat};
 
-/// Zero-shot image classification with CLIP and SigLIP.
+/// Zero-shot image classification with CLIP, SigLIP and OpenCLIP models.
 ///
 /// Exit codes: 0 every image was processed; 1 some images failed (the others are in the output);
 /// 2 usage or model error, before any image was processed.

@@ -1,4 +1,4 @@
-//! vlm: zero-shot image classification and tagging with CLIP and SigLIP.
+//! vlm: zero-shot image classification and tagging with CLIP, SigLIP and OpenCLIP models.
 //!
 //! `main.rs` only parses arguments and maps the outcome to an exit code; the work lives here:
 //! `cli` (arguments, converted to typed options), `commands` (one file per command), `engine`
