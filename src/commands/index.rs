@@ -177,7 +177,7 @@ pub fn run(opts: &IndexOptions) -> Result<Outcome> {
             };
             let p = plan_model(&model_opts, opts.quiet)?;
             let key = choose::key_of(&p.files, p.precision);
-            let row = db.model_row(&key, p.spec.family())?;
+            let row = db.model_row(&key, p.spec.family(), Some(p.spec.head_kind()))?;
             plan = Some(p);
             row
         }

@@ -62,11 +62,12 @@ pub(crate) fn model_info(row: &ModelRow) -> ModelInfo {
         id: row.key.model.clone(),
         revision: (!row.key.revision.is_empty()).then(|| row.key.revision.clone()),
         family: row.family.clone(),
-        // The head follows the family (the index stores the family, not the head).
-        head: match row.family.as_str() {
-            "siglip" => crate::model::HeadKind::Sigmoid,
-            _ => crate::model::HeadKind::Softmax,
-        },
+        // Stored with the model; an index made before that has only clip and siglip rows, whose
+        // family fixes the head.
+        head: row
+            .head
+            .or_else(|| crate::model::head_of_family(&row.family))
+            .unwrap_or(crate::model::HeadKind::Softmax),
     }
 }
 

@@ -7,6 +7,7 @@
 //! ```sql
 //! models   (id INTEGER PRIMARY KEY, model TEXT, revision TEXT, dtype TEXT, family TEXT,
 //!           dimension INTEGER NULL, created INTEGER, fingerprint TEXT NULL,
+//!           head TEXT NULL ("softmax" or "sigmoid"; NULL in files from before it was stored),
 //!           UNIQUE (model, revision, dtype))
 //! images   (model -> models.id, path TEXT, size INTEGER, mtime_ns INTEGER,
 //!           embedding BLOB (dimension little-endian f32), indexed INTEGER,  UNIQUE (model, path))
@@ -46,6 +47,7 @@ use anyhow::{Context, Result};
 use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension, ToSql};
 
+use crate::model::HeadKind;
 use crate::Error;
 
 /// `PRAGMA user_version` of the files this vlm writes and reads.
@@ -71,6 +73,7 @@ CREATE TABLE models (
     dimension INTEGER,
     created   INTEGER NOT NULL,
     fingerprint TEXT,
+    head      TEXT,
     UNIQUE (model, revision, dtype)
 );
 CREATE TABLE images (
@@ -157,6 +160,9 @@ pub struct ModelRow {
     /// `ModelPlan::index_fingerprint` of the model the embeddings were made with; `None` in an
     /// index made before fingerprints (schema 1) until `vlm index` records it.
     pub fingerprint: Option<String>,
+    /// The score head of the model (softmax or sigmoid); `None` in an index made before it was
+    /// stored, where the family tells it (`model::head_of_family`).
+    pub head: Option<HeadKind>,
     /// Unix seconds.
     pub created: i64,
     /// When the last embedding was stored (Unix seconds); `None` with no images.
@@ -524,7 +530,10 @@ impl Db {
         let tx = self.immediate()?;
         if let Kind::Ours(1) = self.kind()? {
             self.conn
-                .execute_batch("ALTER TABLE models ADD COLUMN fingerprint TEXT")
+                .execute_batch(
+                    "ALTER TABLE models ADD COLUMN fingerprint TEXT;
+                     ALTER TABLE models ADD COLUMN head TEXT;",
+                )
                 .map_err(|e| self.err(e, "cannot upgrade the schema"))?;
             self.conn
                 .pragma_update(None, "user_version", SCHEMA_VERSION)
@@ -569,17 +578,18 @@ impl Db {
     /// Every model's index in the file, oldest first.
     pub fn models(&self) -> Result<Vec<ModelRow>> {
         let run = || -> rusqlite::Result<Vec<ModelRow>> {
-            let fingerprint = if self.version >= 2 {
-                "m.fingerprint"
+            let (fingerprint, head) = if self.version >= 2 {
+                ("m.fingerprint", "m.head")
             } else {
-                "NULL"
+                ("NULL", "NULL")
             };
             let mut stmt = self.conn.prepare(&format!(
                 "SELECT m.id, m.model, m.revision, m.dtype, m.family, m.dimension,
                         (SELECT count(*) FROM images i WHERE i.model = m.id),
                         (SELECT count(*) FROM failures f WHERE f.model = m.id),
                         {fingerprint}, m.created,
-                        (SELECT max(indexed) FROM images i WHERE i.model = m.id)
+                        (SELECT max(indexed) FROM images i WHERE i.model = m.id),
+                        {head}
                  FROM models m ORDER BY m.id"
             ))?;
             let rows = stmt.query_map([], |r| {
@@ -597,6 +607,13 @@ impl Db {
                     fingerprint: r.get(8)?,
                     created: r.get(9)?,
                     last_indexed: r.get(10)?,
+                    head: r
+                        .get::<_, Option<String>>(11)?
+                        .and_then(|h| match h.as_str() {
+                            "softmax" => Some(HeadKind::Softmax),
+                            "sigmoid" => Some(HeadKind::Sigmoid),
+                            _ => None,
+                        }),
                 })
             })?;
             rows.collect()
@@ -605,15 +622,29 @@ impl Db {
     }
 
     /// The index of `key`, created if the file has none yet.
-    pub fn model_row(&self, key: &ModelKey, family: &str) -> Result<ModelRow> {
+    pub fn model_row(
+        &self,
+        key: &ModelKey,
+        family: &str,
+        head: Option<HeadKind>,
+    ) -> Result<ModelRow> {
         let tx = self.immediate()?;
+        let head = head.map(|h| h.to_string());
         self.conn
             .execute(
-                "INSERT OR IGNORE INTO models (model, revision, dtype, family, created)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![key.model, key.revision, key.dtype, family, now_secs()],
+                "INSERT OR IGNORE INTO models (model, revision, dtype, family, created, head)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![key.model, key.revision, key.dtype, family, now_secs(), head],
             )
             .map_err(|e| self.err(e, "cannot add the model"))?;
+        // An index made before the head was stored learns it from the model now in hand.
+        self.conn
+            .execute(
+                "UPDATE models SET head = ?4
+                 WHERE model = ?1 AND revision = ?2 AND dtype = ?3 AND head IS NULL",
+                params![key.model, key.revision, key.dtype, head],
+            )
+            .map_err(|e| self.err(e, "cannot record the model's head"))?;
         tx.commit()?;
         self.models()?
             .into_iter()
@@ -935,7 +966,7 @@ impl Db {
     pub fn merge_from(&self, other: &Db) -> Result<usize> {
         let mut copied = 0usize;
         for model in other.models()? {
-            let mine = self.model_row(&model.key, &model.family)?;
+            let mine = self.model_row(&model.key, &model.family, model.head)?;
             // Rows of two different models never mix (issue 20.2): a fingerprint that differs
             // is refused; an index without one (schema 1, or empty) takes the other's.
             match (&mine.fingerprint, &model.fingerprint) {
@@ -1085,7 +1116,9 @@ mod tests {
     fn rows_round_trip_and_replace() {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(&dir.path().join("sub/i.sqlite"), Access::Write).unwrap();
-        let m = db.model_row(&key(), "clip").unwrap();
+        let m = db
+            .model_row(&key(), "clip", Some(HeadKind::Softmax))
+            .unwrap();
         db.set_dimension(&m, 2).unwrap();
         assert!(db.set_dimension(&m, 3).is_err());
         let stamp = Stamp {
@@ -1183,7 +1216,9 @@ mod tests {
     fn every_vector_must_have_the_index_length() {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(&dir.path().join("i.sqlite"), Access::Write).unwrap();
-        let m = db.model_row(&key(), "clip").unwrap();
+        let m = db
+            .model_row(&key(), "clip", Some(HeadKind::Softmax))
+            .unwrap();
         let stamp = Stamp {
             size: 1,
             mtime_ns: 1,

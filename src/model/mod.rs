@@ -40,6 +40,18 @@ pub struct Family {
     pub refused: &'static [(&'static str, &'static str)],
     /// Parses a whole `config.json` (already known to have one of `model_types`).
     pub parse: fn(&str) -> Result<Box<dyn ModelSpec>>,
+    /// The score head every model of the family has, where it has one (an OpenCLIP checkpoint's
+    /// depends on its weights: `logit_bias` makes it sigmoid).
+    pub head: Option<HeadKind>,
+}
+
+/// The head a family's models always have, by the family's name: for records that name only the
+/// family (an index written before it stored the head).
+pub fn head_of_family(name: &str) -> Option<HeadKind> {
+    FAMILIES
+        .iter()
+        .find(|f| f.name == name)
+        .and_then(|f| f.head)
 }
 
 /// How similarities become scores.

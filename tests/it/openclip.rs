@@ -335,6 +335,14 @@ fn every_command_runs_on_an_openclip_folder() {
             found.contains("coins.png") && found.contains("page.png"),
             "{found}"
         );
+        // The index stores the model's head: a sigmoid OpenCLIP model is reported as one by
+        // search (and dupes), which see no model, only the index.
+        let found: serde_json::Value = serde_json::from_str(&found).unwrap();
+        let want = match doc.model.head {
+            common::Head::Softmax => "softmax",
+            common::Head::Sigmoid => "sigmoid",
+        };
+        assert_eq!(found["model"]["head"], want, "{name}");
         let explained = run(&[
             "explain",
             "--model",

@@ -30,6 +30,7 @@ pub const FAMILY: Family = Family {
     model_types: &["clip"],
     refused: &[],
     parse: |text| Ok(Box::new(ClipConfig::from_json(text)?)),
+    head: Some(crate::model::HeadKind::Softmax),
 };
 
 impl ModelSpec for ClipConfig {

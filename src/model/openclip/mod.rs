@@ -39,6 +39,7 @@ pub const FAMILY: Family = Family {
     model_types: &[],
     refused: &[],
     parse: |text| Ok(Box::new(OpenClipConfig::from_json(text)?)),
+    head: None,
 };
 
 pub(crate) use config::is_config;

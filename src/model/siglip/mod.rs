@@ -44,6 +44,7 @@ pub const FAMILY: Family = Family {
         "is SigLIP 2 NaFlex (variable resolution and aspect ratio), which vlm does not run; use a fixed-resolution SigLIP 2 checkpoint such as google/siglip2-base-patch16-224 (model_type \"siglip\")",
     )],
     parse: |text| Ok(Box::new(SiglipConfig::from_json(text)?)),
+    head: Some(crate::model::HeadKind::Sigmoid),
 };
 
 impl ModelSpec for SiglipConfig {
