@@ -1280,7 +1280,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("v1.sqlite");
         let conn = Connection::open(&path).unwrap();
-        conn.execute_batch(&SCHEMA.replace("    fingerprint TEXT,\n", ""))
+        conn.execute_batch(&SCHEMA.replace("    fingerprint TEXT,\n    head      TEXT,\n", ""))
             .unwrap();
         conn.pragma_update(None, "application_id", APPLICATION_ID)
             .unwrap();
