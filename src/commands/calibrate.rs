@@ -218,46 +218,31 @@ pub fn run(opts: &CalibrateOptions) -> Result<Outcome> {
     let located = truth::locate(rows, &truth_source)?;
     let rows = located.rows;
     let per_label_truth = truth_matrix(&rows, &aspect, &truth_source)?;
-    if rows.is_empty() && !located.missing_rows.is_empty() {
-        // None of the truth's images exists: a usage error before the model loads (issue 23), in
-        // one line that names the first few.
-        let named: Vec<String> = located
-            .missing_rows
-            .iter()
-            .take(3)
-            .map(|r| format!("{} (line {})", crate::error::quote(&r.given), r.line))
-            .collect();
-        return Err(Error::Usage(format!(
-            "nothing to process: {truth_source}: none of the {} paths it lists exists: {}{}",
-            located.missing,
-            named.join(", "),
-            if located.missing > named.len() {
-                format!(" and {} more", located.missing - named.len())
-            } else {
-                String::new()
-            }
-        ))
-        .into());
-    }
     if !located.missing_rows.is_empty() {
-        // One line for all of them, even with -q: each is also a reason for exit code 1.
+        // The first few missing paths by name, then how many more.
         let named: Vec<String> = located
             .missing_rows
             .iter()
             .take(3)
             .map(|r| format!("{} (line {})", crate::error::quote(&r.given), r.line))
             .collect();
-        let more = located.missing - named.len();
+        let more = match located.missing - named.len() {
+            0 => String::new(),
+            more => format!(" and {more} more"),
+        };
+        let named = named.join(", ");
+        if rows.is_empty() {
+            // None of the truth's images exists: a usage error before the model loads (issue 23).
+            return Err(Error::Usage(format!(
+                "nothing to process: {truth_source}: none of the {} paths it lists exists: {named}{more}",
+                located.missing
+            ))
+            .into());
+        }
+        // One line for all of them, even with -q: each is also a reason for exit code 1.
         crate::output::report_error(&format!(
-            "{truth_source}: {} of {} paths do not exist and are left out: {}{}",
-            located.missing,
-            total_rows,
-            named.join(", "),
-            if more > 0 {
-                format!(" and {more} more")
-            } else {
-                String::new()
-            }
+            "{truth_source}: {} of {total_rows} paths do not exist and are left out: {named}{more}",
+            located.missing
         ));
     }
     let inputs: Vec<Input> = rows
