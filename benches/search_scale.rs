@@ -87,7 +87,9 @@ fn reading_an_index_file() {
         revision: String::new(),
         dtype: "f32".into(),
     };
-    let row = db.model_row(&key, "clip").unwrap();
+    let row = db
+        .model_row(&key, "clip", Some(vlm::model::HeadKind::Softmax))
+        .unwrap();
     db.set_dimension(&row, DIM).unwrap();
     let rows = 100_000usize;
     let started = Instant::now();
