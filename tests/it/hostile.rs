@@ -885,7 +885,7 @@ fn label_file_regressions_and_seeds() {
 
 /// The JPEG completeness check must never refuse a file Pillow decodes. Run against a list of
 /// files Pillow opened and loaded without error (one path per line):
-/// `VLM_JPEG_LIST=list.txt cargo test --test hostile -- --ignored --nocapture`.
+/// `VLM_JPEG_LIST=list.txt cargo test --release --test it hostile:: -- --ignored --nocapture`.
 #[test]
 #[ignore = "needs VLM_JPEG_LIST, a list of JPEGs that Pillow decodes"]
 fn jpegs_that_pillow_decodes_are_not_called_truncated() {
