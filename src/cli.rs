@@ -11,15 +11,17 @@ use crate::commands::dupes::{DupesOptions, DEFAULT_THRESHOLD};
 use crate::commands::embed::{EmbedFormat, EmbedOptions};
 use crate::commands::eval::EvalOptions;
 use crate::commands::explain::ExplainOptions;
-use crate::commands::index::{IndexOptions, IndexSpec};
+use crate::commands::index::IndexOptions;
 use crate::commands::search::SearchOptions;
 use crate::commands::tag::TagOptions;
 use crate::commands::{InputSpec, OutputOptions, Request, RunOptions};
 use crate::engine::images::BatchOptions;
 use crate::engine::{ModelOptions, Precision};
+use crate::index::choose::IndexSpec;
 use crate::index::choose::ModelWanted;
 use crate::inputs::InputOptions;
 use crate::output::{Format, ListFormat};
+use crate::tagging::rules::PerAspect;
 
 /// Zero-shot image classification with CLIP, SigLIP and OpenCLIP models.
 ///
@@ -193,24 +195,6 @@ pub struct TagArgs {
 
     #[command(flatten)]
     pub run: RunArgs,
-}
-
-/// A value for every aspect (`aspect: None`) or for one.
-#[derive(Debug, Clone, PartialEq)]
-pub struct PerAspect<T> {
-    pub aspect: Option<String>,
-    pub value: T,
-}
-
-impl<T: Copy> PerAspect<T> {
-    /// The value for `aspect`: its own if given, else the last one for every aspect.
-    pub fn lookup(list: &[PerAspect<T>], aspect: &str) -> Option<T> {
-        list.iter()
-            .rev()
-            .find(|p| p.aspect.as_deref() == Some(aspect))
-            .or_else(|| list.iter().rev().find(|p| p.aspect.is_none()))
-            .map(|p| p.value)
-    }
 }
 
 fn split_per_aspect(s: &str) -> (Option<String>, &str) {

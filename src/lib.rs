@@ -26,8 +26,6 @@
 )]
 
 pub mod alloc;
-pub mod aspects;
-pub mod cache;
 pub mod cli;
 pub mod commands;
 pub mod engine;
@@ -43,6 +41,7 @@ pub mod model;
 pub mod output;
 pub mod pipeline;
 pub mod score;
+pub mod tagging;
 pub mod text;
 pub mod truth;
 

@@ -4,11 +4,11 @@ use std::io::IsTerminal;
 
 use anyhow::Result;
 
-use super::tag::{aspect_info, label_thresholds, Rule};
 use super::Outcome;
-use crate::aspects;
 use crate::error::escape_controls;
 use crate::output::{self, AspectInfo, ListFormat};
+use crate::tagging::aspects;
+use crate::tagging::rules::{aspect_info, label_thresholds, Rule};
 
 /// Everything `vlm aspects` needs.
 #[derive(Debug, Clone, Default)]

@@ -15,10 +15,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-use super::eval::write_report;
-use super::tag::{self, label_thresholds, prepare, text_units, Rule};
 use super::{display_path, show_progress, Outcome, RunOptions};
-use crate::aspects::{self, Aspect};
 use crate::engine::images::encode_images;
 use crate::engine::text::{load_with_text, text_cache, TextReport};
 use crate::engine::{plan_model, ModelOptions};
@@ -27,9 +24,11 @@ use crate::metrics::{self, counts_at, Counts, Target};
 use crate::model::HeadKind;
 use crate::output::target::WholeFile;
 use crate::output::{
-    CalibrateInfo, CalibratedLabel, Existing, FailedInput, Format, Progress, ResultWriter, Sink,
-    Target as OutputTarget,
+    write_report, CalibrateInfo, CalibratedLabel, Existing, FailedInput, Format, Progress,
+    ResultWriter, Sink, Target as OutputTarget,
 };
+use crate::tagging::aspects::{self, Aspect};
+use crate::tagging::rules::{self, label_thresholds, prepare, text_units, Rule};
 use crate::truth::{self, TruthRow};
 use crate::Error;
 
@@ -304,7 +303,7 @@ pub fn run(opts: &CalibrateOptions) -> Result<Outcome> {
         |i, input, embedding| {
             match embedding {
                 Ok(e) => {
-                    for (j, t) in tag::scores(&e, prepared, &head).into_iter().enumerate() {
+                    for (j, t) in rules::scores(&e, prepared, &head).into_iter().enumerate() {
                         if let Some(col) = scores.get_mut(j) {
                             col.push(t.score);
                         }

@@ -1,6 +1,6 @@
 //! `vlm classify`: rank labels for each image.
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
 use super::{
     collect_inputs, open_destination_for, skip_completed, write_results, InputSpec, Outcome,
@@ -13,7 +13,7 @@ use crate::engine::{plan_model, ModelOptions};
 use crate::model::HeadKind;
 use crate::output::{self, ImageResult, Prediction, RunInfo, RunStamp};
 use crate::score::{self, LabelEmbeddings, Scoring, Selection};
-use crate::text::{self, LabelList, Template};
+use crate::text::{labels_from, templates_from, Template};
 
 /// Everything `vlm classify` needs.
 #[derive(Debug, Clone)]
@@ -35,22 +35,6 @@ fn collect_labels(opts: &ClassifyOptions) -> Result<(Vec<String>, Vec<String>)> 
     labels_from(&opts.labels, &opts.labels_files)
 }
 
-/// `--labels` values (each comma-separated) then `--labels-file`s: the labels, and warnings about
-/// what looks like a mistake in them. Shared with `explain`.
-pub(super) fn labels_from(
-    values: &[String],
-    files: &[std::path::PathBuf],
-) -> Result<(Vec<String>, Vec<String>)> {
-    let mut labels = LabelList::default();
-    for value in values {
-        labels.add_csv(value)?;
-    }
-    for file in files {
-        labels.add_file(file)?;
-    }
-    Ok(labels.finish_with_warnings()?)
-}
-
 /// What looks like a mistake in the labels, said once the model is known to load (so that a model
 /// error stays the only line): label-file lines holding commas, and a lone label under a softmax
 /// head, whose probability is always 1.
@@ -69,23 +53,6 @@ fn warn_about_labels(labels: &[String], warnings: &[String], head: HeadKind) {
 /// The user's templates, or `None` for the model's default.
 fn collect_templates(opts: &ClassifyOptions) -> Result<Vec<Template>> {
     templates_from(&opts.templates, opts.template_set.as_deref())
-}
-
-/// `--template` values then the `--templates` set, without repeats; empty for the model's default
-/// ([`templates_or_default`]). Shared with every command that takes templates.
-pub(super) fn templates_from(values: &[String], set: Option<&str>) -> Result<Vec<Template>> {
-    let mut templates = values
-        .iter()
-        .map(|t| Template::new(t).context("--template"))
-        .collect::<Result<Vec<_>>>()?;
-    if let Some(set) = set {
-        for t in text::template_set(set)? {
-            if !templates.contains(&t) {
-                templates.push(t);
-            }
-        }
-    }
-    Ok(templates)
 }
 
 pub fn run(opts: &ClassifyOptions) -> Result<Outcome> {

@@ -5,9 +5,8 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 
-use super::index::IndexSpec;
 use super::{open_destination, Outcome, OutputOptions};
-use crate::index::choose;
+use crate::index::choose::{self, IndexSpec};
 use crate::index::matrix::{self, Matrix};
 use crate::index::{bytes_path, Access, Db};
 use crate::output::{DupeGroup, DupeImage, DupesInfo, ResultWriter};
@@ -81,7 +80,7 @@ pub fn run(opts: &DupesOptions) -> Result<Outcome> {
     })?;
     let groups = dupe_groups(&m, opts.threshold as f32)?;
     let header = DupesInfo {
-        model: super::search::model_info(row),
+        model: choose::model_info(row),
         dtype: row.key.dtype.clone(),
         db: super::display_path(&path),
         threshold: opts.threshold,

@@ -14,7 +14,6 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-use super::classify::templates_from;
 use super::{display_path, show_progress, Outcome, RunOptions};
 use crate::engine::images::encode_images;
 use crate::engine::text::{
@@ -24,10 +23,10 @@ use crate::engine::{plan_model, ModelOptions};
 use crate::inputs::{self, Input, InputOptions};
 use crate::metrics::Tally;
 use crate::output::{
-    self, Confusion, EvalClass, EvalInfo, FailedInput, Format, Progress, ResultWriter, Sink,
-    SweepRow,
+    self, write_report, Confusion, EvalClass, EvalInfo, FailedInput, Progress, Sink, SweepRow,
 };
 use crate::score::{self, normalize};
+use crate::text::templates_from;
 use crate::Error;
 
 /// How many confusions a class lists.
@@ -485,21 +484,6 @@ pub fn run(opts: &EvalOptions) -> Result<Outcome> {
     } else {
         Outcome::Success
     })
-}
-
-/// Writes a report (a header and its records) through the output layer and puts it in place.
-pub(super) fn write_report<R: output::Record>(
-    sink: Sink,
-    format: Format,
-    header: &impl serde::Serialize,
-    records: &[R],
-) -> Result<()> {
-    let mut writer = ResultWriter::begin(sink, format, header)?;
-    for r in records {
-        writer.record(r)?;
-    }
-    writer.finish()?.commit()?;
-    Ok(())
 }
 
 #[cfg(test)]

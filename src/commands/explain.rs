@@ -9,7 +9,6 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, Result};
 
-use super::classify::{labels_from, templates_from};
 use super::RunOptions;
 use super::{collect_inputs, display_path, open_destination, InputSpec, Outcome};
 use crate::engine::patches::{explain_images, Explained};
@@ -17,16 +16,12 @@ use crate::engine::text::{
     load_with_text, prompt_units, templates_or_default, text_cache, TextReport,
 };
 use crate::engine::{model_error, plan_model, ModelOptions};
-use crate::output::overlay::{self, MapRange, Montage, OverlayFiles};
+use crate::output::overlay::{self, check_montage, MapRange, Montage, OverlayFiles, MONTAGE_TILE};
 use crate::output::{
     self, ExplainResult, Format, Grid, LabelMap, Progress, ResultWriter, RunInfo, Sink,
 };
+use crate::text::{labels_from, templates_from};
 use crate::Error;
-
-/// The most images one `--montage` sheet takes (one row each).
-pub const MONTAGE_MAX_IMAGES: usize = 200;
-/// The side of a montage tile, in pixels.
-pub const MONTAGE_TILE: u32 = 256;
 
 /// Everything `vlm explain` needs.
 #[derive(Debug, Clone)]
@@ -50,36 +45,6 @@ pub struct ExplainOptions {
     pub model: ModelOptions,
     /// `run.output.output` and `run.output.resume` are not used: results go to stdout.
     pub run: RunOptions,
-}
-
-/// `--montage`: a `.png` name, not over an existing file unless `--force`, at most
-/// [`MONTAGE_MAX_IMAGES`] images.
-pub(crate) fn check_montage(path: &Path, images: usize, force: bool) -> Result<()> {
-    let is_png = path
-        .extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("png"));
-    if !is_png {
-        return Err(Error::Usage(format!(
-            "--montage {}: the contact sheet is a PNG; give a file name ending in .png",
-            path.display()
-        ))
-        .into());
-    }
-    if path.is_dir() {
-        return Err(Error::Usage(format!("--montage {}: is a folder", path.display())).into());
-    }
-    crate::output::Target::check(
-        "--montage",
-        path,
-        crate::output::Existing::of(force, false, false),
-    )?;
-    if images > MONTAGE_MAX_IMAGES {
-        return Err(Error::Usage(format!(
-            "--montage: {images} images, but one sheet takes at most {MONTAGE_MAX_IMAGES} (a row each); use -o DIR for one picture per image, or --shard"
-        ))
-        .into());
-    }
-    Ok(())
 }
 
 pub fn run(opts: &ExplainOptions) -> Result<Outcome> {

@@ -22,32 +22,17 @@ use anyhow::{Context, Result};
 use super::{display_path, show_progress, InputSpec, Outcome};
 use crate::engine::images::{self, BatchOptions};
 use crate::engine::{plan_model, ModelOptions, ModelPlan, Precision};
-use crate::index::choose::{self, ModelWanted};
-use crate::index::{self, bytes_path, path_bytes, Access, Db, Known, ModelRow, NewRow, Stamp};
+use crate::index::choose::{self, IndexSpec};
+use crate::index::{bytes_path, path_bytes, Access, Db, Known, ModelRow, NewRow, Stamp};
 use crate::inputs::Input;
 use crate::model::Towers;
+use crate::output::npy::{names_file, NpyWriter};
 use crate::output::{self, Progress};
 use crate::score;
 use crate::Error;
 
 /// The model `vlm index` uses for a new index when none is named.
 pub const DEFAULT_MODEL: &str = "openai/clip-vit-base-patch32";
-
-/// Which index file, and which model's index in it.
-#[derive(Debug, Clone, Default)]
-pub struct IndexSpec {
-    /// `--db`; `None`: the default file in the data folder.
-    pub db: Option<PathBuf>,
-    pub model: ModelWanted,
-    /// Where to run the model when one is needed.
-    pub device: String,
-}
-
-impl IndexSpec {
-    pub fn path(&self) -> Result<PathBuf> {
-        index::db_path(self.db.as_deref())
-    }
-}
 
 /// Everything `vlm index` needs.
 #[derive(Debug, Clone)]
@@ -355,7 +340,7 @@ fn export(db: &Db, row: &ModelRow, target: &Path, opts: &IndexOptions) -> Result
         .find(|m| m.id == row.id)
         .unwrap_or_else(|| row.clone());
     let m = db.matrix(&row, None, |_| true)?;
-    let mut npy = super::embed::NpyWriter::create(
+    let mut npy = NpyWriter::create(
         target,
         false,
         crate::output::Existing::of(opts.force, false, false),
@@ -380,7 +365,7 @@ fn export(db: &Db, row: &ModelRow, target: &Path, opts: &IndexOptions) -> Result
             m.len() - left_out,
             row.key,
             display_path(target),
-            display_path(&super::embed::names_file(target, false))
+            display_path(&names_file(target, false))
         ));
     }
     Ok(if left_out == 0 {

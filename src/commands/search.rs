@@ -8,20 +8,20 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 
-use super::classify::templates_from;
-use super::index::IndexSpec;
 use super::{display_path, open_destination, Outcome, OutputOptions};
 use crate::engine::images::{self, BatchOptions};
 use crate::engine::text::{load_text_only, prompt_units, text_cache, TextReport};
 use crate::engine::{plan_model, ModelPlan};
-use crate::index::choose::{self, key_of};
+use crate::index::choose::{self, key_of, model_info, IndexSpec};
 use crate::index::matrix;
 use crate::index::Access;
 use crate::index::{Db, ModelRow, Stamp};
 use crate::inputs::Input;
 use crate::model::Towers;
-use crate::output::{self, ModelInfo, Progress, ResultWriter, SearchHit, SearchInfo, SearchQuery};
+use crate::output::overlay::{check_montage, MONTAGE_TILE};
+use crate::output::{self, Progress, ResultWriter, SearchHit, SearchInfo, SearchQuery};
 use crate::score;
+use crate::text::templates_from;
 use crate::Error;
 
 /// How many results a search gives when neither `-k` nor `--threshold` says.
@@ -57,20 +57,6 @@ pub struct SearchOptions {
     pub quiet: bool,
 }
 
-pub(crate) fn model_info(row: &ModelRow) -> ModelInfo {
-    ModelInfo {
-        id: row.key.model.clone(),
-        revision: (!row.key.revision.is_empty()).then(|| row.key.revision.clone()),
-        family: row.family.clone(),
-        // Stored with the model; an index made before that has only clip and siglip rows, whose
-        // family fixes the head.
-        head: row
-            .head
-            .or_else(|| crate::model::head_of_family(&row.family))
-            .unwrap_or(crate::model::HeadKind::Softmax),
-    }
-}
-
 pub fn run(opts: &SearchOptions) -> Result<Outcome> {
     if opts.text.is_none() && opts.image.is_none() {
         return Err(Error::Usage(
@@ -93,7 +79,7 @@ pub fn run(opts: &SearchOptions) -> Result<Outcome> {
     let row = choose::existing(&models, &opts.index.model, &path)?;
     let templates = templates_from(&opts.templates, opts.template_set.as_deref())?;
     if let Some(path) = &opts.montage {
-        super::explain::check_montage(path, 0, opts.force)?;
+        check_montage(path, 0, opts.force)?;
     }
     let dest = open_destination(&opts.output)?;
 
@@ -221,7 +207,7 @@ fn write_montage(path: &std::path::Path, hits: &[SearchHit], opts: &SearchOption
             hits.len()
         ));
     }
-    let tile = super::explain::MONTAGE_TILE;
+    let tile = MONTAGE_TILE;
     let limits = crate::images::DecodeLimits {
         max_pixels: opts.batch.max_pixels,
     };

@@ -3,11 +3,11 @@
 use anyhow::{Context, Result};
 
 use super::{Engine, ModelPlan};
-use crate::cache::TextCache;
 use crate::error::one_line;
 use crate::model::Towers;
 use crate::output::{self, Progress};
 use crate::score::{self, LabelEmbeddings};
+use crate::text::cache::TextCache;
 use crate::text::Template;
 
 /// Text embeddings are computed in chunks so that thousands of prompts do not become one huge batch.

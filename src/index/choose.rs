@@ -1,7 +1,7 @@
 //! Which model's index a command works on: the one `--model` (with `--revision`, `--dtype`) names,
 //! or, when none is named, the only one in the file.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 
@@ -9,6 +9,37 @@ use super::{ModelKey, ModelRow};
 use crate::engine::{ModelOptions, Precision};
 use crate::hub;
 use crate::Error;
+
+/// Which index file, and which model's index in it.
+#[derive(Debug, Clone, Default)]
+pub struct IndexSpec {
+    /// `--db`; `None`: the default file in the data folder.
+    pub db: Option<PathBuf>,
+    pub model: ModelWanted,
+    /// Where to run the model when one is needed.
+    pub device: String,
+}
+
+impl IndexSpec {
+    pub fn path(&self) -> Result<PathBuf> {
+        super::db_path(self.db.as_deref())
+    }
+}
+
+/// A model row as records report it.
+pub fn model_info(row: &ModelRow) -> crate::output::ModelInfo {
+    crate::output::ModelInfo {
+        id: row.key.model.clone(),
+        revision: (!row.key.revision.is_empty()).then(|| row.key.revision.clone()),
+        family: row.family.clone(),
+        // Stored with the model; an index made before that has only clip and siglip rows, whose
+        // family fixes the head.
+        head: row
+            .head
+            .or_else(|| crate::model::head_of_family(&row.family))
+            .unwrap_or(crate::model::HeadKind::Softmax),
+    }
+}
 
 /// The model a command was asked for; every part may be left out.
 #[derive(Debug, Clone, Default)]

@@ -132,17 +132,20 @@ impl PartialEq for Normalizer {
 
 impl Eq for Normalizer {}
 
+/// Python's `str.isspace()` (what `str.split()` splits on): Unicode White_Space (Rust's
+/// `char::is_whitespace`) plus the four information separators U+001C..U+001F, which Python counts
+/// as whitespace and Unicode does not. Families' normalisers follow Python's splitting.
+pub(crate) fn is_python_space(c: char) -> bool {
+    c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c)
+}
+
 /// Text normalisation applied before the tokenizer (what `tokenizer.json` cannot express).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TextNormalization {
     /// The tokenizer file does everything.
     None,
-    /// SigLIP (v1) `SiglipTokenizer.canonicalize_text`, big_vision's prompt canonicalisation, done in
-    /// Python by transformers before SentencePiece: `U+2581` becomes a space, the text is
-    /// lowercased, the 32 ASCII punctuation characters are deleted, runs of whitespace become one
-    /// space and the ends are stripped ([`crate::text::siglip_canonical`]).
-    SiglipCanonical,
-    /// The family's own ([`Normalizer`]; OpenCLIP's `SimpleTokenizer` clean functions).
+    /// The family's own ([`Normalizer`]: SigLIP (v1)'s canonicalisation, OpenCLIP's
+    /// `SimpleTokenizer` clean functions).
     Family(Normalizer),
 }
 
@@ -324,7 +327,10 @@ mod tests {
         let policy = spec.text_policy();
         assert_eq!(policy.context_len, 64);
         assert_eq!(policy.padding, Padding::Full);
-        assert_eq!(policy.normalization, TextNormalization::SiglipCanonical);
+        assert_eq!(
+            policy.normalization,
+            TextNormalization::Family(siglip::text::CANONICAL)
+        );
     }
 
     #[test]

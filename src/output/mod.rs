@@ -9,6 +9,7 @@
 pub mod console;
 pub(crate) mod draw;
 pub mod formats;
+pub mod npy;
 pub mod overlay;
 pub mod progress;
 pub mod records;
@@ -184,6 +185,21 @@ impl<W: Write, R: Record> ResultWriter<W, R> {
         self.out.flush()?;
         Ok(self.out)
     }
+}
+
+/// Writes a report (a header and its records) through the output layer and puts it in place.
+pub fn write_report<R: Record>(
+    sink: Sink,
+    format: Format,
+    header: &impl serde::Serialize,
+    records: &[R],
+) -> anyhow::Result<()> {
+    let mut writer = ResultWriter::begin(sink, format, header)?;
+    for r in records {
+        writer.record(r)?;
+    }
+    writer.finish()?.commit()?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -21,6 +21,7 @@ use image::{ImageEncoder, RgbImage};
 use super::draw::{self, Sheet, SheetCell};
 use crate::engine::patches::PatchMaps;
 use crate::images::PreprocessConfig;
+use crate::Error;
 
 /// How much of the colour map covers the photo where the model looked.
 pub const OPACITY: f32 = 0.6;
@@ -481,6 +482,37 @@ pub(crate) fn overlay_caption(input: &Path, label: &str, map: &[f32]) -> String 
         |n| n.to_string_lossy().into_owned(),
     );
     format!("{name}  {label}  max {}", draw::number(peak(map)))
+}
+
+/// The most images one `--montage` sheet takes (one row each).
+pub const MONTAGE_MAX_IMAGES: usize = 200;
+/// The side of a montage tile, in pixels.
+pub const MONTAGE_TILE: u32 = 256;
+
+/// `--montage`: a `.png` name, not over an existing file unless `--force`, at most
+/// [`MONTAGE_MAX_IMAGES`] images.
+pub fn check_montage(path: &Path, images: usize, force: bool) -> Result<()> {
+    let is_png = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("png"));
+    if !is_png {
+        return Err(Error::Usage(format!(
+            "--montage {}: the contact sheet is a PNG; give a file name ending in .png",
+            path.display()
+        ))
+        .into());
+    }
+    if path.is_dir() {
+        return Err(Error::Usage(format!("--montage {}: is a folder", path.display())).into());
+    }
+    super::Target::check("--montage", path, super::Existing::of(force, false, false))?;
+    if images > MONTAGE_MAX_IMAGES {
+        return Err(Error::Usage(format!(
+            "--montage: {images} images, but one sheet takes at most {MONTAGE_MAX_IMAGES} (a row each); use -o DIR for one picture per image, or --shard"
+        ))
+        .into());
+    }
+    Ok(())
 }
 
 #[cfg(test)]

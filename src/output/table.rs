@@ -3,8 +3,8 @@
 use std::io::IsTerminal;
 
 use super::AspectInfo;
-use crate::aspects::AspectKind;
 use crate::error::escape_controls;
+use crate::tagging::aspects::AspectKind;
 
 /// The width to wrap tables at: the terminal's, when stdout is one; `None` (no wrapping) when
 /// results go to a file or a pipe.

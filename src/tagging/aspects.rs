@@ -33,17 +33,23 @@ pub const BUILTIN_NAMES: [&str; 8] = [
 
 /// The built-in aspect files, in `BUILTIN_NAMES` order.
 const BUILTIN_FILES: [(&str, &str); 8] = [
-    ("color", include_str!("../prompts/aspects/color.toml")),
-    ("scene", include_str!("../prompts/aspects/scene.toml")),
-    ("object", include_str!("../prompts/aspects/object.toml")),
-    ("medium", include_str!("../prompts/aspects/medium.toml")),
-    ("lighting", include_str!("../prompts/aspects/lighting.toml")),
+    ("color", include_str!("../../prompts/aspects/color.toml")),
+    ("scene", include_str!("../../prompts/aspects/scene.toml")),
+    ("object", include_str!("../../prompts/aspects/object.toml")),
+    ("medium", include_str!("../../prompts/aspects/medium.toml")),
+    (
+        "lighting",
+        include_str!("../../prompts/aspects/lighting.toml"),
+    ),
     (
         "time_of_day",
-        include_str!("../prompts/aspects/time_of_day.toml"),
+        include_str!("../../prompts/aspects/time_of_day.toml"),
     ),
-    ("weather", include_str!("../prompts/aspects/weather.toml")),
-    ("mood", include_str!("../prompts/aspects/mood.toml")),
+    (
+        "weather",
+        include_str!("../../prompts/aspects/weather.toml"),
+    ),
+    ("mood", include_str!("../../prompts/aspects/mood.toml")),
 ];
 
 /// What the `source` of a built-in aspect says.

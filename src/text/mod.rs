@@ -1,4 +1,7 @@
-//! Text side: the checkpoint's tokenizer, prompt templates and label lists.
+//! Text side: the checkpoint's tokenizer, prompt templates and label lists, and the on-disk cache
+//! of text embeddings ([`cache`]).
+
+pub mod cache;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -108,7 +111,6 @@ impl Tokenizer {
         for (i, prompt) in prompts.iter().enumerate() {
             let text = match self.policy.normalization {
                 TextNormalization::None => std::borrow::Cow::Borrowed(prompt.as_str()),
-                TextNormalization::SiglipCanonical => siglip_canonical(prompt).into(),
                 TextNormalization::Family(normalizer) => (normalizer.apply)(prompt).into(),
             };
             let enc = self
@@ -205,35 +207,10 @@ fn named_pad_token(path: &Path) -> Result<Option<String>> {
     }
 }
 
-/// Python's `str.isspace()`: Unicode White_Space (Rust's `char::is_whitespace`) plus the four
-/// information separators U+001C..U+001F, which Python counts as whitespace and Unicode does not.
-fn is_python_space(c: char) -> bool {
-    c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c)
-}
-
-/// transformers' `SiglipTokenizer` text canonicalisation (`models/siglip/tokenization_siglip.py`:
-/// `tokenize` then `canonicalize_text`), in order: U+2581 (SentencePiece's space) becomes a space;
-/// `str.lower()` (full Unicode lowercasing, final sigma included: Rust's `to_lowercase` on the
-/// whole string does the same); the 32 ASCII characters of Python's `string.punctuation` are
-/// deleted (no other punctuation); every run of whitespace as Python's `\s` knows it becomes one
-/// space; the ends are stripped.
-pub fn siglip_canonical(text: &str) -> String {
-    let lowered = text.replace('\u{2581}', " ").to_lowercase();
-    // `is_ascii_punctuation` is exactly `string.punctuation`: !"#$%&'()*+,-./:;<=>?@[\]^_`{|}~
-    let kept: String = lowered
-        .chars()
-        .filter(|c| !c.is_ascii_punctuation())
-        .collect();
-    kept.split(is_python_space)
-        .filter(|w| !w.is_empty())
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
 /// Built-in template sets, kept as data under `prompts/templates/`.
 pub const BUILTIN_TEMPLATE_SETS: &[(&str, &str)] = &[(
     "imagenet",
-    include_str!("../prompts/templates/imagenet.txt"),
+    include_str!("../../prompts/templates/imagenet.txt"),
 )];
 
 /// A prompt template with at least one `{}` where the label goes.
@@ -400,6 +377,39 @@ impl LabelList {
     }
 }
 
+/// `--template` values then the `--templates` set, without repeats; empty for the model's default
+/// (`engine::text::templates_or_default`). Shared with every command that takes templates.
+pub fn templates_from(values: &[String], set: Option<&str>) -> Result<Vec<Template>> {
+    let mut templates = values
+        .iter()
+        .map(|t| Template::new(t).context("--template"))
+        .collect::<Result<Vec<_>>>()?;
+    if let Some(set) = set {
+        for t in template_set(set)? {
+            if !templates.contains(&t) {
+                templates.push(t);
+            }
+        }
+    }
+    Ok(templates)
+}
+
+/// `--labels` values (each comma-separated) then `--labels-file`s: the labels, and warnings about
+/// what looks like a mistake in them. (`classify`, `explain`).
+pub fn labels_from(
+    values: &[String],
+    files: &[std::path::PathBuf],
+) -> Result<(Vec<String>, Vec<String>)> {
+    let mut labels = LabelList::default();
+    for value in values {
+        labels.add_csv(value)?;
+    }
+    for file in files {
+        labels.add_file(file)?;
+    }
+    Ok(labels.finish_with_warnings()?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -434,26 +444,6 @@ mod tests {
         assert_eq!(t.truncated, vec![0]);
     }
 
-    #[test]
-    fn siglip_canonical_follows_python() {
-        assert_eq!(
-            siglip_canonical("  A PHOTO of 3 Coins, worth $1.50 (each)!  "),
-            "a photo of 3 coins worth 150 each"
-        );
-        // Python's whitespace includes \x1c-\x1f; U+2581 is SentencePiece's space.
-        assert_eq!(
-            siglip_canonical("a\x1fb\u{3000}c\u{2581}d\u{85}e\u{a0}f"),
-            "a b c d e f"
-        );
-        // Full lowercasing, final sigma included.
-        assert_eq!(siglip_canonical("ΟΔΟΣ ΣΊΣΥΦΟΣ"), "οδος σίσυφος");
-        // A zero-width space is not whitespace; only ASCII punctuation is removed.
-        assert_eq!(siglip_canonical("a\u{200b}b"), "a\u{200b}b");
-        assert_eq!(siglip_canonical("«¿Qué?» – “ok”"), "«¿qué» – “ok”");
-        assert_eq!(siglip_canonical("!!!"), "");
-        assert_eq!(siglip_canonical(""), "");
-    }
-
     fn policy(padding: Padding, normalization: TextNormalization) -> TextPolicy {
         TextPolicy {
             context_len: 77,
@@ -484,7 +474,10 @@ mod tests {
 
         // CLIP's tokenizer.json alone has no padding section, and nothing beside it names a
         // pad token: nothing to pad with.
-        let full = policy(Padding::Full, TextNormalization::SiglipCanonical);
+        let full = policy(
+            Padding::Full,
+            TextNormalization::Family(crate::model::siglip::text::CANONICAL),
+        );
         let alone = dir.path().join("tokenizer.json");
         std::fs::copy(&plain, &alone).unwrap();
         let err = format!("{:#}", Tokenizer::from_file(&alone, full).err().unwrap());

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use common::{fixtures, model, stderr_of, stdout_of, success, vlm_cache, ModelInfo, PNGS};
 use serde::Deserialize;
-use vlm::aspects::Aspect;
+use vlm::tagging::aspects::Aspect;
 
 const LABELS: [&str; 6] = ["camera", "coin", "horse", "logo", "person", "text"];
 const ASPECT_THRESHOLD: f32 = 0.3;

@@ -929,7 +929,7 @@ fn aspect_file_regressions() {
         let path = entry.unwrap().path();
         let text = String::from_utf8_lossy(&std::fs::read(&path).unwrap()).into_owned();
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
-        if let Err(e) = vlm::aspects::Aspect::parse(&text, "fuzz.toml") {
+        if let Err(e) = vlm::tagging::aspects::Aspect::parse(&text, "fuzz.toml") {
             let msg = e.to_string();
             assert!(
                 msg.starts_with("fuzz.toml") && !msg.chars().any(char::is_control),

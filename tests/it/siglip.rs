@@ -25,9 +25,9 @@ use common::{max_abs_diff, Head, ImageResult, ModelInfo};
 use serde::Deserialize;
 use vlm::engine::{plan_model, Engine, ModelOptions, Precision};
 use vlm::images::{self as preprocess, DecodeLimits};
+use vlm::model::siglip::text::canonicalize as siglip_canonical;
 use vlm::model::{HeadKind, Padding, TextNormalization, Towers};
 use vlm::score::{self, LabelEmbeddings, Scoring};
-use vlm::text::siglip_canonical;
 
 /// f32 embeddings on identical input: transformers' eager attention and ours sum in different
 /// orders (measured: see the report).
@@ -153,7 +153,11 @@ fn sigmoid(x: f32) -> f32 {
 fn fixture_folders_are_siglip_with_a_sigmoid_head() {
     for (name, normalization, size) in [
         ("tiny-siglip2", TextNormalization::None, 64),
-        ("tiny-siglip", TextNormalization::SiglipCanonical, 48),
+        (
+            "tiny-siglip",
+            TextNormalization::Family(vlm::model::siglip::text::CANONICAL),
+            48,
+        ),
     ] {
         let plan = plan_model(&options(name, Precision::F32), true).unwrap();
         assert_eq!(plan.spec.family(), "siglip");

@@ -26,6 +26,8 @@ use anyhow::{Context, Result};
 use regex::Regex;
 use serde_json::{json, Value};
 
+use crate::model::is_python_space;
+
 /// OpenAI's CLIP BPE merges, as open_clip ships them (MIT; see `bpe_simple_vocab_16e6.LICENSE`).
 static BPE_VOCAB_GZ: &[u8] = include_bytes!("bpe_simple_vocab_16e6.txt.gz");
 
@@ -132,12 +134,6 @@ pub(crate) fn build() -> Result<tokenizers::Tokenizer> {
     let json = serde_json::to_string(&spec).context("cannot write the CLIP tokenizer")?;
     json.parse::<tokenizers::Tokenizer>()
         .map_err(|e| anyhow::anyhow!("cannot build the CLIP tokenizer: {e}"))
-}
-
-/// Python's `str.isspace()` (what `str.split()` splits on): Unicode White_Space plus the four
-/// information separators U+001C..U+001F.
-fn is_python_space(c: char) -> bool {
-    c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c)
 }
 
 /// open_clip's `whitespace_clean`: `" ".join(text.split()).strip()`.

@@ -215,7 +215,7 @@ impl SiglipConfig {
         if self.text.vocab_size == GEMMA_VOCAB_SIZE {
             TextNormalization::None
         } else {
-            TextNormalization::SiglipCanonical
+            TextNormalization::Family(super::text::CANONICAL)
         }
     }
 }
@@ -272,7 +272,10 @@ mod tests {
         assert_eq!(cfg.vision.image_size, 224);
         assert_eq!(cfg.vision.patch_size, 16);
         assert_eq!(cfg.grid(), 14);
-        assert_eq!(cfg.text_normalization(), TextNormalization::SiglipCanonical);
+        assert_eq!(
+            cfg.text_normalization(),
+            TextNormalization::Family(crate::model::siglip::text::CANONICAL)
+        );
     }
 
     #[test]
@@ -293,7 +296,10 @@ mod tests {
         assert_eq!(cfg.vision.patch_size, 14);
         // 384 is not a multiple of 14: the convolution sees 27 patches of 14 (378 pixels) per side.
         assert_eq!(cfg.grid(), 27);
-        assert_eq!(cfg.text_normalization(), TextNormalization::SiglipCanonical);
+        assert_eq!(
+            cfg.text_normalization(),
+            TextNormalization::Family(crate::model::siglip::text::CANONICAL)
+        );
     }
 
     #[test]

@@ -18,6 +18,7 @@
 //! different architecture and are refused by name.
 
 pub mod config;
+pub mod text;
 
 use std::path::PathBuf;
 

@@ -77,7 +77,7 @@ mod tests {
     fn header_thresholds_print_as_written() {
         let info = AspectInfo {
             name: "vehicle".into(),
-            kind: crate::aspects::AspectKind::Multi,
+            kind: crate::tagging::aspects::AspectKind::Multi,
             description: String::new(),
             source: "v.toml".into(),
             labels: 2,

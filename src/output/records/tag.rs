@@ -5,10 +5,10 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::ModelInfo;
-use crate::aspects::AspectKind;
 use crate::output::table::{table_entry_head, wrap_items};
 use crate::output::{Cell, Record};
 use crate::score::LabelScore;
+use crate::tagging::aspects::AspectKind;
 
 /// One aspect of a `tag` run, as the JSON document's header describes it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

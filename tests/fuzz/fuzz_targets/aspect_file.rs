@@ -7,7 +7,7 @@
 use std::collections::HashSet;
 
 use libfuzzer_sys::fuzz_target;
-use vlm::aspects::{Aspect, AspectKind, MAX_LABEL_CHARS};
+use vlm::tagging::aspects::{Aspect, AspectKind, MAX_LABEL_CHARS};
 
 const SOURCE: &str = "fuzz.toml";
 
