@@ -14,7 +14,7 @@ fn main() -> std::process::ExitCode {
     // SAFETY: `ALLOC` above, a `vlm::alloc::Allocator`, is this program's global allocator.
     unsafe { vlm::alloc::enable_in_place() };
     // A decoder panic costs one image and one line on stderr, not the standard panic message too.
-    vlm::pipeline::quiet_caught_panics();
+    vlm::pool::quiet_caught_panics();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         // --help and --version print to stdout and succeed.

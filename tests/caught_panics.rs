@@ -1,4 +1,4 @@
-//! A panic that `vlm::pipeline` catches (a decoder bug) costs its input one line on stderr, the
+//! A panic that `vlm::pool` catches (a decoder bug) costs its input one line on stderr, the
 //! one the caller writes, and not the standard "thread ... panicked at" message as well; any
 //! other panic is still reported as usual.
 //!
@@ -9,7 +9,7 @@
 
 use std::process::Command;
 
-use vlm::pipeline::{self, PoolOptions};
+use vlm::pool::{self, PoolOptions};
 
 const CHILD: &str = "VLM_CAUGHT_PANICS_CHILD";
 const ITEMS: usize = 40;
@@ -22,7 +22,7 @@ fn fails(x: usize) -> bool {
 /// with an index out of bounds), one line on stderr per failure.
 fn child(mode: &str) {
     if mode != "default-hook" {
-        pipeline::quiet_caught_panics();
+        pool::quiet_caught_panics();
     }
     let items: Vec<usize> = (0..ITEMS).collect();
     let opts = PoolOptions {
@@ -30,7 +30,7 @@ fn child(mode: &str) {
         window: 4,
     };
     let table = [1u8, 2, 3];
-    pipeline::ordered_map(
+    pool::ordered_map(
         &items,
         opts,
         |&x| {
@@ -42,7 +42,7 @@ fn child(mode: &str) {
                 panic!("bad item {x}");
             }
             // A panic caught inside the work, as `jpeg::decode_reduced` does: no line at all.
-            let inner = pipeline::catch(|| {
+            let inner = pool::catch(|| {
                 if x % 10 == 5 {
                     panic!("inner {x}");
                 }
@@ -51,7 +51,7 @@ fn child(mode: &str) {
             inner.unwrap_or(x)
         },
         |i, r| {
-            if let Err(pipeline::Panicked(message)) = r {
+            if let Err(pool::Panicked(message)) = r {
                 eprintln!("item {i}: internal error ({message})");
             }
             Ok(())

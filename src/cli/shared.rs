@@ -129,23 +129,8 @@ pub struct RunArgs {
     #[arg(long, requires = "output", conflicts_with = "resume")]
     pub force: bool,
 
-    /// Threads for decoding images and running the model. Default: all cores.
-    #[arg(short = 'j', long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
-    pub threads: Option<u32>,
-
-    /// Images encoded per forward pass.
-    #[arg(short, long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=4096))]
-    pub batch_size: u32,
-
-    /// Decode every pixel of large JPEGs, as transformers does. By default a JPEG more than 8
-    /// times the model's input size is decoded at 1/2, 1/4 or 1/8 scale (DCT scaling), still 4
-    /// times the input: much faster on camera photos, within a few grey levels of the exact pixels.
-    #[arg(long)]
-    pub exact_decode: bool,
-
-    /// Refuse images with more pixels than this (decompression-bomb guard).
-    #[arg(long, value_name = "N", default_value_t = crate::images::DEFAULT_MAX_PIXELS)]
-    pub max_pixels: u64,
+    #[command(flatten)]
+    pub encode: EncodeArgs,
 
     /// Do not read or write the text-embedding cache (in $VLM_CACHE_DIR, else $XDG_CACHE_HOME/vlm,
     /// else ~/.cache/vlm), which spares later runs encoding the same labels again.
@@ -171,12 +156,7 @@ impl From<RunArgs> for RunOptions {
                 resume: a.resume,
                 force: a.force,
             },
-            batch: BatchOptions {
-                threads: a.threads.map(|n| n as usize),
-                batch_size: a.batch_size as usize,
-                exact_decode: a.exact_decode,
-                max_pixels: a.max_pixels,
-            },
+            batch: a.encode.into(),
             no_cache: a.no_cache,
             verbose: a.verbose,
             quiet: a.quiet,
@@ -184,7 +164,7 @@ impl From<RunArgs> for RunOptions {
     }
 }
 
-/// How images are decoded and batched (`embed`, `index`, `search --image`).
+/// How images are decoded and batched (every command that encodes images; `RunArgs` holds it).
 #[derive(Debug, Args)]
 #[command(next_help_heading = "Run")]
 pub struct EncodeArgs {
@@ -192,12 +172,13 @@ pub struct EncodeArgs {
     #[arg(short = 'j', long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub threads: Option<u32>,
 
-    /// Images encoded per forward pass (`vlm index` also commits to the index per batch).
+    /// Images encoded per forward pass (`vlm index` also commits each batch to the index).
     #[arg(short, long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub batch_size: u32,
 
-    /// Decode every pixel of large JPEGs, as transformers does (default: DCT-scaled decoding of
-    /// JPEGs more than 8 times the model's input size).
+    /// Decode every pixel of large JPEGs, as transformers does. By default a JPEG more than 8
+    /// times the model's input size is decoded at 1/2, 1/4 or 1/8 scale (DCT scaling), still 4
+    /// times the input: much faster on camera photos, within a few grey levels of the exact pixels.
     #[arg(long)]
     pub exact_decode: bool,
 

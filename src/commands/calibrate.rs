@@ -19,8 +19,9 @@ use super::{display_path, show_progress, Outcome, RunOptions};
 use crate::engine::images::encode_images;
 use crate::engine::text::{load_with_text, text_cache, TextReport};
 use crate::engine::{plan_model, ModelOptions};
+use crate::evaluation::metrics::{self, counts_at, Counts, Target};
+use crate::evaluation::truth::{self, TruthRow};
 use crate::inputs::Input;
-use crate::metrics::{self, counts_at, Counts, Target};
 use crate::model::HeadKind;
 use crate::output::target::WholeFile;
 use crate::output::{
@@ -29,7 +30,6 @@ use crate::output::{
 };
 use crate::tagging::aspects::{self, Aspect};
 use crate::tagging::rules::{self, label_thresholds, prepare, text_units, Rule};
-use crate::truth::{self, TruthRow};
 use crate::Error;
 
 /// Labels with fewer positives than this keep their threshold, unless `--min-positives` says.

@@ -20,8 +20,8 @@ use crate::engine::text::{
     load_with_text, prompt_units, templates_or_default, text_cache, TextReport,
 };
 use crate::engine::{plan_model, ModelOptions};
+use crate::evaluation::metrics::Tally;
 use crate::inputs::{self, Input, InputOptions};
-use crate::metrics::Tally;
 use crate::output::{
     self, write_report, Confusion, EvalClass, EvalInfo, FailedInput, Progress, Sink, SweepRow,
 };

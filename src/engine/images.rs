@@ -7,7 +7,7 @@ use super::Engine;
 use crate::images::{self as preprocess, DecodeLimits};
 use crate::inputs::Input;
 use crate::output::Progress;
-use crate::pipeline::{self, Panicked, PoolOptions};
+use crate::pool::{self, Panicked, PoolOptions};
 
 /// How images are decoded and batched.
 #[derive(Debug, Clone)]
@@ -63,7 +63,7 @@ pub fn encode_images(
         progress.inc();
         emit(i, input, r)
     };
-    pipeline::ordered_map(
+    pool::ordered_map(
         inputs,
         pool,
         |input| match &input.error {

@@ -11,7 +11,7 @@ use super::Engine;
 use crate::images::{self as preprocess, DecodeLimits, ImageLoadError};
 use crate::inputs::Input;
 use crate::output::Progress;
-use crate::pipeline::{self, Panicked, PoolOptions};
+use crate::pool::{self, Panicked, PoolOptions};
 use crate::score;
 
 /// One image's cosine maps: for each label, `rows * cols` cosines, row-major.
@@ -147,7 +147,7 @@ pub fn explain_images(
         }
         Ok(())
     };
-    pipeline::ordered_map(
+    pool::ordered_map(
         inputs,
         pool,
         |input| prepare(input, &limits, engine, keep_images),

@@ -60,7 +60,7 @@ fn choose_scale(width: u32, height: u32, min_short_side: u32) -> Option<u32> {
 pub fn decode_reduced(bytes: &[u8], min_short_side: u32) -> Option<image::RgbImage> {
     // jpeg-decoder is fuzzed, but the callers promise never to panic on any input: a panic in
     // it only means "no reduced decode".
-    crate::pipeline::catch(|| decode_reduced_inner(bytes, min_short_side))
+    crate::pool::catch(|| decode_reduced_inner(bytes, min_short_side))
         .ok()
         .flatten()
 }

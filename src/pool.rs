@@ -1,4 +1,5 @@
-//! Decoding and preprocessing on worker threads while the caller encodes the previous batch.
+//! The worker pool: images decoded and preprocessed on worker threads while the caller encodes the
+//! previous batch, in input order, with a panic in a decoder caught as that input's error.
 //!
 //! Workers take items in order and may run at most `window` items ahead of what the consumer has
 //! taken, so memory stays flat however long the input list is, even when one huge image holds up the
