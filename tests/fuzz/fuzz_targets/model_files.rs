@@ -10,7 +10,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use vlm::model::config::{
+use vlm::model::clip::config::{
     ClipConfig, MAX_IMAGE_SIZE, MAX_LAYERS, MAX_PATCHES, MAX_TEXT_POSITIONS, MAX_VOCAB, MAX_WIDTH,
 };
 use vlm::model::weights::parse_header;
