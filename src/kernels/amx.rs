@@ -17,7 +17,8 @@
 
 use std::arch::asm;
 
-use super::x86::{Shape, NR};
+use super::x86::NR;
+use super::Shape;
 
 /// Rows per block of the AMX kernel (two tiles of 16).
 pub(super) const ROWS: usize = 32;

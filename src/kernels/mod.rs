@@ -8,22 +8,29 @@
 //! | precision | backend | needs | weights held as |
 //! | --- | --- | --- | --- |
 //! | `F32` | [`Backend::Avx512F32`]: AVX-512 FMA microkernel, 8 rows × 48 columns | `avx512f` | f32 panels |
+//! | `F32` | [`Backend::Avx2F32`]: AVX2 FMA microkernel, 6 rows × 16 columns | `avx2`, `fma` | f32 panels |
 //! | `Bf16` | [`Backend::AmxBf16`]: AMX tiles, `tdpbf16ps`, 32 × 32 per step | `amx-tile`, `amx-bf16` (CPUID), the kernel's permission (Linux `arch_prctl`), `avx512bf16` | bf16 pairs |
 //! | `Bf16` | [`Backend::Avx512Bf16`]: `vdpbf16ps` microkernel, 14 × 32 | `avx512bf16`, `avx512bw` | bf16 pairs |
-//! | either | [`Backend::Portable`]: the `gemm` crate (Candle's own CPU matmul, AVX-512/AVX2/NEON/scalar, its own dispatch) | nothing | f32, `[out, in]` |
+//! | either | [`Backend::Portable`]: the same order in plain Rust (`f32::mul_add`) | nothing | f32 panels |
 //! | `Int8` | [`Backend::AmxInt8`]: AMX tiles, `tdpbusd`, 32 × 32 per step | `amx-tile`, `amx-int8`, the kernel's permission, AVX-512 | i8 in 4-k groups |
 //! | `Int8` | [`Backend::Avx512Vnni`]: `vpdpbusd zmm`, 14 × 32 | `avx512vnni` (+ f/bw/vl) | the same |
 //! | `Int8` | [`Backend::AvxVnni`]: `vpdpbusd ymm`, 6 × 16 | `avxvnni`, `avx2` | the same |
 //! | `Int8` | [`Backend::Avx2Int8`]: `vpmaddwd` on i16, 3 × 16 | `avx2` | the same |
 //! | `Int8` | [`Backend::PortableInt8`]: scalar Rust | nothing | the same |
 //!
+//! The f32 backends all sum in one order that depends on K alone (`f32.rs`), and the int8 ones
+//! compute the same exact i32 sums: an output row is the same bits whatever rows share its call
+//! (issue 24), and the same on every backend of the kind. f32 weights are used where they are
+//! (packed a panel at a time as the product runs) until a batch is tall enough to pay for
+//! packing them once ([`Linear::in_place`]).
+//!
 //! The int8 backends all compute the same exact i32 sums and share one epilogue, so they give the
 //! same bits (see `int8.rs` for the quantization). Features are detected once ([`cpu`]);
 //! `VLM_KERNELS=portable|avx2|avx-vnni|avx512|amx` caps what [`Backend::best`] and the elementwise
 //! kernels choose, so one machine can run every path end to end.
 //!
-//! `Bf16` on a CPU without native bf16 arithmetic computes in f32 with the original weights ([`Backend::Avx512F32`]
-//! or [`Backend::Portable`]): converting would only cost time there and lose precision.
+//! `Bf16` on a CPU without native bf16 arithmetic computes in f32 with the original weights (the best
+//! f32 backend): converting would only cost time there and lose precision.
 //!
 //! Bf16 backends round the weights (once) and the activations (every call) to bf16 to nearest even
 //! and accumulate in f32, so each output is within about 2⁻⁸ · Σₖ|xₖ·wₖ| of the exact product; f32
@@ -46,6 +53,9 @@ pub mod attention;
 mod buf;
 pub mod cpu;
 pub mod elementwise;
+mod f32;
+#[cfg(target_arch = "x86_64")]
+mod f32_x86;
 mod int8;
 #[cfg(target_arch = "x86_64")]
 mod int8_x86;
@@ -97,11 +107,13 @@ impl Precision {
 pub enum Backend {
     /// f32, AVX-512 FMA.
     Avx512F32,
+    /// f32, AVX2 FMA.
+    Avx2F32,
     /// bf16 with f32 accumulation on AMX tiles.
     AmxBf16,
     /// bf16 with f32 accumulation, AVX512-BF16 `vdpbf16ps`.
     Avx512Bf16,
-    /// f32 through the `gemm` crate (what Candle's matmul uses), on any CPU.
+    /// f32 in plain Rust, on any CPU (the f32 order every f32 backend follows).
     Portable,
     /// int8 on AMX tiles, `tdpbusd`.
     AmxInt8,
@@ -116,8 +128,9 @@ pub enum Backend {
 }
 
 /// Every backend, for tests and reports.
-pub const BACKENDS: [Backend; 9] = [
+pub const BACKENDS: [Backend; 10] = [
     Backend::Avx512F32,
+    Backend::Avx2F32,
     Backend::AmxBf16,
     Backend::Avx512Bf16,
     Backend::Portable,
@@ -136,6 +149,7 @@ impl Backend {
         match self {
             Backend::Portable | Backend::PortableInt8 => true,
             Backend::Avx512F32 => f.avx512f,
+            Backend::Avx2F32 => f.avx2_fma,
             Backend::Avx512Bf16 => f.avx512_bf16,
             Backend::AmxBf16 => f.amx_bf16,
             Backend::AmxInt8 => f.amx_int8,
@@ -149,7 +163,7 @@ impl Backend {
     pub fn level(self) -> cpu::Level {
         match self {
             Backend::Portable | Backend::PortableInt8 => cpu::Level::Portable,
-            Backend::Avx2Int8 => cpu::Level::Avx2,
+            Backend::Avx2Int8 | Backend::Avx2F32 => cpu::Level::Avx2,
             Backend::AvxVnni => cpu::Level::AvxVnni,
             Backend::Avx512F32 | Backend::Avx512Bf16 | Backend::Avx512Vnni => cpu::Level::Avx512,
             Backend::AmxBf16 | Backend::AmxInt8 => cpu::Level::Amx,
@@ -159,8 +173,13 @@ impl Backend {
     /// The fastest backend for `precision` on this CPU, within `VLM_KERNELS`' cap.
     pub fn best(precision: Precision) -> Backend {
         let order: &[Backend] = match precision {
-            Precision::F32 => &[Backend::Avx512F32],
-            Precision::Bf16 => &[Backend::AmxBf16, Backend::Avx512Bf16, Backend::Avx512F32],
+            Precision::F32 => &[Backend::Avx512F32, Backend::Avx2F32],
+            Precision::Bf16 => &[
+                Backend::AmxBf16,
+                Backend::Avx512Bf16,
+                Backend::Avx512F32,
+                Backend::Avx2F32,
+            ],
             Precision::Int8 => &[
                 Backend::AmxInt8,
                 Backend::Avx512Vnni,
@@ -198,6 +217,14 @@ impl Backend {
     /// `Bf16` precision is not computed in f32.
     pub fn native_bf16() -> bool {
         Backend::best(Precision::Bf16).is_bf16()
+    }
+
+    /// Whether the backend computes in f32 (the order of `f32.rs`).
+    pub fn is_f32(self) -> bool {
+        matches!(
+            self,
+            Backend::Avx512F32 | Backend::Avx2F32 | Backend::Portable
+        )
     }
 
     /// Whether the backend rounds inputs to bf16.
@@ -280,16 +307,17 @@ impl Epilogue<'_> {
 
 /// Weights in the layout of one backend.
 enum Packed {
-    /// `[out, in]` row-major as given, and the bias.
-    Portable {
-        weight: Vec<f32>,
-        bias: Option<Vec<f32>>,
+    F32 {
+        backend: Backend,
+        weight: f32::PackedF32,
+        /// `bias`, zero-padded to whole panels (zeros without a bias).
+        bias: Vec<f32>,
     },
     #[cfg(target_arch = "x86_64")]
-    X86 {
+    Bf16 {
         backend: Backend,
-        weight: x86::PackedWeights,
-        /// `bias`, zero-padded to whole panels (zeros without a bias).
+        weight: x86::PackedBf16,
+        /// As for f32.
         bias: Vec<f32>,
     },
     Int8 {
@@ -378,14 +406,15 @@ impl PackedLinear {
                 weight: int8::PackedInt8::new(parts, bias, out_dim, in_dim),
             },
             #[cfg(target_arch = "x86_64")]
-            Backend::Avx512F32 | Backend::AmxBf16 | Backend::Avx512Bf16 => Packed::X86 {
+            b if b.is_bf16() => Packed::Bf16 {
                 backend,
-                weight: x86::PackedWeights::new(parts, out_dim, in_dim, backend),
-                bias: x86::padded_bias(bias, out_dim, backend),
+                weight: x86::PackedBf16::new(parts, out_dim, in_dim),
+                bias: padded_bias(bias, out_dim, x86::NR),
             },
-            _ => Packed::Portable {
-                weight: parts.concat(),
-                bias: bias.map(<[f32]>::to_vec),
+            _ => Packed::F32 {
+                backend,
+                weight: f32::PackedF32::new(parts, out_dim, in_dim),
+                bias: padded_bias(bias, out_dim, f32::NRF),
             },
         };
         Ok(Self {
@@ -405,10 +434,9 @@ impl PackedLinear {
 
     pub fn backend(&self) -> Backend {
         match &self.packed {
-            Packed::Portable { .. } => Backend::Portable,
+            Packed::F32 { backend, .. } | Packed::Int8 { backend, .. } => *backend,
             #[cfg(target_arch = "x86_64")]
-            Packed::X86 { backend, .. } => *backend,
-            Packed::Int8 { backend, .. } => *backend,
+            Packed::Bf16 { backend, .. } => *backend,
         }
     }
 
@@ -485,83 +513,64 @@ impl PackedLinear {
                     (0..g.tasks()).into_par_iter().for_each(task);
                 }
             }
-            Packed::Portable { weight, bias } => {
-                let layer = Unpacked {
-                    weight,
-                    bias: bias.as_deref(),
-                    out_dim: self.out_dim,
-                    in_dim: self.in_dim,
-                };
-                // SAFETY: x and out were checked against rows, in_dim and out_dim above, and
-                // the weight and bias against out_dim × in_dim and out_dim when packed.
-                unsafe { run_parts(&[layer], x, rows, out, epilogue, threads) };
-            }
-            #[cfg(target_arch = "x86_64")]
-            Packed::X86 {
+            Packed::F32 {
                 backend,
                 weight,
                 bias,
             } => {
-                let shape = x86::Shape {
+                let product = F32Product {
+                    backend: *backend,
+                    shape: Shape {
+                        k: self.in_dim,
+                        n: self.out_dim,
+                    },
+                    weights: f32::F32Weights::Packed(weight.data.as_slice()),
+                    panels: weight.panels,
+                    bias,
+                };
+                // SAFETY: x and out were checked against rows, in_dim and out_dim above, and
+                // the weight and bias packed for out_dim × in_dim by `backend`, which this CPU
+                // runs (checked when packing).
+                unsafe { product.run(x, rows, out, epilogue, threads) };
+            }
+            #[cfg(target_arch = "x86_64")]
+            Packed::Bf16 {
+                backend,
+                weight,
+                bias,
+            } => {
+                let shape = Shape {
                     k: self.in_dim,
                     n: self.out_dim,
                 };
                 let g = grid(
                     rows,
-                    weight.panels(),
+                    weight.panels,
                     threads,
                     x86::row_unit(*backend),
-                    x86::max_task_rows(*backend, self.in_dim),
+                    x86::max_task_rows(self.in_dim),
                 );
-                let ptr = OutPtr(out.as_mut_ptr());
-                let task = |t: usize| {
-                    let (r0, r1, p0, p1) = g.task(t, rows, weight.panels());
-                    // SAFETY: `out` holds rows × out_dim values (checked above), and the tasks of
-                    // one grid cover disjoint rectangles of it (`Grid::task`), so no two tasks
-                    // write the same element and nothing else touches `out` while they run (it is
-                    // borrowed mutably for the whole call). `x` holds rows × in_dim values, and
-                    // `weight` and `bias` were packed for out_dim × in_dim by `backend`, which
-                    // this CPU runs (checked when packing).
-                    unsafe {
-                        x86::run_task(
-                            *backend,
-                            shape,
-                            x,
-                            weight,
-                            bias,
-                            ptr.get(),
-                            (r0, r1),
-                            (p0, p1),
-                        )
-                    }
-                    if matches!(epilogue, Epilogue::None) {
-                        return;
-                    }
-                    let width = x86::panel_width(*backend);
-                    let (c0, c1) = (p0 * width, (p1 * width).min(self.out_dim));
-                    for r in r0..r1 {
-                        // SAFETY: row r, columns c0..c1 lie inside `out` (r < rows, c1 <=
-                        // out_dim) and inside this task's rectangle, which no other task touches
-                        // (as above); the kernel's writes to it are finished.
-                        let run = unsafe {
-                            std::slice::from_raw_parts_mut(
-                                ptr.get().add(r * self.out_dim + c0),
-                                c1 - c0,
-                            )
-                        };
-                        epilogue.apply(run, r, c0, self.out_dim);
-                    }
+                let task = |out: *mut f32, r: (usize, usize), p: (usize, usize)| {
+                    // SAFETY: `x` holds rows × in_dim values (checked above), `weight` and
+                    // `bias` were packed for out_dim × in_dim by `backend`, which this CPU runs
+                    // (checked when packing); `out` is the rows × out_dim output and run_grid
+                    // gives each task its own rectangle.
+                    unsafe { x86::run_task(*backend, shape, x, weight, bias, out, r, p) }
                 };
-                if g.tasks() == 1 {
-                    task(0);
-                } else {
-                    use rayon::prelude::*;
-                    (0..g.tasks()).into_par_iter().for_each(task);
-                }
+                // SAFETY: out holds rows × out_dim values (checked above); each task writes
+                // its rectangle of 32-column panels only (x86::run_task's contract).
+                unsafe { run_grid(out, (rows, self.out_dim), g, x86::NR, epilogue, &task) };
             }
         }
         Ok(())
     }
+}
+
+/// Sizes of a product: K inputs, N outputs.
+#[derive(Debug, Clone, Copy)]
+struct Shape {
+    k: usize,
+    n: usize,
 }
 
 /// The output pointer, shared by tasks that write disjoint parts of it.
@@ -638,175 +647,163 @@ impl Grid {
     }
 }
 
-/// A linear layer over weights as they are (`[out, in]` row-major, e.g. a checkpoint's tensor in
-/// its mapped file), multiplied by the `gemm` crate: nothing to pack, so nothing to wait for at
-/// load. [`Linear`] uses it for f32 on the CPU.
-#[derive(Debug, Clone, Copy)]
-pub struct Unpacked<'a> {
-    pub weight: &'a [f32],
-    pub bias: Option<&'a [f32]>,
-    pub out_dim: usize,
-    pub in_dim: usize,
+/// An f32 product: the weight (packed or as given), its backend and padded bias.
+struct F32Product<'a> {
+    backend: Backend,
+    shape: Shape,
+    weights: f32::F32Weights<'a>,
+    panels: usize,
+    bias: &'a [f32],
 }
 
-impl Unpacked<'_> {
-    /// Several layers over the same input written side by side, as one layer whose weight is
-    /// theirs stacked (q, k and v as one `qkv` output, without copying their weights into one):
-    /// `out` is `rows × Σ out_dim`; then `epilogue` over it. Lengths checked.
-    pub fn forward_parts(
-        parts: &[Unpacked],
+impl F32Product<'_> {
+    /// `out = x · Wᵀ + b`, then `epilogue`, for `rows` rows, in tasks for `threads` threads.
+    ///
+    /// # Safety
+    /// `x` must hold `rows × k` values and `out` `rows × n` (and an `Add` epilogue's residual as
+    /// many); the weights must be `n × k` (packed: `panels` panels of it), `bias` hold
+    /// `panels × 48` values, and the backend be an f32 one this CPU runs.
+    unsafe fn run(
+        &self,
         x: &[f32],
         rows: usize,
         out: &mut [f32],
         epilogue: Epilogue,
-    ) -> Result<(), KernelError> {
-        let mut width = 0usize;
-        for part in parts {
-            check_len(
-                "weight",
-                part.weight.len(),
-                part.out_dim.saturating_mul(part.in_dim),
-            )?;
-            if let Some(b) = part.bias {
-                check_len("bias", b.len(), part.out_dim)?;
+        threads: usize,
+    ) {
+        let g = grid(
+            rows,
+            self.panels,
+            threads,
+            f32::row_unit(self.backend),
+            f32::max_task_rows(self.shape.k),
+        );
+        let task = |out: *mut f32, r: (usize, usize), p: (usize, usize)| {
+            // SAFETY: the lengths and the backend as this function's contract says; `out` is
+            // the rows × n output and run_grid gives each task its own rectangle.
+            unsafe {
+                f32::run_task(
+                    self.backend,
+                    self.shape,
+                    x,
+                    self.weights,
+                    self.bias,
+                    out,
+                    r,
+                    p,
+                )
             }
-            check_len("input", x.len(), rows.saturating_mul(part.in_dim))?;
-            width += part.out_dim;
-        }
-        check_len("output", out.len(), rows.saturating_mul(width))?;
-        if let Epilogue::Add(residual) = epilogue {
-            check_len("residual", residual.len(), out.len())?;
-        }
-        if rows == 0 || width == 0 {
-            return Ok(());
-        }
-        // SAFETY: every length run_parts relies on was checked just above.
-        unsafe { run_parts(parts, x, rows, out, epilogue, rayon::current_num_threads()) };
-        Ok(())
+        };
+        // SAFETY: out holds rows × n values (the contract); each task writes its rectangle of
+        // 48-column panels only (f32::run_task's contract).
+        unsafe { run_grid(out, (rows, self.shape.n), g, f32::NRF, epilogue, &task) };
     }
 }
 
-/// [`Unpacked::forward_parts`] on checked lengths, its column jobs cut for `threads` threads.
+/// Runs `task` on each rectangle of `g` (rows × panels of `width` columns of the `rows × n`
+/// output), in parallel when there are several, each followed by `epilogue` on its rectangle
+/// while it is hot.
 ///
 /// # Safety
-/// Each part's weight must hold `out_dim × in_dim` values and its bias (if any) `out_dim`, `x`
-/// `rows × in_dim` (the same `in_dim` for all), `out` `rows × Σ out_dim`, and an `Add`
-/// epilogue's residual as many as `out`.
-unsafe fn run_parts(
-    parts: &[Unpacked],
-    x: &[f32],
-    rows: usize,
+/// `out` must hold `rows × n` values (an `Add` epilogue's residual as many), and `task(out, (r0,
+/// r1), (p0, p1))` must write only rows `r0..r1` × columns `width·p0..min(width·p1, n)` of the
+/// output at `out` (then no two tasks touch the same element).
+unsafe fn run_grid(
     out: &mut [f32],
+    (rows, n): (usize, usize),
+    g: Grid,
+    width: usize,
     epilogue: Epilogue,
-    threads: usize,
+    task: &(dyn Fn(*mut f32, (usize, usize), (usize, usize)) + Sync),
 ) {
-    let width: usize = parts.iter().map(|p| p.out_dim).sum();
-    let jobs = column_jobs(parts, threads);
+    let panels = n.div_ceil(width);
     let ptr = OutPtr(out.as_mut_ptr());
-    let run = |&(layer, col): &(Unpacked, usize)| {
-        // SAFETY: out holds rows × width values (the caller's contract); the jobs cover disjoint
-        // column ranges col..col + layer.out_dim ⊆ 0..width (column_jobs), so no two write the
-        // same element, and nothing else touches out during the call (borrowed mutably). A job's
-        // weight and bias are whole rows and values of its part's, whose lengths, like x's, the
-        // caller guarantees.
-        unsafe { portable(x, rows, &layer, ptr.get(), (col, width)) }
+    let run = |t: usize| {
+        let (r0, r1, p0, p1) = g.task(t, rows, panels);
+        task(ptr.get(), (r0, r1), (p0, p1));
+        if matches!(epilogue, Epilogue::None) {
+            return;
+        }
+        let (c0, c1) = (p0 * width, (p1 * width).min(n));
+        for r in r0..r1 {
+            // SAFETY: row r, columns c0..c1 lie inside `out` (r < rows, c1 <= n) and inside this
+            // task's rectangle, which no other task touches (the grid's rectangles are
+            // disjoint); the task's writes to it are finished.
+            let run = unsafe { std::slice::from_raw_parts_mut(ptr.get().add(r * n + c0), c1 - c0) };
+            epilogue.apply(run, r, c0, n);
+        }
     };
-    if jobs.len() == 1 {
-        run(&jobs[0]);
+    if g.tasks() == 1 {
+        run(0);
     } else {
         use rayon::prelude::*;
-        jobs.par_iter().for_each(run);
-    }
-    if !matches!(epilogue, Epilogue::None) {
-        use rayon::prelude::*;
-        out.par_chunks_mut(width)
-            .enumerate()
-            .for_each(|(r, row)| epilogue.apply(row, r, 0, width));
+        (0..g.tasks()).into_par_iter().for_each(run);
     }
 }
 
-/// The parts' output columns cut into about `threads` jobs each (at least 64 columns), each job a
-/// layer of whole rows of its part's weight and the column where it writes. One `gemm` call per
-/// job, single-threaded: the `gemm` crate's own threads split the rows, after packing the whole
-/// weight on the calling thread alone; with few rows that packing (the weights' one pass from
-/// memory) was most of the product, the other cores idle meanwhile.
-fn column_jobs<'a>(parts: &[Unpacked<'a>], threads: usize) -> Vec<(Unpacked<'a>, usize)> {
-    let mut jobs = Vec::new();
-    let mut col = 0;
-    for part in parts {
-        let (n, k) = (part.out_dim, part.in_dim);
-        let step = n.div_ceil(threads.max(1)).next_multiple_of(16).max(64);
-        let mut j0 = 0;
-        while j0 < n {
-            let j1 = (j0 + step).min(n);
-            jobs.push((
-                Unpacked {
-                    weight: &part.weight[j0 * k..j1 * k],
-                    bias: part.bias.map(|b| &b[j0..j1]),
-                    out_dim: j1 - j0,
-                    in_dim: k,
-                },
-                col + j0,
-            ));
-            j0 = j1;
-        }
-        col += n;
+/// The bias (or zeros), padded to whole panels of `width` columns.
+fn padded_bias(bias: Option<&[f32]>, n: usize, width: usize) -> Vec<f32> {
+    let mut b = vec![0.0; n.div_ceil(width) * width];
+    if let Some(bias) = bias {
+        b[..n].copy_from_slice(bias);
     }
-    jobs
+    b
 }
 
-/// The portable path: the `gemm` crate with the weight read transposed in place, into columns
-/// `col..col + layer.out_dim` of the `rows × width` output at `out`, pre-filled with the bias;
-/// on the calling thread.
-///
-/// # Safety
-/// `out` must point to `rows × width` writable f32 values of which no other thread touches
-/// columns `col..col + layer.out_dim` during the call, with `col + layer.out_dim <= width`; `x`
-/// must hold `rows × layer.in_dim` values, `layer.weight` `out_dim × in_dim`, `layer.bias` (if
-/// any) `out_dim`.
-unsafe fn portable(
-    x: &[f32],
-    rows: usize,
-    layer: &Unpacked,
-    out: *mut f32,
-    (col, width): (usize, usize),
-) {
-    let (n, k) = (layer.out_dim, layer.in_dim);
-    if let Some(b) = layer.bias {
-        for r in 0..rows {
-            // SAFETY: row r, columns col..col + n of out, ours by the contract.
-            let dst = unsafe { std::slice::from_raw_parts_mut(out.add(r * width + col), n) };
-            dst.copy_from_slice(b);
-        }
+/// `out = x · Wᵀ + b`, then `epilogue`, over f32 weights where they are: `parts` are `[out_i,
+/// in_dim]` row-major weights taken as one layer whose weight is them stacked (q, k and v: one
+/// `[rows, Σ out_i]` output, their weights never copied into one). Nothing is packed ahead: each
+/// panel's K-block is packed into scratch as the product reaches it, so a single image does not
+/// wait for a pass over every weight, and the sums are the same bits as a packed layer's
+/// (`f32.rs`). Lengths checked.
+pub fn forward_in_place(
+    parts: &[&[f32]],
+    bias: Option<&[f32]>,
+    in_dim: usize,
+    (x, rows): (&[f32], usize),
+    out: &mut [f32],
+    epilogue: Epilogue,
+) -> Result<(), KernelError> {
+    if in_dim == 0 {
+        return Err(KernelError::Empty { in_dim, out_dim: 0 });
     }
-    // SAFETY: dst starts at column col of out, rows × n with column stride 1 and row stride
-    // width (the caller's contract); lhs is rows × k row-major; rhs = Wᵀ is k × n read from W
-    // (n × k, row-major): element (kk, j) at j·k + kk, so column stride k and row stride 1.
-    // dst = alpha·dst + beta·lhs·rhs, with alpha = 1 (keep the bias) only when dst was filled
-    // with it.
-    unsafe {
-        gemm::gemm(
-            rows,
-            n,
-            k,
-            out.add(col),
-            1,
-            width as isize,
-            layer.bias.is_some(),
-            x.as_ptr(),
-            1,
-            k as isize,
-            layer.weight.as_ptr(),
-            k as isize,
-            1,
-            1.0f32,
-            1.0f32,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
+    if let Some(p) = parts.iter().find(|p| p.len() % in_dim != 0) {
+        return Err(KernelError::Length {
+            what: "weight part",
+            got: p.len(),
+            expected: p.len().next_multiple_of(in_dim),
+        });
     }
+    let out_dim: usize = parts.iter().map(|p| p.len() / in_dim).sum();
+    if out_dim == 0 {
+        return Err(KernelError::Empty { in_dim, out_dim });
+    }
+    if let Some(b) = bias {
+        check_len("bias", b.len(), out_dim)?;
+    }
+    check_len("input", x.len(), rows.saturating_mul(in_dim))?;
+    check_len("output", out.len(), rows.saturating_mul(out_dim))?;
+    if let Epilogue::Add(residual) = epilogue {
+        check_len("residual", residual.len(), out.len())?;
+    }
+    if rows == 0 {
+        return Ok(());
+    }
+    let bias = padded_bias(bias, out_dim, f32::NRF);
+    let product = F32Product {
+        backend: Backend::best(Precision::F32),
+        shape: Shape {
+            k: in_dim,
+            n: out_dim,
+        },
+        weights: f32::F32Weights::Rows(parts),
+        panels: out_dim.div_ceil(f32::NRF),
+        bias: &bias,
+    };
+    // SAFETY: every length run relies on was checked just above; best(F32) is an f32 backend
+    // this CPU runs.
+    unsafe { product.run(x, rows, out, epilogue, rayon::current_num_threads()) };
+    Ok(())
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@ use std::sync::RwLock;
 
 use candle_core::{DType, Device, Module, Result, Storage, Tensor};
 
-use super::{Backend, Epilogue, PackedLinear, Precision, Unpacked};
+use super::{forward_in_place, Backend, Epilogue, PackedLinear, Precision};
 
 /// `y = x · Wᵀ + b` on `[.., in]` tensors. On the CPU the weight is packed at construction for the
 /// fastest backend of the precision (see the module docs); on other devices the layer keeps the
@@ -18,9 +18,9 @@ pub struct Linear {
 #[derive(Debug)]
 enum Inner {
     Cpu(PackedLinear),
-    /// f32 weights used where they are (for a checkpoint, the mapped file), multiplied by the
-    /// `gemm` crate: nothing to pack at load. Packed for vlm's own f32 kernel the first time a
-    /// product is tall enough to pay for it (see [`PACK_ROWS`]).
+    /// f32 weights used where they are (for a checkpoint, the mapped file), packed a panel at a
+    /// time as each product runs: nothing to pack at load. Packed once the first time a product
+    /// is tall enough to pay for it (see [`PACK_ROWS`]); the same bits either way.
     CpuInPlace(InPlace),
     Device {
         /// `[in, out]`, a transposed view of the `[out, in]` weight.
@@ -81,8 +81,8 @@ impl Linear {
         })
     }
 
-    /// An f32 layer over `weight` as it is, on the CPU: no copy and no packing (the `gemm` crate
-    /// reads the `[out, in]` weight transposed in place). Other devices: as [`Linear::new`].
+    /// An f32 layer over `weight` as it is, on the CPU: no copy and no packing at load (see
+    /// [`forward_in_place`]). Other devices: as [`Linear::new`].
     pub fn in_place(weight: &Tensor, bias: Option<&Tensor>) -> Result<Self> {
         Self::in_place_parts(std::slice::from_ref(weight), bias)
     }
@@ -111,7 +111,7 @@ impl Linear {
         match &self.inner {
             Inner::Cpu(p) => Some(p.backend()),
             Inner::CpuInPlace(layer) => Some(match &*layer.read() {
-                InPlaceState::Weights(_) => Backend::Portable,
+                InPlaceState::Weights(_) => Backend::best(Precision::F32),
                 InPlaceState::Packed(p) => p.backend(),
             }),
             Inner::Device { .. } => None,
@@ -270,11 +270,10 @@ impl Stacked {
 
 /// Rows from which an in-place f32 layer packs its weight for [`Backend::Avx512F32`] (once; the
 /// packed copy then serves every later call and the in-place weight is dropped, which gives its
-/// mapped pages back). Below it, the `gemm` crate multiplies the weight where it is: a
-/// single-image call (50 rows for ViT-B/32) must not wait for a pass over every weight. From it,
-/// packing costs less than the `gemm` crate's own packing of the weight, which it redoes on every
-/// call, on the calling thread alone (measured: 9% of a 240-image f32 run, with the other core
-/// idle meanwhile).
+/// mapped pages back). Below it, the weight is used where it is, each panel packed into scratch
+/// as the product reaches it: a single-image call (50 rows for ViT-B/32) must not wait for a pass
+/// over every weight. From it, packing once costs less than packing on every call (measured with
+/// the `gemm` crate, which did that: 9% of a 240-image f32 run). Both give the same bits.
 pub const PACK_ROWS: usize = 128;
 
 #[derive(Debug)]
@@ -305,10 +304,7 @@ impl InPlace {
         out: &mut [f32],
         epilogue: Epilogue,
     ) -> Result<()> {
-        if rows >= PACK_ROWS
-            && matches!(*self.read(), InPlaceState::Weights(_))
-            && Backend::best(Precision::F32) == Backend::Avx512F32
-        {
+        if rows >= PACK_ROWS && matches!(*self.read(), InPlaceState::Weights(_)) {
             self.pack()?;
         }
         match &*self.read() {
@@ -316,23 +312,15 @@ impl InPlace {
                 .forward_with(x, rows, out, epilogue)
                 .map_err(candle_core::Error::wrap),
             InPlaceState::Weights(parts) => with_cpu_f32_parts(parts, self.in_dim, |slices| {
-                let mut col = 0;
-                let layers: Vec<Unpacked> = slices
-                    .iter()
-                    .map(|&w| {
-                        let n = w.len() / self.in_dim;
-                        let layer = Unpacked {
-                            weight: w,
-                            bias: self.bias.as_ref().map(|b| &b[col..col + n]),
-                            out_dim: n,
-                            in_dim: self.in_dim,
-                        };
-                        col += n;
-                        layer
-                    })
-                    .collect();
-                Unpacked::forward_parts(&layers, x, rows, out, epilogue)
-                    .map_err(candle_core::Error::wrap)
+                forward_in_place(
+                    slices,
+                    self.bias.as_deref(),
+                    self.in_dim,
+                    (x, rows),
+                    out,
+                    epilogue,
+                )
+                .map_err(candle_core::Error::wrap)
             }),
         }
     }
@@ -349,7 +337,7 @@ impl InPlace {
                 self.bias.as_deref(),
                 self.out_dim,
                 self.in_dim,
-                Backend::Avx512F32,
+                Backend::best(Precision::F32),
             )
             .map_err(candle_core::Error::wrap)
         })?;

@@ -1,146 +1,82 @@
-//! x86-64 kernels: f32 with AVX-512 FMA, bf16 with AVX512-BF16 `vdpbf16ps` (and the AMX tiles of
-//! `amx.rs`), the weight packing they read, and the per-task loops.
+//! x86-64 bf16 kernels: AVX512-BF16 `vdpbf16ps` (and the AMX tiles of `amx.rs`), the weight
+//! packing they read, and the per-task loops. (f32 is in `f32.rs` and `f32_x86.rs`.)
 //!
 //! Weights are cut into panels of output features, zero-padded at the end:
-//! - f32: panels of NRF = 48 (three 16-lane vectors); panel p holds, for k in 0..K, the 48 values
-//!   W[48p + j][k] (k-major), so a K-block of a panel is contiguous.
 //! - bf16: panels of NR = 32 (two AMX tiles wide); K is padded to Kp, a multiple of 32; panel p
 //!   holds, for each block of 32 k (kb), two AMX B tiles of 16 rows × 64 bytes: tile t, row r
 //!   holds for c in 0..16 the pair
 //!   (W[32p + 16t + c][32kb + 2r], W[32p + 16t + c][32kb + 2r + 1]) ("VNNI" pairs). Row r of both
 //!   tiles is also what one step of the `vdpbf16ps` kernel reads, so both bf16 backends share it.
 //!
-//! Each task converts (bf16) or packs (f32) its rows of x into per-thread scratch in the layout its
-//! microkernel reads, so every row-block read is one contiguous stream.
+//! Each task converts its rows of x into per-thread scratch in the layout its microkernel reads, so
+//! every row-block read is one contiguous stream.
 
 use std::arch::x86_64::*;
 
 use super::buf::{with_scratch, Aligned};
-use super::{amx, Backend};
+use super::{amx, Backend, Shape};
 
 /// Panel width of the bf16 layouts: output features per panel.
 pub(super) const NR: usize = 32;
 /// Rows of the `vdpbf16ps` microkernel: 14 × 2 accumulators + 2 weight vectors of the 32
 /// registers.
 const MR: usize = 14;
-/// Rows and 16-lane vectors (columns / 16) of the f32 microkernel, and its panel width: 8 × 3
-/// accumulators. Measured against 14 × 2, 12 × 2, 6 × 4 and 4 × 4: 14 × 2 reads the weights
-/// least per FMA (best when they stream from L3, M ≈ 50, by ~10%), 8 × 3 and 6 × 4 run ~10%
-/// faster once rows are many (M = 1600), where weights come from L2.
-const MRF: usize = 8;
-const NVF: usize = 3;
-pub(super) const NRF: usize = 16 * NVF;
-/// K-block of the f32 kernel: a 256 × 32 f32 weight block (32 KiB) stays in L1 while it meets
-/// every row block of the task.
-const KC: usize = 768;
 /// Budget for a task's converted rows, to stay in L2 (2 MiB per core on the CPUs with AMX, 1 MiB
 /// on most with AVX-512).
 const TASK_BYTES: usize = 768 * 1024;
-
-#[derive(Debug, Clone, Copy)]
-pub(super) struct Shape {
-    pub k: usize,
-    pub n: usize,
-}
 
 /// Rows per microkernel call, the unit a task's rows come in.
 pub(super) fn row_unit(backend: Backend) -> usize {
     match backend {
         Backend::AmxBf16 => amx::ROWS,
-        Backend::Avx512F32 => MRF,
         _ => MR,
     }
 }
 
 /// Most rows a task converts at once (the row blocks of the grid).
-pub(super) fn max_task_rows(backend: Backend, k: usize) -> usize {
-    let per_row = match backend {
-        Backend::Avx512F32 => 4 * k.min(KC),
-        _ => 2 * k.next_multiple_of(32),
-    };
-    TASK_BYTES / per_row.max(1)
+pub(super) fn max_task_rows(k: usize) -> usize {
+    TASK_BYTES / (2 * k.next_multiple_of(32)).max(1)
 }
 
-pub(super) enum PackedWeights {
-    F32 { data: Aligned<f32>, panels: usize },
-    Bf16 { data: Aligned<u16>, panels: usize },
+/// bf16 weights in the panel layout the module describes.
+pub(super) struct PackedBf16 {
+    data: Aligned<u16>,
+    pub panels: usize,
 }
 
-impl PackedWeights {
+impl PackedBf16 {
     /// Packs the `n × k` row-major weight made of `parts` stacked (each a whole number of rows;
-    /// one part, or q, k and v kept apart). Panels are filled in parallel, each from its 32 or 48
+    /// one part, or q, k and v kept apart). Panels are filled in parallel, each from its 32
     /// weight rows read in order (the padding stays zero): at load this is the one pass over all
     /// the weights, so it is what a single-image call waits for.
-    pub(super) fn new(parts: &[&[f32]], n: usize, k: usize, backend: Backend) -> Self {
+    pub(super) fn new(parts: &[&[f32]], n: usize, k: usize) -> Self {
         use rayon::prelude::*;
         // The weight's rows, in order, wherever their part is.
         let rows: Vec<&[f32]> = parts.iter().flat_map(|p| p.chunks_exact(k)).collect();
         debug_assert_eq!(rows.len(), n);
-        if backend.is_bf16() {
-            let panels = n.div_ceil(NR);
-            let kp = k.next_multiple_of(32);
-            let mut data = Aligned::<u16>::zeroed(panels * kp * NR);
-            data.as_mut_slice()
-                .par_chunks_mut(kp * NR)
-                .zip(rows.par_chunks(NR))
-                .for_each(|(panel, rows)| {
-                    // W[32p + 16t + c][32kb + 2r + e] goes to kb·1024 + t·512 + r·32 + c·2 + e.
-                    for (col, row) in rows.iter().enumerate() {
-                        let (t, c) = (col / 16, col % 16);
-                        for (kb, block) in row.chunks(32).enumerate() {
-                            let dst = &mut panel[kb * 1024 + t * 512 + c * 2..];
-                            for (r, v) in block.chunks(2).enumerate() {
-                                dst[r * 32] = bf16(v[0]);
-                                if let Some(&odd) = v.get(1) {
-                                    dst[r * 32 + 1] = bf16(odd);
-                                }
+        let panels = n.div_ceil(NR);
+        let kp = k.next_multiple_of(32);
+        let mut data = Aligned::<u16>::zeroed(panels * kp * NR);
+        data.as_mut_slice()
+            .par_chunks_mut(kp * NR)
+            .zip(rows.par_chunks(NR))
+            .for_each(|(panel, rows)| {
+                // W[32p + 16t + c][32kb + 2r + e] goes to kb·1024 + t·512 + r·32 + c·2 + e.
+                for (col, row) in rows.iter().enumerate() {
+                    let (t, c) = (col / 16, col % 16);
+                    for (kb, block) in row.chunks(32).enumerate() {
+                        let dst = &mut panel[kb * 1024 + t * 512 + c * 2..];
+                        for (r, v) in block.chunks(2).enumerate() {
+                            dst[r * 32] = bf16(v[0]);
+                            if let Some(&odd) = v.get(1) {
+                                dst[r * 32 + 1] = bf16(odd);
                             }
                         }
                     }
-                });
-            PackedWeights::Bf16 { data, panels }
-        } else {
-            let panels = n.div_ceil(NRF);
-            let mut data = Aligned::<f32>::zeroed(panels * k * NRF);
-            data.as_mut_slice()
-                .par_chunks_mut(k * NRF)
-                .zip(rows.par_chunks(NRF))
-                .for_each(|(panel, rows)| {
-                    // W[48p + j][kk] goes to kk·48 + j.
-                    for (j, row) in rows.iter().enumerate() {
-                        for (d, &v) in panel[j..].iter_mut().step_by(NRF).zip(*row) {
-                            *d = v;
-                        }
-                    }
-                });
-            PackedWeights::F32 { data, panels }
-        }
+                }
+            });
+        PackedBf16 { data, panels }
     }
-
-    pub(super) fn panels(&self) -> usize {
-        match self {
-            PackedWeights::F32 { panels, .. } | PackedWeights::Bf16 { panels, .. } => *panels,
-        }
-    }
-}
-
-/// Output columns per panel in `backend`'s layout.
-pub(super) fn panel_width(backend: Backend) -> usize {
-    if backend.is_bf16() {
-        NR
-    } else {
-        NRF
-    }
-}
-
-/// The bias (or zeros), padded to whole panels of `backend`'s layout.
-pub(super) fn padded_bias(bias: Option<&[f32]>, n: usize, backend: Backend) -> Vec<f32> {
-    let width = panel_width(backend);
-    let mut b = vec![0.0; n.div_ceil(width) * width];
-    if let Some(bias) = bias {
-        b[..n].copy_from_slice(bias);
-    }
-    b
 }
 
 /// f32 to bf16, rounding to nearest even (NaN stays NaN), as `vcvtneps2bf16` does for normal
@@ -158,8 +94,8 @@ pub(super) fn bf16(x: f32) -> u16 {
 /// Runs one task: output rows `r0..r1` × panels `p0..p1`.
 ///
 /// # Safety
-/// `backend` must be available on this CPU and be the one `weight` and `bias` were packed by, for
-/// an `s.n × s.k` weight; `x` must hold `r1 × s.k` values; `out` must point to `r1 × s.n`
+/// `backend` must be a bf16 backend available on this CPU, and `weight` and `bias` packed for an
+/// `s.n × s.k` weight; `x` must hold `r1 × s.k` values; `out` must point to `r1 × s.n`
 /// writable f32 values, of which no other thread reads or writes rows
 /// `r0..r1` × columns `32·p0..min(32·p1, n)` during the call; `r0 < r1 ≤ m`, `p0 < p1 ≤ panels`.
 #[allow(clippy::too_many_arguments)]
@@ -167,41 +103,30 @@ pub(super) unsafe fn run_task(
     backend: Backend,
     s: Shape,
     x: &[f32],
-    weight: &PackedWeights,
+    weight: &PackedBf16,
     bias: &[f32],
     out: *mut f32,
     (r0, r1): (usize, usize),
     (p0, p1): (usize, usize),
 ) {
-    match (backend, weight) {
-        (Backend::Avx512F32, PackedWeights::F32 { data, .. }) => {
-            let kc_blocks = s.k.div_ceil(KC);
-            let kc = s.k.div_ceil(kc_blocks);
-            // SAFETY: forwarded from the caller.
-            unsafe { task_f32(s, x, data.as_slice(), bias, out, (r0, r1), (p0, p1), kc) }
+    let data = &weight.data;
+    let kp = s.k.next_multiple_of(32);
+    let unit = row_unit(backend);
+    let rows = (r1 - r0).next_multiple_of(unit);
+    let ck = if backend == Backend::AmxBf16 { 32 } else { 2 };
+    with_scratch::<u16, _>(rows * kp, |a| {
+        // SAFETY: the caller guarantees avx512bf16 (both bf16 backends need it) and the
+        // bounds of x; a holds rows × kp values, rows a multiple of unit.
+        unsafe { convert_rows(x, s.k, kp, (r0, r1), a, unit, ck) };
+        if backend == Backend::AmxBf16 {
+            // SAFETY: forwarded from the caller (AMX available, so its tiles are
+            // permitted); `a` was just filled in amx's layout for rows r0..r1.
+            unsafe { amx::task(s, a, data.as_slice(), bias, out, (r0, r1), (p0, p1)) }
+        } else {
+            // SAFETY: as above, in the layout of task_bf16.
+            unsafe { task_bf16(s, a, data.as_slice(), bias, out, (r0, r1), (p0, p1)) }
         }
-        (Backend::Avx512Bf16 | Backend::AmxBf16, PackedWeights::Bf16 { data, .. }) => {
-            let kp = s.k.next_multiple_of(32);
-            let unit = row_unit(backend);
-            let rows = (r1 - r0).next_multiple_of(unit);
-            let ck = if backend == Backend::AmxBf16 { 32 } else { 2 };
-            with_scratch::<u16, _>(rows * kp, |a| {
-                // SAFETY: the caller guarantees avx512bf16 (both bf16 backends need it) and the
-                // bounds of x; a holds rows × kp values, rows a multiple of unit.
-                unsafe { convert_rows(x, s.k, kp, (r0, r1), a, unit, ck) };
-                if backend == Backend::AmxBf16 {
-                    // SAFETY: forwarded from the caller (AMX available, so its tiles are
-                    // permitted); `a` was just filled in amx's layout for rows r0..r1.
-                    unsafe { amx::task(s, a, data.as_slice(), bias, out, (r0, r1), (p0, p1)) }
-                } else {
-                    // SAFETY: as above, in the layout of task_bf16.
-                    unsafe { task_bf16(s, a, data.as_slice(), bias, out, (r0, r1), (p0, p1)) }
-                }
-            });
-        }
-        // A backend never packs weights of the other kind (PackedWeights::new): nothing to run.
-        _ => {}
-    }
+    });
 }
 
 /// Converts rows `r0..r1` of `x` (`· × k`, row-major) to bf16 in blocks of `mr` rows: in block b,
@@ -278,146 +203,6 @@ fn convert16(src: &[f32], dst: &mut [u16]) {
 /// kernel nothing measurable.)
 ///
 /// # Safety
-/// As `run_task`, with avx512f and `w` packed as f32 panels; `kc ≥ 1`.
-#[target_feature(enable = "avx512f")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn task_f32(
-    s: Shape,
-    x: &[f32],
-    w: &[f32],
-    bias: &[f32],
-    out: *mut f32,
-    (r0, r1): (usize, usize),
-    (p0, p1): (usize, usize),
-    kc: usize,
-) {
-    let mut k0 = 0;
-    while k0 < s.k {
-        let klen = kc.min(s.k - k0);
-        for p in p0..p1 {
-            let wp = &w[(p * s.k + k0) * NRF..(p * s.k + k0 + klen) * NRF];
-            let cols = NRF.min(s.n - p * NRF);
-            let mut r = r0;
-            while r < r1 {
-                let rows = MRF.min(r1 - r);
-                // Rows past r1 read row r1 - 1 again (their sums are never stored).
-                let a: [*const f32; MRF] =
-                    std::array::from_fn(|i| x[(r + i.min(rows - 1)) * s.k + k0..].as_ptr());
-                // SAFETY: each a[i] starts a run of ≥ klen values of x (row < r1 ≤ m, and
-                // k0 + klen ≤ k); wp holds klen × NRF values; the kernel writes rows r..r + rows
-                // and columns NRF·p..NRF·p + cols of out (this task's rectangle, in bounds by the
-                // caller's contract); bias holds NRF values from NRF·p.
-                unsafe {
-                    kernel_f32(
-                        klen,
-                        &a,
-                        wp.as_ptr(),
-                        out.add(r * s.n + p * NRF),
-                        s.n,
-                        rows,
-                        cols,
-                        if k0 == 0 {
-                            Some(bias[p * NRF..].as_ptr())
-                        } else {
-                            None
-                        },
-                    )
-                }
-                r += MRF;
-            }
-        }
-        k0 += klen;
-    }
-}
-
-/// `MRF × NRF` f32 microkernel: `c[i][j] = init[i][j] + Σ_k a[i][k] · b[k·NRF + j]` for i < rows,
-/// j < cols, where init is `bias[j]` when given, else `c[i][j]` (accumulating K-blocks).
-///
-/// # Safety
-/// avx512f; each `a[i]` readable for `k` values, `b` for `k · NRF` values; `c` row i (i < rows)
-/// writable at `c + i·ldc + j` for j < cols; `bias` (if given) readable for NRF values;
-/// 1 ≤ rows ≤ MRF, 1 ≤ cols ≤ NRF.
-#[target_feature(enable = "avx512f")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn kernel_f32(
-    k: usize,
-    a: &[*const f32; MRF],
-    b: *const f32,
-    c: *mut f32,
-    ldc: usize,
-    rows: usize,
-    cols: usize,
-    bias: Option<*const f32>,
-) {
-    // SAFETY: all reads and writes stay in the ranges the contract above names.
-    unsafe {
-        // The output rows are read (later K-blocks) and written only after the K loop; ask for
-        // their lines now, so that the epilogue does not wait for L3 one row at a time.
-        for i in 0..MRF {
-            if i < rows {
-                let ci = c.add(i * ldc);
-                let mut j = 0;
-                while j < cols {
-                    _mm_prefetch::<_MM_HINT_ET0>(ci.add(j).cast());
-                    j += 16;
-                }
-                _mm_prefetch::<_MM_HINT_ET0>(ci.add(cols - 1).cast());
-            }
-        }
-        let mut acc = [[_mm512_setzero_ps(); NVF]; MRF];
-        // One k: NVF weight vectors, each row's value broadcast against them.
-        let step = |acc: &mut [[__m512; NVF]; MRF], kk: usize| {
-            let bk = b.add(kk * NRF);
-            let bv: [__m512; NVF] = std::array::from_fn(|v| _mm512_loadu_ps(bk.add(16 * v)));
-            for (acc, ai) in acc.iter_mut().zip(a) {
-                let av = _mm512_set1_ps(*ai.add(kk));
-                for (acc, &bv) in acc.iter_mut().zip(&bv) {
-                    *acc = _mm512_fmadd_ps(av, bv, *acc);
-                }
-            }
-        };
-        // Unrolled by 4: ~10% faster than one k per iteration (loop overhead and scheduling
-        // freedom), measured on Sapphire Rapids.
-        let mut kk = 0;
-        while kk + 4 <= k {
-            step(&mut acc, kk);
-            step(&mut acc, kk + 1);
-            step(&mut acc, kk + 2);
-            step(&mut acc, kk + 3);
-            kk += 4;
-        }
-        while kk < k {
-            step(&mut acc, kk);
-            kk += 1;
-        }
-        let mut masks = [0 as __mmask16; NVF];
-        for (v, m) in masks.iter_mut().enumerate() {
-            *m = lane_mask(cols.saturating_sub(16 * v));
-        }
-        let mut init = [_mm512_setzero_ps(); NVF];
-        if let Some(p) = bias {
-            for (v, init) in init.iter_mut().enumerate() {
-                *init = _mm512_maskz_loadu_ps(masks[v], p.add(16 * v));
-            }
-        }
-        for (i, acc) in acc.iter().enumerate() {
-            if i < rows {
-                let ci = c.add(i * ldc);
-                for (v, &acc) in acc.iter().enumerate() {
-                    // wrapping: past the row's end when the mask is empty (no access then).
-                    let cv = ci.wrapping_add(16 * v);
-                    let i0 = if bias.is_some() {
-                        init[v]
-                    } else {
-                        _mm512_maskz_loadu_ps(masks[v], cv)
-                    };
-                    _mm512_mask_storeu_ps(cv, masks[v], _mm512_add_ps(acc, i0));
-                }
-            }
-        }
-    }
-}
-
 /// The first `n` (≤ 16) of 16 lanes.
 fn lane_mask(n: usize) -> __mmask16 {
     ((1u32 << n.min(16)) - 1) as __mmask16

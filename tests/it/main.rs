@@ -21,6 +21,7 @@ mod hub;
 mod hub_bin;
 mod index_trust;
 mod int8;
+mod invariance;
 mod kernels;
 mod newcomer;
 mod openclip;
