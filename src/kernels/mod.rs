@@ -56,6 +56,8 @@ pub mod elementwise;
 mod f32;
 #[cfg(target_arch = "x86_64")]
 mod f32_x86;
+mod grid;
+use grid::{grid, run_grid, OutPtr};
 mod int8;
 #[cfg(target_arch = "x86_64")]
 mod int8_x86;
@@ -573,80 +575,6 @@ struct Shape {
     n: usize,
 }
 
-/// The output pointer, shared by tasks that write disjoint parts of it.
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-// SAFETY: only used by tasks and jobs that write disjoint parts of the buffer (`forward_threads`,
-// `Unpacked::forward_parts`).
-unsafe impl Send for OutPtr {}
-// SAFETY: as above.
-unsafe impl Sync for OutPtr {}
-impl OutPtr {
-    // A method (not field access) so closures capture the whole Send + Sync wrapper.
-    fn get(self) -> *mut f32 {
-        self.0
-    }
-}
-
-/// How a `rows × panels` output (panels of 32 or 48 columns) is cut into tasks: `row_tasks` blocks of `row_step` rows
-/// (the last may be shorter) × `col_tasks` blocks of `panel_step` panels.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Grid {
-    row_step: usize,
-    row_tasks: usize,
-    panel_step: usize,
-    col_tasks: usize,
-}
-
-/// Cuts the output into about `threads` (or a multiple of it) tasks: row blocks of at most
-/// `max_rows` rows (so a task's converted input stays in L2), in multiples of `unit` rows (the
-/// microkernel's height); when there are fewer row blocks than threads, the columns are split too.
-fn grid(rows: usize, panels: usize, threads: usize, unit: usize, max_rows: usize) -> Grid {
-    let threads = threads.max(1);
-    let unit = unit.max(1);
-    let units = rows.div_ceil(unit);
-    let max_units = (max_rows / unit).max(1);
-    let mut row_tasks = units.div_ceil(max_units);
-    if row_tasks >= threads {
-        // Round up to a multiple of the thread count, for balance.
-        row_tasks = row_tasks.div_ceil(threads) * threads;
-    }
-    let row_tasks = row_tasks.min(units);
-    let row_step = units.div_ceil(row_tasks) * unit;
-    let row_tasks = rows.div_ceil(row_step);
-    let col_tasks = if row_tasks >= threads {
-        1
-    } else {
-        threads.div_ceil(row_tasks).min(panels)
-    };
-    let panel_step = panels.div_ceil(col_tasks);
-    Grid {
-        row_step,
-        row_tasks,
-        panel_step,
-        col_tasks: panels.div_ceil(panel_step),
-    }
-}
-
-impl Grid {
-    fn tasks(&self) -> usize {
-        self.row_tasks * self.col_tasks
-    }
-
-    /// Task `t`'s rows `r0..r1` and panels `p0..p1`.
-    fn task(&self, t: usize, rows: usize, panels: usize) -> (usize, usize, usize, usize) {
-        let (rt, ct) = (t / self.col_tasks, t % self.col_tasks);
-        let r0 = rt * self.row_step;
-        let p0 = ct * self.panel_step;
-        (
-            r0,
-            (r0 + self.row_step).min(rows),
-            p0,
-            (p0 + self.panel_step).min(panels),
-        )
-    }
-}
-
 /// An f32 product: the weight (packed or as given), its backend and padded bias.
 struct F32Product<'a> {
     backend: Backend,
@@ -697,47 +625,6 @@ impl F32Product<'_> {
         // SAFETY: out holds rows × n values (the contract); each task writes its rectangle of
         // 48-column panels only (f32::run_task's contract).
         unsafe { run_grid(out, (rows, self.shape.n), g, f32::NRF, epilogue, &task) };
-    }
-}
-
-/// Runs `task` on each rectangle of `g` (rows × panels of `width` columns of the `rows × n`
-/// output), in parallel when there are several, each followed by `epilogue` on its rectangle
-/// while it is hot.
-///
-/// # Safety
-/// `out` must hold `rows × n` values (an `Add` epilogue's residual as many), and `task(out, (r0,
-/// r1), (p0, p1))` must write only rows `r0..r1` × columns `width·p0..min(width·p1, n)` of the
-/// output at `out` (then no two tasks touch the same element).
-unsafe fn run_grid(
-    out: &mut [f32],
-    (rows, n): (usize, usize),
-    g: Grid,
-    width: usize,
-    epilogue: Epilogue,
-    task: &(dyn Fn(*mut f32, (usize, usize), (usize, usize)) + Sync),
-) {
-    let panels = n.div_ceil(width);
-    let ptr = OutPtr(out.as_mut_ptr());
-    let run = |t: usize| {
-        let (r0, r1, p0, p1) = g.task(t, rows, panels);
-        task(ptr.get(), (r0, r1), (p0, p1));
-        if matches!(epilogue, Epilogue::None) {
-            return;
-        }
-        let (c0, c1) = (p0 * width, (p1 * width).min(n));
-        for r in r0..r1 {
-            // SAFETY: row r, columns c0..c1 lie inside `out` (r < rows, c1 <= n) and inside this
-            // task's rectangle, which no other task touches (the grid's rectangles are
-            // disjoint); the task's writes to it are finished.
-            let run = unsafe { std::slice::from_raw_parts_mut(ptr.get().add(r * n + c0), c1 - c0) };
-            epilogue.apply(run, r, c0, n);
-        }
-    };
-    if g.tasks() == 1 {
-        run(0);
-    } else {
-        use rayon::prelude::*;
-        (0..g.tasks()).into_par_iter().for_each(run);
     }
 }
 
