@@ -56,9 +56,28 @@ fn round_even(y: f32) -> f32 {
 /// Quantizes one weight row to `q` (same length): symmetric, `max |w|` maps to 127, ties to even.
 /// Returns the scale (0 for an all-zero row, whose values are then all 0). A row holding NaN or
 /// an infinity gets a NaN scale, so its outputs are NaN as they would be in f32.
+#[inline(always)]
 pub(super) fn quantize_weight_row(w: &[f32], q: &mut [i8]) -> f32 {
-    let amax = w.iter().fold(0f32, |m, v| m.max(v.abs()));
-    if !w.iter().all(|v| v.is_finite()) {
+    // 16 independent lanes and comparisons, as in `quantize_row`: a single running `f32::max`
+    // is a chain of dependent, NaN-aware steps, and it was most of a one-image int8 call (the
+    // whole tower is quantized at load). The maximum is the same in any order.
+    let (mut m16, mut ok16) = ([0f32; 16], [true; 16]);
+    let chunks = w.chunks_exact(16);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for l in 0..16 {
+            let a = c[l].abs();
+            m16[l] = if a > m16[l] { a } else { m16[l] };
+            ok16[l] &= a <= f32::MAX;
+        }
+    }
+    for (l, &v) in tail.iter().enumerate() {
+        let a = v.abs();
+        m16[l] = if a > m16[l] { a } else { m16[l] };
+        ok16[l] &= a <= f32::MAX;
+    }
+    let amax = m16.iter().fold(0f32, |m, &v| if v > m { v } else { m });
+    if !ok16.iter().all(|&o| o) {
         q.fill(0);
         return f32::NAN;
     }
@@ -142,14 +161,23 @@ impl PackedInt8 {
             .for_each(|((panel, rows), (scale, colsum))| {
                 let mut q = vec![0i8; k];
                 for (col, row) in rows.iter().enumerate() {
-                    scale[col] = quantize_weight_row(row, &mut q);
+                    quantize_weight(row, &mut q, &mut scale[col]);
                     colsum[col] = q.iter().map(|&v| i32::from(v)).sum();
                     let (t, c) = (col / 16, col % 16);
-                    // One 4-k group (4 bytes) at a time.
-                    for (g, group) in q.chunks(4).enumerate() {
+                    // One 4-k group (4 bytes) at a time, as one fixed-size copy (a slice of
+                    // unknown length was a `memmove` call per group).
+                    let groups = q.chunks_exact(4);
+                    let last = groups.remainder();
+                    let full = groups.len();
+                    for (g, group) in groups.enumerate() {
                         let (kb, r) = (g / 16, g % 16);
                         let at = kb * 2048 + t * 1024 + r * 64 + c * 4;
-                        panel[at..at + group.len()].copy_from_slice(group);
+                        panel[at..at + 4].copy_from_slice(group);
+                    }
+                    if !last.is_empty() {
+                        let (kb, r) = (full / 16, full % 16);
+                        let at = kb * 2048 + t * 1024 + r * 64 + c * 4;
+                        panel[at..at + last.len()].copy_from_slice(last);
                     }
                 }
             });
@@ -257,6 +285,17 @@ impl QuantRows {
             zero,
         }
     }
+}
+
+super::elementwise::dispatch! {
+    /// [`quantize_weight_row`] compiled for the CPU's vector width (the same bits on each: the
+    /// steps are exact or correctly rounded), its scale into `scale`.
+    fn quantize_weight(w: &[f32], q: &mut [i8], scale: &mut f32) = quantize_weight_inner;
+}
+
+#[inline(always)]
+fn quantize_weight_inner(w: &[f32], q: &mut [i8], scale: &mut f32) {
+    *scale = quantize_weight_row(w, q);
 }
 
 super::elementwise::dispatch! {
