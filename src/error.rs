@@ -20,7 +20,7 @@ pub enum Error {
 /// file names, keys and labels, and Linux file names may hold any byte but `/` and NUL: an escaped
 /// one can never split a message over two lines of stderr or a table, nor move a terminal's cursor.
 /// Idempotent: escaped text has no control characters left.
-pub fn escape_controls(text: &str) -> Cow<'_, str> {
+pub(crate) fn escape_controls(text: &str) -> Cow<'_, str> {
     if !text.chars().any(char::is_control) {
         return Cow::Borrowed(text);
     }
@@ -36,13 +36,13 @@ pub fn escape_controls(text: &str) -> Cow<'_, str> {
 }
 
 /// The most characters of user text an error quotes ([`quote`]).
-pub const EXCERPT_CHARS: usize = 60;
+pub(crate) const EXCERPT_CHARS: usize = 60;
 
 /// `text` as an error quotes it: Rust-quoted (so control characters are escaped and the quote's
 /// end is visible), cut to its first [`EXCERPT_CHARS`] characters with `...` and the whole
 /// length after the closing quote when longer. A 500 KB label or a 300-digit number in an
 /// error is a line of noise that buries the message (issue 20); the start says which one it is.
-pub fn quote(text: &str) -> String {
+pub(crate) fn quote(text: &str) -> String {
     let mut chars = text.char_indices();
     match chars.nth(EXCERPT_CHARS) {
         None => format!("{text:?}"),
@@ -55,7 +55,7 @@ pub fn quote(text: &str) -> String {
 }
 
 /// [`quote`] without the quotes: for text already set off by its place in the message.
-pub fn excerpt(text: &str) -> String {
+pub(crate) fn excerpt(text: &str) -> String {
     match text.char_indices().nth(EXCERPT_CHARS) {
         None => escape_controls(text).into_owned(),
         Some((cut, _)) => format!(
@@ -70,7 +70,7 @@ pub fn excerpt(text: &str) -> String {
 /// lines trimmed and joined with "; ", control characters escaped (`lines` leaves a lone `\r`,
 /// and the toml crate quotes keys as written: `"a\rb" = 1` is an unknown field whose name holds
 /// a carriage return, found by the aspect_file fuzz target).
-pub fn single_line(message: &str) -> String {
+pub(crate) fn single_line(message: &str) -> String {
     let joined = message
         .lines()
         .map(str::trim)

@@ -15,17 +15,17 @@ use anyhow::{Context, Result};
 
 /// File name extensions (lower case) that folder walking and globs pick up: the formats the `image`
 /// crate decodes with vlm's features. Files named explicitly are never filtered.
-pub const IMAGE_EXTENSIONS: &[&str] = &[
+pub(crate) const IMAGE_EXTENSIONS: &[&str] = &[
     "jpg", "jpeg", "jpe", "jfif", "png", "apng", "gif", "webp", "tif", "tiff", "bmp", "dib", "ico",
     "pnm", "pbm", "pgm", "ppm", "pam", "tga", "qoi", "hdr", "exr", "ff", "dds",
 ];
 
 /// What a folder without images says (`vlm eval` counts such a class folder as empty).
-pub const NO_IMAGES: &str = "no image files in this folder";
+pub(crate) const NO_IMAGES: &str = "no image files in this folder";
 
 /// One entry of the run: a file to process, or an input that failed before it got that far.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Input {
+pub(crate) struct Input {
     pub path: PathBuf,
     /// Why this input yields no image (e.g. an unreadable folder); `None` for a file to process.
     pub error: Option<String>,
@@ -46,7 +46,7 @@ impl Input {
 
 /// `--shard K/N`: the K-th (1-based) of N parts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Shard {
+pub(crate) struct Shard {
     pub index: u32,
     pub count: u32,
 }
@@ -71,7 +71,7 @@ impl Shard {
     /// 64 bit), not its position in the list: every machine of a job array agrees without seeing the
     /// others, and a file keeps its shard when other files are added or removed. This function is part
     /// of the documented recipe; changing it would reshuffle users' job arrays.
-    pub fn contains(&self, path: &Path) -> bool {
+    pub(crate) fn contains(&self, path: &Path) -> bool {
         (fnv1a(path.as_os_str().as_encoded_bytes()) % u64::from(self.count))
             == u64::from(self.index - 1)
     }
@@ -85,7 +85,7 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 
 /// How to turn arguments into inputs.
 #[derive(Debug, Clone, Default)]
-pub struct InputOptions {
+pub(crate) struct InputOptions {
     /// Descend into subfolders of the folders given.
     pub recursive: bool,
     /// Include hidden files and folders (names starting with `.`) when walking.
@@ -102,7 +102,11 @@ pub struct InputOptions {
 /// All inputs in order: command-line arguments first, then each list. Folders expand in place to
 /// their images, sorted by name; duplicates (the same file reached twice, by any path) keep their first
 /// position. `stdin` is read when a list is `-`.
-pub fn collect(args: &[PathBuf], opts: &InputOptions, stdin: &mut dyn Read) -> Result<Vec<Input>> {
+pub(crate) fn collect(
+    args: &[PathBuf],
+    opts: &InputOptions,
+    stdin: &mut dyn Read,
+) -> Result<Vec<Input>> {
     let mut walker = Walker {
         opts,
         seen: HashSet::new(),
@@ -171,12 +175,12 @@ fn path_from_bytes(bytes: &[u8]) -> PathBuf {
 /// A file's identity: its device and inode, so that two paths to one file (a symlink, `./a` and
 /// `a`, `x/../x/a`, a hard link) are one input. Elsewhere than Unix, its canonical path.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct FileId(#[cfg(unix)] (u64, u64), #[cfg(not(unix))] PathBuf);
+pub(crate) struct FileId(#[cfg(unix)] (u64, u64), #[cfg(not(unix))] PathBuf);
 
 impl FileId {
     /// The identity of the file `path` reaches (symlinks followed); `None` when it cannot be
     /// read.
-    pub fn of_path(path: &Path) -> Option<FileId> {
+    pub(crate) fn of_path(path: &Path) -> Option<FileId> {
         #[cfg(unix)]
         {
             use std::os::unix::fs::MetadataExt;

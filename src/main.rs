@@ -1,7 +1,6 @@
 use clap::error::ErrorKind;
 use clap::Parser;
 use vlm::cli::{clap_one_line, Cli};
-use vlm::commands;
 use vlm::error::{is_broken_pipe, one_line};
 use vlm::exit_codes::ExitCode;
 use vlm::output::report_error;
@@ -31,7 +30,7 @@ fn main() -> std::process::ExitCode {
             return ExitCode::Error.into();
         }
     };
-    let code = match commands::run(cli.into_request()) {
+    let code = match cli.run() {
         Ok(outcome) => ExitCode::from(outcome),
         Err(err) if is_broken_pipe(&err) => ExitCode::Success,
         Err(err) => {

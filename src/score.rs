@@ -41,7 +41,7 @@ pub fn ensemble<'a>(embeddings: impl IntoIterator<Item = &'a [f32]>) -> Vec<f32>
     sum
 }
 
-pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
@@ -54,7 +54,7 @@ pub struct LabelEmbeddings {
 
 impl LabelEmbeddings {
     /// The cosine of a *normalised* image embedding with every label, in label order.
-    pub fn cosines(&self, image: &[f32]) -> Vec<f32> {
+    pub(crate) fn cosines(&self, image: &[f32]) -> Vec<f32> {
         self.embeddings.iter().map(|t| dot(t, image)).collect()
     }
 }
@@ -78,7 +78,7 @@ impl Scoring {
         }
     }
 
-    pub fn apply(self, cosines: &[f32], head: &ScoreHead) -> Vec<f32> {
+    pub(crate) fn apply(self, cosines: &[f32], head: &ScoreHead) -> Vec<f32> {
         match self {
             Scoring::Softmax => softmax_scaled(cosines, head.scale()),
             Scoring::Independent { baseline: None } => {
@@ -132,7 +132,7 @@ pub fn score_labels(
 
 /// Which scores a result keeps.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Selection {
+pub(crate) struct Selection {
     /// At most this many, best first; `None` for no limit.
     pub top_k: Option<usize>,
     /// Only scores of at least this; `None` keeps all.
@@ -141,7 +141,7 @@ pub struct Selection {
 
 /// Filters by the threshold, sorts best first (ties keep label order, so the output is
 /// deterministic) and cuts to `top_k`.
-pub fn select(scores: Vec<LabelScore>, selection: Selection) -> Vec<LabelScore> {
+pub(crate) fn select(scores: Vec<LabelScore>, selection: Selection) -> Vec<LabelScore> {
     let mut kept: Vec<LabelScore> = match selection.threshold {
         Some(t) => scores.into_iter().filter(|s| s.score >= t).collect(),
         None => scores,
@@ -154,14 +154,14 @@ pub fn select(scores: Vec<LabelScore>, selection: Selection) -> Vec<LabelScore> 
 }
 
 /// `softmax(xs * scale)`, shifted by the maximum so that large scales (CLIP's is 100) cannot overflow.
-pub fn softmax_scaled(xs: &[f32], scale: f32) -> Vec<f32> {
+pub(crate) fn softmax_scaled(xs: &[f32], scale: f32) -> Vec<f32> {
     let max = xs.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x * scale));
     let exps: Vec<f32> = xs.iter().map(|&x| (x * scale - max).exp()).collect();
     let sum: f32 = exps.iter().sum();
     exps.into_iter().map(|e| e / sum).collect()
 }
 
-pub fn sigmoid(x: f32) -> f32 {
+pub(crate) fn sigmoid(x: f32) -> f32 {
     if x >= 0.0 {
         1.0 / (1.0 + (-x).exp())
     } else {

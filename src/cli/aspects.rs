@@ -6,7 +6,7 @@ use crate::commands::aspects::AspectsOptions;
 use crate::output::ListFormat;
 
 #[derive(Debug, Args)]
-pub struct AspectsArgs {
+pub(crate) struct AspectsArgs {
     /// Aspects to show in full, with their labels: built-in names, `all`, or aspect files. Without
     /// any, a summary of the built-in aspects.
     #[arg(value_name = "NAME|FILE")]

@@ -10,7 +10,7 @@ use crate::commands::{OutputOptions, RunOptions};
 use crate::output::Format;
 
 #[derive(Debug, Args)]
-pub struct CalibrateArgs {
+pub(crate) struct CalibrateArgs {
     /// The aspect to calibrate: a built-in name or an aspect file (TOML).
     #[arg(short, long, value_name = "NAME|FILE")]
     pub aspect: String,

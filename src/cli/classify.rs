@@ -8,7 +8,7 @@ use super::shared::{InputArgs, ModelArgs, RunArgs, TemplateArgs};
 use crate::commands::classify::ClassifyOptions;
 
 #[derive(Debug, Args)]
-pub struct ClassifyArgs {
+pub(crate) struct ClassifyArgs {
     /// Labels, comma-separated; repeatable.
     #[arg(short, long, value_name = "A,B,C")]
     pub labels: Vec<String>,

@@ -10,7 +10,7 @@ use crate::commands::OutputOptions;
 use crate::output::Format;
 
 #[derive(Debug, Args)]
-pub struct DupesArgs {
+pub(crate) struct DupesArgs {
     /// Only indexed images under these folders (or these files). Default: the whole index.
     #[arg(value_name = "PATH")]
     pub paths: Vec<PathBuf>,

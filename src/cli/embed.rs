@@ -9,7 +9,7 @@ use crate::commands::embed::{EmbedFormat, EmbedOptions};
 
 #[derive(Debug, Args)]
 #[command(mut_arg("paths", |a| a.required_unless_present_any(["files_from", "text"])))]
-pub struct EmbedArgs {
+pub(crate) struct EmbedArgs {
     /// Embed this text instead of images, through the templates as classify embeds a label;
     /// repeatable.
     #[arg(long, value_name = "TEXT", conflicts_with_all = ["paths", "files_from"])]

@@ -10,7 +10,7 @@ use crate::commands::{OutputOptions, RunOptions};
 use crate::output::Format;
 
 #[derive(Debug, Args)]
-pub struct EvalArgs {
+pub(crate) struct EvalArgs {
     /// The dataset: a folder with one sub-folder per class (the ImageFolder layout). Images in a
     /// class folder's own sub-folders count for that class.
     #[arg(value_name = "FOLDER")]

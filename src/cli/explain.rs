@@ -11,7 +11,7 @@ use crate::engine::images::BatchOptions;
 use crate::output::Format;
 
 #[derive(Debug, Args)]
-pub struct ExplainArgs {
+pub(crate) struct ExplainArgs {
     /// Labels, comma-separated; repeatable.
     #[arg(short, long, value_name = "A,B,C")]
     pub labels: Vec<String>,

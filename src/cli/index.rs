@@ -11,7 +11,7 @@ use crate::commands::index::IndexOptions;
 // Paths are optional: without any (and without --merge, --prune or --export) `vlm index` shows
 // the index (issue 23.10).
 #[command(mut_arg("paths", |a| a.required_unless_present(clap::builder::Resettable::<clap::Id>::Reset)))]
-pub struct IndexArgs {
+pub(crate) struct IndexArgs {
     #[command(flatten)]
     pub inputs: InputArgs,
 

@@ -8,6 +8,7 @@ mod classify;
 mod dupes;
 mod embed;
 mod error;
+pub use error::clap_one_line;
 mod eval;
 mod explain;
 mod index;
@@ -15,18 +16,16 @@ mod search;
 mod shared;
 mod tag;
 
-pub use aspects::AspectsArgs;
-pub use calibrate::CalibrateArgs;
-pub use classify::ClassifyArgs;
-pub use dupes::DupesArgs;
-pub use embed::EmbedArgs;
-pub use error::clap_one_line;
-pub use eval::EvalArgs;
-pub use explain::ExplainArgs;
-pub use index::IndexArgs;
-pub use search::SearchArgs;
-pub use shared::*;
-pub use tag::TagArgs;
+pub(crate) use aspects::AspectsArgs;
+pub(crate) use calibrate::CalibrateArgs;
+pub(crate) use classify::ClassifyArgs;
+pub(crate) use dupes::DupesArgs;
+pub(crate) use embed::EmbedArgs;
+pub(crate) use eval::EvalArgs;
+pub(crate) use explain::ExplainArgs;
+pub(crate) use index::IndexArgs;
+pub(crate) use search::SearchArgs;
+pub(crate) use tag::TagArgs;
 
 use clap::{Parser, Subcommand};
 
@@ -48,7 +47,7 @@ use crate::commands::Request;
 )]
 pub struct Cli {
     #[command(subcommand)]
-    pub command: Command,
+    pub(crate) command: Command,
 }
 
 const EXIT_CODES: &str =
@@ -56,7 +55,7 @@ const EXIT_CODES: &str =
 are in the output); 2 usage or model error, or no input is an image, before any image was processed.";
 
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Rank labels for each image by image-text similarity (CLIP, SigLIP).
     #[command(after_help = EXIT_CODES)]
     Classify(ClassifyArgs),
@@ -102,8 +101,13 @@ Exit codes: 0 every image was processed; 1 some images failed (the others are in
 model or index error.";
 
 impl Cli {
+    /// Runs the command (its arguments turned into the library's typed options first).
+    pub fn run(self) -> anyhow::Result<crate::commands::Outcome> {
+        crate::commands::run(self.into_request())
+    }
+
     /// The command as the library runs it: typed options, no clap types.
-    pub fn into_request(self) -> Request {
+    pub(crate) fn into_request(self) -> Request {
         match self.command {
             Command::Classify(a) => Request::Classify(a.into()),
             Command::Tag(a) => Request::Tag(a.into()),

@@ -10,7 +10,7 @@ use crate::commands::OutputOptions;
 use crate::output::Format;
 
 #[derive(Debug, Args)]
-pub struct SearchArgs {
+pub(crate) struct SearchArgs {
     /// What to look for, in words. Encoded as typed ("a red bicycle on a beach"), unless
     /// -t/--templates are given: then put through them as classify puts a label.
     // Not `required_unless_present`: clap's message would name only <TEXT>; `search::run` says

@@ -15,7 +15,7 @@ use crate::output::Format;
 /// Which images a run processes.
 #[derive(Debug, Args)]
 #[command(next_help_heading = "Inputs")]
-pub struct InputArgs {
+pub(crate) struct InputArgs {
     /// Image files, folders (their images, sorted by name) or glob patterns (for shells that do not
     /// expand them). Inputs are deduplicated; results follow the order of the inputs.
     #[arg(value_name = "PATH", required_unless_present = "files_from")]
@@ -66,7 +66,7 @@ impl From<InputArgs> for InputSpec {
 
 #[derive(Debug, Args)]
 #[command(next_help_heading = "Model")]
-pub struct ModelArgs {
+pub(crate) struct ModelArgs {
     /// Hugging Face Hub repo id, or a local folder with config.json, preprocessor_config.json,
     /// tokenizer.json and model.safetensors. Hub files are cached in the standard Hugging Face cache
     /// (HF_HOME, HF_HUB_CACHE, HF_TOKEN and HF_HUB_OFFLINE=1 are honoured).
@@ -107,7 +107,7 @@ impl From<ModelArgs> for ModelOptions {
 
 #[derive(Debug, Args)]
 #[command(next_help_heading = "Run")]
-pub struct RunArgs {
+pub(crate) struct RunArgs {
     /// Output format. Default: from --output's extension (.json, .jsonl, .csv, .txt), jsonl with
     /// --resume, else table on a terminal and json otherwise.
     #[arg(short, long, value_enum)]
@@ -167,7 +167,7 @@ impl From<RunArgs> for RunOptions {
 /// How images are decoded and batched (every command that encodes images; `RunArgs` holds it).
 #[derive(Debug, Args)]
 #[command(next_help_heading = "Run")]
-pub struct EncodeArgs {
+pub(crate) struct EncodeArgs {
     /// Threads for decoding images and running the model. Default: all cores.
     #[arg(short = 'j', long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub threads: Option<u32>,
@@ -200,7 +200,7 @@ impl From<EncodeArgs> for BatchOptions {
 
 /// The prompt templates of `classify` and `eval`.
 #[derive(Debug, Args)]
-pub struct TemplateArgs {
+pub(crate) struct TemplateArgs {
     /// Prompt template, `{}` standing for the label; repeatable. Default: the model's ("a photo of
     /// a {}." for CLIP, "This is a photo of {}." for SigLIP).
     #[arg(short, long, value_name = "TEMPLATE")]
@@ -215,7 +215,7 @@ pub struct TemplateArgs {
 /// Which index file, and which model's index in it (`index`, `search`, `dupes`).
 #[derive(Debug, Args)]
 #[command(next_help_heading = "Index")]
-pub struct IndexDbArgs {
+pub(crate) struct IndexDbArgs {
     /// The index file. Default: index.sqlite in $VLM_DATA_DIR, else $XDG_DATA_HOME/vlm, else
     /// ~/.local/share/vlm.
     #[arg(long, value_name = "FILE")]

@@ -7,7 +7,7 @@ use crate::commands::tag::TagOptions;
 use crate::tagging::rules::PerAspect;
 
 #[derive(Debug, Args)]
-pub struct TagArgs {
+pub(crate) struct TagArgs {
     /// Aspects: built-in names (see `vlm aspects`), `all`, or paths to aspect files (TOML);
     /// comma-separated, repeatable.
     #[arg(short, long, value_name = "NAMES|FILES", required = true)]

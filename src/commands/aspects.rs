@@ -12,7 +12,7 @@ use crate::tagging::rules::{aspect_info, label_thresholds, Rule};
 
 /// Everything `vlm aspects` needs.
 #[derive(Debug, Clone, Default)]
-pub struct AspectsOptions {
+pub(crate) struct AspectsOptions {
     /// Aspects to show in full; empty for a summary of the built-ins.
     pub aspects: Vec<String>,
     /// `None`: a table on a terminal, JSON otherwise.
@@ -38,7 +38,7 @@ struct LabelListing {
 }
 
 /// `vlm aspects`: a summary of the built-ins, or the named aspects in full.
-pub fn run(opts: &AspectsOptions, out: &mut impl std::io::Write) -> Result<Outcome> {
+pub(crate) fn run(opts: &AspectsOptions, out: &mut impl std::io::Write) -> Result<Outcome> {
     let detailed = !opts.aspects.is_empty();
     let list = if detailed {
         aspects::resolve(&opts.aspects)?

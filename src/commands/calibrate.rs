@@ -33,11 +33,11 @@ use crate::tagging::rules::{self, label_thresholds, prepare, text_units, Rule};
 use crate::Error;
 
 /// Labels with fewer positives than this keep their threshold, unless `--min-positives` says.
-pub const DEFAULT_MIN_POSITIVES: usize = 3;
+pub(crate) const DEFAULT_MIN_POSITIVES: usize = 3;
 
 /// Everything `vlm calibrate` needs.
 #[derive(Debug, Clone)]
-pub struct CalibrateOptions {
+pub(crate) struct CalibrateOptions {
     /// One aspect: a built-in name or an aspect file.
     pub aspect: String,
     pub truth: PathBuf,
@@ -195,7 +195,7 @@ fn write_aspect_file(target: &OutputTarget, text: &str) -> Result<()> {
     file.commit()
 }
 
-pub fn run(opts: &CalibrateOptions) -> Result<Outcome> {
+pub(crate) fn run(opts: &CalibrateOptions) -> Result<Outcome> {
     let quiet = opts.run.quiet;
     let aspect = one_aspect(&opts.aspect)?;
     let out_target = match &opts.output {

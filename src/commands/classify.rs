@@ -17,7 +17,7 @@ use crate::text::{labels_from, templates_from, Template};
 
 /// Everything `vlm classify` needs.
 #[derive(Debug, Clone)]
-pub struct ClassifyOptions {
+pub(crate) struct ClassifyOptions {
     /// `--labels` values, each comma-separated.
     pub labels: Vec<String>,
     pub labels_files: Vec<std::path::PathBuf>,
@@ -55,7 +55,7 @@ fn collect_templates(opts: &ClassifyOptions) -> Result<Vec<Template>> {
     templates_from(&opts.templates, opts.template_set.as_deref())
 }
 
-pub fn run(opts: &ClassifyOptions) -> Result<Outcome> {
+pub(crate) fn run(opts: &ClassifyOptions) -> Result<Outcome> {
     // Everything the user typed is checked before the model is touched.
     let quiet = opts.run.quiet;
     let (labels, label_warnings) = collect_labels(opts)?;

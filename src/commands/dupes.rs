@@ -17,7 +17,7 @@ pub const DEFAULT_THRESHOLD: f64 = 0.97;
 
 /// Everything `vlm dupes` needs.
 #[derive(Debug, Clone)]
-pub struct DupesOptions {
+pub(crate) struct DupesOptions {
     /// Only images under these folders (or these files); empty: the whole index.
     pub paths: Vec<PathBuf>,
     /// (f64 as typed, so that the JSON header repeats it as typed; compared in f32.)
@@ -31,7 +31,7 @@ pub struct DupesOptions {
 
 /// The groups of `m`, biggest first, each led by its largest file (the likeliest original), with
 /// every image's cosine to that first one.
-pub fn dupe_groups(m: &Matrix, threshold: f32) -> Result<Vec<DupeGroup>> {
+pub(crate) fn dupe_groups(m: &Matrix, threshold: f32) -> Result<Vec<DupeGroup>> {
     let mut groups = matrix::groups(m, threshold)?;
     for g in &mut groups {
         g.sort_by(|&a, &b| m.sizes[b].cmp(&m.sizes[a]).then(a.cmp(&b)));
@@ -57,7 +57,7 @@ pub fn dupe_groups(m: &Matrix, threshold: f32) -> Result<Vec<DupeGroup>> {
         .collect())
 }
 
-pub fn run(opts: &DupesOptions) -> Result<Outcome> {
+pub(crate) fn run(opts: &DupesOptions) -> Result<Outcome> {
     let path = opts.index.path()?;
     let db = Db::open(&path, Access::Read)?;
     let models = db.models()?;

@@ -29,7 +29,7 @@ use crate::Error;
 
 /// `--format` of `vlm embed`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum EmbedFormat {
+pub(crate) enum EmbedFormat {
     /// One JSON document: the header, then `results`.
     Json,
     /// One record per line, as json's `results` (no header line, like every command's JSONL).
@@ -52,7 +52,7 @@ impl EmbedFormat {
 
 /// Everything `vlm embed` needs.
 #[derive(Debug, Clone)]
-pub struct EmbedOptions {
+pub(crate) struct EmbedOptions {
     /// `--text` values: embed these instead of images.
     pub texts: Vec<String>,
     pub templates: Vec<String>,
@@ -69,7 +69,7 @@ pub struct EmbedOptions {
     pub quiet: bool,
 }
 
-pub fn run(opts: &EmbedOptions) -> Result<Outcome> {
+pub(crate) fn run(opts: &EmbedOptions) -> Result<Outcome> {
     let format = opts
         .format
         .or_else(|| opts.output.as_deref().and_then(EmbedFormat::from_extension))

@@ -34,7 +34,7 @@ const CONFUSIONS: usize = 3;
 
 /// Everything `vlm eval` needs.
 #[derive(Debug, Clone)]
-pub struct EvalOptions {
+pub(crate) struct EvalOptions {
     /// The dataset folder: one sub-folder per class.
     pub root: PathBuf,
     /// One label per line, in sorted folder order.
@@ -53,7 +53,7 @@ pub struct EvalOptions {
 
 /// A class: its folder and its label.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Class {
+pub(crate) struct Class {
     pub folder: PathBuf,
     /// The folder's name (lossy UTF-8), as mapping files name it.
     pub name: String,
@@ -98,7 +98,11 @@ fn class_folders(root: &Path, hidden: bool) -> Result<(Vec<(String, PathBuf)>, u
 /// folder order; the count must match. Repeats are allowed, as in OpenAI's ImageNet class names
 /// ("missile" and "sunglasses" name two classes each): such classes get the same prompts, and
 /// ties go to the first.
-pub fn labels_from_list(folders: &[String], text: &str, source: &str) -> Result<Vec<String>> {
+pub(crate) fn labels_from_list(
+    folders: &[String],
+    text: &str,
+    source: &str,
+) -> Result<Vec<String>> {
     let labels: Vec<String> = crate::text::list_lines(text)
         .map(|(_, l)| l.to_string())
         .collect();
@@ -116,7 +120,7 @@ pub fn labels_from_list(folders: &[String], text: &str, source: &str) -> Result<
 
 /// Labels from a `--label-map`: `folder=label` lines (`#` comments and blank lines skipped). Every
 /// class folder needs a line, and every line a class folder.
-pub fn labels_from_map(folders: &[String], text: &str, source: &str) -> Result<Vec<String>> {
+pub(crate) fn labels_from_map(folders: &[String], text: &str, source: &str) -> Result<Vec<String>> {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut map: Vec<(String, String, usize)> = Vec::new();
     for (i, line) in text.lines().enumerate() {
@@ -169,7 +173,7 @@ pub fn labels_from_map(folders: &[String], text: &str, source: &str) -> Result<V
 }
 
 /// The classes of `root`, with their labels.
-pub fn classes(opts: &EvalOptions) -> Result<(Vec<Class>, usize)> {
+pub(crate) fn classes(opts: &EvalOptions) -> Result<(Vec<Class>, usize)> {
     let (folders, stray) = class_folders(&opts.root, opts.hidden)?;
     let names: Vec<String> = folders.iter().map(|(n, _)| n.clone()).collect();
     if names.len() < 2 {
@@ -281,7 +285,7 @@ fn sweep_order(a: &SweepRow, b: &SweepRow) -> std::cmp::Ordering {
         .unwrap_or(std::cmp::Ordering::Equal)
 }
 
-pub fn run(opts: &EvalOptions) -> Result<Outcome> {
+pub(crate) fn run(opts: &EvalOptions) -> Result<Outcome> {
     let quiet = opts.run.quiet;
     if opts.run.output.resume {
         return Err(

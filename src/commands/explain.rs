@@ -25,7 +25,7 @@ use crate::Error;
 
 /// Everything `vlm explain` needs.
 #[derive(Debug, Clone)]
-pub struct ExplainOptions {
+pub(crate) struct ExplainOptions {
     /// `--labels` values, each comma-separated.
     pub labels: Vec<String>,
     pub labels_files: Vec<PathBuf>,
@@ -47,7 +47,7 @@ pub struct ExplainOptions {
     pub run: RunOptions,
 }
 
-pub fn run(opts: &ExplainOptions) -> Result<Outcome> {
+pub(crate) fn run(opts: &ExplainOptions) -> Result<Outcome> {
     // Everything the user typed is checked before the model is touched.
     let quiet = opts.run.quiet;
     let (labels, label_warnings) = labels_from(&opts.labels, &opts.labels_files)?;

@@ -32,11 +32,11 @@ use crate::score;
 use crate::Error;
 
 /// The model `vlm index` uses for a new index when none is named.
-pub const DEFAULT_MODEL: &str = "openai/clip-vit-base-patch32";
+pub(crate) const DEFAULT_MODEL: &str = "openai/clip-vit-base-patch32";
 
 /// Everything `vlm index` needs.
 #[derive(Debug, Clone)]
-pub struct IndexOptions {
+pub(crate) struct IndexOptions {
     pub inputs: InputSpec,
     pub index: IndexSpec,
     pub batch: BatchOptions,
@@ -104,7 +104,7 @@ fn under_roots(path: &Path, roots: &[PathBuf], recursive: bool) -> bool {
     })
 }
 
-pub fn run(opts: &IndexOptions) -> Result<Outcome> {
+pub(crate) fn run(opts: &IndexOptions) -> Result<Outcome> {
     let path = opts.index.path()?;
     let has_inputs = !opts.inputs.paths.is_empty() || !opts.inputs.options.files_from.is_empty();
     if !has_inputs && !opts.prune && opts.merge.is_empty() && opts.export.is_none() {

@@ -2,16 +2,16 @@
 //! line's are converted in `cli`), and the run-wide parts live here: inputs, the destination,
 //! `--resume`, and writing every record through the output layer.
 
-pub mod aspects;
-pub mod calibrate;
-pub mod classify;
+pub(crate) mod aspects;
+pub(crate) mod calibrate;
+pub(crate) mod classify;
 pub mod dupes;
-pub mod embed;
-pub mod eval;
-pub mod explain;
-pub mod index;
-pub mod search;
-pub mod tag;
+pub(crate) mod embed;
+pub(crate) mod eval;
+pub(crate) mod explain;
+pub(crate) mod index;
+pub(crate) mod search;
+pub(crate) mod tag;
 
 use std::collections::HashSet;
 use std::io::IsTerminal;
@@ -39,7 +39,7 @@ pub enum Outcome {
 
 /// One command with its options, as the library runs it.
 #[derive(Debug)]
-pub enum Request {
+pub(crate) enum Request {
     Classify(classify::ClassifyOptions),
     Tag(tag::TagOptions),
     Aspects(aspects::AspectsOptions),
@@ -52,7 +52,7 @@ pub enum Request {
     Calibrate(calibrate::CalibrateOptions),
 }
 
-pub fn run(request: Request) -> Result<Outcome> {
+pub(crate) fn run(request: Request) -> Result<Outcome> {
     match request {
         Request::Classify(opts) => {
             limit_threads(&opts.run);
@@ -93,7 +93,7 @@ pub fn run(request: Request) -> Result<Outcome> {
 
 /// Which images a run processes.
 #[derive(Debug, Clone, Default)]
-pub struct InputSpec {
+pub(crate) struct InputSpec {
     /// Files, folders and glob patterns, in order.
     pub paths: Vec<PathBuf>,
     pub options: InputOptions,
@@ -101,7 +101,7 @@ pub struct InputSpec {
 
 /// Where results go.
 #[derive(Debug, Clone, Default)]
-pub struct OutputOptions {
+pub(crate) struct OutputOptions {
     /// `None`: from `--output`'s extension, else table on a terminal and JSON otherwise.
     pub format: Option<Format>,
     pub output: Option<PathBuf>,
@@ -113,7 +113,7 @@ pub struct OutputOptions {
 
 /// The options every image command shares.
 #[derive(Debug, Clone)]
-pub struct RunOptions {
+pub(crate) struct RunOptions {
     pub output: OutputOptions,
     pub batch: BatchOptions,
     /// Neither read nor write the text-embedding cache.
@@ -139,7 +139,7 @@ fn limit_batch_threads(batch: &BatchOptions) {
 
 /// The format of a run: `--format`, else `--output`'s extension, else JSONL for `--resume`, else
 /// a table on a terminal and JSON otherwise.
-pub fn format_for(out: &OutputOptions) -> Format {
+pub(crate) fn format_for(out: &OutputOptions) -> Format {
     if let Some(f) = out.format {
         return f;
     }
@@ -159,7 +159,7 @@ pub fn format_for(out: &OutputOptions) -> Format {
 /// The inputs of a run, in order, after `--shard`; usage errors (an unreadable list) end the run,
 /// and so do inputs of which none can be an image ([`require_usable`]), before any model is
 /// touched.
-pub fn collect_inputs(spec: &InputSpec) -> Result<Vec<Input>> {
+pub(crate) fn collect_inputs(spec: &InputSpec) -> Result<Vec<Input>> {
     let inputs = collect_all_inputs(spec)?;
     require_usable(&inputs)?;
     Ok(inputs)
@@ -200,7 +200,7 @@ pub(crate) fn require_usable(inputs: &[Input]) -> Result<()> {
 }
 
 /// Where the results go, and which inputs `--resume` can skip. Checked before the model loads.
-pub struct Destination {
+pub(crate) struct Destination {
     pub sink: Sink,
     pub format: Format,
     /// Paths (as printed) that already have a result in the `--resume` file.
@@ -210,14 +210,17 @@ pub struct Destination {
 }
 
 /// The destination of a command without `--resume` (its records carry no fingerprint).
-pub fn open_destination(out: &OutputOptions) -> Result<Destination> {
+pub(crate) fn open_destination(out: &OutputOptions) -> Result<Destination> {
     open_destination_for(out, None)
 }
 
 /// The destination of a run whose JSONL records carry `stamp`; `--resume` appends only to records
 /// with the same one (issue 20 item 4), and an existing `--output` is written only with `--force`
 /// or `--resume` (item 16). Nothing at the output changes when this fails.
-pub fn open_destination_for(out: &OutputOptions, stamp: Option<RunStamp>) -> Result<Destination> {
+pub(crate) fn open_destination_for(
+    out: &OutputOptions,
+    stamp: Option<RunStamp>,
+) -> Result<Destination> {
     let format = format_for(out);
     if out.resume && format != Format::Jsonl {
         return Err(Error::Usage(
@@ -257,12 +260,16 @@ pub fn open_destination_for(out: &OutputOptions, stamp: Option<RunStamp>) -> Res
 }
 
 /// The name of an input in the output: its path as given, lossily converted to UTF-8.
-pub fn display_path(path: &Path) -> String {
+pub(crate) fn display_path(path: &Path) -> String {
     path.to_string_lossy().into_owned()
 }
 
 /// Inputs minus those `--resume` found done; warns how many were skipped.
-pub fn skip_completed(inputs: Vec<Input>, completed: &HashSet<String>, quiet: bool) -> Vec<Input> {
+pub(crate) fn skip_completed(
+    inputs: Vec<Input>,
+    completed: &HashSet<String>,
+    quiet: bool,
+) -> Vec<Input> {
     if completed.is_empty() {
         return inputs;
     }
@@ -285,7 +292,7 @@ pub fn skip_completed(inputs: Vec<Input>, completed: &HashSet<String>, quiet: bo
 /// The end of every image command: opens the output with `header`, encodes the inputs, turns each
 /// image's embedding (or error) into a record with `record`, writes it, and puts the output in
 /// place. The outcome says whether any input failed.
-pub fn write_results<R: Record>(
+pub(crate) fn write_results<R: Record>(
     engine: &Engine,
     inputs: &[Input],
     run: &RunOptions,
@@ -340,6 +347,6 @@ pub fn write_results<R: Record>(
     })
 }
 
-pub fn show_progress(quiet: bool) -> bool {
+pub(crate) fn show_progress(quiet: bool) -> bool {
     !quiet && std::io::stderr().is_terminal()
 }

@@ -25,11 +25,11 @@ use crate::text::templates_from;
 use crate::Error;
 
 /// How many results a search gives when neither `-k` nor `--threshold` says.
-pub const DEFAULT_TOP_K: usize = 10;
+pub(crate) const DEFAULT_TOP_K: usize = 10;
 
 /// Everything `vlm search` needs.
 #[derive(Debug, Clone)]
-pub struct SearchOptions {
+pub(crate) struct SearchOptions {
     /// A text query.
     pub text: Option<String>,
     /// An image query.
@@ -57,7 +57,7 @@ pub struct SearchOptions {
     pub quiet: bool,
 }
 
-pub fn run(opts: &SearchOptions) -> Result<Outcome> {
+pub(crate) fn run(opts: &SearchOptions) -> Result<Outcome> {
     if opts.text.is_none() && opts.image.is_none() {
         return Err(Error::Usage(
             "nothing to search for: give a text (vlm search \"a red bicycle\") or --image FILE"

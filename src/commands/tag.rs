@@ -20,7 +20,7 @@ use crate::Error;
 
 /// Everything `vlm tag` needs.
 #[derive(Debug, Clone)]
-pub struct TagOptions {
+pub(crate) struct TagOptions {
     /// `--aspects` values: built-in names, `all`, or files; comma-separated.
     pub aspects: Vec<String>,
     pub threshold: Vec<PerAspect<f32>>,
@@ -93,7 +93,7 @@ fn run_stamp(aspects: &[Aspect], rules: &[Rule], opts: &TagOptions) -> RunStamp 
     RunStamp::new("tag", &opts.model, &labels, &templates)
 }
 
-pub fn run(opts: &TagOptions) -> Result<Outcome> {
+pub(crate) fn run(opts: &TagOptions) -> Result<Outcome> {
     let quiet = opts.run.quiet;
     let aspects = aspects::resolve(&opts.aspects)?;
     let rules = aspect_rules(&aspects, opts)?;

@@ -11,7 +11,7 @@ use crate::pool::{self, Panicked, PoolOptions};
 
 /// How images are decoded and batched.
 #[derive(Debug, Clone)]
-pub struct BatchOptions {
+pub(crate) struct BatchOptions {
     /// Threads for decoding (and, through `RAYON_NUM_THREADS`, the model); `None`: all cores.
     pub threads: Option<usize>,
     /// Images per forward pass.
@@ -25,7 +25,7 @@ pub struct BatchOptions {
 /// Decodes images on worker threads and encodes them batch by batch on this one, handing each
 /// input's position in `inputs`, the input and its embedding (or the error that stopped it) to
 /// `emit`, in input order. Returns how many inputs failed.
-pub fn encode_images(
+pub(crate) fn encode_images(
     engine: &Engine,
     inputs: &[Input],
     opts: &BatchOptions,

@@ -2,9 +2,9 @@
 //! (tokenising, the embedding cache: [`text`]) and turns image files into embeddings batch by batch
 //! ([`images`]). Commands only say which texts they need and what to do with each embedding.
 
-pub mod images;
-pub mod patches;
-pub mod text;
+pub(crate) mod images;
+pub(crate) mod patches;
+pub(crate) mod text;
 
 use std::io::IsTerminal;
 
@@ -31,7 +31,7 @@ pub enum Precision {
 }
 
 impl Precision {
-    pub fn dtype(self) -> DType {
+    pub(crate) fn dtype(self) -> DType {
         match self {
             Precision::F32 => DType::F32,
             Precision::F16 => DType::F16,
@@ -66,7 +66,7 @@ impl Precision {
     /// work, and the first reads raw pixels); so do attention, softmax, layer norms and the
     /// text tower, for the reasons given for bf16. On a CPU without an int8 kernel (AVX2, VNNI,
     /// AMX) the run is f32 and the note says so; on a GPU, f32.
-    pub fn compute(self, device: &Device) -> Compute {
+    pub(crate) fn compute(self, device: &Device) -> Compute {
         if !device.is_cpu() {
             return Compute {
                 dtype: self.dtype(),
@@ -109,7 +109,7 @@ impl Precision {
 
 /// How a run computes: see [`Precision::compute`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Compute {
+pub(crate) struct Compute {
     /// The tensors' dtype.
     pub dtype: DType,
     /// How the image tower's linear layers multiply on the CPU.
@@ -153,14 +153,14 @@ pub struct ModelPlan {
 }
 
 /// An error about the model as a whole: exit code 2, one line naming it.
-pub fn model_error(model: &str, e: anyhow::Error) -> anyhow::Error {
+pub(crate) fn model_error(model: &str, e: anyhow::Error) -> anyhow::Error {
     anyhow::anyhow!(Error::Model {
         model: model.to_string(),
         reason: crate::error::one_line(&e),
     })
 }
 
-pub fn parse_device(spec: &str) -> Result<Device> {
+pub(crate) fn parse_device(spec: &str) -> Result<Device> {
     let cuda = |ordinal: usize| {
         Device::new_cuda(ordinal).map_err(|e| {
             if cfg!(feature = "cuda") {
@@ -239,7 +239,7 @@ pub fn plan_model(opts: &ModelOptions, quiet: bool) -> Result<ModelPlan> {
 
 impl ModelPlan {
     /// Loads the towers asked for (and the tokenizer with the text tower).
-    pub fn load(self, towers: Towers) -> Result<Engine> {
+    pub(crate) fn load(self, towers: Towers) -> Result<Engine> {
         let in_model = |e: anyhow::Error| model_error(&self.files.id, e);
         let tokenizer = if towers.text {
             let policy = self.spec.text_policy();
@@ -342,7 +342,7 @@ impl Engine {
         self.model.head()
     }
 
-    pub fn info(&self) -> ModelInfo {
+    pub(crate) fn info(&self) -> ModelInfo {
         ModelInfo {
             id: self.files.id.clone(),
             revision: self.files.revision.clone(),

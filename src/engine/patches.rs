@@ -25,7 +25,7 @@ pub struct PatchMaps {
 
 /// What `explain` gets for one image: its maps and, when asked for, the decoded picture (EXIF
 /// orientation applied, RGB) to draw them over.
-pub struct Explained {
+pub(crate) struct Explained {
     pub maps: PatchMaps,
     pub image: Option<RgbImage>,
 }
@@ -87,7 +87,7 @@ struct Prepared {
 /// each batch against `labels` (normalised text embeddings) and hands each input's result, or
 /// the one-line error that stopped it, to `emit` in input order. With `keep_images` the decoded
 /// picture comes along for the overlays. Returns how many inputs failed.
-pub fn explain_images(
+pub(crate) fn explain_images(
     engine: &Engine,
     inputs: &[Input],
     opts: &BatchOptions,

@@ -15,13 +15,13 @@ const TEXT_CHUNK: usize = 256;
 
 /// What the text side reports on stderr.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct TextReport {
+pub(crate) struct TextReport {
     pub quiet: bool,
     pub verbose: bool,
 }
 
 /// The text cache of a run, unless `--no-cache` or no cache folder can be found.
-pub fn text_cache(no_cache: bool) -> Option<TextCache> {
+pub(crate) fn text_cache(no_cache: bool) -> Option<TextCache> {
     if no_cache {
         return None;
     }
@@ -30,7 +30,10 @@ pub fn text_cache(no_cache: bool) -> Option<TextCache> {
 
 /// The templates a run gives, or when it gives none the model family's default (`a photo of a
 /// {}.` for CLIP, `This is a photo of {}.` for SigLIP).
-pub fn templates_or_default(plan: &ModelPlan, templates: Vec<Template>) -> Result<Vec<Template>> {
+pub(crate) fn templates_or_default(
+    plan: &ModelPlan,
+    templates: Vec<Template>,
+) -> Result<Vec<Template>> {
     if templates.is_empty() {
         Ok(vec![Template::new(plan.spec.default_template())?])
     } else {
@@ -39,7 +42,7 @@ pub fn templates_or_default(plan: &ModelPlan, templates: Vec<Template>) -> Resul
 }
 
 /// One text unit per label: the label in every template (their embeddings are ensembled).
-pub fn prompt_units(labels: &[String], templates: &[Template]) -> Vec<Vec<String>> {
+pub(crate) fn prompt_units(labels: &[String], templates: &[Template]) -> Vec<Vec<String>> {
     labels
         .iter()
         .map(|l| templates.iter().map(|t| t.fill(l)).collect())
@@ -51,7 +54,7 @@ pub fn prompt_units(labels: &[String], templates: &[Template]) -> Vec<Vec<String
 /// are there the text tower and tokenizer are not even loaded. Units that are encoded are written to
 /// the cache chunk by chunk, so an interrupted first run keeps what it finished. Returns the engine
 /// and one ensembled, normalised embedding per unit.
-pub fn load_with_text(
+pub(crate) fn load_with_text(
     plan: ModelPlan,
     units: &[Vec<String>],
     cache: Option<&TextCache>,
@@ -62,7 +65,7 @@ pub fn load_with_text(
 
 /// [`load_with_text`] for runs that encode no image (`vlm search "text"`, `vlm embed --text`): the
 /// vision tower is never loaded, and when every unit is in the cache neither tower is.
-pub fn load_text_only(
+pub(crate) fn load_text_only(
     plan: ModelPlan,
     units: &[Vec<String>],
     cache: Option<&TextCache>,
@@ -201,7 +204,7 @@ impl Engine {
     }
 
     /// Token ids of prompts, cut to the context; one warning for all the prompts that were cut.
-    pub fn tokenize(&self, prompts: &[String], quiet: bool) -> Result<Vec<Vec<u32>>> {
+    pub(crate) fn tokenize(&self, prompts: &[String], quiet: bool) -> Result<Vec<Vec<u32>>> {
         let tokenizer = self
             .tokenizer
             .as_ref()
@@ -232,7 +235,7 @@ impl Engine {
 
     /// Text embeddings of token ids, in order. Sequences are encoded in chunks of similar length,
     /// so that short prompts are not padded to long ones.
-    pub fn encode_ids(&self, ids: &[Vec<u32>]) -> Result<Vec<Vec<f32>>> {
+    pub(crate) fn encode_ids(&self, ids: &[Vec<u32>]) -> Result<Vec<Vec<f32>>> {
         let mut order: Vec<usize> = (0..ids.len()).collect();
         order.sort_by_key(|&i| ids[i].len());
         let mut embeds: Vec<Vec<f32>> = vec![Vec::new(); ids.len()];

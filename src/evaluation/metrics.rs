@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 /// Where the true class ranks among all classes for one image: 0 when it is the best. Ties are
 /// broken by class order (the lower index ranks first), as `classify` sorts its predictions.
-pub fn rank_of(truth: usize, scores: &[f32]) -> usize {
+pub(crate) fn rank_of(truth: usize, scores: &[f32]) -> usize {
     let own = scores[truth];
     scores
         .iter()
@@ -21,7 +21,7 @@ pub fn rank_of(truth: usize, scores: &[f32]) -> usize {
 }
 
 /// The predicted class: the best score, the lowest index among equals.
-pub fn argmax(scores: &[f32]) -> usize {
+pub(crate) fn argmax(scores: &[f32]) -> usize {
     let mut best = 0;
     for (j, s) in scores.iter().enumerate() {
         if s.total_cmp(&scores[best]) == Ordering::Greater {
@@ -33,7 +33,7 @@ pub fn argmax(scores: &[f32]) -> usize {
 
 /// Counts of a zero-shot evaluation, filled one image at a time.
 #[derive(Debug, Clone)]
-pub struct Tally {
+pub(crate) struct Tally {
     /// The k of "top-5": 5, or the number of classes when there are fewer.
     pub k: usize,
     /// Images of each class.
@@ -48,7 +48,7 @@ pub struct Tally {
 
 /// The headline numbers of a tally; `None` where no image was evaluated.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Summary {
+pub(crate) struct Summary {
     pub top1: Option<f64>,
     pub top5: Option<f64>,
     pub mean_per_class_recall: Option<f64>,
@@ -56,7 +56,7 @@ pub struct Summary {
 }
 
 impl Tally {
-    pub fn new(classes: usize, confusions: bool) -> Tally {
+    pub(crate) fn new(classes: usize, confusions: bool) -> Tally {
         Tally {
             k: classes.min(5),
             images: vec![0; classes],
@@ -68,7 +68,7 @@ impl Tally {
 
     /// One image of class `truth` with a score per class (any monotonic score: cosines rank as
     /// probabilities do).
-    pub fn add(&mut self, truth: usize, scores: &[f32]) {
+    pub(crate) fn add(&mut self, truth: usize, scores: &[f32]) {
         let rank = rank_of(truth, scores);
         self.images[truth] += 1;
         if rank == 0 {
@@ -82,11 +82,11 @@ impl Tally {
     }
 
     /// Recall of class `c` (its top-1 accuracy); `None` for a class without images.
-    pub fn recall(&self, c: usize) -> Option<f64> {
+    pub(crate) fn recall(&self, c: usize) -> Option<f64> {
         (self.images[c] > 0).then(|| self.top1[c] as f64 / self.images[c] as f64)
     }
 
-    pub fn summary(&self) -> Summary {
+    pub(crate) fn summary(&self) -> Summary {
         let images: usize = self.images.iter().sum();
         let frac = |n: usize| (images > 0).then(|| n as f64 / images as f64);
         let recalls: Vec<f64> = (0..self.images.len())
@@ -102,7 +102,7 @@ impl Tally {
     }
 
     /// Class `c`'s most frequent wrong predictions, most first (ties: class order), at most `n`.
-    pub fn top_confusions(&self, c: usize, n: usize) -> Vec<(usize, usize)> {
+    pub(crate) fn top_confusions(&self, c: usize, n: usize) -> Vec<(usize, usize)> {
         let Some(all) = &self.confusions else {
             return Vec::new();
         };
@@ -115,7 +115,7 @@ impl Tally {
 
 /// One label's decisions at a threshold against the truth.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Counts {
+pub(crate) struct Counts {
     pub true_pos: usize,
     pub false_pos: usize,
     pub false_neg: usize,
@@ -123,27 +123,27 @@ pub struct Counts {
 
 impl Counts {
     /// `None` when nothing was predicted positive.
-    pub fn precision(&self) -> Option<f64> {
+    pub(crate) fn precision(&self) -> Option<f64> {
         let predicted = self.true_pos + self.false_pos;
         (predicted > 0).then(|| self.true_pos as f64 / predicted as f64)
     }
 
     /// `None` when there are no positives.
-    pub fn recall(&self) -> Option<f64> {
+    pub(crate) fn recall(&self) -> Option<f64> {
         let positives = self.true_pos + self.false_neg;
         (positives > 0).then(|| self.true_pos as f64 / positives as f64)
     }
 
     /// `2 TP / (2 TP + FP + FN)`: 0 when nothing is right, `None` when there is nothing to get
     /// right or wrong (no positives, none predicted).
-    pub fn f1(&self) -> Option<f64> {
+    pub(crate) fn f1(&self) -> Option<f64> {
         let den = 2 * self.true_pos + self.false_pos + self.false_neg;
         (den > 0).then(|| 2.0 * self.true_pos as f64 / den as f64)
     }
 }
 
 /// The decisions `score >= threshold` (as `vlm tag` decides) against `truth`.
-pub fn counts_at(scores: &[f32], truth: &[bool], threshold: f32) -> Counts {
+pub(crate) fn counts_at(scores: &[f32], truth: &[bool], threshold: f32) -> Counts {
     let mut c = Counts::default();
     for (&s, &t) in scores.iter().zip(truth) {
         match (s >= threshold, t) {
@@ -158,7 +158,7 @@ pub fn counts_at(scores: &[f32], truth: &[bool], threshold: f32) -> Counts {
 
 /// What a threshold search aims at.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Target {
+pub(crate) enum Target {
     /// The highest F1.
     F1,
     /// The lowest threshold whose precision is at least this.
@@ -167,7 +167,7 @@ pub enum Target {
 
 /// A threshold chosen from the data, with its decisions on that data.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Choice {
+pub(crate) struct Choice {
     pub threshold: f32,
     pub counts: Counts,
 }
@@ -181,7 +181,7 @@ pub struct Choice {
 /// The threshold returned is not the winning score itself but a short decimal between it and the
 /// next lower score (see [`threshold_between`]): it makes the same decisions on this data, and a
 /// score that moves by a rounding error on another run (a different batch) stays on its side.
-pub fn search(scores: &[f32], truth: &[bool], target: Target) -> Option<Choice> {
+pub(crate) fn search(scores: &[f32], truth: &[bool], target: Target) -> Option<Choice> {
     let positives = truth.iter().filter(|&&t| t).count();
     if positives == 0 {
         return None;
@@ -226,7 +226,7 @@ pub fn search(scores: &[f32], truth: &[bool], target: Target) -> Option<Choice> 
 /// The shortest decimal (1 to 9 digits, nearest the midpoint) `t` with `below < t <= kept` as an
 /// f32, so `score >= t` keeps `kept` and drops `below`; 0 (or the score itself, when 0 is not
 /// below it) when nothing is below.
-pub fn threshold_between(below: Option<f32>, kept: f32) -> f32 {
+pub(crate) fn threshold_between(below: Option<f32>, kept: f32) -> f32 {
     let below = match below {
         Some(b) => b,
         None if kept > 0.0 => 0.0,

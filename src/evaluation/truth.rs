@@ -18,11 +18,11 @@ use crate::error::escape_controls;
 use crate::Error;
 
 /// The separator of labels inside a CSV `labels` field.
-pub const CSV_LABEL_SEPARATOR: char = ';';
+pub(crate) const CSV_LABEL_SEPARATOR: char = ';';
 
 /// One image of a ground truth.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TruthRow {
+pub(crate) struct TruthRow {
     /// As written in the file.
     pub given: String,
     /// Resolved against the truth file's folder.
@@ -34,7 +34,7 @@ pub struct TruthRow {
 }
 
 /// Reads a truth file; see the module docs for the formats.
-pub fn read(path: &Path) -> Result<Vec<TruthRow>> {
+pub(crate) fn read(path: &Path) -> Result<Vec<TruthRow>> {
     let text = crate::text::read_text_file(path)?;
     let base = path.parent().unwrap_or(Path::new(""));
     parse(
@@ -56,7 +56,12 @@ fn jsonl_by_name(path: &Path) -> Option<bool> {
 
 /// Parses a truth file's text; `source` names it in errors, `base` is what relative paths are
 /// relative to; `jsonl` is the format when the name says it.
-pub fn parse(text: &str, source: &str, jsonl: &Option<bool>, base: &Path) -> Result<Vec<TruthRow>> {
+pub(crate) fn parse(
+    text: &str,
+    source: &str,
+    jsonl: &Option<bool>,
+    base: &Path,
+) -> Result<Vec<TruthRow>> {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let is_jsonl = jsonl.unwrap_or_else(|| text.trim_start().starts_with('{'));
     let raw = if is_jsonl {
@@ -110,11 +115,11 @@ pub fn parse(text: &str, source: &str, jsonl: &Option<bool>, base: &Path) -> Res
 }
 
 /// How many paths that do not exist [`Located`] keeps, to name them.
-pub const MISSING_LISTED: usize = 10;
+pub(crate) const MISSING_LISTED: usize = 10;
 
 /// A truth's rows split by whether their file exists.
 #[derive(Debug)]
-pub struct Located {
+pub(crate) struct Located {
     /// The rows whose file exists, in order.
     pub rows: Vec<TruthRow>,
     /// How many paths do not exist (or cannot be read).
@@ -127,7 +132,7 @@ pub struct Located {
 /// Finds each row's file by identity (device and inode, [`crate::inputs::FileId`]): two rows
 /// that reach one file (`./a.png` and `a.png`, `x/../x/a.png`, a symlink) are an error naming
 /// both lines, as a path written twice is; rows whose file does not exist are counted.
-pub fn locate(rows: Vec<TruthRow>, source: &str) -> Result<Located> {
+pub(crate) fn locate(rows: Vec<TruthRow>, source: &str) -> Result<Located> {
     let mut located = Located {
         rows: Vec::new(),
         missing: 0,

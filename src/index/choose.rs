@@ -12,7 +12,7 @@ use crate::Error;
 
 /// Which index file, and which model's index in it.
 #[derive(Debug, Clone, Default)]
-pub struct IndexSpec {
+pub(crate) struct IndexSpec {
     /// `--db`; `None`: the default file in the data folder.
     pub db: Option<PathBuf>,
     pub model: ModelWanted,
@@ -21,13 +21,13 @@ pub struct IndexSpec {
 }
 
 impl IndexSpec {
-    pub fn path(&self) -> Result<PathBuf> {
+    pub(crate) fn path(&self) -> Result<PathBuf> {
         super::db_path(self.db.as_deref())
     }
 }
 
 /// A model row as records report it.
-pub fn model_info(row: &ModelRow) -> crate::output::ModelInfo {
+pub(crate) fn model_info(row: &ModelRow) -> crate::output::ModelInfo {
     crate::output::ModelInfo {
         id: row.key.model.clone(),
         revision: (!row.key.revision.is_empty()).then(|| row.key.revision.clone()),
@@ -43,7 +43,7 @@ pub fn model_info(row: &ModelRow) -> crate::output::ModelInfo {
 
 /// The model a command was asked for; every part may be left out.
 #[derive(Debug, Clone, Default)]
-pub struct ModelWanted {
+pub(crate) struct ModelWanted {
     pub model: Option<String>,
     pub revision: Option<String>,
     pub dtype: Option<Precision>,
@@ -51,7 +51,7 @@ pub struct ModelWanted {
 
 /// How the index stores a `--model`: a Hub id as written, a local folder as its absolute path
 /// (symbolic links resolved), so that the same folder is one model from any working directory.
-pub fn model_id(model: &str) -> String {
+pub(crate) fn model_id(model: &str) -> String {
     if !hub::is_local(model) {
         return model.to_string();
     }
@@ -62,7 +62,7 @@ pub fn model_id(model: &str) -> String {
         .unwrap_or_else(|_| model.to_string())
 }
 
-pub fn precision(dtype: &str) -> Option<Precision> {
+pub(crate) fn precision(dtype: &str) -> Option<Precision> {
     <Precision as clap::ValueEnum>::value_variants()
         .iter()
         .copied()
@@ -91,7 +91,7 @@ fn list(models: &[&ModelRow]) -> String {
 
 /// The index among `models` that `wanted` names; `None` when the file has none such. Several
 /// matches are a usage error listing them.
-pub fn choose<'a>(
+pub(crate) fn choose<'a>(
     models: &'a [ModelRow],
     wanted: &ModelWanted,
     db: &Path,
@@ -117,7 +117,7 @@ pub fn choose<'a>(
 
 /// [`choose`] for the commands that read an index (`search`, `dupes`): no match is a usage
 /// error saying what the file holds.
-pub fn existing<'a>(
+pub(crate) fn existing<'a>(
     models: &'a [ModelRow],
     wanted: &ModelWanted,
     db: &Path,
@@ -142,7 +142,7 @@ pub fn existing<'a>(
 }
 
 /// The options that load the model an index was made with: its Hub commit, its dtype.
-pub fn load_options(row: &ModelRow, device: &str) -> ModelOptions {
+pub(crate) fn load_options(row: &ModelRow, device: &str) -> ModelOptions {
     ModelOptions {
         model: row.key.model.clone(),
         revision: (!row.key.revision.is_empty()).then(|| row.key.revision.clone()),
@@ -152,7 +152,7 @@ pub fn load_options(row: &ModelRow, device: &str) -> ModelOptions {
 }
 
 /// The index key of a resolved model.
-pub fn key_of(files: &hub::ModelFiles, precision: Precision) -> ModelKey {
+pub(crate) fn key_of(files: &hub::ModelFiles, precision: Precision) -> ModelKey {
     ModelKey {
         model: if files.revision.is_some() {
             files.id.clone()

@@ -33,7 +33,7 @@ impl Matrix {
         self.paths.is_empty()
     }
 
-    pub fn row(&self, i: usize) -> &[f32] {
+    pub(crate) fn row(&self, i: usize) -> &[f32] {
         &self.data[i * self.dim..(i + 1) * self.dim]
     }
 
@@ -44,7 +44,7 @@ impl Matrix {
     }
 
     /// Appends a row stored as little-endian `f32` bytes (`dim * 4` of them).
-    pub fn push_le(&mut self, path: &[u8], size: u64, bytes: &[u8]) {
+    pub(crate) fn push_le(&mut self, path: &[u8], size: u64, bytes: &[u8]) {
         self.data.extend(
             bytes
                 .chunks_exact(4)
@@ -63,7 +63,7 @@ const LANES: usize = 16;
 
 /// The dot product of two equally long vectors.
 #[inline(always)]
-pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     let n = a.len().min(b.len());
     let (a, b) = (&a[..n], &b[..n]);
     let mut acc = [0f32; LANES];

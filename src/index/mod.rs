@@ -36,7 +36,7 @@
 //! Concurrency: the file is in WAL mode with a busy timeout, every write is one short transaction
 //! (`BEGIN IMMEDIATE`), so several `vlm index` runs, and searches, can use one file at once.
 
-pub mod choose;
+pub(crate) mod choose;
 pub mod matrix;
 mod open;
 
@@ -54,17 +54,17 @@ use crate::model::HeadKind;
 use crate::Error;
 
 /// `PRAGMA user_version` of the files this vlm writes and reads.
-pub const SCHEMA_VERSION: i32 = 2;
+pub(crate) const SCHEMA_VERSION: i32 = 2;
 /// The oldest schema this vlm reads (and `vlm index` upgrades).
 const OLDEST_VERSION: i32 = 1;
 /// `PRAGMA application_id` of a vlm index: "vlmi" in ASCII.
-pub const APPLICATION_ID: i32 = 0x766c_6d69;
+pub(crate) const APPLICATION_ID: i32 = 0x766c_6d69;
 /// How long a run waits for another one's write transaction before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(120);
 /// Page size of new index files.
 const PAGE_SIZE: i64 = 16_384;
 /// The file name of the default index in the data folder.
-pub const DEFAULT_FILE: &str = "index.sqlite";
+pub(crate) const DEFAULT_FILE: &str = "index.sqlite";
 
 const SCHEMA: &str = "
 CREATE TABLE models (
@@ -100,7 +100,7 @@ CREATE TABLE failures (
 
 /// The folder of the default index: `$VLM_DATA_DIR`, else `$XDG_DATA_HOME/vlm`, else
 /// `~/.local/share/vlm`.
-pub fn data_dir() -> Option<PathBuf> {
+pub(crate) fn data_dir() -> Option<PathBuf> {
     let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
     if let Some(dir) = var("VLM_DATA_DIR") {
         return Some(PathBuf::from(dir));
@@ -112,7 +112,7 @@ pub fn data_dir() -> Option<PathBuf> {
 }
 
 /// `--db`, else the default index in [`data_dir`].
-pub fn db_path(given: Option<&Path>) -> Result<PathBuf> {
+pub(crate) fn db_path(given: Option<&Path>) -> Result<PathBuf> {
     if let Some(path) = given {
         return Ok(path.to_path_buf());
     }
@@ -180,7 +180,7 @@ pub struct Stamp {
 }
 
 impl Stamp {
-    pub fn of(meta: &std::fs::Metadata) -> Stamp {
+    pub(crate) fn of(meta: &std::fs::Metadata) -> Stamp {
         let mtime_ns = meta
             .modified()
             .ok()
@@ -198,7 +198,7 @@ impl Stamp {
 
 /// A stored row's state, as `vlm index` compares it with the file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Known {
+pub(crate) enum Known {
     Embedded(Stamp),
     Failed(Stamp),
 }
@@ -220,12 +220,12 @@ impl ToSql for PathText<'_> {
 }
 
 /// A path's bytes, as stored.
-pub fn path_bytes(path: &Path) -> &[u8] {
+pub(crate) fn path_bytes(path: &Path) -> &[u8] {
     path.as_os_str().as_encoded_bytes()
 }
 
 /// Stored bytes back to a path.
-pub fn bytes_path(bytes: &[u8]) -> PathBuf {
+pub(crate) fn bytes_path(bytes: &[u8]) -> PathBuf {
     #[cfg(unix)]
     {
         use std::os::unix::ffi::OsStrExt;
@@ -253,8 +253,6 @@ pub struct Db {
     path: PathBuf,
     /// The file's schema version (version 1 has no `fingerprint` column).
     version: i32,
-    /// Opened read-only with `immutable=1` (a folder the reader cannot write).
-    immutable: bool,
 }
 
 /// How a command uses an index file.
@@ -379,7 +377,7 @@ impl Db {
 
     /// Records the fingerprint of the model a model's index is made with, where none is recorded
     /// yet (a new index, or one made before fingerprints).
-    pub fn set_fingerprint(&self, model: i64, fingerprint: &str) -> Result<()> {
+    pub(crate) fn set_fingerprint(&self, model: i64, fingerprint: &str) -> Result<()> {
         self.conn
             .execute(
                 "UPDATE models SET fingerprint = ?1 WHERE id = ?2 AND fingerprint IS NULL",
@@ -392,7 +390,7 @@ impl Db {
     /// The model changed (issue 20.2): in one transaction, drops every embedding and failure of
     /// its index and records the new fingerprint, the embedding size to be learnt again. Returns
     /// the embeddings dropped.
-    pub fn reset_model(&self, model: i64, fingerprint: &str) -> Result<usize> {
+    pub(crate) fn reset_model(&self, model: i64, fingerprint: &str) -> Result<usize> {
         let tx = self.immediate()?;
         let run = || -> rusqlite::Result<usize> {
             let dropped = self
@@ -423,7 +421,7 @@ impl Db {
     }
 
     /// What the index knows of every file of a model, by path bytes.
-    pub fn known(&self, model: i64) -> Result<HashMap<Vec<u8>, Known>> {
+    pub(crate) fn known(&self, model: i64) -> Result<HashMap<Vec<u8>, Known>> {
         let run = || -> rusqlite::Result<HashMap<Vec<u8>, Known>> {
             let mut out = HashMap::new();
             for (table, embedded) in [("failures", false), ("images", true)] {
@@ -533,7 +531,7 @@ impl Db {
     }
 
     /// Removes files from a model's index (rows and remembered failures), in one transaction.
-    pub fn remove(&self, model: i64, paths: &[Vec<u8>]) -> Result<()> {
+    pub(crate) fn remove(&self, model: i64, paths: &[Vec<u8>]) -> Result<()> {
         if paths.is_empty() {
             return Ok(());
         }
@@ -556,7 +554,11 @@ impl Db {
     }
 
     /// One file's stored embedding and stamp.
-    pub fn lookup(&self, model: &ModelRow, path: &Path) -> Result<Option<(Stamp, Vec<f32>)>> {
+    pub(crate) fn lookup(
+        &self,
+        model: &ModelRow,
+        path: &Path,
+    ) -> Result<Option<(Stamp, Vec<f32>)>> {
         let row = self
             .conn
             .query_row(
@@ -656,7 +658,7 @@ impl Db {
     /// Copies every model's rows from `other` into this file (a row already here is replaced
     /// when `other`'s copy was indexed later), one transaction per model. Returns the rows
     /// copied.
-    pub fn merge_from(&self, other: &Db) -> Result<usize> {
+    pub(crate) fn merge_from(&self, other: &Db) -> Result<usize> {
         let mut copied = 0usize;
         for model in other.models()? {
             let mine = self.model_row(&model.key, &model.family, model.head)?;

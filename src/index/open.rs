@@ -75,14 +75,13 @@ impl Db {
         }
     }
 
-    fn connect(path: &Path, target: &str, flags: OpenFlags, immutable: bool) -> Result<Db> {
+    fn connect(path: &Path, target: &str, flags: OpenFlags) -> Result<Db> {
         let conn = Connection::open_with_flags(target, flags)
             .map_err(|e| db_error(path, e, "cannot open"))?;
         let db = Db {
             conn,
             path: path.to_path_buf(),
             version: SCHEMA_VERSION,
-            immutable,
         };
         db.conn
             .busy_timeout(BUSY_TIMEOUT)
@@ -124,14 +123,9 @@ impl Db {
         let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let target = path.to_str().map(str::to_owned);
         let mut db = match &target {
-            Some(t) => Db::connect(path, t, flags, false)?,
+            Some(t) => Db::connect(path, t, flags)?,
             // A non-UTF-8 path can only be named through the URI.
-            None => Db::connect(
-                path,
-                &file_uri(path),
-                flags | OpenFlags::SQLITE_OPEN_URI,
-                false,
-            )?,
+            None => Db::connect(path, &file_uri(path), flags | OpenFlags::SQLITE_OPEN_URI)?,
         };
         let kind = match db.kind_raw() {
             Ok(kind) => kind,
@@ -142,7 +136,7 @@ impl Db {
                 ) =>
             {
                 let uri = format!("{}?immutable=1", file_uri(path));
-                db = Db::connect(path, &uri, flags | OpenFlags::SQLITE_OPEN_URI, true)?;
+                db = Db::connect(path, &uri, flags | OpenFlags::SQLITE_OPEN_URI)?;
                 db.kind()?
             }
             Err(e) => return Err(db.err(e, "cannot read")),
@@ -161,7 +155,7 @@ impl Db {
             | OpenFlags::SQLITE_OPEN_CREATE
             | OpenFlags::SQLITE_OPEN_URI;
         // Through a URI, so that a path that is not UTF-8 (or looks like a URI) is named exactly.
-        let mut db = Db::connect(path, &file_uri(path), flags, false)?;
+        let mut db = Db::connect(path, &file_uri(path), flags)?;
         match db.kind()? {
             Kind::Empty => {}
             kind => {
@@ -207,7 +201,7 @@ impl Db {
         Ok(db)
     }
 
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
@@ -289,17 +283,12 @@ impl Db {
     }
 
     /// The file's schema version.
-    pub fn version(&self) -> i32 {
+    pub(crate) fn version(&self) -> i32 {
         self.version
     }
 
-    /// Whether the file was opened immutable (read-only folder).
-    pub fn immutable(&self) -> bool {
-        self.immutable
-    }
-
     /// Bytes the index takes on disk: the file and its `-wal`.
-    pub fn bytes(&self) -> u64 {
+    pub(crate) fn bytes(&self) -> u64 {
         let mut wal = self.path.as_os_str().to_owned();
         wal.push("-wal");
         [self.path.as_os_str(), wal.as_os_str()]

@@ -13,7 +13,7 @@ use super::elementwise;
 
 /// Sizes of one attention call.
 #[derive(Debug, Clone, Copy)]
-pub struct AttentionShape {
+pub(crate) struct AttentionShape {
     pub batch: usize,
     /// Positions per sequence (keys and values).
     pub seq: usize,
@@ -23,7 +23,7 @@ pub struct AttentionShape {
 
 /// The query rows attention is computed for.
 #[derive(Debug, Clone, Copy)]
-pub enum Queries<'a> {
+pub(crate) enum Queries<'a> {
     /// Every position: the output has `batch · seq` rows.
     All,
     /// One position per sequence (the pooled token of the last layer): `batch` rows.
@@ -34,7 +34,7 @@ pub enum Queries<'a> {
 /// with the heads side by side (transformers' `q_proj`, `k_proj`, `v_proj` outputs
 /// concatenated); `mask`, when given, is `[seq, seq]`, added to the scores of the query at
 /// position i from row i; `out` is `[batch·tq, d]`, `tq` = `seq` or 1 by `queries`.
-pub fn attention(
+pub(crate) fn attention(
     qkv: &[f32],
     shape: AttentionShape,
     queries: Queries,
@@ -170,7 +170,7 @@ fn attend_row(job: &Sequence, out: &mut [f32]) {
                     }
                     None => s.iter_mut().for_each(|s| *s *= scale),
                 }
-                elementwise::softmax_row(s);
+                elementwise::softmax(s);
             }
             let mut p: [&[f32]; QB] = [&[]; QB];
             for (r, p) in p.iter_mut().enumerate() {

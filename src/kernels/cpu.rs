@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 
 /// Instruction-set levels, lowest first. A cap at a level allows it and every lower one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Level {
+pub(crate) enum Level {
     /// No SIMD of vlm's own (the `gemm` crate still dispatches itself; the int8 scalar kernel).
     Portable,
     /// AVX2 + FMA.
@@ -22,7 +22,7 @@ pub enum Level {
 
 impl Level {
     /// The names `VLM_KERNELS` takes.
-    pub const NAMES: [(&'static str, Level); 5] = [
+    pub(crate) const NAMES: [(&'static str, Level); 5] = [
         ("portable", Level::Portable),
         ("avx2", Level::Avx2),
         ("avx-vnni", Level::AvxVnni),
@@ -93,7 +93,7 @@ fn detect() -> Features {
 
 /// The cap `VLM_KERNELS` sets (read once; unset or `auto`: none). An unknown value is reported on
 /// stderr once and ignored, so a typo never silently changes which kernels run.
-pub fn cap() -> Level {
+pub(crate) fn cap() -> Level {
     static CAP: OnceLock<Level> = OnceLock::new();
     *CAP.get_or_init(|| match std::env::var("VLM_KERNELS") {
         Ok(v) if v.trim().is_empty() || v.trim().eq_ignore_ascii_case("auto") => Level::Amx,
@@ -110,7 +110,7 @@ pub fn cap() -> Level {
 }
 
 /// Whether the cap lets kernels of `level` run.
-pub fn allows(level: Level) -> bool {
+pub(crate) fn allows(level: Level) -> bool {
     level <= cap()
 }
 

@@ -58,7 +58,7 @@ pub(crate) fn has_avx2_fma() -> bool {
 /// Taylor polynomial (relative error < 2⁻²³ on that interval). Below -87.3 (where f32's normal
 /// range ends) it returns 0 (and above 88.3 it saturates at e^88.3), so a `-inf` mask entry gives exactly 0.
 #[inline(always)]
-pub fn exp(x: f32) -> f32 {
+pub(crate) fn exp(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     // ln 2 split in two, so that n · LN2_HI is exact for |n| < 2^10.
     const LN2_HI: f32 = 0.693_145_75;
@@ -89,7 +89,7 @@ pub fn exp(x: f32) -> f32 {
 
 /// `erf(x)`, Abramowitz & Stegun 7.1.26 (absolute error ≤ 1.5 · 10⁻⁷).
 #[inline(always)]
-pub fn erf(x: f32) -> f32 {
+pub(crate) fn erf(x: f32) -> f32 {
     const P: f32 = 0.327_591_1;
     const A: [f32; 5] = [
         0.254_829_6,
@@ -107,7 +107,7 @@ pub fn erf(x: f32) -> f32 {
 
 /// `tanh(x)` from [`exp`]: `1 - 2 / (e^{2|x|} + 1)`, with the sign of `x`.
 #[inline(always)]
-pub fn tanh(x: f32) -> f32 {
+pub(crate) fn tanh(x: f32) -> f32 {
     let a = x.abs().min(20.0);
     let y = 1.0 - 2.0 / (exp(2.0 * a) + 1.0);
     y.copysign(x)
@@ -115,7 +115,7 @@ pub fn tanh(x: f32) -> f32 {
 
 dispatch! {
     /// transformers' `QuickGELUActivation`: `x · sigmoid(1.702 · x)`, in place.
-    pub fn quick_gelu(xs: &mut [f32]) = quick_gelu_row;
+    pub(crate) fn quick_gelu(xs: &mut [f32]) = quick_gelu_row;
 }
 
 #[inline(always)]
@@ -128,7 +128,7 @@ fn quick_gelu_row(xs: &mut [f32]) {
 
 dispatch! {
     /// PyTorch's exact GELU, `x · (1 + erf(x / √2)) / 2` (transformers' `gelu`), in place.
-    pub fn gelu_erf(xs: &mut [f32]) = gelu_erf_row;
+    pub(crate) fn gelu_erf(xs: &mut [f32]) = gelu_erf_row;
 }
 
 #[inline(always)]
@@ -141,7 +141,7 @@ fn gelu_erf_row(xs: &mut [f32]) {
 
 dispatch! {
     /// The tanh approximation of GELU (`gelu_new`, `gelu_pytorch_tanh`), in place.
-    pub fn gelu_tanh(xs: &mut [f32]) = gelu_tanh_row;
+    pub(crate) fn gelu_tanh(xs: &mut [f32]) = gelu_tanh_row;
 }
 
 #[inline(always)]
@@ -156,7 +156,7 @@ fn gelu_tanh_row(xs: &mut [f32]) {
 dispatch! {
     /// Softmax of one row in place: `exp(x - max) / Σ exp(x - max)`. `-inf` entries get 0; a row
     /// of only `-inf` becomes NaN, as in PyTorch.
-    pub fn softmax(xs: &mut [f32]) = softmax_row;
+    pub(crate) fn softmax(xs: &mut [f32]) = softmax_row;
 }
 
 /// [`softmax`]'s loop, for callers that are themselves compiled per instruction set.
@@ -204,7 +204,7 @@ dispatch! {
     /// `nn.LayerNorm` over each row of `dim` values of `x`, into `out`: `(x - mean) / sqrt(var +
     /// eps) · weight + bias`, with the biased variance, computed in two passes (mean, then the
     /// squared deviations) as PyTorch's CPU kernel does.
-    pub fn layer_norm(x: &[f32], out: &mut [f32], weight: &[f32], bias: &[f32], eps: f32) = layer_norm_row;
+    pub(crate) fn layer_norm(x: &[f32], out: &mut [f32], weight: &[f32], bias: &[f32], eps: f32) = layer_norm_row;
 }
 
 #[inline(always)]

@@ -26,7 +26,7 @@ pub(super) const NR: usize = 32;
 /// K per block (one AMX tile row of bytes); K is padded to a multiple of it.
 pub(super) const KB: usize = 64;
 /// Largest K (in features) an int8 layer takes: the i32 sums cannot overflow below it.
-pub const MAX_K: usize = 65_536;
+pub(crate) const MAX_K: usize = 65_536;
 
 /// Weights quantized and packed for the int8 kernels, with what the epilogue needs per column
 /// (all padded to whole panels: scale 0, column sum 0, bias 0 past `n`).

@@ -49,10 +49,10 @@
 
 #[cfg(target_arch = "x86_64")]
 mod amx;
-pub mod attention;
+pub(crate) mod attention;
 mod buf;
 pub mod cpu;
-pub mod elementwise;
+pub(crate) mod elementwise;
 mod f32;
 #[cfg(target_arch = "x86_64")]
 mod f32_x86;
@@ -64,10 +64,8 @@ mod int8_x86;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
-pub use int8::MAX_K as INT8_MAX_K;
-
 mod tensor;
-pub use tensor::Linear;
+pub(crate) use tensor::Linear;
 
 /// Arithmetic a [`PackedLinear`] may use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,7 +83,7 @@ pub enum Precision {
 impl Precision {
     /// The precision of the layers an int8 model keeps in f32 (the patch embedding, the
     /// projections: see `Precision::compute` in the engine); other precisions unchanged.
-    pub fn unless_int8(self) -> Precision {
+    pub(crate) fn unless_int8(self) -> Precision {
         match self {
             Precision::Int8 => Precision::F32,
             p => p,
@@ -95,7 +93,7 @@ impl Precision {
     /// Whether layers of this precision are packed (converted, quantized) once at load on this
     /// CPU: bf16 where the CPU multiplies it natively, and int8. f32 multiplies the weights
     /// where they are until a batch is tall enough (see [`Linear::in_place`]).
-    pub fn packs_at_load(self) -> bool {
+    pub(crate) fn packs_at_load(self) -> bool {
         match self {
             Precision::F32 => false,
             Precision::Bf16 => Backend::native_bf16(),
@@ -129,8 +127,9 @@ pub enum Backend {
     PortableInt8,
 }
 
-/// Every backend, for tests and reports.
-pub const BACKENDS: [Backend; 10] = [
+/// Every backend, for tests.
+#[cfg(test)]
+pub(crate) const BACKENDS: [Backend; 10] = [
     Backend::Avx512F32,
     Backend::Avx2F32,
     Backend::AmxBf16,
@@ -162,7 +161,7 @@ impl Backend {
     }
 
     /// The instruction-set level the backend needs (what `VLM_KERNELS` caps).
-    pub fn level(self) -> cpu::Level {
+    pub(crate) fn level(self) -> cpu::Level {
         match self {
             Backend::Portable | Backend::PortableInt8 => cpu::Level::Portable,
             Backend::Avx2Int8 | Backend::Avx2F32 => cpu::Level::Avx2,
@@ -204,7 +203,7 @@ impl Backend {
     }
 
     /// Whether the backend computes in int8.
-    pub fn is_int8(self) -> bool {
+    pub(crate) fn is_int8(self) -> bool {
         matches!(
             self,
             Backend::AmxInt8
@@ -217,20 +216,12 @@ impl Backend {
 
     /// Whether this CPU multiplies bf16 natively (AMX or AVX512-BF16): the one case where the
     /// `Bf16` precision is not computed in f32.
-    pub fn native_bf16() -> bool {
+    pub(crate) fn native_bf16() -> bool {
         Backend::best(Precision::Bf16).is_bf16()
     }
 
-    /// Whether the backend computes in f32 (the order of `f32.rs`).
-    pub fn is_f32(self) -> bool {
-        matches!(
-            self,
-            Backend::Avx512F32 | Backend::Avx2F32 | Backend::Portable
-        )
-    }
-
     /// Whether the backend rounds inputs to bf16.
-    pub fn is_bf16(self) -> bool {
+    pub(crate) fn is_bf16(self) -> bool {
         matches!(self, Backend::AmxBf16 | Backend::Avx512Bf16)
     }
 }
@@ -269,7 +260,7 @@ fn check_len(what: &'static str, got: usize, expected: usize) -> Result<(), Kern
 /// cache: what would otherwise be one more pass over the whole output (an activation after `fc1`,
 /// the residual add after `out_proj` and `fc2`).
 #[derive(Clone, Copy, Default)]
-pub enum Epilogue<'a> {
+pub(crate) enum Epilogue<'a> {
     /// `out = x · Wᵀ + b`.
     #[default]
     None,
@@ -348,7 +339,8 @@ impl std::fmt::Debug for PackedLinear {
 impl PackedLinear {
     /// Packs `weight` (`out_dim × in_dim`, row-major, as PyTorch's `nn.Linear.weight`) and `bias`
     /// (`out_dim`) for the fastest backend of `precision` on this CPU.
-    pub fn new(
+    #[cfg(test)]
+    pub(crate) fn new(
         weight: &[f32],
         bias: Option<&[f32]>,
         out_dim: usize,
@@ -371,7 +363,7 @@ impl PackedLinear {
 
     /// As [`PackedLinear::with_backend`], for the weight made of `parts` stacked (whole rows of
     /// `in_dim` values each; q, k and v packed as one layer without copying them into one first).
-    pub fn from_parts(
+    pub(crate) fn from_parts(
         parts: &[&[f32]],
         bias: Option<&[f32]>,
         out_dim: usize,
@@ -426,15 +418,15 @@ impl PackedLinear {
         })
     }
 
-    pub fn in_dim(&self) -> usize {
+    pub(crate) fn in_dim(&self) -> usize {
         self.in_dim
     }
 
-    pub fn out_dim(&self) -> usize {
+    pub(crate) fn out_dim(&self) -> usize {
         self.out_dim
     }
 
-    pub fn backend(&self) -> Backend {
+    pub(crate) fn backend(&self) -> Backend {
         match &self.packed {
             Packed::F32 { backend, .. } | Packed::Int8 { backend, .. } => *backend,
             #[cfg(target_arch = "x86_64")]
@@ -449,7 +441,7 @@ impl PackedLinear {
     }
 
     /// [`PackedLinear::forward`], then `epilogue` on each block of the output while it is hot.
-    pub fn forward_with(
+    pub(crate) fn forward_with(
         &self,
         x: &[f32],
         rows: usize,
@@ -643,7 +635,7 @@ fn padded_bias(bias: Option<&[f32]>, n: usize, width: usize) -> Vec<f32> {
 /// panel's K-block is packed into scratch as the product reaches it, so a single image does not
 /// wait for a pass over every weight, and the sums are the same bits as a packed layer's
 /// (`f32.rs`). Lengths checked.
-pub fn forward_in_place(
+pub(crate) fn forward_in_place(
     parts: &[&[f32]],
     bias: Option<&[f32]>,
     in_dim: usize,

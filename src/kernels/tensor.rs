@@ -11,7 +11,7 @@ use super::{forward_in_place, Backend, Epilogue, PackedLinear, Precision};
 /// fastest backend of the precision (see the module docs); on other devices the layer keeps the
 /// weight tensor and multiplies with Candle, as one 2-D product over all leading dimensions.
 #[derive(Debug)]
-pub struct Linear {
+pub(crate) struct Linear {
     inner: Inner,
 }
 
@@ -33,7 +33,11 @@ impl Linear {
     /// `weight` is `[out, in]` (PyTorch's layout), `bias` `[out]`, both on the same device, of
     /// any float dtype. On the CPU they are read once, converted to f32 and packed; the tensors can
     /// be dropped afterwards.
-    pub fn new(weight: &Tensor, bias: Option<&Tensor>, precision: Precision) -> Result<Self> {
+    pub(crate) fn new(
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        precision: Precision,
+    ) -> Result<Self> {
         let (out_dim, _) = weight.dims2()?;
         if let Some(b) = bias {
             let n = b.dims1()?;
@@ -55,7 +59,7 @@ impl Linear {
     /// [`Linear::new`] for the weight made of several `[out_i, in]` weights stacked (q, k and v
     /// as one layer), packed without concatenating them first; `bias` is the stacked bias. Other
     /// devices: the weights concatenated.
-    pub fn new_parts(
+    pub(crate) fn new_parts(
         weights: &[Tensor],
         bias: Option<&Tensor>,
         precision: Precision,
@@ -83,7 +87,7 @@ impl Linear {
 
     /// An f32 layer over `weight` as it is, on the CPU: no copy and no packing at load (see
     /// [`forward_in_place`]). Other devices: as [`Linear::new`].
-    pub fn in_place(weight: &Tensor, bias: Option<&Tensor>) -> Result<Self> {
+    pub(crate) fn in_place(weight: &Tensor, bias: Option<&Tensor>) -> Result<Self> {
         Self::in_place_parts(std::slice::from_ref(weight), bias)
     }
 
@@ -91,7 +95,7 @@ impl Linear {
     /// stacked (q, k and v: one product, one `[.., Σ out_i]` output), without copying them into
     /// one; `bias` is the stacked `[Σ out_i]` bias. Other devices: the weights concatenated, as
     /// [`Linear::new`].
-    pub fn in_place_parts(weights: &[Tensor], bias: Option<&Tensor>) -> Result<Self> {
+    pub(crate) fn in_place_parts(weights: &[Tensor], bias: Option<&Tensor>) -> Result<Self> {
         let s = match Stacked::prepare(weights, bias, Precision::F32)? {
             Prepared::Device(layer) => return Ok(layer),
             Prepared::Cpu(s) => s,
@@ -107,7 +111,8 @@ impl Linear {
     }
 
     /// The CPU backend, or `None` on another device (Candle's matmul).
-    pub fn backend(&self) -> Option<Backend> {
+    #[cfg(test)]
+    pub(crate) fn backend(&self) -> Option<Backend> {
         match &self.inner {
             Inner::Cpu(p) => Some(p.backend()),
             Inner::CpuInPlace(layer) => Some(match &*layer.read() {
@@ -118,7 +123,8 @@ impl Linear {
         }
     }
 
-    pub fn packed(&self) -> Option<&PackedLinear> {
+    #[cfg(test)]
+    pub(crate) fn packed(&self) -> Option<&PackedLinear> {
         match &self.inner {
             Inner::Cpu(p) => Some(p),
             _ => None,
@@ -126,12 +132,12 @@ impl Linear {
     }
 
     /// Whether the layer multiplies on the CPU (so [`Linear::forward_slice`] works).
-    pub fn is_cpu(&self) -> bool {
+    pub(crate) fn is_cpu(&self) -> bool {
         !matches!(self.inner, Inner::Device { .. })
     }
 
     /// `(out_features, in_features)`.
-    pub fn dims(&self) -> Result<(usize, usize)> {
+    pub(crate) fn dims(&self) -> Result<(usize, usize)> {
         match &self.inner {
             Inner::Cpu(p) => Ok((p.out_dim(), p.in_dim())),
             Inner::CpuInPlace(layer) => Ok((layer.out_dim, layer.in_dim)),
@@ -143,7 +149,7 @@ impl Linear {
     }
 
     /// `out = x · Wᵀ + b`, then `epilogue`, on CPU slices of `rows` rows.
-    pub fn forward_slice(
+    pub(crate) fn forward_slice(
         &self,
         x: &[f32],
         rows: usize,
@@ -274,7 +280,7 @@ impl Stacked {
 /// as the product reaches it: a single-image call (50 rows for ViT-B/32) must not wait for a pass
 /// over every weight. From it, packing once costs less than packing on every call (measured with
 /// the `gemm` crate, which did that: 9% of a 240-image f32 run). Both give the same bits.
-pub const PACK_ROWS: usize = 128;
+pub(super) const PACK_ROWS: usize = 128;
 
 #[derive(Debug)]
 struct InPlace {

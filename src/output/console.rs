@@ -3,12 +3,12 @@
 use crate::error::escape_controls;
 
 /// A warning on stderr (suppressed by `--quiet` at the call site).
-pub fn warn(message: &str) {
+pub(crate) fn warn(message: &str) {
     eprintln!("vlm: warning: {}", escape_controls(message));
 }
 
 /// What the run did (`--verbose`), on stderr.
-pub fn info(message: &str) {
+pub(crate) fn info(message: &str) {
     eprintln!("vlm: {}", escape_controls(message));
 }
 

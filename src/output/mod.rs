@@ -6,34 +6,35 @@
 //! A new record type (an embedding, a search hit, an eval table) implements [`Record`]: its flat
 //! rows once, and its table view; every format then writes it.
 
-pub mod console;
+pub(crate) mod console;
 pub(crate) mod draw;
-pub mod formats;
-pub mod npy;
-pub mod overlay;
-pub mod progress;
-pub mod records;
-pub mod resume;
-pub mod sink;
-pub mod table;
-pub mod target;
+pub(crate) mod formats;
+pub(crate) mod npy;
+pub(crate) mod overlay;
+pub(crate) mod progress;
+pub(crate) mod records;
+pub(crate) mod resume;
+pub(crate) mod sink;
+pub(crate) mod table;
+pub(crate) mod target;
 
 use std::io::{self, Write};
 use std::path::Path;
 
 use serde::Serialize;
 
-pub use console::{info, report_error, warn};
-pub use progress::Progress;
-pub use records::*;
-pub use resume::{ResumeFile, RunStamp};
-pub use sink::Sink;
-pub use table::{aspects_table, terminal_width};
-pub use target::{Existing, Target};
+pub use console::report_error;
+pub(crate) use console::{info, warn};
+pub(crate) use progress::Progress;
+pub(crate) use records::*;
+pub(crate) use resume::{ResumeFile, RunStamp};
+pub(crate) use sink::Sink;
+pub(crate) use table::{aspects_table, terminal_width};
+pub(crate) use target::{Existing, Target};
 
 /// `--format` of the image commands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Format {
+pub(crate) enum Format {
     /// Aligned, human-readable text.
     Table,
     /// One JSON document.
@@ -46,7 +47,7 @@ pub enum Format {
 
 impl Format {
     /// The format a file name's extension names (`out.csv`, `tags.jsonl`, `r.json`, `r.txt`).
-    pub fn from_extension(path: &Path) -> Option<Format> {
+    pub(crate) fn from_extension(path: &Path) -> Option<Format> {
         let ext = path.extension()?.to_str()?.to_ascii_lowercase();
         match ext.as_str() {
             "json" => Some(Format::Json),
@@ -60,7 +61,7 @@ impl Format {
 
 /// `--format` of `vlm aspects`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum ListFormat {
+pub(crate) enum ListFormat {
     /// Aligned, human-readable text.
     Table,
     /// One JSON document.
@@ -71,7 +72,7 @@ pub enum ListFormat {
 
 /// One cell of a record's flat view.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Cell<'a> {
+pub(crate) enum Cell<'a> {
     Text(&'a str),
     /// Text made for the row (a list joined into one cell).
     Owned(String),
@@ -82,7 +83,7 @@ pub enum Cell<'a> {
 
 impl Cell<'_> {
     /// A failed input's only row: its path, empty cells, the error last.
-    pub fn error_row<'a>(path: &'a str, columns: usize, error: &'a str) -> Vec<Cell<'a>> {
+    pub(crate) fn error_row<'a>(path: &'a str, columns: usize, error: &'a str) -> Vec<Cell<'a>> {
         let mut row = vec![Cell::Text(path)];
         row.extend(std::iter::repeat_n(Cell::Empty, columns.saturating_sub(2)));
         row.push(Cell::Text(error));
@@ -90,7 +91,7 @@ impl Cell<'_> {
     }
 
     /// RFC 4180: quoted when it holds a comma, quote or line break.
-    pub fn csv(&self) -> String {
+    pub(crate) fn csv(&self) -> String {
         match self {
             Cell::Text(s) if s.contains([',', '"', '\n', '\r']) => {
                 format!("\"{}\"", s.replace('"', "\"\""))
@@ -105,7 +106,7 @@ impl Cell<'_> {
 }
 
 /// A per-input record, in the shapes the non-JSON formats need.
-pub trait Record: Serialize {
+pub(crate) trait Record: Serialize {
     /// The names of the flat view's columns (CSV's header).
     const COLUMNS: &'static [&'static str];
     /// This record's rows, each with one cell per column.
@@ -120,18 +121,17 @@ pub trait Record: Serialize {
 }
 
 /// One `--format`: turns the run's header, each record and the trailer into bytes.
-pub trait Exporter<R> {
+pub(crate) trait Exporter<R> {
     fn begin(&mut self, header: &serde_json::Value) -> io::Result<Vec<u8>>;
     fn record(&mut self, result: &R) -> io::Result<Vec<u8>>;
     fn end(&mut self) -> io::Result<Vec<u8>>;
 }
 
-pub fn exporter<R: Record>(format: Format) -> Box<dyn Exporter<R>> {
-    stamped_exporter(format, None)
-}
-
-/// [`exporter`], whose JSONL records carry `run` (the run's fingerprint, which `--resume` checks).
-pub fn stamped_exporter<R: Record>(format: Format, run: Option<&str>) -> Box<dyn Exporter<R>> {
+/// The exporter for `format`, whose JSONL records carry `run` (the run's fingerprint, which `--resume` checks).
+pub(crate) fn stamped_exporter<R: Record>(
+    format: Format,
+    run: Option<&str>,
+) -> Box<dyn Exporter<R>> {
     match format {
         Format::Table => Box::new(formats::TableExporter {
             width: table::terminal_width(),
@@ -145,19 +145,19 @@ pub fn stamped_exporter<R: Record>(format: Format, run: Option<&str>) -> Box<dyn
 }
 
 /// Writes an exporter's bytes and flushes after every record.
-pub struct ResultWriter<W: Write, R> {
+pub(crate) struct ResultWriter<W: Write, R> {
     out: W,
     exporter: Box<dyn Exporter<R>>,
 }
 
 impl<W: Write, R: Record> ResultWriter<W, R> {
     /// `header` (a JSON object) opens the JSON document; the other formats do not print it.
-    pub fn begin(out: W, format: Format, header: &impl Serialize) -> io::Result<Self> {
+    pub(crate) fn begin(out: W, format: Format, header: &impl Serialize) -> io::Result<Self> {
         Self::begin_run(out, format, header, None)
     }
 
     /// [`ResultWriter::begin`] for a run whose JSONL records carry its fingerprint `run`.
-    pub fn begin_run(
+    pub(crate) fn begin_run(
         out: W,
         format: Format,
         header: &impl Serialize,
@@ -173,13 +173,13 @@ impl<W: Write, R: Record> ResultWriter<W, R> {
         Ok(w)
     }
 
-    pub fn record(&mut self, result: &R) -> io::Result<()> {
+    pub(crate) fn record(&mut self, result: &R) -> io::Result<()> {
         let bytes = self.exporter.record(result)?;
         self.out.write_all(&bytes)?;
         self.out.flush()
     }
 
-    pub fn finish(mut self) -> io::Result<W> {
+    pub(crate) fn finish(mut self) -> io::Result<W> {
         let bytes = self.exporter.end()?;
         self.out.write_all(&bytes)?;
         self.out.flush()?;
@@ -188,7 +188,7 @@ impl<W: Write, R: Record> ResultWriter<W, R> {
 }
 
 /// Writes a report (a header and its records) through the output layer and puts it in place.
-pub fn write_report<R: Record>(
+pub(crate) fn write_report<R: Record>(
     sink: Sink,
     format: Format,
     header: &impl serde::Serialize,

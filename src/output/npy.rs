@@ -10,7 +10,7 @@ use super::target::WholeFile;
 use super::{Existing, Target};
 
 /// The `.npy`'s companion file: `emb.npy` -> `emb.paths.txt` (or `emb.texts.txt`).
-pub fn names_file(npy: &Path, texts: bool) -> PathBuf {
+pub(crate) fn names_file(npy: &Path, texts: bool) -> PathBuf {
     let stem = npy
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())

@@ -24,14 +24,14 @@ use crate::images::PreprocessConfig;
 use crate::Error;
 
 /// How much of the colour map covers the photo where the model looked.
-pub const OPACITY: f32 = 0.6;
+pub(crate) const OPACITY: f32 = 0.6;
 /// What is left of the photo's brightness outside the region the model saw.
-pub const DIM: f32 = 0.3;
+pub(crate) const DIM: f32 = 0.3;
 
 /// The square the model saw, in the original photo's pixel coordinates (continuous: pixel `x`
 /// spans `x..x + 1`). It may reach past the photo's edges when the preprocessor pads.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct View {
+pub(crate) struct View {
     pub x0: f64,
     pub y0: f64,
     pub x1: f64,
@@ -40,7 +40,7 @@ pub struct View {
 
 impl View {
     /// The same region in a copy of the photo scaled by `sx`, `sy`.
-    pub fn scaled(&self, sx: f64, sy: f64) -> View {
+    pub(crate) fn scaled(&self, sx: f64, sy: f64) -> View {
         View {
             x0: self.x0 * sx,
             y0: self.y0 * sy,
@@ -54,7 +54,7 @@ impl View {
 /// geometry: the resize (`PreprocessConfig::resized_size`; Pillow maps pixel edges onto pixel
 /// edges, so the resized image spans the original exactly) and the center crop
 /// (`PreprocessConfig::crop_axis`, with the padding when the image is smaller than the crop).
-pub fn model_view(cfg: &PreprocessConfig, width: u32, height: u32) -> Result<View> {
+pub(crate) fn model_view(cfg: &PreprocessConfig, width: u32, height: u32) -> Result<View> {
     let (rw, rh) = if cfg.do_resize {
         cfg.resized_size(width, height)?
     } else {
@@ -79,7 +79,7 @@ pub fn model_view(cfg: &PreprocessConfig, width: u32, height: u32) -> Result<Vie
 
 /// How cosines become colours: which cosine is the bottom of the colour map and which the top.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub enum MapRange {
+pub(crate) enum MapRange {
     /// Each map from its own minimum to its own maximum: where this label is seen most and least
     /// in this image. Always uses the whole colour map, even for a label that is nowhere.
     Map,
@@ -126,7 +126,7 @@ impl std::fmt::Display for MapRange {
 
 impl MapRange {
     /// `(low, high)` for each of one image's maps.
-    pub fn bounds(&self, maps: &[Vec<f32>]) -> Vec<(f32, f32)> {
+    pub(crate) fn bounds(&self, maps: &[Vec<f32>]) -> Vec<(f32, f32)> {
         let min_max = |v: &[f32]| {
             v.iter()
                 .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &x| {
@@ -152,7 +152,7 @@ impl MapRange {
 /// Matplotlib's viridis (perceptually uniform, readable in grey and by colour-blind readers) at
 /// `t` in `0..=1`, as a degree-6 polynomial fit (Matt Zucker's, public domain; within 0.01 of
 /// the published table).
-pub fn viridis(t: f32) -> [u8; 3] {
+pub(crate) fn viridis(t: f32) -> [u8; 3] {
     const C: [[f64; 3]; 7] = [
         [
             0.277_727_327_223_417_7,
@@ -224,7 +224,7 @@ fn axis_samples(len: u32, start: f64, end: f64, cells: usize) -> Vec<Option<(usi
 
 /// The map (`rows * cols` values, row-major) upsampled over `view` of `photo`, coloured between
 /// `low` and `high` and blended over the photo; the rest of the photo dimmed.
-pub fn render(
+pub(crate) fn render(
     photo: &RgbImage,
     view: &View,
     map: &[f32],
@@ -274,7 +274,7 @@ pub fn render(
 /// A label as it appears in a file name: letters, digits, `-`, `_` and `+` kept, any other run
 /// of characters (spaces, dots, slashes, quotes, control characters) one `_`, at most 80
 /// characters; `label` when nothing is left.
-pub fn file_label(label: &str) -> String {
+pub(crate) fn file_label(label: &str) -> String {
     let mut out = String::new();
     for c in label.chars() {
         if c.is_alphanumeric() || matches!(c, '-' | '_' | '+') {
@@ -293,7 +293,7 @@ pub fn file_label(label: &str) -> String {
 
 /// Where `-o DIR` puts each image's overlays: `DIR/<stem>.<label>.png`.
 #[derive(Debug, Clone)]
-pub struct OverlayFiles {
+pub(crate) struct OverlayFiles {
     dir: PathBuf,
     names: Vec<String>,
     force: bool,
@@ -302,7 +302,7 @@ pub struct OverlayFiles {
 impl OverlayFiles {
     /// Checks that the labels give distinct file names and that `dir` is a folder or can be
     /// made one (it is created).
-    pub fn new(dir: &Path, labels: &[String], force: bool) -> Result<Self> {
+    pub(crate) fn new(dir: &Path, labels: &[String], force: bool) -> Result<Self> {
         let names: Vec<String> = labels.iter().map(|l| file_label(l)).collect();
         let mut seen: HashMap<&str, &str> = HashMap::new();
         for (name, label) in names.iter().zip(labels) {
@@ -325,7 +325,7 @@ impl OverlayFiles {
     }
 
     /// The overlay of `input`'s `label`-th label.
-    pub fn target(&self, input: &Path, label: usize) -> PathBuf {
+    pub(crate) fn target(&self, input: &Path, label: usize) -> PathBuf {
         let mut name: OsString = input
             .file_stem()
             .map_or_else(|| OsString::from("image"), |s| s.to_os_string());
@@ -337,7 +337,7 @@ impl OverlayFiles {
 
     /// Before the run: no two inputs may write the same file, and no file may exist yet unless
     /// `--force`. The error names the file.
-    pub fn check(&self, inputs: &[&Path]) -> Result<()> {
+    pub(crate) fn check(&self, inputs: &[&Path]) -> Result<()> {
         let mut seen: HashMap<PathBuf, &Path> = HashMap::new();
         for input in inputs {
             for label in 0..self.names.len() {
@@ -362,7 +362,7 @@ impl OverlayFiles {
     }
 
     /// Writes one overlay, atomically, never over an existing file unless `--force`.
-    pub fn write(&self, target: &Path, image: &RgbImage) -> Result<()> {
+    pub(crate) fn write(&self, target: &Path, image: &RgbImage) -> Result<()> {
         write_png("-o", target, image, self.force)
     }
 }
@@ -371,7 +371,12 @@ impl OverlayFiles {
 /// Ctrl-C leaves no temporary file, a symbolic link is followed and a FIFO or device written to.
 /// Without `overwrite`, an existing `target` is an error and stays as it was. `flag` names the
 /// output in errors (`--montage`, `-o`).
-pub fn write_png(flag: &str, target: &Path, image: &RgbImage, overwrite: bool) -> Result<()> {
+pub(crate) fn write_png(
+    flag: &str,
+    target: &Path,
+    image: &RgbImage,
+    overwrite: bool,
+) -> Result<()> {
     let checked = super::target::Target::check(
         flag,
         target,
@@ -398,14 +403,14 @@ pub fn write_png(flag: &str, target: &Path, image: &RgbImage, overwrite: bool) -
 /// each scaled to fit a `tile`-pixel square. Under the photo its file name and size; under each
 /// overlay its label, its peak cosine and the colour scale of its range (issue 23).
 #[derive(Debug)]
-pub struct Montage {
+pub(crate) struct Montage {
     tile: u32,
     labels: Vec<String>,
     cells: Vec<SheetCell>,
 }
 
 impl Montage {
-    pub fn new(tile: u32, labels: &[String]) -> Self {
+    pub(crate) fn new(tile: u32, labels: &[String]) -> Self {
         Self {
             tile: tile.max(16),
             labels: labels.to_vec(),
@@ -415,7 +420,7 @@ impl Montage {
 
     /// Adds one image's row: its overlays rendered on a thumbnail (cheaper than scaling each
     /// full-size overlay). `name` is the image's file name.
-    pub fn add(
+    pub(crate) fn add(
         &mut self,
         name: &str,
         photo: &RgbImage,
@@ -446,7 +451,7 @@ impl Montage {
         self.cells.extend(tiles);
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.cells.is_empty()
     }
 
@@ -460,7 +465,7 @@ impl Montage {
     }
 
     /// The sheet.
-    pub fn render(&self) -> RgbImage {
+    pub(crate) fn render(&self) -> RgbImage {
         self.sheet().render()
     }
 }
@@ -485,13 +490,13 @@ pub(crate) fn overlay_caption(input: &Path, label: &str, map: &[f32]) -> String 
 }
 
 /// The most images one `--montage` sheet takes (one row each).
-pub const MONTAGE_MAX_IMAGES: usize = 200;
+pub(crate) const MONTAGE_MAX_IMAGES: usize = 200;
 /// The side of a montage tile, in pixels.
-pub const MONTAGE_TILE: u32 = 256;
+pub(crate) const MONTAGE_TILE: u32 = 256;
 
 /// `--montage`: a `.png` name, not over an existing file unless `--force`, at most
 /// [`MONTAGE_MAX_IMAGES`] images.
-pub fn check_montage(path: &Path, images: usize, force: bool) -> Result<()> {
+pub(crate) fn check_montage(path: &Path, images: usize, force: bool) -> Result<()> {
     let is_png = path
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("png"));

@@ -11,7 +11,7 @@ use super::console::{info, report_error, warn};
 
 /// A progress bar with rate and ETA on stderr; drawn only when stderr is a terminal and the run is
 /// not `--quiet`. Errors and warnings printed during a run go through it so they do not tear the bar.
-pub struct Progress {
+pub(crate) struct Progress {
     bar: Option<ProgressBar>,
     /// Per-input errors on stderr; off when the same terminal shows them in the table already.
     errors: bool,
@@ -23,7 +23,7 @@ pub struct Progress {
 /// (`whole_lines`), not for a JSON document, whose separators begin the next record; results on a
 /// pipe are most likely printed on this terminal by its reader (`| head`, `| jq`), which the bar
 /// cannot clear itself around.
-pub fn bar_allowed(quiet: bool, results_on_stdout: bool, whole_lines: bool) -> bool {
+pub(crate) fn bar_allowed(quiet: bool, results_on_stdout: bool, whole_lines: bool) -> bool {
     if quiet || !std::io::stderr().is_terminal() {
         return false;
     }
@@ -56,7 +56,7 @@ fn stdout_is_pipe() -> bool {
 }
 
 /// `1,757`: counts people read.
-pub fn thousands(n: usize) -> String {
+pub(crate) fn thousands(n: usize) -> String {
     let digits = n.to_string();
     let mut out = String::with_capacity(digits.len() + digits.len() / 3);
     for (i, c) in digits.chars().enumerate() {
@@ -154,7 +154,7 @@ fn mark_first(
 
 impl Progress {
     /// The images of a run.
-    pub fn images(total: usize, show: bool) -> Self {
+    pub(crate) fn images(total: usize, show: bool) -> Self {
         let bar = show.then(|| {
             bar(
                 total,
@@ -167,7 +167,7 @@ impl Progress {
 
     /// The prompts a run encodes before its first image (first runs only: they are cached after).
     /// A bar on a terminal; otherwise one line when `announce` (`--verbose`).
-    pub fn text(prompts: usize, labels: usize, show: bool, announce: bool) -> Self {
+    pub(crate) fn text(prompts: usize, labels: usize, show: bool, announce: bool) -> Self {
         let what = format!(
             "encoding {} prompts for {} labels (first run only: they are cached)",
             thousands(prompts),
@@ -195,7 +195,7 @@ impl Progress {
     }
 
     /// No bar at all (tests, library callers).
-    pub fn hidden() -> Self {
+    pub(crate) fn hidden() -> Self {
         Self {
             bar: None,
             errors: true,
@@ -203,40 +203,40 @@ impl Progress {
     }
 
     /// Whether per-input errors go to stderr (they always go into the output's records).
-    pub fn with_errors(mut self, errors: bool) -> Self {
+    pub(crate) fn with_errors(mut self, errors: bool) -> Self {
         self.errors = errors;
         self
     }
 
-    pub fn inc(&self) {
+    pub(crate) fn inc(&self) {
         self.add(1);
     }
 
-    pub fn add(&self, n: usize) {
+    pub(crate) fn add(&self, n: usize) {
         if let Some(bar) = &self.bar {
             bar.inc(n as u64);
         }
     }
 
     /// Runs `f` (which prints) with the bar cleared, then redraws the bar below what it printed.
-    pub fn suspend<T>(&self, f: impl FnOnce() -> T) -> T {
+    pub(crate) fn suspend<T>(&self, f: impl FnOnce() -> T) -> T {
         match &self.bar {
             Some(bar) => bar.suspend(f),
             None => f(),
         }
     }
 
-    pub fn error(&self, message: &str) {
+    pub(crate) fn error(&self, message: &str) {
         if self.errors {
             self.suspend(|| report_error(message));
         }
     }
 
-    pub fn warn(&self, message: &str) {
+    pub(crate) fn warn(&self, message: &str) {
         self.suspend(|| warn(message));
     }
 
-    pub fn finish(&self) {
+    pub(crate) fn finish(&self) {
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
         }

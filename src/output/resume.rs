@@ -22,7 +22,7 @@ use crate::Error;
 
 /// A run's fingerprint, as its JSONL records carry it in `run`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RunStamp(String);
+pub(crate) struct RunStamp(String);
 
 /// The first 8 hex digits of SHA-256 of `value`'s JSON: enough to tell runs apart, short enough
 /// for every line.
@@ -52,7 +52,7 @@ impl RunStamp {
     /// `command`'s fingerprint with `model`, `labels` (everything that decides which labels a
     /// record lists) and `templates` (as given; empty for the model's default, which the model
     /// decides).
-    pub fn new(
+    pub(crate) fn new(
         command: &str,
         model: &ModelOptions,
         labels: &impl Serialize,
@@ -66,7 +66,7 @@ impl RunStamp {
         ))
     }
 
-    pub fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         &self.0
     }
 
@@ -104,7 +104,7 @@ struct ResumeRecord {
 }
 
 /// An existing JSONL output, read (not changed) for `--resume`.
-pub struct ResumeFile {
+pub(crate) struct ResumeFile {
     target: Target,
     /// Paths that already have a result.
     done: HashSet<String>,
@@ -118,7 +118,7 @@ pub struct ResumeFile {
 impl ResumeFile {
     /// Reads the file `target` is; a missing file has nothing done. A line that is not a vlm
     /// record stops the run: appending to someone else's file would corrupt it.
-    pub fn read(target: &Target) -> Result<ResumeFile> {
+    pub(crate) fn read(target: &Target) -> Result<ResumeFile> {
         let context = || target.name().to_string();
         let empty = |target: &Target| ResumeFile {
             target: target.clone(),
@@ -187,7 +187,7 @@ impl ResumeFile {
     /// Whether the records are this run's (`stamp`): refused with one line otherwise, the file
     /// untouched. Then the file is tidied (atomically): records of failed images are dropped, so
     /// that they are tried again, and a last line cut short by a killed run is removed.
-    pub fn accept(&self, stamp: &RunStamp) -> Result<()> {
+    pub(crate) fn accept(&self, stamp: &RunStamp) -> Result<()> {
         let how = "resume with the same command, model, labels and templates, or write another file (--force without --resume starts this one over)";
         for (run, line) in &self.runs {
             let why = match run {
@@ -209,13 +209,8 @@ impl ResumeFile {
     }
 
     /// Paths (as printed) that already have a result.
-    pub fn completed(&self) -> &HashSet<String> {
+    pub(crate) fn completed(&self) -> &HashSet<String> {
         &self.done
-    }
-
-    /// Records the file keeps.
-    pub fn records(&self) -> usize {
-        self.done.len()
     }
 }
 

@@ -11,7 +11,7 @@ use super::Format;
 /// Ctrl-C (or SIGTERM) during a run: the temporary files of whole-document outputs are removed
 /// before the process exits (130), so no `.*.vlm-partial` is left behind; the target was never
 /// touched. A run writing to a file says what the file holds (issue 23 item 6).
-pub mod interrupt {
+pub(crate) mod interrupt {
     use std::path::{Path, PathBuf};
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::{Mutex, MutexGuard, Once};
@@ -27,7 +27,7 @@ pub mod interrupt {
 
     /// What a run writing to a file says when it is interrupted.
     #[derive(Debug, Clone)]
-    pub struct Report {
+    pub(crate) struct Report {
         /// The output as given.
         pub output: String,
         /// What a record is (`results`, `embeddings`).
@@ -86,7 +86,7 @@ pub mod interrupt {
     }
 
     /// The line said on Ctrl-C.
-    pub fn interrupted(r: &Report, written: usize, failed: usize) -> String {
+    pub(crate) fn interrupted(r: &Report, written: usize, failed: usize) -> String {
         if !r.streamed {
             return format!(
                 "interrupted: {} was not written (json and table files are put in place when the run ends; -f jsonl keeps each result as it is done)",
@@ -126,7 +126,7 @@ pub mod interrupt {
     }
 
     /// The line said when a run writing to a file is done (issue 23 item 6).
-    pub fn finished(r: &Report, written: usize, failed: usize) -> String {
+    pub(crate) fn finished(r: &Report, written: usize, failed: usize) -> String {
         let failed = if failed > 0 {
             format!(" ({failed} failed)")
         } else {
@@ -144,24 +144,24 @@ pub mod interrupt {
         }
     }
 
-    pub fn register(path: &Path) {
+    pub(crate) fn register(path: &Path) {
         install();
         lock(&PARTIAL).push(path.to_path_buf());
     }
 
-    pub fn unregister(path: &Path) {
+    pub(crate) fn unregister(path: &Path) {
         lock(&PARTIAL).retain(|p| p != path);
     }
 
     /// From now on, Ctrl-C says what `report`'s output holds.
-    pub fn report(report: Report) {
+    pub(crate) fn report(report: Report) {
         install();
         *lock(&REPORT) = Some(report);
     }
 
     /// Writes one record with `write` and counts it (`ok`: not a failed input) when it was
     /// written; Ctrl-C waits for both.
-    pub fn record<T, E>(ok: bool, write: impl FnOnce() -> Result<T, E>) -> Result<T, E> {
+    pub(crate) fn record<T, E>(ok: bool, write: impl FnOnce() -> Result<T, E>) -> Result<T, E> {
         let _guard = lock(&WRITING);
         let result = write();
         if result.is_ok() {
@@ -202,7 +202,7 @@ pub mod interrupt {
 }
 
 /// Where results go: stdout, or `--output FILE`.
-pub enum Sink {
+pub(crate) enum Sink {
     Stdout(StdoutSink),
     /// Streamed formats: the file is opened (truncated, made, or appended to with `--resume`) at
     /// the first flush, i.e. when the first result is ready, so a run that fails before any
@@ -215,10 +215,10 @@ pub enum Sink {
 
 /// Standard output, its errors naming it (`stdout: No space left on device`). A broken pipe keeps
 /// its kind: `vlm ... | head` ends quietly.
-pub struct StdoutSink(io::StdoutLock<'static>);
+pub(crate) struct StdoutSink(io::StdoutLock<'static>);
 
 impl StdoutSink {
-    pub fn new() -> StdoutSink {
+    pub(crate) fn new() -> StdoutSink {
         StdoutSink(io::stdout().lock())
     }
 }
@@ -245,7 +245,7 @@ impl Write for StdoutSink {
 
 impl Sink {
     /// Checks `--output` and prepares it; nothing existing is modified yet.
-    pub fn open(output: Option<&Path>, format: Format, existing: Existing) -> Result<Sink> {
+    pub(crate) fn open(output: Option<&Path>, format: Format, existing: Existing) -> Result<Sink> {
         match output {
             None => Ok(Sink::Stdout(StdoutSink::new())),
             Some(path) => Sink::to(&Target::check("--output", path, existing)?, format),
@@ -253,7 +253,7 @@ impl Sink {
     }
 
     /// Prepares an already checked output.
-    pub fn to(target: &Target, format: Format) -> Result<Sink> {
+    pub(crate) fn to(target: &Target, format: Format) -> Result<Sink> {
         Ok(match format {
             Format::Jsonl | Format::Csv => Sink::Lazy(StreamFile::new(target)),
             Format::Json | Format::Table => Sink::Atomic(WholeFile::create(target, false)?),
@@ -261,7 +261,7 @@ impl Sink {
     }
 
     /// The file results go to; `None` for stdout.
-    pub fn target(&self) -> Option<&Target> {
+    pub(crate) fn target(&self) -> Option<&Target> {
         match self {
             Sink::Stdout(_) => None,
             Sink::Lazy(f) => Some(f.target()),
@@ -270,7 +270,7 @@ impl Sink {
     }
 
     /// Puts a finished output in place.
-    pub fn commit(self) -> Result<()> {
+    pub(crate) fn commit(self) -> Result<()> {
         match self {
             Sink::Stdout(mut out) => Ok(out.flush()?),
             Sink::Lazy(mut file) => Ok(file.flush()?),

@@ -8,7 +8,7 @@ use crate::tagging::aspects::AspectKind;
 
 /// The width to wrap tables at: the terminal's, when stdout is one; `None` (no wrapping) when
 /// results go to a file or a pipe.
-pub fn terminal_width() -> Option<usize> {
+pub(crate) fn terminal_width() -> Option<usize> {
     if !std::io::stdout().is_terminal() {
         return None;
     }
@@ -17,7 +17,7 @@ pub fn terminal_width() -> Option<usize> {
 
 /// The first lines of an image's table entry: its path, and its error if it failed. A table is for
 /// reading: a file name with a newline must not split its entry.
-pub fn table_entry_head(out: &mut String, path: &str, error: Option<&str>) {
+pub(crate) fn table_entry_head(out: &mut String, path: &str, error: Option<&str>) {
     out.push_str(&format!("{}\n", escape_controls(path)));
     if let Some(err) = error {
         out.push_str(&format!("  error: {}\n", escape_controls(err)));
@@ -27,7 +27,7 @@ pub fn table_entry_head(out: &mut String, path: &str, error: Option<&str>) {
 /// `lead` then `items` joined by `sep`, broken between items (never inside one) so that no line is
 /// wider than `width`; continuation lines are indented to where the items start. One line when
 /// `width` is `None`. Ends with a newline.
-pub fn wrap_items(lead: &str, items: &[String], sep: &str, width: Option<usize>) -> String {
+pub(crate) fn wrap_items(lead: &str, items: &[String], sep: &str, width: Option<usize>) -> String {
     let indent = " ".repeat(lead.chars().count());
     let mut out = String::from(lead);
     let mut col = lead.chars().count();
@@ -52,7 +52,10 @@ pub fn wrap_items(lead: &str, items: &[String], sep: &str, width: Option<usize>)
 }
 
 /// `vlm aspects` as a table: one line per aspect, then its labels when they were asked for.
-pub fn aspects_table(width: Option<usize>, aspects: &[(&AspectInfo, Option<Vec<&str>>)]) -> String {
+pub(crate) fn aspects_table(
+    width: Option<usize>,
+    aspects: &[(&AspectInfo, Option<Vec<&str>>)],
+) -> String {
     let name_width = aspects
         .iter()
         .map(|(a, _)| a.name.chars().count())

@@ -32,7 +32,7 @@ const RANDOM_LEN: usize = 6;
 /// What may happen to an existing regular file at the path (issue 20 item 16: one rule for every
 /// command).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Existing {
+pub(crate) enum Existing {
     /// Refused; `resume` says whether the message offers `--resume` as well as `--force`.
     Refuse { resume: bool },
     /// `--force`: replaced.
@@ -43,7 +43,7 @@ pub enum Existing {
 
 impl Existing {
     /// From a command's flags: `resumable` when the command has `--resume` for this output.
-    pub fn of(force: bool, resume: bool, resumable: bool) -> Existing {
+    pub(crate) fn of(force: bool, resume: bool, resumable: bool) -> Existing {
         if resume {
             Existing::Append
         } else if force {
@@ -56,7 +56,7 @@ impl Existing {
 
 /// A checked output path.
 #[derive(Debug, Clone)]
-pub struct Target {
+pub(crate) struct Target {
     /// The flag and the path as given (`--output x.jsonl`): how messages name it.
     name: String,
     existing: Existing,
@@ -82,7 +82,7 @@ struct OldFile {
 
 /// An OS error's text without Rust's ` (os error N)` suffix, looking through wrappers that add a
 /// path (`tempfile`'s): `Permission denied`.
-pub fn reason(e: &io::Error) -> String {
+pub(crate) fn reason(e: &io::Error) -> String {
     let mut code = e.raw_os_error();
     let mut source: Option<&(dyn std::error::Error + 'static)> = e.get_ref().map(|r| r as _);
     while code.is_none() {
@@ -160,7 +160,7 @@ impl Target {
     /// Checks `path` as the output named by `flag`, before any work: where it leads, that it can
     /// be written, and that an existing file may be (`existing`). Temporary files a killed run
     /// left for the same file are removed.
-    pub fn check(flag: &str, path: &Path, existing: Existing) -> Result<Target> {
+    pub(crate) fn check(flag: &str, path: &Path, existing: Existing) -> Result<Target> {
         let name = format!("{flag} {}", path.display());
         let fail = |message: String| anyhow!(Error::Usage(format!("{name}: {message}")));
         let stream = |path: PathBuf| -> Result<Target> {
@@ -242,19 +242,19 @@ impl Target {
     }
 
     /// `--output x.jsonl`: the flag and the path as given.
-    pub fn name(&self) -> &str {
+    pub(crate) fn name(&self) -> &str {
         &self.name
     }
 
     /// The path as given (without the flag).
-    pub fn shown(&self) -> &str {
+    pub(crate) fn shown(&self) -> &str {
         self.name
             .split_once(' ')
             .map_or(self.name.as_str(), |(_, p)| p)
     }
 
     /// The regular file this output is (links followed), if it is one.
-    pub fn regular_file(&self) -> Option<&Path> {
+    pub(crate) fn regular_file(&self) -> Option<&Path> {
         match &self.kind {
             Kind::File { real, .. } => Some(real),
             Kind::Stream { .. } => None,
@@ -263,7 +263,7 @@ impl Target {
 
     /// An I/O error on this output, as one line naming it. Its kind is kept: a FIFO or
     /// `/dev/stdout` whose reader went away ends the run as quietly as `vlm ... | head` does.
-    pub fn io_error(&self, e: &io::Error) -> io::Error {
+    pub(crate) fn io_error(&self, e: &io::Error) -> io::Error {
         io::Error::new(e.kind(), format!("{}: {}", self.name, reason(e)))
     }
 
@@ -317,7 +317,7 @@ fn is_partial_of(candidate: &OsStr, name: &OsStr) -> bool {
 
 /// Removes the temporary files a killed run left beside `real` (issue 20 item 15): plain files
 /// named for it whose lock no live run holds.
-pub fn remove_stale_partials(real: &Path) {
+pub(crate) fn remove_stale_partials(real: &Path) {
     let Some(name) = real.file_name() else { return };
     let Ok(entries) = fs::read_dir(folder_of(real)) else {
         return;
@@ -339,7 +339,7 @@ pub fn remove_stale_partials(real: &Path) {
 /// A whole output (a JSON document, a table, a `.npy`, a picture): written to a temporary file
 /// and put in place by [`WholeFile::commit`], so a run that fails leaves the target as it was; or
 /// straight into a FIFO or device.
-pub struct WholeFile {
+pub(crate) struct WholeFile {
     target: Target,
     out: Out,
 }
@@ -357,7 +357,7 @@ impl WholeFile {
     /// Starts the output; nothing at the target changes before `commit`. `seekable`: the writer
     /// goes back to rewrite what it wrote (a `.npy` header), which a stream cannot do, so a
     /// stream's bytes are gathered first.
-    pub fn create(target: &Target, seekable: bool) -> Result<WholeFile> {
+    pub(crate) fn create(target: &Target, seekable: bool) -> Result<WholeFile> {
         let out = match &target.kind {
             Kind::File { real, old } => {
                 let mode = old.map_or(0o666, |o| o.mode);
@@ -385,7 +385,7 @@ impl WholeFile {
         })
     }
 
-    pub fn target(&self) -> &Target {
+    pub(crate) fn target(&self) -> &Target {
         &self.target
     }
 
@@ -404,7 +404,7 @@ impl WholeFile {
 
     /// Puts the finished output in place: renamed over the file, copied into it, or (a stream)
     /// closed, which tells its reader the output is complete.
-    pub fn commit(mut self) -> Result<()> {
+    pub(crate) fn commit(mut self) -> Result<()> {
         let target = self.target.clone();
         match std::mem::replace(&mut self.out, Out::Direct(None)) {
             Out::Beside(mut file) => {
@@ -492,14 +492,14 @@ impl Seek for WholeFile {
 /// A streamed output (JSONL, CSV): opened at the first flush, i.e. when the first result is ready,
 /// so a run that fails before any result leaves an existing file as it was; truncated then
 /// (`--force`), appended to (`--resume`), or made new (never over a file made meanwhile).
-pub struct StreamFile {
+pub(crate) struct StreamFile {
     target: Target,
     pending: Vec<u8>,
     file: Option<File>,
 }
 
 impl StreamFile {
-    pub fn new(target: &Target) -> StreamFile {
+    pub(crate) fn new(target: &Target) -> StreamFile {
         StreamFile {
             target: target.clone(),
             pending: Vec::new(),
@@ -507,7 +507,7 @@ impl StreamFile {
         }
     }
 
-    pub fn target(&self) -> &Target {
+    pub(crate) fn target(&self) -> &Target {
         &self.target
     }
 

@@ -20,7 +20,7 @@ use crate::text::{self, Template};
 use crate::Error;
 
 /// The built-in aspects, in the order `all` expands to (and output lists them).
-pub const BUILTIN_NAMES: [&str; 8] = [
+pub(crate) const BUILTIN_NAMES: [&str; 8] = [
     "color",
     "scene",
     "object",
@@ -53,7 +53,7 @@ const BUILTIN_FILES: [(&str, &str); 8] = [
 ];
 
 /// What the `source` of a built-in aspect says.
-pub const BUILTIN_SOURCE: &str = "built-in";
+pub(crate) const BUILTIN_SOURCE: &str = "built-in";
 
 /// Longest label name, in characters: labels are shown in tables and used as JSON values.
 pub const MAX_LABEL_CHARS: usize = 100;
@@ -354,7 +354,7 @@ impl Aspect {
 
     /// The aspect as an aspect file: `comment` (each line prefixed with `# `) then every key, labels
     /// with their own prompts or threshold as tables. Parsing the text gives this aspect back.
-    pub fn to_toml(&self, comment: &str) -> String {
+    pub(crate) fn to_toml(&self, comment: &str) -> String {
         let s = |text: &str| toml::Value::String(text.to_string()).to_string();
         let list = |items: &[String]| {
             let items: Vec<String> = items.iter().map(|i| s(i)).collect();
@@ -595,7 +595,7 @@ fn parse_builtin(stem: &str, text: &str) -> Result<Aspect, AspectError> {
 }
 
 /// Every built-in aspect, in `BUILTIN_NAMES` order.
-pub fn builtins() -> Vec<Aspect> {
+pub(crate) fn builtins() -> Vec<Aspect> {
     BUILTIN_FILES
         .iter()
         .map(|(stem, text)| builtin_or_panic(stem, text))
@@ -603,7 +603,7 @@ pub fn builtins() -> Vec<Aspect> {
 }
 
 /// The built-in aspect called `name`, if there is one.
-pub fn builtin(name: &str) -> Option<Aspect> {
+pub(crate) fn builtin(name: &str) -> Option<Aspect> {
     BUILTIN_FILES
         .iter()
         .find(|(stem, _)| *stem == name)
@@ -625,7 +625,7 @@ fn builtin_or_panic(stem: &str, text: &str) -> Aspect {
 /// and paths of aspect files (anything containing a path separator or ending in `.toml`). Keeps the
 /// first occurrence's order; naming the same aspect twice is fine, two different aspects with one
 /// name are an error. No values give no aspects (the caller picks the default).
-pub fn resolve(specs: &[String]) -> Result<Vec<Aspect>> {
+pub(crate) fn resolve(specs: &[String]) -> Result<Vec<Aspect>> {
     let mut out: Vec<Aspect> = Vec::new();
     for spec in specs {
         for (i, part) in spec.split(',').enumerate() {

@@ -3,4 +3,4 @@
 //! `aspects` lists them.
 
 pub mod aspects;
-pub mod rules;
+pub(crate) mod rules;

@@ -20,13 +20,13 @@ use crate::output::{AspectInfo, Tag};
 use crate::score::{self, LabelEmbeddings, LabelScore, Scoring, Selection};
 
 /// Default `top_k` of a single aspect when neither the aspect file nor the command line sets one.
-pub const DEFAULT_SINGLE_TOP_K: usize = 3;
+pub(crate) const DEFAULT_SINGLE_TOP_K: usize = 3;
 /// Default threshold of a multi aspect: the label beats the neutral prompt.
-pub const DEFAULT_MULTI_THRESHOLD: f32 = 0.5;
+pub(crate) const DEFAULT_MULTI_THRESHOLD: f32 = 0.5;
 
 /// An aspect's text side, ready to score images against.
 #[derive(Debug, Clone)]
-pub struct AspectEmbeddings {
+pub(crate) struct AspectEmbeddings {
     pub name: String,
     pub kind: AspectKind,
     pub labels: LabelEmbeddings,
@@ -40,7 +40,7 @@ pub struct AspectEmbeddings {
 
 /// Which tags are reported.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Rule {
+pub(crate) struct Rule {
     /// Report at most this many, best first; `None` for no limit.
     pub top_k: Option<usize>,
     /// Report only tags scoring at least this.
@@ -49,7 +49,7 @@ pub struct Rule {
 
 impl Rule {
     /// The effective rule: the command line wins over the aspect file, which wins over the defaults.
-    pub fn resolve(
+    pub(crate) fn resolve(
         kind: AspectKind,
         file: (Option<usize>, Option<f32>),
         cli: (Option<usize>, Option<f32>),
@@ -92,7 +92,7 @@ fn score_all(image: &[f32], aspect: &AspectEmbeddings, head: &ScoreHead) -> Vec<
 }
 
 /// Every label's score for one image, in label order, before the rule is applied.
-pub fn scores(image: &[f32], aspect: &AspectEmbeddings, head: &ScoreHead) -> Vec<Tag> {
+pub(crate) fn scores(image: &[f32], aspect: &AspectEmbeddings, head: &ScoreHead) -> Vec<Tag> {
     score_all(image, aspect, head)
         .into_iter()
         .map(Tag::from)
@@ -101,7 +101,7 @@ pub fn scores(image: &[f32], aspect: &AspectEmbeddings, head: &ScoreHead) -> Vec
 
 /// The tags an image gets for one aspect: scored, filtered by each label's threshold, best first,
 /// cut to `top_k`. Ties keep label order.
-pub fn tag(image: &[f32], aspect: &AspectEmbeddings, head: &ScoreHead) -> Vec<Tag> {
+pub(crate) fn tag(image: &[f32], aspect: &AspectEmbeddings, head: &ScoreHead) -> Vec<Tag> {
     let selection = Selection {
         top_k: aspect.rule.top_k,
         threshold: None,
@@ -127,7 +127,7 @@ pub fn tag(image: &[f32], aspect: &AspectEmbeddings, head: &ScoreHead) -> Vec<Ta
 
 /// Each label's threshold: `--threshold` for the aspect when given (it overrides the whole file),
 /// else the label's own, else the aspect's rule.
-pub fn label_thresholds(aspect: &Aspect, rule: &Rule, cli: Option<f32>) -> Vec<f32> {
+pub(crate) fn label_thresholds(aspect: &Aspect, rule: &Rule, cli: Option<f32>) -> Vec<f32> {
     aspect
         .labels
         .iter()
@@ -137,14 +137,14 @@ pub fn label_thresholds(aspect: &Aspect, rule: &Rule, cli: Option<f32>) -> Vec<f
 
 /// A value for every aspect (`aspect: None`) or for one (`--threshold color=0.3`).
 #[derive(Debug, Clone, PartialEq)]
-pub struct PerAspect<T> {
+pub(crate) struct PerAspect<T> {
     pub aspect: Option<String>,
     pub value: T,
 }
 
 impl<T: Copy> PerAspect<T> {
     /// The value for `aspect`: its own if given, else the last one for every aspect.
-    pub fn lookup(list: &[PerAspect<T>], aspect: &str) -> Option<T> {
+    pub(crate) fn lookup(list: &[PerAspect<T>], aspect: &str) -> Option<T> {
         list.iter()
             .rev()
             .find(|p| p.aspect.as_deref() == Some(aspect))
@@ -155,7 +155,7 @@ impl<T: Copy> PerAspect<T> {
 
 /// The text units of a run over `aspects`: one per label, then the neutral prompt of a multi
 /// aspect when the head needs it.
-pub fn text_units(aspects: &[Aspect], needs_neutral: bool) -> Vec<Vec<String>> {
+pub(crate) fn text_units(aspects: &[Aspect], needs_neutral: bool) -> Vec<Vec<String>> {
     let mut units: Vec<Vec<String>> = Vec::new();
     for a in aspects {
         units.extend(a.labels.iter().map(|l| a.prompts_for(l)));
@@ -168,7 +168,7 @@ pub fn text_units(aspects: &[Aspect], needs_neutral: bool) -> Vec<Vec<String>> {
 
 /// The aspects ready to score images: the embeddings of [`text_units`] split back per aspect, with
 /// each aspect's rule and `--threshold` (if any).
-pub fn prepare(
+pub(crate) fn prepare(
     aspects: &[Aspect],
     rules: &[Rule],
     cli_thresholds: &[Option<f32>],
@@ -199,7 +199,7 @@ pub fn prepare(
 }
 
 /// An aspect as the JSON header describes it; `thresholds` are the labels' own (empty: none).
-pub fn aspect_info(a: &Aspect, rule: &Rule, thresholds: &[f32]) -> AspectInfo {
+pub(crate) fn aspect_info(a: &Aspect, rule: &Rule, thresholds: &[f32]) -> AspectInfo {
     AspectInfo {
         name: a.name.clone(),
         kind: a.kind,

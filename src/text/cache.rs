@@ -36,14 +36,14 @@ const MODEL_DIR_HEX: usize = 16;
 
 /// Text embeddings on disk, keyed by model and exact prompts.
 #[derive(Debug, Clone)]
-pub struct TextCache {
+pub(crate) struct TextCache {
     dir: PathBuf,
 }
 
 impl TextCache {
     /// The user's cache dir: `$VLM_CACHE_DIR` if set, else `$XDG_CACHE_HOME/vlm`, else
     /// `$HOME/.cache/vlm` (on Windows `%LOCALAPPDATA%\vlm`); `None` if none can be determined.
-    pub fn default_dir() -> Option<PathBuf> {
+    pub(crate) fn default_dir() -> Option<PathBuf> {
         let var = std::env::var_os;
         if cfg!(windows) {
             dir_from_env(var("VLM_CACHE_DIR"), None, None)
@@ -54,18 +54,18 @@ impl TextCache {
     }
 
     /// A cache in `dir`; nothing is created until the first `put`.
-    pub fn new(dir: PathBuf) -> Self {
+    pub(crate) fn new(dir: PathBuf) -> Self {
         Self { dir }
     }
 
     /// The folder given to `new`.
-    pub fn dir(&self) -> &Path {
+    pub(crate) fn dir(&self) -> &Path {
         &self.dir
     }
 
     /// The stored embedding of `prompts` under `model_key` (model, revision and dtype, built by the
     /// caller), or `None` when there is none or it is unreadable or corrupt.
-    pub fn get(&self, model_key: &str, prompts: &[String]) -> Option<Vec<f32>> {
+    pub(crate) fn get(&self, model_key: &str, prompts: &[String]) -> Option<Vec<f32>> {
         let key = entry_key(model_key, prompts);
         let bytes = std::fs::read(self.entry_path(model_key, &key)).ok()?;
         decode(&bytes, &key)
@@ -74,7 +74,7 @@ impl TextCache {
     /// Stores the embedding of `prompts` under `model_key`, replacing any entry atomically: readers
     /// see the old file or the new one, never a part, and concurrent writers of one key are safe
     /// (the last rename wins, with the same content).
-    pub fn put(&self, model_key: &str, prompts: &[String], embedding: &[f32]) -> Result<()> {
+    pub(crate) fn put(&self, model_key: &str, prompts: &[String], embedding: &[f32]) -> Result<()> {
         // `get` would refuse these; better to say so now than to write an entry that never hits.
         if embedding.is_empty() {
             bail!("cannot cache an empty text embedding");
@@ -118,7 +118,7 @@ impl TextCache {
 /// The cache dir from the environment's values (passed in so tests need not touch the process
 /// environment): `vlm` as given, else `xdg/vlm`, else `home/.cache/vlm`. Empty values count as unset,
 /// and a relative `XDG_CACHE_HOME` is ignored, as the XDG base-directory spec says.
-pub fn dir_from_env(
+pub(crate) fn dir_from_env(
     vlm: Option<OsString>,
     xdg: Option<OsString>,
     home: Option<OsString>,

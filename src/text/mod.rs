@@ -1,7 +1,7 @@
 //! Text side: the checkpoint's tokenizer, prompt templates and label lists, and the on-disk cache
 //! of text embeddings ([`cache`]).
 
-pub mod cache;
+pub(crate) mod cache;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -59,7 +59,7 @@ fn read_tokenizer_file(path: &Path) -> Result<Vec<u8>> {
 }
 
 impl Tokenizer {
-    pub fn from_file(path: &Path, policy: TextPolicy) -> Result<Self> {
+    pub(crate) fn from_file(path: &Path, policy: TextPolicy) -> Result<Self> {
         let bytes = read_tokenizer_file(path)?;
         let inner = tokenizers::Tokenizer::from_bytes(&bytes)
             .map_err(|e| anyhow::anyhow!("{e}"))
@@ -69,7 +69,11 @@ impl Tokenizer {
 
     /// A tokenizer already built (a family's own, see `ModelSpec::builtin_tokenizer`), set up as
     /// [`Self::from_file`] does; `path` names it in errors.
-    pub fn new(mut inner: tokenizers::Tokenizer, policy: TextPolicy, path: &Path) -> Result<Self> {
+    pub(crate) fn new(
+        mut inner: tokenizers::Tokenizer,
+        policy: TextPolicy,
+        path: &Path,
+    ) -> Result<Self> {
         let context_len = policy.context_len;
         // Truncate the content and keep the start and end tokens, as transformers' CLIPTokenizer does
         // with `truncation=True, max_length=77` (SigLIP: 63 ids + the end token of 64): the
@@ -136,7 +140,8 @@ impl Tokenizer {
 
 /// The files beside `tokenizer.json` that name its special tokens, as transformers reads them
 /// (`PreTrainedTokenizerBase.from_pretrained`); the Hub resolver fetches them too.
-pub const TOKENIZER_SIDECARS: [&str; 2] = ["tokenizer_config.json", "special_tokens_map.json"];
+pub(crate) const TOKENIZER_SIDECARS: [&str; 2] =
+    ["tokenizer_config.json", "special_tokens_map.json"];
 
 /// The id [`Padding::Full`] pads with, as transformers finds it: the `pad_token` that
 /// `tokenizer_config.json` or `special_tokens_map.json` beside the tokenizer names, else the
@@ -208,7 +213,7 @@ fn named_pad_token(path: &Path) -> Result<Option<String>> {
 }
 
 /// Built-in template sets, kept as data under `prompts/templates/`.
-pub const BUILTIN_TEMPLATE_SETS: &[(&str, &str)] = &[(
+pub(crate) const BUILTIN_TEMPLATE_SETS: &[(&str, &str)] = &[(
     "imagenet",
     include_str!("../../prompts/templates/imagenet.txt"),
 )];
@@ -231,17 +236,17 @@ impl Template {
         Ok(Self(text.to_string()))
     }
 
-    pub fn fill(&self, label: &str) -> String {
+    pub(crate) fn fill(&self, label: &str) -> String {
         self.0.replace("{}", label)
     }
 
-    pub fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         &self.0
     }
 }
 
 /// Resolves `--templates NAME|FILE`: a built-in set's name, else a file of one template per line.
-pub fn template_set(name_or_file: &str) -> Result<Vec<Template>> {
+pub(crate) fn template_set(name_or_file: &str) -> Result<Vec<Template>> {
     if let Some((_, text)) = BUILTIN_TEMPLATE_SETS
         .iter()
         .find(|(n, _)| *n == name_or_file)
@@ -280,7 +285,7 @@ fn parse_templates(text: &str, source: &str) -> Result<Vec<Template>> {
 }
 
 /// Reads a UTF-8 text file, naming it in every error.
-pub fn read_text_file(path: &Path) -> Result<String> {
+pub(crate) fn read_text_file(path: &Path) -> Result<String> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     String::from_utf8(bytes).map_err(|e| {
         anyhow::anyhow!(Error::Usage(format!(
@@ -293,7 +298,7 @@ pub fn read_text_file(path: &Path) -> Result<String> {
 
 /// The non-blank, non-comment lines of a list file with their 1-based line numbers; tolerates a BOM,
 /// CRLF line ends and surrounding spaces.
-pub fn list_lines(text: &str) -> impl Iterator<Item = (usize, &str)> {
+pub(crate) fn list_lines(text: &str) -> impl Iterator<Item = (usize, &str)> {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     text.lines().enumerate().filter_map(|(i, line)| {
         let line = line.trim();
@@ -312,7 +317,7 @@ pub struct LabelList {
 
 impl LabelList {
     /// Adds the labels of one `--labels` value (comma-separated).
-    pub fn add_csv(&mut self, value: &str) -> Result<(), Error> {
+    pub(crate) fn add_csv(&mut self, value: &str) -> Result<(), Error> {
         for (i, part) in value.split(',').enumerate() {
             let label = part.trim();
             if label.is_empty() {
@@ -328,7 +333,7 @@ impl LabelList {
     }
 
     /// Adds the labels of a label file: one per line, `#` comments and blank lines skipped.
-    pub fn add_file(&mut self, path: &Path) -> Result<()> {
+    pub(crate) fn add_file(&mut self, path: &Path) -> Result<()> {
         let text = read_text_file(path)?;
         self.add_text(&text, &path.display().to_string())?;
         Ok(())
@@ -367,7 +372,7 @@ impl LabelList {
     }
 
     /// The labels, and what looked like a mistake in the label files.
-    pub fn finish_with_warnings(self) -> Result<(Vec<String>, Vec<String>), Error> {
+    pub(crate) fn finish_with_warnings(self) -> Result<(Vec<String>, Vec<String>), Error> {
         if self.labels.is_empty() {
             return Err(Error::Usage(
                 "no labels: give --labels a,b,c and/or --labels-file FILE".into(),
@@ -379,7 +384,7 @@ impl LabelList {
 
 /// `--template` values then the `--templates` set, without repeats; empty for the model's default
 /// (`engine::text::templates_or_default`). Shared with every command that takes templates.
-pub fn templates_from(values: &[String], set: Option<&str>) -> Result<Vec<Template>> {
+pub(crate) fn templates_from(values: &[String], set: Option<&str>) -> Result<Vec<Template>> {
     let mut templates = values
         .iter()
         .map(|t| Template::new(t).context("--template"))
@@ -396,7 +401,7 @@ pub fn templates_from(values: &[String], set: Option<&str>) -> Result<Vec<Templa
 
 /// `--labels` values (each comma-separated) then `--labels-file`s: the labels, and warnings about
 /// what looks like a mistake in them. (`classify`, `explain`).
-pub fn labels_from(
+pub(crate) fn labels_from(
     values: &[String],
     files: &[std::path::PathBuf],
 ) -> Result<(Vec<String>, Vec<String>)> {

@@ -10,7 +10,7 @@ use crate::output::{Cell, Record};
 /// What a `calibrate` run was about.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct CalibrateInfo {
+pub(crate) struct CalibrateInfo {
     pub model: ModelInfo,
     pub aspect: String,
     /// "built-in" or the aspect file's path.
@@ -31,7 +31,7 @@ pub struct CalibrateInfo {
 /// One label: its decisions on the truth at the threshold before, and at the one chosen.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct CalibratedLabel {
+pub(crate) struct CalibratedLabel {
     pub label: String,
     /// Images of the truth that have this label.
     pub positives: usize,

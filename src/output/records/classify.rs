@@ -9,7 +9,7 @@ use crate::score::LabelScore;
 
 /// What a `classify` run is about, known before the first image: the JSON document's header.
 #[derive(Debug, Clone, Serialize)]
-pub struct RunInfo {
+pub(crate) struct RunInfo {
     pub model: ModelInfo,
     pub labels: Vec<String>,
     pub templates: Vec<String>,
@@ -18,7 +18,7 @@ pub struct RunInfo {
 /// One ranked label for one image.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Prediction {
+pub(crate) struct Prediction {
     pub label: String,
     /// The model's score head on `cosine`: a softmax over all labels for CLIP, each label's own
     /// sigmoid for SigLIP (see [`super::ModelInfo::head`]).
@@ -40,7 +40,7 @@ impl From<LabelScore> for Prediction {
 /// The outcome of `classify` for one input image: ranked predictions, or the error that stopped it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ImageResult {
+pub(crate) struct ImageResult {
     /// The path as given (lossily converted to UTF-8 if it is not).
     pub path: String,
     /// Best first; empty when the image failed.

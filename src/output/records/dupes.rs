@@ -9,7 +9,7 @@ use crate::output::{Cell, Record};
 /// A `dupes` run's header.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct DupesInfo {
+pub(crate) struct DupesInfo {
     pub model: ModelInfo,
     pub dtype: String,
     /// The index file.
@@ -25,7 +25,7 @@ pub struct DupesInfo {
 /// One image of a group.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct DupeImage {
+pub(crate) struct DupeImage {
     /// The absolute path stored in the index.
     pub path: String,
     /// The file's size in bytes when it was indexed.
@@ -37,7 +37,7 @@ pub struct DupeImage {
 /// Images that are copies of each other. The first is the largest file, the likeliest original.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct DupeGroup {
+pub(crate) struct DupeGroup {
     /// 1 for the biggest group.
     pub group: usize,
     pub images: Vec<DupeImage>,

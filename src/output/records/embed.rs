@@ -9,7 +9,7 @@ use crate::output::{Cell, Record};
 /// What an `embed` run's vectors are: the JSON document's header (JSONL has none).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct EmbedInfo {
+pub(crate) struct EmbedInfo {
     pub model: ModelInfo,
     /// The numeric type the model ran in (`f32`, `f16`, `bf16`); the vectors are written as f32.
     pub dtype: String,
@@ -25,7 +25,7 @@ pub struct EmbedInfo {
 /// One image's embedding, or the error that stopped it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ImageEmbedding {
+pub(crate) struct ImageEmbedding {
     /// The path as given (lossily converted to UTF-8 if it is not).
     pub path: String,
     /// L2-normalised; null when the image failed.
@@ -37,7 +37,7 @@ pub struct ImageEmbedding {
 /// One `--text`'s embedding: the normalised mean of its templates' normalised embeddings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct TextEmbedding {
+pub(crate) struct TextEmbedding {
     pub text: String,
     pub embedding: Vec<f32>,
 }

@@ -10,7 +10,7 @@ use crate::output::{Cell, Record};
 /// An input that could not be scored, with why.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct FailedInput {
+pub(crate) struct FailedInput {
     pub path: String,
     pub error: String,
 }
@@ -18,7 +18,7 @@ pub struct FailedInput {
 /// One `--sweep` row: a template alone, or the ensemble of all.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct SweepRow {
+pub(crate) struct SweepRow {
     /// The template, or `ensemble` for all of them together (a template always holds `{}`).
     pub template: String,
     pub top1: Option<f64>,
@@ -30,7 +30,7 @@ pub struct SweepRow {
 /// when no image could be scored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct EvalInfo {
+pub(crate) struct EvalInfo {
     pub model: ModelInfo,
     /// The dataset folder as given.
     pub root: String,
@@ -54,7 +54,7 @@ pub struct EvalInfo {
 /// A class's most frequent wrong prediction.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Confusion {
+pub(crate) struct Confusion {
     /// The label predicted instead.
     pub label: String,
     /// How many of the class's images got it.
@@ -64,7 +64,7 @@ pub struct Confusion {
 /// One class of an `eval` run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct EvalClass {
+pub(crate) struct EvalClass {
     pub label: String,
     /// Images of this class that were scored.
     pub images: usize,

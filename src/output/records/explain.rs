@@ -9,7 +9,7 @@ use crate::output::{Cell, Record};
 /// The size of a patch grid.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Grid {
+pub(crate) struct Grid {
     pub rows: usize,
     pub cols: usize,
 }
@@ -17,7 +17,7 @@ pub struct Grid {
 /// One label's map over one image.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct LabelMap {
+pub(crate) struct LabelMap {
     pub label: String,
     /// `rows * cols` cosine similarities of each patch and the label, row-major (top row first).
     pub scores: Vec<f32>,
@@ -28,7 +28,7 @@ pub struct LabelMap {
 /// The outcome of `explain` for one input image.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ExplainResult {
+pub(crate) struct ExplainResult {
     pub path: String,
     /// The patch grid; null when the image failed.
     pub grid: Option<Grid>,

@@ -18,14 +18,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::HeadKind;
 
-pub use calibrate::{CalibrateInfo, CalibratedLabel};
-pub use classify::{ImageResult, Prediction, RunInfo};
-pub use dupes::{DupeGroup, DupeImage, DupesInfo};
-pub use embed::{EmbedInfo, ImageEmbedding, TextEmbedding};
-pub use eval::{Confusion, EvalClass, EvalInfo, FailedInput, SweepRow};
-pub use explain::{ExplainResult, Grid, LabelMap};
-pub use search::{SearchHit, SearchInfo, SearchQuery};
-pub use tag::{AspectInfo, AspectTags, Tag, TagResult, TagRunInfo};
+pub(crate) use calibrate::{CalibrateInfo, CalibratedLabel};
+pub(crate) use classify::{ImageResult, Prediction, RunInfo};
+pub(crate) use dupes::{DupeGroup, DupeImage, DupesInfo};
+pub(crate) use embed::{EmbedInfo, ImageEmbedding, TextEmbedding};
+pub(crate) use eval::{Confusion, EvalClass, EvalInfo, FailedInput, SweepRow};
+pub(crate) use explain::{ExplainResult, Grid, LabelMap};
+pub(crate) use search::{SearchHit, SearchInfo, SearchQuery};
+pub(crate) use tag::{AspectInfo, AspectTags, Tag, TagResult, TagRunInfo};
 
 /// `f32` values as their shortest decimal (`0.497`, as an aspect file writes it), also where a
 /// header goes through `serde_json::Value`, which holds numbers as `f64` and would print
@@ -57,7 +57,7 @@ pub(crate) mod shortest_f32 {
 /// Which model produced the results.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ModelInfo {
+pub(crate) struct ModelInfo {
     /// The Hub id or local folder given with `--model`.
     pub id: String,
     /// The Hub commit the weights came from; null for a local folder.

@@ -9,7 +9,7 @@ use crate::output::{Cell, Record};
 /// What was searched: a text (through templates, as `classify` puts labels) or an image.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct SearchQuery {
+pub(crate) struct SearchQuery {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub text: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -21,7 +21,7 @@ pub struct SearchQuery {
 /// A search's header: the index, the model it was made with, the query and the cut.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct SearchInfo {
+pub(crate) struct SearchInfo {
     pub model: ModelInfo,
     pub dtype: String,
     /// The index file.
@@ -39,7 +39,7 @@ pub struct SearchInfo {
 /// One result: an indexed image and its cosine with the query.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct SearchHit {
+pub(crate) struct SearchHit {
     /// 1 for the best.
     pub rank: usize,
     /// The absolute path stored in the index.

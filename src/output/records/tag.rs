@@ -13,7 +13,7 @@ use crate::tagging::aspects::AspectKind;
 /// One aspect of a `tag` run, as the JSON document's header describes it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct AspectInfo {
+pub(crate) struct AspectInfo {
     pub name: String,
     pub kind: AspectKind,
     pub description: String,
@@ -38,7 +38,7 @@ pub struct AspectInfo {
 
 /// What a `tag` run is about: the JSON document's header.
 #[derive(Debug, Clone, Serialize)]
-pub struct TagRunInfo {
+pub(crate) struct TagRunInfo {
     pub model: ModelInfo,
     pub aspects: Vec<AspectInfo>,
 }
@@ -46,7 +46,7 @@ pub struct TagRunInfo {
 /// One tag of one aspect for one image.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Tag {
+pub(crate) struct Tag {
     pub label: String,
     /// single: softmax probability over the aspect's labels; multi: the label's own score (see
     /// `commands::tag`). Both in 0..=1.
@@ -68,7 +68,7 @@ impl From<LabelScore> for Tag {
 /// One aspect's tags for one image.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct AspectTags {
+pub(crate) struct AspectTags {
     pub aspect: String,
     pub kind: AspectKind,
     /// Best first; may be empty when nothing passes the threshold.
@@ -78,7 +78,7 @@ pub struct AspectTags {
 /// The outcome of `tag` for one input image: its tags grouped by aspect, in `--aspects` order.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct TagResult {
+pub(crate) struct TagResult {
     pub path: String,
     /// Empty when the image failed.
     pub aspects: Vec<AspectTags>,
