@@ -210,7 +210,8 @@ pub fn plan_model(opts: &ModelOptions, quiet: bool) -> Result<ModelPlan> {
     let spec = model::read_config(&files.config).map_err(in_model)?;
     let preprocess = match spec.preprocess() {
         Some(own) => own,
-        None => PreprocessConfig::from_file(&files.preprocessor).map_err(in_model)?,
+        None => PreprocessConfig::from_file_with(&files.preprocessor, &model::processor_classes())
+            .map_err(in_model)?,
     };
     let size = spec.image_size();
     match preprocess.output_size() {

@@ -1,11 +1,13 @@
 //! `preprocessor_config.json`: [`PreprocessConfig`] (transformers' `CLIPImageProcessor`
-//! settings, with its class defaults), its parsing and validation, and the sizes it gives an
-//! image (`get_resize_output_image_size`, `get_size_with_aspect_ratio`).
+//! settings, with its class defaults, or those of another [`ProcessorClass`] a model family
+//! supplies), its parsing and validation, and the sizes it gives an image
+//! (`get_resize_output_image_size`, `get_size_with_aspect_ratio`).
 
 use std::path::Path;
 
 use anyhow::{bail, Context};
-use serde::Deserialize;
+use serde::de::DeserializeSeed;
+use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 
 /// `transformers.image_utils.OPENAI_CLIP_MEAN`.
@@ -103,11 +105,10 @@ pub struct CropSize {
 }
 
 /// Preprocessing settings from a checkpoint's `preprocessor_config.json`, with transformers'
-/// `CLIPImageProcessor` class defaults for anything missing (or `null`). Unknown fields are
-/// ignored. Both the legacy (`"size": 224`, `"crop_size": 224`) and the current
-/// (`{"shortest_edge": 224}`, `{"height": 224, "width": 224}`) forms are accepted.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(try_from = "RawConfig")]
+/// `CLIPImageProcessor` class defaults (or its [`ProcessorClass`]'s) for anything missing (or
+/// `null`). Unknown fields are ignored. Both the legacy (`"size": 224`, `"crop_size": 224`) and
+/// the current (`{"shortest_edge": 224}`, `{"height": 224, "width": 224}`) forms are accepted.
+#[derive(Debug, Clone, PartialEq)]
 pub struct PreprocessConfig {
     pub do_resize: bool,
     pub size: ResizeSize,
@@ -151,32 +152,18 @@ impl Default for PreprocessConfig {
     }
 }
 
-impl PreprocessConfig {
-    /// `SiglipImageProcessor`'s class attributes (SigLIP and SigLIP 2 alike): resize straight to
-    /// 224×224 (no aspect ratio kept), no center crop (the class has no crop step at all), rescale,
-    /// normalise with mean = std = 0.5 (`IMAGENET_STANDARD_MEAN`/`_STD`).
-    pub fn siglip() -> Self {
-        Self {
-            do_resize: true,
-            size: ResizeSize::Exact {
-                height: 224,
-                width: 224,
-            },
-            resample: Resample::Bicubic,
-            do_center_crop: false,
-            crop_size: CropSize {
-                height: 224,
-                width: 224,
-            },
-            do_rescale: true,
-            rescale_factor: 1.0 / 255.0,
-            do_normalize: true,
-            image_mean: [0.5; 3],
-            image_std: [0.5; 3],
-            do_convert_rgb: true,
-            convention: Convention::Transformers,
-        }
-    }
+/// A transformers image processor class whose defaults differ from `CLIPImageProcessor`'s (the
+/// base ones, [`PreprocessConfig::default`]), known by the `image_processor_type` a
+/// `preprocessor_config.json` names. Model families supply these (`model::processor_classes`).
+#[derive(Debug, Clone, Copy)]
+pub struct ProcessorClass {
+    /// The class name; its variants (`...Fast`, `...Pil`) start with it.
+    pub name_prefix: &'static str,
+    /// The class attributes: what a missing (or `null`) key means.
+    pub defaults: fn() -> PreprocessConfig,
+    /// `false`: the class has no center crop step, whatever a `do_center_crop` key says
+    /// (transformers ignores the key there).
+    pub crops: bool,
 }
 
 /// The JSON as written; every field optional. Shape-polymorphic fields are kept as JSON values
@@ -197,29 +184,29 @@ struct RawConfig {
     do_convert_rgb: Option<bool>,
 }
 
-impl TryFrom<RawConfig> for PreprocessConfig {
-    type Error = anyhow::Error;
+/// Deserialises a [`RawConfig`] and turns it into a [`PreprocessConfig`] with the classes given.
+struct WithClasses<'a>(&'a [ProcessorClass]);
 
-    fn try_from(raw: RawConfig) -> anyhow::Result<Self> {
+impl<'de> DeserializeSeed<'de> for WithClasses<'_> {
+    type Value = PreprocessConfig;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<PreprocessConfig, D::Error> {
+        let raw = RawConfig::deserialize(d)?;
         // serde keeps only the top-level `Display` of this error, so flatten the context chain
         // into one message ("invalid `image_mean`: expected 3 values ...").
-        Self::from_raw(raw).map_err(|e| anyhow::anyhow!("{e:#}"))
+        PreprocessConfig::from_raw(raw, self.0)
+            .map_err(|e| serde::de::Error::custom(format!("{e:#}")))
     }
 }
 
 impl PreprocessConfig {
-    fn from_raw(raw: RawConfig) -> anyhow::Result<Self> {
-        // `SiglipImageProcessor`, `...Fast`, `...Pil`: other defaults, and no crop step, whatever
-        // a `do_center_crop` key says (transformers ignores it there).
-        let siglip = raw
+    fn from_raw(raw: RawConfig, classes: &[ProcessorClass]) -> anyhow::Result<Self> {
+        let class = raw
             .image_processor_type
             .as_deref()
-            .is_some_and(|t| t.starts_with("SiglipImageProcessor"));
-        let d = if siglip {
-            Self::siglip()
-        } else {
-            Self::default()
-        };
+            .and_then(|t| classes.iter().find(|c| t.starts_with(c.name_prefix)));
+        let d = class.map_or_else(Self::default, |c| (c.defaults)());
+        let crops = class.is_none_or(|c| c.crops);
         let cfg = Self {
             do_resize: raw.do_resize.unwrap_or(d.do_resize),
             size: match raw.size.as_ref().filter(|v| !v.is_null()) {
@@ -235,7 +222,7 @@ impl PreprocessConfig {
                 }
                 None => d.resample,
             },
-            do_center_crop: !siglip && raw.do_center_crop.unwrap_or(d.do_center_crop),
+            do_center_crop: crops && raw.do_center_crop.unwrap_or(d.do_center_crop),
             crop_size: match raw.crop_size.as_ref().filter(|v| !v.is_null()) {
                 Some(v) => parse_crop_size(v).context("invalid `crop_size`")?,
                 None => d.crop_size,
@@ -359,18 +346,34 @@ fn parse_rgb_triple(v: &Value) -> anyhow::Result<[f64; 3]> {
 }
 
 impl PreprocessConfig {
-    /// Reads and validates a `preprocessor_config.json`.
-    pub fn from_file(path: &Path) -> anyhow::Result<Self> {
+    /// Reads and validates a `preprocessor_config.json`, its missing keys meaning what they
+    /// mean for the class it names among `classes` (else for `CLIPImageProcessor`).
+    pub fn from_file_with(path: &Path, classes: &[ProcessorClass]) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read preprocessor config {}", path.display()))?;
-        Self::from_json_str(&text)
+        Self::from_json_with(&text, classes)
             .with_context(|| format!("invalid preprocessor config {}", path.display()))
     }
 
-    /// Parses and validates the JSON text of a `preprocessor_config.json`.
+    /// [`Self::from_file_with`] on the JSON text.
+    pub fn from_json_with(text: &str, classes: &[ProcessorClass]) -> anyhow::Result<Self> {
+        // As `serde_json::from_str` does: the value, then nothing but whitespace. `from_raw`
+        // runs `validate`.
+        let mut de = serde_json::Deserializer::from_str(text);
+        let cfg = WithClasses(classes).deserialize(&mut de)?;
+        de.end()?;
+        Ok(cfg)
+    }
+
+    /// [`Self::from_file_with`] knowing no class but `CLIPImageProcessor`: the base defaults
+    /// whatever class the file names. A checkpoint's is read with `model::processor_classes()`.
+    pub fn from_file(path: &Path) -> anyhow::Result<Self> {
+        Self::from_file_with(path, &[])
+    }
+
+    /// [`Self::from_json_with`] knowing no class but `CLIPImageProcessor`.
     pub fn from_json_str(text: &str) -> anyhow::Result<Self> {
-        // `try_from = "RawConfig"` runs `validate`.
-        Ok(serde_json::from_str(text)?)
+        Self::from_json_with(text, &[])
     }
 
     /// Checks the invariants the pipeline relies on (parsing already enforces most of them;
@@ -542,38 +545,52 @@ mod tests {
     use super::*;
     use crate::images::test_util::fixture;
 
+    /// A class a family supplies: its defaults fill what the file leaves out, and a class
+    /// without a crop step ignores `do_center_crop`; another class name gets the base defaults.
     #[test]
-    fn siglip_processors_resize_exactly_without_a_crop() {
-        // The published google/siglip-base-patch16-224 and google/siglip2-base-patch16-224
-        // files: no do_center_crop key, which for CLIP would mean a 224 crop; SigLIP 2 says
-        // "do_convert_rgb": null (the class default, true, stays).
-        for (name, resample) in [
-            ("siglip-base-patch16-224", Resample::Bicubic),
-            ("siglip2-base-patch16-224", Resample::Bilinear),
-        ] {
-            let cfg = PreprocessConfig::from_file(&fixture(&format!(
-                "configs/siglip/{name}/preprocessor_config.json"
-            )))
-            .unwrap();
-            assert_eq!(
-                cfg,
-                PreprocessConfig {
-                    resample,
-                    ..PreprocessConfig::siglip()
-                },
-                "{name}"
-            );
-            assert_eq!(cfg.output_size(), Some((224, 224)));
-            assert_eq!(cfg.resized_size(640, 480).unwrap(), (224, 224));
-        }
-        let cfg = PreprocessConfig::from_json_str(
-            r#"{"image_processor_type": "SiglipImageProcessorFast", "do_center_crop": true,
-                "size": {"height": 384, "width": 384}}"#,
+    fn a_named_class_brings_its_defaults() {
+        let exact = || PreprocessConfig {
+            size: ResizeSize::Exact {
+                height: 64,
+                width: 64,
+            },
+            do_center_crop: false,
+            image_mean: [0.5; 3],
+            ..PreprocessConfig::default()
+        };
+        let classes = [ProcessorClass {
+            name_prefix: "ExactImageProcessor",
+            defaults: exact,
+            crops: false,
+        }];
+        let cfg = PreprocessConfig::from_json_with(
+            r#"{"image_processor_type": "ExactImageProcessorFast", "do_center_crop": true,
+                "resample": 2}"#,
+            &classes,
         )
         .unwrap();
-        assert!(!cfg.do_center_crop);
-        assert_eq!(cfg.output_size(), Some((384, 384)));
-        assert_eq!(cfg.image_mean, [0.5; 3]);
+        assert_eq!(
+            cfg,
+            PreprocessConfig {
+                resample: Resample::Bilinear,
+                ..exact()
+            }
+        );
+        assert_eq!(cfg.output_size(), Some((64, 64)));
+        // Not among the classes given: the base class.
+        let text = r#"{"image_processor_type": "ExactImageProcessor"}"#;
+        assert_eq!(
+            PreprocessConfig::from_json_str(text).unwrap(),
+            PreprocessConfig::default()
+        );
+        let text = r#"{"image_processor_type": "CLIPImageProcessor", "size": 64}"#;
+        assert!(
+            PreprocessConfig::from_json_with(text, &classes)
+                .unwrap()
+                .do_center_crop
+        );
+        // Trailing text is refused as serde_json::from_str refuses it.
+        assert!(PreprocessConfig::from_json_with("{} x", &classes).is_err());
     }
 
     #[test]

@@ -76,7 +76,7 @@ use image::RgbImage;
 pub use color::convert_to_rgb;
 pub use config::{
     longest_edge_output_size, shortest_edge_output_size, Convention, CropSize, PreprocessConfig,
-    Resample, ResizeSize, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD,
+    ProcessorClass, Resample, ResizeSize, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD,
 };
 pub(crate) use decode::special_kind;
 pub use decode::{

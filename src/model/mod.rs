@@ -7,10 +7,16 @@
 //! prompt. Loading the spec gives an [`ImageTextModel`]: images and token ids in, embeddings out,
 //! plus the learned [`ScoreHead`]. Nothing outside this folder names a concrete family.
 //!
+//! A family also says how its checkpoints lie on disk ([`Layout`]: `hub` finds a folder's or a
+//! repository's files by walking [`layouts`]) and which image processor classes of transformers
+//! have defaults of their own ([`ProcessorClass`]: `images` reads `preprocessor_config.json` with
+//! [`processor_classes`]), so that `hub` and `images` name no family.
+//!
 //! Adding a family = a new folder here plus one line in [`FAMILIES`].
 
 pub mod checks;
 pub mod clip;
+pub mod layout;
 pub mod nn;
 pub mod openclip;
 pub mod pickle;
@@ -25,6 +31,10 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+
+pub use layout::{Layout, WeightFile};
+
+use crate::images::ProcessorClass;
 
 /// Every family vlm can load, tried in order by `model_type`. OpenCLIP's `open_clip_config.json`
 /// has no `model_type`: [`parse_config`] knows it by its `model_cfg`.
@@ -43,6 +53,34 @@ pub struct Family {
     /// The score head every model of the family has, where it has one (an OpenCLIP checkpoint's
     /// depends on its weights: `logit_bias` makes it sigmoid).
     pub head: Option<HeadKind>,
+    /// How its checkpoints lie on disk. Families that share a format share the one [`Layout`]
+    /// (CLIP and SigLIP: [`layout::TRANSFORMERS`]).
+    pub layout: &'static Layout,
+    /// transformers' image processor classes whose defaults differ from the base class's
+    /// (`CLIPImageProcessor`), as `preprocessor_config.json`'s `image_processor_type` names them.
+    pub processors: &'static [ProcessorClass],
+}
+
+/// The distinct layouts of [`FAMILIES`], in their order: a checkpoint is the first one's whose
+/// config file it holds and the layout claims.
+pub fn layouts() -> Vec<&'static Layout> {
+    let mut out: Vec<&'static Layout> = Vec::new();
+    for family in FAMILIES {
+        if !out.iter().any(|l| std::ptr::eq(*l, family.layout)) {
+            out.push(family.layout);
+        }
+    }
+    out
+}
+
+/// Every family's image processor classes, for reading any checkpoint's
+/// `preprocessor_config.json` (transformers' `AutoImageProcessor` goes by the class it names,
+/// whatever the model).
+pub fn processor_classes() -> Vec<ProcessorClass> {
+    FAMILIES
+        .iter()
+        .flat_map(|f| f.processors.iter().copied())
+        .collect()
 }
 
 /// The head a family's models always have, by the family's name: for records that name only the
@@ -353,6 +391,176 @@ mod tests {
             err.ends_with("with model_type \"clip\", \"siglip\""),
             "{err}"
         );
+    }
+
+    /// issue 21: family names appear only under `src/model/` (outside comments, which may say
+    /// whose convention a line follows). Plain "clip" is left alone: the whole product is
+    /// CLIP-style.
+    #[test]
+    fn family_names_appear_only_under_model() {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut files = vec![];
+        let mut dirs = vec![src.clone()];
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path == src.join("model") {
+                    continue;
+                }
+                if path.is_dir() {
+                    dirs.push(path);
+                } else if path.extension().is_some_and(|e| e == "rs") {
+                    files.push(path);
+                }
+            }
+        }
+        files.sort();
+        assert!(files.len() > 20, "{files:?}");
+        let mut hits = vec![];
+        for file in &files {
+            let text = std::fs::read_to_string(file).unwrap();
+            for (i, line) in code_lines(&text).iter().enumerate() {
+                let lower = line.to_lowercase();
+                if ["siglip", "openclip", "open_clip"]
+                    .iter()
+                    .any(|name| lower.contains(name))
+                {
+                    let rel = file.strip_prefix(env!("CARGO_MANIFEST_DIR")).unwrap();
+                    hits.push(format!("{}:{}: {}", rel.display(), i + 1, line.trim()));
+                }
+            }
+        }
+        assert!(
+            hits.is_empty(),
+            "family names outside src/model/ (move the knowledge to the family):\n{}",
+            hits.join("\n")
+        );
+    }
+
+    /// `text`'s lines with the comments blanked out: `//` to the end of the line, `/* */`
+    /// (nested), outside string and char literals (raw strings included).
+    fn code_lines(text: &str) -> Vec<String> {
+        let chars: Vec<char> = text.chars().collect();
+        let mut out = String::new();
+        let (mut i, mut depth) = (0, 0usize);
+        // `Some(hashes)`: inside a string (`None` hashes: an ordinary one, with escapes).
+        let mut string: Option<Option<usize>> = None;
+        let at = |i: usize, s: &str| chars[i..].iter().take(s.len()).copied().eq(s.chars());
+        while i < chars.len() {
+            let c = chars[i];
+            if depth > 0 {
+                if at(i, "*/") {
+                    depth -= 1;
+                    i += 2;
+                } else if at(i, "/*") {
+                    depth += 1;
+                    i += 2;
+                } else {
+                    if c == '\n' {
+                        out.push(c);
+                    }
+                    i += 1;
+                }
+                continue;
+            }
+            match string {
+                Some(None) => {
+                    if c == '\\' {
+                        out.push(c);
+                        i += 1;
+                        if let Some(&next) = chars.get(i) {
+                            out.push(next);
+                        }
+                    } else if c == '"' {
+                        string = None;
+                    }
+                    out.push(c);
+                    i += 1;
+                    continue;
+                }
+                Some(Some(hashes)) => {
+                    out.push(c);
+                    i += 1;
+                    if c == '"' && at(i, &"#".repeat(hashes)) {
+                        out.push_str(&"#".repeat(hashes));
+                        i += hashes;
+                        string = None;
+                    }
+                    continue;
+                }
+                None => {}
+            }
+            if at(i, "//") {
+                while i < chars.len() && chars[i] != '\n' {
+                    i += 1;
+                }
+            } else if at(i, "/*") {
+                depth += 1;
+                i += 2;
+            } else if c == '"' {
+                string = Some(None);
+                out.push(c);
+                i += 1;
+            } else if c == 'r' && (at(i + 1, "\"") || at(i + 1, "#")) {
+                let hashes = chars[i + 1..].iter().take_while(|&&h| h == '#').count();
+                if chars.get(i + 1 + hashes) == Some(&'"') {
+                    string = Some(Some(hashes));
+                    out.extend(&chars[i..i + 2 + hashes]);
+                    i += 2 + hashes;
+                } else {
+                    out.push(c);
+                    i += 1;
+                }
+            } else if c == '\'' {
+                // A char literal ('"', '\'', 'x'), or a lifetime ('a), which has no closing quote.
+                let len = if chars.get(i + 1) == Some(&'\\') {
+                    chars[i + 2..]
+                        .iter()
+                        .position(|&q| q == '\'')
+                        .map_or(1, |p| p + 3)
+                } else if chars.get(i + 2) == Some(&'\'') {
+                    3
+                } else {
+                    1
+                };
+                out.extend(&chars[i..i + len]);
+                i += len;
+            } else {
+                out.push(c);
+                i += 1;
+            }
+        }
+        out.split('\n').map(str::to_string).collect()
+    }
+
+    #[test]
+    fn comments_are_blanked_and_literals_kept() {
+        let text =
+            "a // b\n\"c // d\" /* e\n f */ g\nlet q = '\"'; h\nr#\"x\" // y\"# z // w\n'a' 'b";
+        assert_eq!(
+            code_lines(text),
+            [
+                "a ",
+                "\"c // d\" ",
+                " g",
+                "let q = '\"'; h",
+                "r#\"x\" // y\"# z ",
+                "'a' 'b"
+            ]
+        );
+    }
+
+    /// A layout's config file names it: two layouts with one config file could not both be
+    /// probed on the Hub by it.
+    #[test]
+    fn layouts_have_distinct_config_files() {
+        let layouts = layouts();
+        assert!(std::ptr::eq(layouts[0], &layout::TRANSFORMERS));
+        for (i, a) in layouts.iter().enumerate() {
+            for b in &layouts[i + 1..] {
+                assert_ne!(a.config, b.config);
+            }
+        }
     }
 
     #[test]

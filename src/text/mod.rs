@@ -478,10 +478,13 @@ mod tests {
         assert_eq!(b.pad_id(), None);
 
         // CLIP's tokenizer.json alone has no padding section, and nothing beside it names a
-        // pad token: nothing to pad with.
+        // pad token: nothing to pad with. (A family's normaliser changes nothing here.)
         let full = policy(
             Padding::Full,
-            TextNormalization::Family(crate::model::siglip::text::CANONICAL),
+            TextNormalization::Family(crate::model::Normalizer {
+                name: "lower",
+                apply: str::to_lowercase,
+            }),
         );
         let alone = dir.path().join("tokenizer.json");
         std::fs::copy(&plain, &alone).unwrap();

@@ -31,6 +31,9 @@ pub const FAMILY: Family = Family {
     refused: &[],
     parse: |text| Ok(Box::new(ClipConfig::from_json(text)?)),
     head: Some(crate::model::HeadKind::Softmax),
+    layout: &crate::model::layout::TRANSFORMERS,
+    // `CLIPImageProcessor`'s defaults are the base ones (`images::PreprocessConfig::default`).
+    processors: &[],
 };
 
 impl ModelSpec for ClipConfig {

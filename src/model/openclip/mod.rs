@@ -25,12 +25,29 @@ pub use config::{Clean, OpenClipConfig};
 use crate::images::PreprocessConfig;
 use crate::model::clip::Clip;
 use crate::model::{
-    checks, weights, Family, HeadKind, ImageTextModel, LoadOptions, ModelSpec, Normalizer, Padding,
-    PatchEmbeddings, ScoreHead, TextNormalization, TextPolicy,
+    checks, weights, Family, HeadKind, ImageTextModel, Layout, LoadOptions, ModelSpec, Normalizer,
+    Padding, PatchEmbeddings, ScoreHead, TextNormalization, TextPolicy, WeightFile,
 };
 
 /// The file that marks an OpenCLIP checkpoint.
 pub const CONFIG_FILE: &str = "open_clip_config.json";
+
+/// An OpenCLIP checkpoint (issue 22): its one config is its model, preprocessing and tokenizer
+/// config (the tokenizer itself is built in), beside its weights in open_clip's order of
+/// preference (`factory.py`: safetensors first); the `.bin` is read as data, as
+/// `pytorch_model.bin` is. Any `open_clip_config.json` is taken for one: what it lacks, its
+/// parser says.
+pub static LAYOUT: Layout = Layout {
+    config: CONFIG_FILE,
+    claims: |_| true,
+    preprocessor: None,
+    tokenizer: None,
+    tokenizer_sidecars: &[],
+    weights: &[
+        WeightFile::Single("open_clip_model.safetensors"),
+        WeightFile::Single("open_clip_pytorch_model.bin"),
+    ],
+};
 
 /// The OpenCLIP family in the list of [`crate::model::FAMILIES`]. Its config has no
 /// `model_type`: `model::parse_config` knows it by its `model_cfg` ([`is_config`]).
@@ -40,6 +57,8 @@ pub const FAMILY: Family = Family {
     refused: &[],
     parse: |text| Ok(Box::new(OpenClipConfig::from_json(text)?)),
     head: None,
+    layout: &LAYOUT,
+    processors: &[],
 };
 
 pub(crate) use config::is_config;

@@ -4,6 +4,9 @@
 //! Defaults are transformers' own (`models/siglip/configuration_siglip.py`): the published configs are
 //! sparse (google/siglip2-base-patch16-224's `vision_config` holds only its `model_type`), so a missing
 //! field must mean here what it means there.
+//!
+//! Also the family's image processor class ([`IMAGE_PROCESSOR`]): `SiglipImageProcessor`'s
+//! defaults, which `preprocessor_config.json` leaves to the class.
 
 use std::path::Path;
 
@@ -11,6 +14,7 @@ use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::images::{Convention, CropSize, PreprocessConfig, ProcessorClass, Resample, ResizeSize};
 use crate::model::nn::Activation;
 use crate::model::TextNormalization;
 
@@ -231,9 +235,80 @@ fn sub_config<T: for<'de> Deserialize<'de> + Default>(
     }
 }
 
+/// `SiglipImageProcessor`, `...Fast`, `...Pil` (SigLIP and SigLIP 2 alike): other defaults, and
+/// no crop step, whatever a `do_center_crop` key says (transformers ignores it there).
+pub const IMAGE_PROCESSOR: ProcessorClass = ProcessorClass {
+    name_prefix: "SiglipImageProcessor",
+    defaults: image_processor_defaults,
+    crops: false,
+};
+
+/// `SiglipImageProcessor`'s class attributes: resize straight to 224×224 (no aspect ratio kept),
+/// no center crop (the class has no crop step at all), rescale, normalise with mean = std = 0.5
+/// (`IMAGENET_STANDARD_MEAN`/`_STD`).
+pub fn image_processor_defaults() -> PreprocessConfig {
+    PreprocessConfig {
+        do_resize: true,
+        size: ResizeSize::Exact {
+            height: 224,
+            width: 224,
+        },
+        resample: Resample::Bicubic,
+        do_center_crop: false,
+        crop_size: CropSize {
+            height: 224,
+            width: 224,
+        },
+        do_rescale: true,
+        rescale_factor: 1.0 / 255.0,
+        do_normalize: true,
+        image_mean: [0.5; 3],
+        image_std: [0.5; 3],
+        do_convert_rgb: true,
+        convention: Convention::Transformers,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn siglip_processors_resize_exactly_without_a_crop() {
+        // The published google/siglip-base-patch16-224 and google/siglip2-base-patch16-224
+        // files: no do_center_crop key, which for CLIP would mean a 224 crop; SigLIP 2 says
+        // "do_convert_rgb": null (the class default, true, stays).
+        let classes = crate::model::processor_classes();
+        for (name, resample) in [
+            ("siglip-base-patch16-224", Resample::Bicubic),
+            ("siglip2-base-patch16-224", Resample::Bilinear),
+        ] {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/fixtures/configs/siglip")
+                .join(name)
+                .join("preprocessor_config.json");
+            let cfg = PreprocessConfig::from_file_with(&path, &classes).unwrap();
+            assert_eq!(
+                cfg,
+                PreprocessConfig {
+                    resample,
+                    ..image_processor_defaults()
+                },
+                "{name}"
+            );
+            assert_eq!(cfg.output_size(), Some((224, 224)));
+            assert_eq!(cfg.resized_size(640, 480).unwrap(), (224, 224));
+        }
+        let cfg = PreprocessConfig::from_json_with(
+            r#"{"image_processor_type": "SiglipImageProcessorFast", "do_center_crop": true,
+                "size": {"height": 384, "width": 384}}"#,
+            &classes,
+        )
+        .unwrap();
+        assert!(!cfg.do_center_crop);
+        assert_eq!(cfg.output_size(), Some((384, 384)));
+        assert_eq!(cfg.image_mean, [0.5; 3]);
+    }
 
     fn published(name: &str) -> SiglipConfig {
         let path = Path::new(env!("CARGO_MANIFEST_DIR"))

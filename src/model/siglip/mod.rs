@@ -46,6 +46,8 @@ pub const FAMILY: Family = Family {
     )],
     parse: |text| Ok(Box::new(SiglipConfig::from_json(text)?)),
     head: Some(crate::model::HeadKind::Sigmoid),
+    layout: &crate::model::layout::TRANSFORMERS,
+    processors: &[config::IMAGE_PROCESSOR],
 };
 
 impl ModelSpec for SiglipConfig {

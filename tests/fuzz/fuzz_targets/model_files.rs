@@ -74,7 +74,8 @@ fn config(text: &str) {
 }
 
 fn preprocessor(text: &str) {
-    let Ok(p) = PreprocessConfig::from_json_str(text) else {
+    // With every family's image processor classes, as the loader reads it.
+    let Ok(p) = PreprocessConfig::from_json_with(text, &vlm::model::processor_classes()) else {
         return;
     };
     assert!(p.validate().is_ok());
