@@ -1,5 +1,7 @@
-//! SigLIP (v1) and SigLIP 2 (fixed resolution): numerical parity with transformers 5.24 on the
-//! random-weight fixtures, and the sigmoid head through the built binary.
+//! SigLIP (v1) and SigLIP 2 (fixed resolution): what only SigLIP has, against transformers 5.24
+//! on the random-weight fixtures (tokenizer goldens, pixels, the zero-shot pipeline), and the
+//! sigmoid head through the built binary. Their embeddings and probabilities are the parity
+//! harness's (`parity.rs`), damaged SigLIP folders the hostile-model harness's.
 //!
 //! `tests/fixtures/make_siglip_fixtures.py` wrote transformers' outputs for the same weights,
 //! images and prompts (`tests/fixtures/reference/tiny-siglip{,2}.json`, `pixels-tiny-siglip{,2}.safetensors`)
