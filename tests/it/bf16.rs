@@ -10,10 +10,10 @@ use crate::common;
 
 use std::collections::HashMap;
 
-use candle_core::{Device, Tensor};
-use common::{fixtures, max_abs_diff, model};
+use common::families::{for_each_family, Family};
+use common::{engine, max_abs_diff, normalized, read_json};
 use serde::Deserialize;
-use vlm::engine::{Engine, ModelOptions, Precision};
+use vlm::engine::Precision;
 use vlm::model::Towers;
 
 #[derive(Deserialize)]
@@ -44,51 +44,16 @@ struct AutocastModel {
     max_prob_gap: f32,
 }
 
-pub(crate) fn read<T: for<'de> Deserialize<'de>>(rel: &str) -> T {
-    let text = std::fs::read_to_string(fixtures().join(rel)).unwrap();
-    serde_json::from_str(&text).unwrap()
-}
-
-fn normalized(rows: Vec<Vec<f32>>) -> Vec<Vec<f32>> {
-    rows.into_iter()
-        .map(|r| {
-            let n = r.iter().map(|x| x * x).sum::<f32>().sqrt();
-            r.into_iter().map(|x| x / n).collect()
-        })
-        .collect()
-}
-
 /// Probabilities as the references compute them: CLIP's softmax over the prompts, SigLIP's
-/// sigmoid per prompt.
-pub(crate) fn probabilities(name: &str, precision: Precision, r: &F32Reference) -> Vec<Vec<f32>> {
-    let engine = Engine::load(
-        &ModelOptions {
-            model: model(name),
-            revision: None,
-            device: "cpu".into(),
-            precision,
-        },
-        Towers::BOTH,
-        true,
-    )
-    .unwrap();
-    let pixels_file = if name.contains("siglip") {
-        format!("reference/pixels-{name}.safetensors")
-    } else {
-        "reference/pixels.safetensors".to_string()
-    };
-    let pixels =
-        candle_core::safetensors::load(fixtures().join(pixels_file), &Device::Cpu).unwrap();
-    let batch: Vec<Tensor> = r.images.iter().map(|n| pixels[n].clone()).collect();
-    let batch = Tensor::stack(&batch, 0).unwrap();
-    let images = normalized(
-        engine
-            .model
-            .encode_images(&batch)
-            .unwrap()
-            .to_vec2()
-            .unwrap(),
-    );
+/// sigmoid per prompt, from the images the family's reference embedded.
+pub(crate) fn probabilities(
+    family: &Family,
+    name: &str,
+    precision: Precision,
+    r: &F32Reference,
+) -> Vec<Vec<f32>> {
+    let engine = engine(name, precision, Towers::BOTH);
+    let images = normalized(&family.image_embeddings(name, &engine, &r.images));
     // One text at a time, as the reference script ran autocast.
     let texts: Vec<Vec<f32>> = r
         .input_ids
@@ -103,7 +68,7 @@ pub(crate) fn probabilities(name: &str, precision: Precision, r: &F32Reference) 
             e.into_iter().next().unwrap()
         })
         .collect();
-    let texts = normalized(texts);
+    let texts = normalized(&texts);
     let scale = r.logit_scale.exp();
     images
         .iter()
@@ -128,24 +93,45 @@ pub(crate) fn probabilities(name: &str, precision: Precision, r: &F32Reference) 
         .collect()
 }
 
+/// The fixtures of `family` that `figures` (PyTorch's distances, by fixture) measured; any other
+/// is reported on stderr as NOT MEASURED.
+pub(crate) fn measured<'a, T>(
+    family: &Family,
+    figures: &'a HashMap<String, T>,
+) -> Vec<(&'static str, &'a T)> {
+    family
+        .fixtures
+        .iter()
+        .filter_map(|&name| {
+            let figure = figures.get(name);
+            if figure.is_none() {
+                eprintln!("NOT MEASURED: {name} has no PyTorch figure to compare with");
+            }
+            figure.map(|f| (name, f))
+        })
+        .collect()
+}
+
 #[test]
 fn bf16_is_no_further_from_f32_than_autocast() {
-    let autocast: Autocast = read("reference/autocast-bf16.json");
-    for name in ["tiny-openai", "tiny-laion", "tiny-siglip", "tiny-siglip2"] {
-        let r: F32Reference = read(&format!("reference/{name}.json"));
-        let bar = autocast.models[name].max_prob_gap;
-        // The f32 path first: the measurement itself must reproduce the reference (within the
-        // 1e-3 the parity tests allow), or the bf16 figure would say nothing.
-        let f32_gap = max_abs_diff(&probabilities(name, Precision::F32, &r), &r.probs);
-        assert!(
-            f32_gap < 1e-3,
-            "{name}: f32 probabilities differ by {f32_gap}"
-        );
-        let gap = max_abs_diff(&probabilities(name, Precision::Bf16, &r), &r.probs);
-        eprintln!("{name}: vlm bf16 {gap:.4}, autocast bf16 {bar:.4} (f32 {f32_gap:.1e})");
-        assert!(
-            gap <= bar,
-            "{name}: bf16 moves probabilities by {gap}, autocast by {bar}"
-        );
-    }
+    let autocast: Autocast = read_json("reference/autocast-bf16.json");
+    for_each_family("bf16", |family| {
+        for (name, figure) in measured(family, &autocast.models) {
+            let r: F32Reference = family.reference(name);
+            let bar = figure.max_prob_gap;
+            // The f32 path first: the measurement itself must reproduce the reference (within the
+            // 1e-3 the parity tests allow), or the bf16 figure would say nothing.
+            let f32_gap = max_abs_diff(&probabilities(family, name, Precision::F32, &r), &r.probs);
+            assert!(
+                f32_gap < 1e-3,
+                "{name}: f32 probabilities differ by {f32_gap}"
+            );
+            let gap = max_abs_diff(&probabilities(family, name, Precision::Bf16, &r), &r.probs);
+            eprintln!("{name}: vlm bf16 {gap:.4}, autocast bf16 {bar:.4} (f32 {f32_gap:.1e})");
+            assert!(
+                gap <= bar,
+                "{name}: bf16 moves probabilities by {gap}, autocast by {bar}"
+            );
+        }
+    });
 }

@@ -5,17 +5,11 @@ use crate::common;
 
 use std::path::Path;
 
-use common::{fixtures, image, model, vlm, Head, ImageResult, ModelInfo};
+use common::{fixtures, image, model, vlm, Head, ImageResult};
 use serde::Deserialize;
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Document {
-    model: ModelInfo,
-    labels: Vec<String>,
-    templates: Vec<String>,
-    results: Vec<ImageResult>,
-}
+/// `vlm classify --format json`.
+type Document = crate::common::ClassifyDocument;
 
 #[derive(Debug, Deserialize)]
 struct Reference {

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use common::hub::{files_of, Cut, HubRepo, StandIn};
-use common::{fixtures, image, model, stderr_of, stdout_of, success, vlm, ImageResult, ModelInfo};
+use common::{fixtures, image, model, stderr_of, stdout_of, success, vlm};
 use serde::Deserialize;
 
 const COMMIT_A: &str = "3d74acf9a28c67741b2f4f2ea7635f0aaf6f0268";
@@ -22,16 +22,8 @@ const DEFAULT_MODEL: &str = "openai/clip-vit-base-patch32";
 /// against transformers' for the same weights: f32, summed in another order.
 const PROB_TOL: f32 = 1e-4;
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Document {
-    model: ModelInfo,
-    #[serde(rename = "labels")]
-    _labels: Vec<String>,
-    #[serde(rename = "templates")]
-    _templates: Vec<String>,
-    results: Vec<ImageResult>,
-}
+/// `vlm classify --format json`.
+type Document = crate::common::ClassifyDocument;
 
 #[derive(Debug, Deserialize)]
 struct Reference {

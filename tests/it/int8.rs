@@ -13,8 +13,9 @@ use std::collections::HashMap;
 use serde::Deserialize;
 use vlm::engine::Precision;
 
-use crate::bf16::{probabilities, read, F32Reference};
-use crate::common::{self, max_abs_diff};
+use crate::bf16::{measured, probabilities, F32Reference};
+use crate::common::families::for_each_family;
+use crate::common::{self, max_abs_diff, read_json};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -38,33 +39,37 @@ struct QuantizedModel {
 
 #[test]
 fn int8_is_no_further_from_f32_than_pytorch_dynamic_int8() {
-    let torch: Quantized = read("reference/quantize-int8.json");
+    let torch: Quantized = read_json("reference/quantize-int8.json");
     let native = vlm::kernels::Backend::native_int8();
-    for name in ["tiny-openai", "tiny-laion", "tiny-siglip", "tiny-siglip2"] {
-        let r: F32Reference = read(&format!("reference/{name}.json"));
-        let bar = torch.models[name].max_prob_gap;
-        let f32_probs = probabilities(name, Precision::F32, &r);
-        // The measurement must reproduce the f32 reference first (1e-3, as the parity tests).
-        let f32_gap = max_abs_diff(&f32_probs, &r.probs);
-        assert!(
-            f32_gap < 1e-3,
-            "{name}: f32 probabilities differ by {f32_gap}"
-        );
-        let int8 = probabilities(name, Precision::Int8, &r);
-        let gap = max_abs_diff(&int8, &r.probs);
-        eprintln!("{name}: vlm int8 {gap:.4}, PyTorch dynamic int8 {bar:.4} (f32 {f32_gap:.1e})");
-        assert!(
-            gap <= bar,
-            "{name}: int8 moves probabilities by {gap}, PyTorch's dynamic int8 by {bar}"
-        );
-        if native {
-            // The int8 layers did run: the probabilities moved.
+    for_each_family("int8", |family| {
+        for (name, figure) in measured(family, &torch.models) {
+            let r: F32Reference = family.reference(name);
+            let bar = figure.max_prob_gap;
+            let f32_probs = probabilities(family, name, Precision::F32, &r);
+            // The measurement must reproduce the f32 reference first (1e-3, as the parity tests).
+            let f32_gap = max_abs_diff(&f32_probs, &r.probs);
             assert!(
-                max_abs_diff(&int8, &f32_probs) > 0.0,
-                "{name}: int8 equals f32"
+                f32_gap < 1e-3,
+                "{name}: f32 probabilities differ by {f32_gap}"
             );
+            let int8 = probabilities(family, name, Precision::Int8, &r);
+            let gap = max_abs_diff(&int8, &r.probs);
+            eprintln!(
+                "{name}: vlm int8 {gap:.4}, PyTorch dynamic int8 {bar:.4} (f32 {f32_gap:.1e})"
+            );
+            assert!(
+                gap <= bar,
+                "{name}: int8 moves probabilities by {gap}, PyTorch's dynamic int8 by {bar}"
+            );
+            if native {
+                // The int8 layers did run: the probabilities moved.
+                assert!(
+                    max_abs_diff(&int8, &f32_probs) > 0.0,
+                    "{name}: int8 equals f32"
+                );
+            }
         }
-    }
+    });
 }
 
 /// `--dtype int8` from the command line: records that parse, probabilities that sum to 1 and
@@ -106,7 +111,7 @@ fn classify_with_int8() {
         let sum: f32 = row.iter().sum();
         assert!((sum - 1.0).abs() < 1e-4, "{row:?}");
     }
-    let torch: Quantized = read("reference/quantize-int8.json");
+    let torch: Quantized = read_json("reference/quantize-int8.json");
     let gap = max_abs_diff(&p8, &p32);
     assert!(gap <= torch.models["tiny-openai"].max_prob_gap, "{gap}");
     assert_eq!(

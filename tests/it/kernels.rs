@@ -4,18 +4,17 @@
 //! softmax and attention kernels are compiled three times (AVX-512, AVX2 + FMA, baseline) and the
 //! best is chosen once per process, so a unit test only ever sees the best. Here the binary runs
 //! under `VLM_KERNELS=portable`, `avx2` and `avx512` (each a cap: that level and below), and every
-//! level must give transformers' embeddings on the `tiny-openai` fixture. A level this CPU lacks
+//! level must give the reference's embeddings on each family's first fixture (`tiny-openai` for
+//! CLIP; the family table, `common/families.rs`). A level this CPU lacks
 //! is reported on stderr as NOT TESTED, and with `VLM_REQUIRE_KERNELS=all` it fails the test.
 
 use crate::common;
 
-use common::{fixtures, image, max_abs_diff, model, stdout_of, success, vlm};
+use common::families::for_each_family;
+use common::{fixtures, image, max_abs_diff, model, normalized, stdout_of, success, vlm};
 use serde::Deserialize;
 use vlm::kernels::cpu;
 
-/// f32 text embeddings on identical token ids: transformers and each level sum in different
-/// orders (the same tolerance as `parity.rs`).
-const TEXT_TOL: f32 = 1e-4;
 /// Image embeddings from the files: vlm's decoder and resize differ from PIL's by a grey level here
 /// and there (`parity.rs` allows 2e-3 on cosines from files for the same reason).
 const IMAGE_TOL: f32 = 2e-3;
@@ -29,15 +28,6 @@ struct Reference {
     text_embeds: Vec<Vec<f32>>,
     images: Vec<String>,
     image_embeds: Vec<Vec<f32>>,
-}
-
-fn normalised(rows: &[Vec<f32>]) -> Vec<Vec<f32>> {
-    rows.iter()
-        .map(|r| {
-            let n = r.iter().map(|x| x * x).sum::<f32>().sqrt();
-            r.iter().map(|x| x / n).collect()
-        })
-        .collect()
 }
 
 /// One `vlm embed -f jsonl` record: a text's or an image's.
@@ -56,7 +46,7 @@ struct Embedding {
 
 /// `vlm embed -f jsonl` under `VLM_KERNELS=level`: each input's name and embedding, in order.
 /// (JSON keeps every f32 exactly: shortest round-trip digits.)
-fn embed(level: &str, args: &[String]) -> Vec<(String, Vec<f32>)> {
+fn embed(fixture: &str, level: &str, args: &[String]) -> Vec<(String, Vec<f32>)> {
     let out = vlm()
         .env("VLM_KERNELS", level)
         .args([
@@ -66,7 +56,7 @@ fn embed(level: &str, args: &[String]) -> Vec<(String, Vec<f32>)> {
             "-f",
             "jsonl",
             "-m",
-            &model("tiny-openai"),
+            &model(fixture),
         ])
         .args(args)
         .output()
@@ -109,41 +99,55 @@ fn levels() -> Vec<&'static str> {
 }
 
 #[test]
-fn every_kernel_level_this_cpu_runs_matches_transformers() {
-    let text = std::fs::read_to_string(fixtures().join("reference/tiny-openai.json")).unwrap();
-    let r: Reference = serde_json::from_str(&text).unwrap();
-    // The prompts as typed (`--template '{}'`), as the reference encoded them.
-    let mut text_args = vec!["--template".to_string(), "{}".to_string()];
-    for p in &r.prompts {
-        text_args.extend(["--text".to_string(), p.clone()]);
-    }
-    let image_args: Vec<String> = r.images.iter().map(|n| image(n)).collect();
-    let want_text = normalised(&r.text_embeds);
-    let want_images = normalised(&r.image_embeds);
+fn every_kernel_level_this_cpu_runs_matches_the_reference() {
+    let levels = levels();
+    for_each_family("kernel levels", |family| {
+        // The family's first fixture (CLIP: tiny-openai).
+        let fixture = family.fixtures[0];
+        let r: Reference = family.reference(fixture);
+        // The prompts as typed (`--template '{}'`), as the reference encoded them.
+        let mut text_args = vec!["--template".to_string(), "{}".to_string()];
+        for p in &r.prompts {
+            text_args.extend(["--text".to_string(), p.clone()]);
+        }
+        // The reference's images that are fixture files in `images/` (SigLIP's also embedded
+        // alpha images, composited differently by the pipeline: `siglip.rs`).
+        let (images, want_images): (Vec<String>, Vec<Vec<f32>>) = r
+            .images
+            .iter()
+            .zip(&r.image_embeds)
+            .filter(|(n, _)| fixtures().join("images").join(n).is_file())
+            .map(|(n, e)| (image(n), e.clone()))
+            .unzip();
+        let want_text = normalized(&r.text_embeds);
+        let want_images = normalized(&want_images);
 
-    let mut first: Option<(&str, Vec<Vec<f32>>)> = None;
-    for level in levels() {
-        let texts = rows_for(embed(level, &text_args), &r.prompts);
-        let diff = max_abs_diff(&texts, &want_text);
-        assert!(
-            diff <= TEXT_TOL,
-            "VLM_KERNELS={level}: text embeddings differ from transformers' by {diff}"
-        );
-        let images = rows_for(embed(level, &image_args), &image_args);
-        let diff = max_abs_diff(&images, &want_images);
-        assert!(
-            diff <= IMAGE_TOL,
-            "VLM_KERNELS={level}: image embeddings differ from transformers' by {diff}"
-        );
-        match &first {
-            None => first = Some((level, images)),
-            Some((base, base_images)) => {
-                let diff = max_abs_diff(&images, base_images);
-                assert!(
-                    diff <= LEVEL_TOL,
-                    "VLM_KERNELS={level} and {base} differ by {diff} on the same images"
-                );
+        let mut first: Option<(&str, Vec<Vec<f32>>)> = None;
+        for &level in &levels {
+            let texts = rows_for(embed(fixture, level, &text_args), &r.prompts);
+            let diff = max_abs_diff(&texts, &want_text);
+            assert!(
+                // f32 text embeddings on identical token ids: the reference and each level sum
+                // in different orders (the parity harness's tolerance, the family's row).
+                diff <= family.reference.embed_tol,
+                "{fixture}: VLM_KERNELS={level}: text embeddings differ from the reference's by {diff}"
+            );
+            let got = rows_for(embed(fixture, level, &images), &images);
+            let diff = max_abs_diff(&got, &want_images);
+            assert!(
+                diff <= IMAGE_TOL,
+                "{fixture}: VLM_KERNELS={level}: image embeddings differ from the reference's by {diff}"
+            );
+            match &first {
+                None => first = Some((level, got)),
+                Some((base, base_images)) => {
+                    let diff = max_abs_diff(&got, base_images);
+                    assert!(
+                        diff <= LEVEL_TOL,
+                        "{fixture}: VLM_KERNELS={level} and {base} differ by {diff} on the same images"
+                    );
+                }
             }
         }
-    }
+    });
 }

@@ -5,20 +5,12 @@
 //! `make_pytorch_fixtures.py` from the same weights), and the built `vlm` binary is run on it as a
 //! user would.
 
-use crate::common::{self, fixtures, image, stderr_of, success, vlm, ImageResult, ModelInfo};
+use crate::common::{self, fixtures, image, stderr_of, success, vlm};
 
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Document {
-    model: ModelInfo,
-    labels: Vec<String>,
-    templates: Vec<String>,
-    results: Vec<ImageResult>,
-}
+/// `vlm classify --format json`.
+type Document = crate::common::ClassifyDocument;
 
 /// A model folder: `base`'s files except its weights, plus every file of `pytorch/<bin>`.
 fn folder(base: &str, bin: &str) -> (tempfile::TempDir, PathBuf) {

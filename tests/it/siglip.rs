@@ -1,5 +1,7 @@
-//! SigLIP (v1) and SigLIP 2 (fixed resolution): numerical parity with transformers 5.24 on the
-//! random-weight fixtures, and the sigmoid head through the built binary.
+//! SigLIP (v1) and SigLIP 2 (fixed resolution): what only SigLIP has, against transformers 5.24
+//! on the random-weight fixtures (tokenizer goldens, pixels, the zero-shot pipeline), and the
+//! sigmoid head through the built binary. Their embeddings and probabilities are the parity
+//! harness's (`parity.rs`), damaged SigLIP folders the hostile-model harness's.
 //!
 //! `tests/fixtures/make_siglip_fixtures.py` wrote transformers' outputs for the same weights,
 //! images and prompts (`tests/fixtures/reference/tiny-siglip{,2}.json`, `pixels-tiny-siglip{,2}.safetensors`)
@@ -16,25 +18,21 @@
 use crate::common;
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::process::Output;
+use std::path::PathBuf;
 
-use assert_cmd::Command;
-use candle_core::{DType, Device, Tensor};
-use common::{max_abs_diff, Head, ImageResult, ModelInfo};
+use candle_core::Device;
+use common::{
+    aspect, engine, fixtures, max_abs_diff, model, read_json, success, vlm, ClassifyDocument, Head,
+    ImageResult, ModelInfo,
+};
 use serde::Deserialize;
 use vlm::engine::{plan_model, Engine, ModelOptions, Precision};
 use vlm::images::{self as preprocess, DecodeLimits};
 use vlm::model::siglip::text::canonicalize as siglip_canonical;
 use vlm::model::{HeadKind, Padding, TextNormalization, Towers};
-use vlm::score::{self, LabelEmbeddings, Scoring};
 
-/// f32 embeddings on identical input: transformers' eager attention and ours sum in different
-/// orders (measured: see the report).
-const EMBED_TOL: f32 = 1e-4;
-/// Probabilities from identical pixels and ids: a cosine error of ~1e-6 times exp(logit_scale)
-/// (8 and 10 here) moves a sigmoid by far less.
-const PROB_TOL: f32 = 1e-3;
+/// f32 embeddings on identical input: the family table's tolerance (`common/families.rs`).
+const EMBED_TOL: f32 = common::families::SIGLIP.reference.embed_tol;
 /// Probabilities of PNG inputs through the binary: vlm's pixels are bit-identical there.
 const FILE_PROB_TOL: f32 = 1e-3;
 /// JPEG inputs through the binary: the decoders differ (zune-jpeg vs libjpeg-turbo) by a grey level
@@ -45,6 +43,8 @@ const ONE_LEVEL: f32 = 2.0 / 255.0;
 
 const MODELS: [&str; 2] = ["tiny-siglip2", "tiny-siglip"];
 
+/// The parts of `reference/tiny-siglip{,2}.json` only this file reads (embeddings and
+/// probabilities: `parity.rs`).
 #[derive(Debug, Deserialize)]
 struct Reference {
     prompts: Vec<String>,
@@ -52,14 +52,8 @@ struct Reference {
     eos_token_id: u32,
     pad_token_id: u32,
     input_ids: Vec<Vec<u32>>,
-    text_embeds: Vec<Vec<f32>>,
     images: Vec<String>,
     image_size: [usize; 2],
-    image_embeds: Vec<Vec<f32>>,
-    logit_scale: f32,
-    logit_bias: f32,
-    logits_per_image: Vec<Vec<f32>>,
-    probs: Vec<Vec<f32>>,
     pipeline: Pipeline,
 }
 
@@ -96,19 +90,6 @@ struct TokenizerCase {
     input_ids: Vec<u32>,
 }
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
-
-fn model(name: &str) -> String {
-    fixtures().join("models").join(name).display().to_string()
-}
-
-fn read_json<T: for<'de> Deserialize<'de>>(rel: &str) -> T {
-    let text = std::fs::read_to_string(fixtures().join(rel)).unwrap();
-    serde_json::from_str(&text).unwrap()
-}
-
 fn reference(name: &str) -> Reference {
     read_json(&format!("reference/{name}.json"))
 }
@@ -123,7 +104,7 @@ fn options(name: &str, precision: Precision) -> ModelOptions {
 }
 
 fn load(name: &str, towers: Towers) -> Engine {
-    Engine::load(&options(name, Precision::F32), towers, true).unwrap()
+    engine(name, Precision::F32, towers)
 }
 
 const TEXT_ONLY: Towers = Towers {
@@ -139,10 +120,6 @@ fn image_path(name: &str) -> PathBuf {
     } else {
         fixtures().join("images-alpha").join(name)
     }
-}
-
-fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + (-x).exp())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -317,37 +294,13 @@ fn pixels_are_bit_identical_on_pngs() {
 // Embeddings and probabilities
 // ---------------------------------------------------------------------------------------------
 
+/// The engine's own path from prompts (tokenised and padded by vlm) and what it refuses. The ids'
+/// embeddings, batched and alone, are the parity harness's (`parity.rs`).
 #[test]
-fn text_embeddings_match_transformers() {
+fn pipeline_text_embeddings_match_transformers() {
     for name in MODELS {
         let r = reference(name);
         let m = load(name, TEXT_ONLY);
-        let embeds: Vec<Vec<f32>> = m
-            .model
-            .encode_texts(&r.input_ids)
-            .unwrap()
-            .to_vec2()
-            .unwrap();
-        let diff = max_abs_diff(&embeds, &r.text_embeds);
-        println!("{name}: text embeddings max |diff| {diff}");
-        assert!(
-            diff <= EMBED_TOL,
-            "{name}: text embeddings differ by {diff}"
-        );
-        // One at a time: the batch does not change a text's embedding.
-        for (ids, want) in r.input_ids.iter().zip(&r.text_embeds) {
-            let one: Vec<Vec<f32>> = m
-                .model
-                .encode_texts(std::slice::from_ref(ids))
-                .unwrap()
-                .to_vec2()
-                .unwrap();
-            let d = max_abs_diff(&one, std::slice::from_ref(want));
-            assert!(
-                d <= EMBED_TOL,
-                "{name}: single text embedding differs by {d}"
-            );
-        }
         // Through the engine, from the prompts: tokenised and padded by vlm.
         let embeds = m.encode_prompts(&r.pipeline.sequences, true).unwrap();
         let diff = max_abs_diff(&embeds, &r.pipeline.text_embeds);
@@ -369,168 +322,9 @@ fn text_embeddings_match_transformers() {
     }
 }
 
-#[test]
-fn image_embeddings_and_probabilities_match_transformers() {
-    for name in MODELS {
-        let r = reference(name);
-        let m = load(name, Towers::BOTH);
-        let pixels = candle_core::safetensors::load(
-            fixtures().join(format!("reference/pixels-{name}.safetensors")),
-            &Device::Cpu,
-        )
-        .unwrap();
-        let batch: Vec<Tensor> = r.images.iter().map(|n| pixels[n].clone()).collect();
-        let batch = Tensor::stack(&batch, 0).unwrap();
-        let embeds: Vec<Vec<f32>> = m.model.encode_images(&batch).unwrap().to_vec2().unwrap();
-        let diff = max_abs_diff(&embeds, &r.image_embeds);
-        println!("{name}: image embeddings max |diff| {diff}");
-        assert!(
-            diff <= EMBED_TOL,
-            "{name}: image embeddings differ by {diff}"
-        );
-        // One image at a time gives the same.
-        let one: Vec<Vec<f32>> = m
-            .model
-            .encode_images(&batch.narrow(0, 3, 1).unwrap())
-            .unwrap()
-            .to_vec2()
-            .unwrap();
-        assert!(max_abs_diff(&one, &r.image_embeds[3..4]) <= EMBED_TOL);
-
-        let head = m.head();
-        assert_eq!(head.kind, HeadKind::Sigmoid);
-        assert_eq!(head.logit_scale, r.logit_scale);
-        assert_eq!(head.logit_bias, r.logit_bias);
-
-        // Our text and image embeddings, through the sigmoid head as classify applies it.
-        let text: Vec<Vec<f32>> = m
-            .model
-            .encode_texts(
-                &m.tokenizer
-                    .as_ref()
-                    .unwrap()
-                    .encode(&r.prompts)
-                    .unwrap()
-                    .ids,
-            )
-            .unwrap()
-            .to_vec2()
-            .unwrap();
-        let labels = LabelEmbeddings {
-            labels: r.prompts.clone(),
-            embeddings: text
-                .iter()
-                .map(|t| score::ensemble([t.as_slice()]))
-                .collect(),
-        };
-        let mut max_prob = 0f32;
-        let mut max_logit = 0f32;
-        for (i, image) in embeds.iter().enumerate() {
-            let scores = score::score_labels(image, &labels, &head, |_| Scoring::of_head(&head));
-            let probs: Vec<f32> = scores.iter().map(|s| s.score).collect();
-            let logits: Vec<f32> = scores.iter().map(|s| head.logit(s.cosine)).collect();
-            max_prob = max_prob.max(max_abs_diff(
-                std::slice::from_ref(&probs),
-                std::slice::from_ref(&r.probs[i]),
-            ));
-            max_logit = max_logit.max(max_abs_diff(
-                std::slice::from_ref(&logits),
-                std::slice::from_ref(&r.logits_per_image[i]),
-            ));
-            for (p, l) in probs.iter().zip(&logits) {
-                assert!((p - sigmoid(*l)).abs() < 1e-6);
-            }
-        }
-        println!("{name}: probabilities max |diff| {max_prob}, logits {max_logit}");
-        assert!(
-            max_prob <= PROB_TOL,
-            "{name}: probabilities differ by {max_prob}"
-        );
-    }
-}
-
-/// Half precision is a smoke test of the dtype path (not parity): the embeddings keep their
-/// direction.
-#[test]
-fn f16_and_bf16_keep_the_embeddings() {
-    let r = reference("tiny-siglip");
-    let pixels = candle_core::safetensors::load(
-        fixtures().join("reference/pixels-tiny-siglip.safetensors"),
-        &Device::Cpu,
-    )
-    .unwrap();
-    let batch: Vec<Tensor> = r.images.iter().map(|n| pixels[n].clone()).collect();
-    let batch = Tensor::stack(&batch, 0).unwrap();
-    let cos = |a: &[f32], b: &[f32]| {
-        let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
-        let na: f32 = a.iter().map(|x| x * x).sum::<f32>().sqrt();
-        let nb: f32 = b.iter().map(|x| x * x).sum::<f32>().sqrt();
-        dot / (na * nb)
-    };
-    for precision in [Precision::F16, Precision::Bf16] {
-        let m = Engine::load(&options("tiny-siglip", precision), Towers::BOTH, true).unwrap();
-        let images = m.model.encode_images(&batch).unwrap();
-        assert_eq!(images.dtype(), DType::F32);
-        let images: Vec<Vec<f32>> = images.to_vec2().unwrap();
-        for (got, want) in images.iter().zip(&r.image_embeds) {
-            assert!(
-                cos(got, want) > 0.99,
-                "{precision:?}: image {}",
-                cos(got, want)
-            );
-        }
-        let texts: Vec<Vec<f32>> = m
-            .model
-            .encode_texts(&r.input_ids)
-            .unwrap()
-            .to_vec2()
-            .unwrap();
-        for (got, want) in texts.iter().zip(&r.text_embeds) {
-            assert!(
-                cos(got, want) > 0.99,
-                "{precision:?}: text {}",
-                cos(got, want)
-            );
-        }
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // Through the binary
 // ---------------------------------------------------------------------------------------------
-
-/// `vlm` with an environment that cannot reach the Hub or a user's cache by accident.
-fn vlm() -> Command {
-    let mut cmd = Command::cargo_bin("vlm").unwrap();
-    cmd.env_remove("VLM_MODEL")
-        .env_remove("XDG_CACHE_HOME")
-        .env("RUST_BACKTRACE", "1")
-        .env("HF_HUB_OFFLINE", "1")
-        .env("HF_HUB_CACHE", "/nonexistent/vlm-test-cache")
-        .env(
-            "VLM_CACHE_DIR",
-            Path::new(env!("CARGO_TARGET_TMPDIR")).join("vlm-cache"),
-        );
-    cmd
-}
-
-fn success(out: &Output) {
-    assert!(
-        out.status.success(),
-        "status {:?}, stderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ClassifyDocument {
-    model: ModelInfo,
-    labels: Vec<String>,
-    templates: Vec<String>,
-    results: Vec<ImageResult>,
-}
 
 fn classify(name: &str, extra: &[&str], images: &[String]) -> ClassifyDocument {
     let out = vlm()
@@ -703,10 +497,6 @@ struct TagDocument {
     results: Vec<TagResult>,
 }
 
-fn aspect_file(name: &str) -> String {
-    fixtures().join("aspects").join(name).display().to_string()
-}
-
 /// Label -> score of one aspect of one image.
 fn tag_scores<'a>(result: &'a TagResult, aspect: &str) -> HashMap<&'a str, f32> {
     assert!(result.error.is_none(), "{result:?}");
@@ -728,7 +518,7 @@ fn tag_multi_aspects_use_the_models_own_sigmoid() {
         image_path("coins.png").display().to_string(),
         image_path("logo.png").display().to_string(),
     ];
-    let aspects = [aspect_file("thing.toml"), aspect_file("kind.toml")].join(",");
+    let aspects = [aspect("thing.toml"), aspect("kind.toml")].join(",");
     for name in MODELS {
         let out = vlm()
             .args(["tag", "--model", &model(name), "--format", "json", "-v"])
@@ -748,7 +538,7 @@ fn tag_multi_aspects_use_the_models_own_sigmoid() {
         assert_eq!(thing.name, "thing");
         assert_eq!(thing.kind, "multi");
         assert_eq!(thing.labels, 6);
-        assert_eq!(thing.source, aspect_file("thing.toml"));
+        assert_eq!(thing.source, aspect("thing.toml"));
         assert!(!thing.description.is_empty());
         assert_eq!((thing.top_k, thing.threshold), (Some(1000), 0.0));
 

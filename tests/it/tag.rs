@@ -209,15 +209,11 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn aspect_file(name: &str) -> String {
-    fixtures().join("aspects").join(name).display().to_string()
-}
-
 /// `--aspects` value for several test aspect files.
 fn aspect_files(names: &[&str]) -> String {
     names
         .iter()
-        .map(|n| aspect_file(n))
+        .map(|n| common::aspect(n))
         .collect::<Vec<_>>()
         .join(",")
 }
@@ -326,7 +322,7 @@ fn check_parity(model_name: &str) {
     // The reference read the aspect files as vlm does: same labels, same prompts per label.
     let out = vlm()
         .args(["aspects", "-f", "json"])
-        .args(files.iter().map(|f| aspect_file(f)))
+        .args(files.iter().map(|f| common::aspect(f)))
         .output()
         .unwrap();
     success(&out);
@@ -360,7 +356,7 @@ fn check_parity(model_name: &str) {
     for (h, a) in doc.aspects.iter().zip(&r.aspects) {
         assert_eq!(h.kind, a.kind);
         assert_eq!(h.labels, a.labels.len());
-        assert_eq!(h.source, aspect_file(&a.file));
+        assert_eq!(h.source, common::aspect(&a.file));
         assert_eq!((h.top_k, h.threshold), (Some(1000), 0.0));
     }
 
@@ -616,7 +612,7 @@ fn a_multi_labels_score_does_not_depend_on_the_other_labels() {
         ]
         .concat();
         let both = tag_json(&mut vlm(), model_name, &args(&base, &imgs));
-        let subset = aspect_file(THING_SUBSET);
+        let subset = common::aspect(THING_SUBSET);
         let base = [
             &["--aspects", subset.as_str(), "--no-cache"][..],
             &EVERY_TAG[..],
@@ -1282,9 +1278,9 @@ fn aspects_shows_named_aspects_in_full() {
     );
 
     // An aspect file, with its own rule.
-    let list = aspects_json(&[&aspect_file(THING)]);
+    let list = aspects_json(&[&common::aspect(THING)]);
     let thing = &list.aspects[0];
-    assert_eq!(thing.source, aspect_file(THING));
+    assert_eq!(thing.source, common::aspect(THING));
     assert_eq!((thing.top_k, thing.threshold), (Some(4), 0.3));
     assert_eq!(
         thing.neutral.as_deref(),
@@ -1304,14 +1300,14 @@ fn aspects_shows_named_aspects_in_full() {
 
     // The table of a named aspect adds its source, templates, rule and labels.
     let out = vlm()
-        .args(["aspects", "-f", "table", &aspect_file(KIND)])
+        .args(["aspects", "-f", "table", &common::aspect(KIND)])
         .output()
         .unwrap();
     success(&out);
     let table = stdout_of(&out);
     assert!(table.starts_with("NAME"), "{table}");
     assert!(
-        table.contains(&format!("  source: {}\n", aspect_file(KIND))),
+        table.contains(&format!("  source: {}\n", common::aspect(KIND))),
         "{table}"
     );
     assert!(table.contains("  reports: top 3, score >= 0\n"), "{table}");

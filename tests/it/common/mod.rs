@@ -7,13 +7,13 @@ use std::process::Output;
 
 use assert_cmd::Command;
 
+pub mod families;
 pub mod hub;
 
 pub fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
 
-/// A fixture model folder, as `--model` takes it.
 /// The fixture PNGs: vlm's pixels are bit-exact with transformers' PIL processor on them (the JPEGs
 /// differ by a grey level here and there), so tests that compare decisions use these.
 pub const PNGS: [&str; 7] = [
@@ -26,8 +26,62 @@ pub const PNGS: [&str; 7] = [
     "page.png",
 ];
 
+/// A fixture model folder, as `--model` takes it.
 pub fn model(name: &str) -> String {
     fixtures().join("models").join(name).display().to_string()
+}
+
+/// A fixture aspect file (`tests/fixtures/aspects/<name>`), as `--aspects` takes it.
+pub fn aspect(name: &str) -> String {
+    fixtures().join("aspects").join(name).display().to_string()
+}
+
+/// A JSON file under `tests/fixtures/` (`rel`), parsed as `T`.
+pub fn read_json<T: for<'de> serde::Deserialize<'de>>(rel: &str) -> T {
+    let text = std::fs::read_to_string(fixtures().join(rel)).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+/// A fixture model (by folder name) loaded through the library on the CPU, as the commands load
+/// it, with `towers`.
+pub fn engine(
+    name: &str,
+    precision: vlm::engine::Precision,
+    towers: vlm::model::Towers,
+) -> vlm::engine::Engine {
+    let opts = vlm::engine::ModelOptions {
+        model: model(name),
+        revision: None,
+        device: "cpu".into(),
+        precision,
+    };
+    vlm::engine::Engine::load(&opts, towers, true).unwrap()
+}
+
+/// Each JSONL line of `stdout`, parsed as `T`.
+pub fn jsonl<T: for<'de> serde::Deserialize<'de>>(stdout: &str) -> Vec<T> {
+    stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+/// The cosine of two equally long vectors.
+pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    let na: f32 = a.iter().map(|x| x * x).sum::<f32>().sqrt();
+    let nb: f32 = b.iter().map(|x| x * x).sum::<f32>().sqrt();
+    dot / (na * nb)
+}
+
+/// Each row scaled to unit length.
+pub fn normalized(rows: &[Vec<f32>]) -> Vec<Vec<f32>> {
+    rows.iter()
+        .map(|r| {
+            let n = r.iter().map(|x| x * x).sum::<f32>().sqrt();
+            r.iter().map(|x| x / n).collect()
+        })
+        .collect()
 }
 
 /// A fixture image, as an input argument.
@@ -115,6 +169,16 @@ pub struct ImageResult {
     /// JSONL only: the run's fingerprint (`classify m=... l=... t=...`), which `--resume` checks.
     #[serde(default)]
     pub run: Option<String>,
+}
+
+/// A whole `vlm classify --format json` document; unknown fields are errors.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClassifyDocument {
+    pub model: ModelInfo,
+    pub labels: Vec<String>,
+    pub templates: Vec<String>,
+    pub results: Vec<ImageResult>,
 }
 
 /// CRC-32 (ISO-HDLC, as PNG uses it), bit by bit: the tests write only a few small chunks.

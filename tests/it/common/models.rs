@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use super::fixtures;
+use super::families::Family;
+use super::{fixtures, image, vlm};
 
 /// A copy of a fixture model, in its own temporary folder.
 pub struct Model {
@@ -30,8 +31,20 @@ impl Model {
         Model::copy("tiny-openai")
     }
 
+    /// A copy of the family's hostile-harness fixture ([`Family::hostile`]).
+    pub fn of(family: &Family) -> Model {
+        Model::copy(family.hostile)
+    }
+
+    /// The folder's one safetensors file (`model.safetensors`, `open_clip_model.safetensors`).
     pub fn weights(&self) -> PathBuf {
-        self.path.join("model.safetensors")
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&self.path)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
+            .collect();
+        assert_eq!(files.len(), 1, "{}: one weight file", self.path.display());
+        files.remove(0)
     }
 
     pub fn edit_json(&self, file: &str, edit: impl FnOnce(&mut Value)) {
@@ -133,6 +146,29 @@ pub fn run(cmd: &mut assert_cmd::Command) -> Run {
         stdout: String::from_utf8(out.stdout).unwrap(),
         stderr: String::from_utf8(out.stderr).unwrap(),
     }
+}
+
+/// `vlm classify` of horse.png with `model`, JSONL, no text cache, and `extra` arguments.
+pub fn classify(model: &Path, labels: &str, extra: &[&str]) -> Run {
+    run(vlm()
+        .arg("classify")
+        .arg("--model")
+        .arg(model)
+        .args(["--labels", labels, "--format", "jsonl", "--no-cache"])
+        .args(extra)
+        .arg("--")
+        .arg(image("horse.png")))
+}
+
+/// `vlm tag` of horse.png with `model` and the `kind` test aspect, JSONL, no text cache.
+pub fn tag(model: &Path) -> Run {
+    run(vlm()
+        .args(["tag", "--format", "jsonl", "--no-cache", "--aspects"])
+        .arg(fixtures().join("aspects/kind.toml"))
+        .arg("--model")
+        .arg(model)
+        .arg("--")
+        .arg(image("horse.png")))
 }
 
 /// Exit 2, nothing on stdout, and one line on stderr that names the model and says `want`.
