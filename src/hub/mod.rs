@@ -18,8 +18,6 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde::Deserialize;
 
-pub use remote::cache_dir;
-
 use crate::model::{self, Layout, WeightFile};
 use crate::Error;
 
@@ -38,7 +36,7 @@ pub struct ModelFiles {
 
 /// What to fetch and from where.
 #[derive(Debug, Clone)]
-pub struct ModelRequest {
+pub(crate) struct ModelRequest {
     /// A Hub repo id (`openai/clip-vit-base-patch32`) or a path to a local folder.
     pub model: String,
     pub revision: Option<String>,
@@ -59,7 +57,7 @@ fn model_error(model: &str, reason: impl Into<String>) -> anyhow::Error {
 
 /// True when `model` names a local folder rather than a Hub id: it exists, or it is written as a path
 /// (`./x`, `/x`, `~/x`, `x/`, or with more than one `/`, which no Hub id has).
-pub fn is_local(model: &str) -> bool {
+pub(crate) fn is_local(model: &str) -> bool {
     Path::new(model).exists()
         || model.starts_with('.')
         || model.starts_with('/')
@@ -71,7 +69,7 @@ pub fn is_local(model: &str) -> bool {
 
 /// The files of the model `req` names: a local folder's, or a Hub repository's (from the cache,
 /// downloaded where missing).
-pub fn resolve(req: &ModelRequest) -> Result<ModelFiles> {
+pub(crate) fn resolve(req: &ModelRequest) -> Result<ModelFiles> {
     if let Some(id) = req.model.strip_prefix(HF_HUB_PREFIX) {
         return remote::resolve_hub(&ModelRequest {
             model: id.to_string(),
