@@ -1,6 +1,6 @@
 //! GEMM rate (GFLOP/s; GOP/s for int8, counting each multiply and add as for f32) of the encoder's
-//! linear layers: Candle's matmul and `vlm::kernels` (f32, bf16, every int8 kernel this CPU
-//! runs) against PyTorch's (f32, bf16, dynamic int8), measured in the same run.
+//! linear layers: Candle's matmul and `vlm::kernels` (f32 packed and in place, AVX2 f32, bf16,
+//! every int8 kernel this CPU runs) against PyTorch's (f32, bf16, dynamic int8), measured in the same run.
 //!
 //!     cargo bench --bench kernels
 //!
@@ -171,6 +171,7 @@ fn main() -> anyhow::Result<()> {
     let (torch_version, torch) = torch_rates(&shapes, threads);
     let backends: Vec<Backend> = [
         Backend::best(Precision::F32),
+        Backend::Avx2F32,
         Backend::best(Precision::Bf16),
         Backend::Avx512Bf16,
         Backend::AmxInt8,
@@ -186,7 +187,7 @@ fn main() -> anyhow::Result<()> {
         }
         v
     });
-    let mut columns = vec!["candle f32".to_string()];
+    let mut columns = vec!["candle f32".to_string(), "f32 in place".to_string()];
     columns.extend(backends.iter().map(|b| format!("{b:?}")));
     columns.extend(["torch f32", "torch bf16", "torch int8"].map(String::from));
     // rows[shape][column] = (wall, cpu) GFLOP/s
@@ -203,6 +204,21 @@ fn main() -> anyhow::Result<()> {
         let wt = Tensor::from_slice(&w, (s.n, s.k), &dev)?.t()?;
         row.push(rate(seconds_per_call(|| {
             std::hint::black_box(xt.matmul(&wt)?);
+            Ok(())
+        })?));
+        // f32 over the weight where it is, each panel packed as the product reaches it (what a
+        // single image runs).
+        let mut y = vec![0f32; s.m * s.n];
+        row.push(rate(seconds_per_call(|| {
+            vlm::kernels::forward_in_place(
+                &[&w],
+                Some(&bias),
+                s.k,
+                (&x, s.m),
+                &mut y,
+                vlm::kernels::Epilogue::None,
+            )?;
+            std::hint::black_box(&mut y);
             Ok(())
         })?));
         for &b in &backends {

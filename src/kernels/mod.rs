@@ -260,7 +260,7 @@ fn check_len(what: &'static str, got: usize, expected: usize) -> Result<(), Kern
 /// cache: what would otherwise be one more pass over the whole output (an activation after `fc1`,
 /// the residual add after `out_proj` and `fc2`).
 #[derive(Clone, Copy, Default)]
-pub(crate) enum Epilogue<'a> {
+pub enum Epilogue<'a> {
     /// `out = x · Wᵀ + b`.
     #[default]
     None,
@@ -635,7 +635,7 @@ fn padded_bias(bias: Option<&[f32]>, n: usize, width: usize) -> Vec<f32> {
 /// panel's K-block is packed into scratch as the product reaches it, so a single image does not
 /// wait for a pass over every weight, and the sums are the same bits as a packed layer's
 /// (`f32.rs`). Lengths checked.
-pub(crate) fn forward_in_place(
+pub fn forward_in_place(
     parts: &[&[f32]],
     bias: Option<&[f32]>,
     in_dim: usize,
