@@ -16,6 +16,7 @@ pub mod openclip;
 pub mod pickle;
 pub mod pytorch;
 pub mod siglip;
+pub mod tower;
 pub mod weights;
 
 use std::fmt::Debug;
