@@ -22,6 +22,7 @@ pub mod openclip;
 pub mod pickle;
 pub mod pytorch;
 pub mod siglip;
+pub mod tower;
 pub mod weights;
 
 use std::fmt::Debug;

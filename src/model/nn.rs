@@ -132,54 +132,6 @@ pub fn scalar(vb: &VarBuilder, name: &str) -> Result<f32> {
     Ok(t.to_scalar::<f32>()?)
 }
 
-/// A ViT patch convolution (stride == kernel size) as a linear layer over non-overlapping
-/// patches: the kernel `patch_embedding.weight` `[hidden, c, p, p]` is a `[hidden, c*p*p]` weight
-/// as it is (and `patch_embedding.bias`, where the family has one, its bias). CLIP and SigLIP
-/// store it alike.
-pub fn patch_embedding(
-    emb: &VarBuilder,
-    spec: &PatchSpec,
-    bias: bool,
-    linear: LinearPrecision,
-) -> Result<Linear> {
-    let PatchSpec {
-        hidden,
-        channels,
-        patch,
-    } = *spec;
-    let weight = emb
-        .get((hidden, channels, patch, patch), "patch_embedding.weight")?
-        .reshape((hidden, channels * patch * patch))?;
-    let bias = if bias {
-        Some(emb.get(hidden, "patch_embedding.bias")?)
-    } else {
-        None
-    };
-    // int8 keeps the patch embedding in f32 (issue 24): it reads raw pixels, and it is ~3% of
-    // ViT-B/32's work (one 3072 × 768 product per patch against 12 layers' 7M multiply-adds).
-    Linear::from_weights(&weight, bias.as_ref(), linear.unless_int8())
-}
-
-/// The sizes of a patch embedding.
-#[derive(Debug, Clone, Copy)]
-pub struct PatchSpec {
-    pub hidden: usize,
-    pub channels: usize,
-    pub patch: usize,
-}
-
-/// Pixels `[b, c, g*p, g*p]` as rows of patches `[b*g*g, c*p*p]` (row-major over the grid), in
-/// `dtype`, ready for [`patch_embedding`]'s layer.
-pub fn patchify(pixels: &Tensor, dtype: DType, g: usize, p: usize) -> candle_core::Result<Tensor> {
-    let (b, c, _, _) = pixels.dims4()?;
-    pixels
-        .to_dtype(dtype)?
-        .reshape((b, c, g, p, g, p))?
-        .permute((0, 2, 4, 1, 3, 5))?
-        .contiguous()?
-        .reshape((b * g * g, c * p * p))
-}
-
 /// `nn.LayerNorm` over the last dimension: on the CPU one vectorised pass per row (rows split
 /// across threads), elsewhere Candle's.
 #[derive(Debug, Clone)]

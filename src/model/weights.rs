@@ -97,6 +97,9 @@ impl Checkpoint {
     /// Reads and checks the headers (a PyTorch archive's zip directory and pickle); no tensor data
     /// is read yet.
     pub fn open(paths: &[PathBuf]) -> Result<Self> {
+        if paths.is_empty() {
+            bail!("no weight files");
+        }
         let mut files = Vec::with_capacity(paths.len());
         let mut maps = Vec::with_capacity(paths.len());
         let mut tensors = HashMap::new();

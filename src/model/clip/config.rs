@@ -3,13 +3,12 @@
 //! Defaults are transformers' own (`models/clip/configuration_clip.py`), so that a sparse config means the
 //! same thing here as it does there.
 
-use std::path::Path;
-
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 pub use crate::model::nn::Activation;
+use crate::model::tower::{self, HfConfig, PatchFit, MAX_WIDTH};
 
 /// `eos_token_id` is an int in every CLIP config seen so far, but transformers types it `int | list[int]`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -28,21 +27,28 @@ impl TokenIds {
     }
 }
 
+/// `CLIPTextConfig`'s own fields: its special token ids.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default)]
-pub struct TextConfig {
-    pub vocab_size: usize,
-    pub hidden_size: usize,
-    pub intermediate_size: usize,
-    pub num_hidden_layers: usize,
-    pub num_attention_heads: usize,
-    pub max_position_embeddings: usize,
-    pub hidden_act: Activation,
-    pub layer_norm_eps: f64,
+pub struct TextExtra {
     pub pad_token_id: Option<i64>,
     pub bos_token_id: Option<i64>,
     pub eos_token_id: Option<TokenIds>,
 }
+
+impl Default for TextExtra {
+    /// `CLIPTextConfig`'s defaults.
+    fn default() -> Self {
+        Self {
+            pad_token_id: Some(1),
+            bos_token_id: Some(49406),
+            eos_token_id: Some(TokenIds::One(49407)),
+        }
+    }
+}
+
+/// `CLIPTextConfig`.
+pub type TextConfig = tower::TextConfig<TextExtra>;
 
 impl Default for TextConfig {
     /// `CLIPTextConfig`'s defaults.
@@ -56,26 +62,13 @@ impl Default for TextConfig {
             max_position_embeddings: 77,
             hidden_act: Activation::QuickGelu,
             layer_norm_eps: 1e-5,
-            pad_token_id: Some(1),
-            bos_token_id: Some(49406),
-            eos_token_id: Some(TokenIds::One(49407)),
+            extra: TextExtra::default(),
         }
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(default)]
-pub struct VisionConfig {
-    pub hidden_size: usize,
-    pub intermediate_size: usize,
-    pub num_hidden_layers: usize,
-    pub num_attention_heads: usize,
-    pub num_channels: usize,
-    pub image_size: usize,
-    pub patch_size: usize,
-    pub hidden_act: Activation,
-    pub layer_norm_eps: f64,
-}
+/// `CLIPVisionConfig`: nothing of its own.
+pub type VisionConfig = tower::VisionConfig<()>;
 
 impl Default for VisionConfig {
     /// `CLIPVisionConfig`'s defaults.
@@ -90,6 +83,7 @@ impl Default for VisionConfig {
             patch_size: 32,
             hidden_act: Activation::QuickGelu,
             layer_norm_eps: 1e-5,
+            extra: (),
         }
     }
 }
@@ -128,19 +122,6 @@ impl TextPooling {
             .collect()
     }
 }
-
-/// Widths (hidden, projection, heads; MLP widths may be 8 times this) a config may ask for.
-pub const MAX_WIDTH: usize = 1 << 14;
-/// Encoder layers per tower.
-pub const MAX_LAYERS: usize = 1 << 10;
-/// Token vocabulary.
-pub const MAX_VOCAB: usize = 1 << 22;
-/// Text positions (the context length).
-pub const MAX_TEXT_POSITIONS: usize = 1 << 12;
-/// Side of the square input image, in pixels (and so of a patch).
-pub const MAX_IMAGE_SIZE: usize = 1 << 12;
-/// Patches of one image (the vision tower's sequence is one longer, for the class token).
-pub const MAX_PATCHES: usize = 1 << 12;
 
 /// Which hidden states the vision tower pools into the image embedding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -190,25 +171,18 @@ pub struct ClipConfig {
     pub options: TowerOptions,
 }
 
-impl ClipConfig {
-    pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read {}", path.display()))?;
-        Self::from_json(&text).with_context(|| format!("invalid model config {}", path.display()))
-    }
+impl HfConfig for ClipConfig {
+    const MODEL_TYPE: &'static str = "clip";
+    const CLASS: &'static str = "CLIPModel";
 
-    pub fn from_json(text: &str) -> Result<Self> {
-        let root: Value = serde_json::from_str(text).context("not valid JSON")?;
-        let obj = root.as_object().context("expected a JSON object")?;
-        match obj.get("model_type").and_then(Value::as_str) {
-            Some("clip") => {}
-            Some(other) => bail!(
-                "unsupported model_type {other:?}: vlm runs CLIP checkpoints (model_type \"clip\")"
-            ),
-            None => bail!("no model_type: expected a CLIPModel config with model_type \"clip\""),
-        }
-        let text = sub_config::<TextConfig>(obj, "text_config")?;
-        let vision = sub_config::<VisionConfig>(obj, "vision_config")?;
+    fn from_object(obj: &Map<String, Value>) -> Result<Self> {
+        // The legacy `*_config_dict` overrides as transformers' `CLIPConfig.__init__` reads them:
+        // the dict is completed with the sub-config's defaults and then *replaces* every field of
+        // `*_config`, so a field the dict leaves out falls back to the default, not to
+        // `*_config`.
+        let text = tower::sub_config::<TextConfig>(obj, "text_config", Some("text_config_dict"))?;
+        let vision =
+            tower::sub_config::<VisionConfig>(obj, "vision_config", Some("vision_config_dict"))?;
         let projection_dim = match obj.get("projection_dim") {
             None | Some(Value::Null) => 512,
             Some(v) => v
@@ -230,107 +204,19 @@ impl ClipConfig {
         cfg.validate()?;
         Ok(cfg)
     }
+}
 
+impl ClipConfig {
+    /// Every family's bounds on the towers (`tower`), a whole number of patches, and an end token
+    /// inside the vocabulary.
     pub(crate) fn validate(&self) -> Result<()> {
         let t = &self.text;
-        let v = &self.vision;
-        // Every size is bounded before anything is allocated from it. The bounds are far above
-        // every published CLIP (the largest towers have a width of 1,664-1,792, 48 layers, a
-        // 250k vocabulary, 77-248 text positions and 336-448 px images with ~1,000 patches) and
-        // low enough that no product of them computed later (positions, attention scores,
-        // pixel batches) can overflow, nor ask for memory that the weights do not back.
-        for (name, value, max) in [
-            ("text_config.hidden_size", t.hidden_size, MAX_WIDTH),
-            (
-                "text_config.intermediate_size",
-                t.intermediate_size,
-                MAX_WIDTH * 8,
-            ),
-            (
-                "text_config.num_attention_heads",
-                t.num_attention_heads,
-                MAX_WIDTH,
-            ),
-            (
-                "text_config.max_position_embeddings",
-                t.max_position_embeddings,
-                MAX_TEXT_POSITIONS,
-            ),
-            ("text_config.vocab_size", t.vocab_size, MAX_VOCAB),
-            ("vision_config.hidden_size", v.hidden_size, MAX_WIDTH),
-            (
-                "vision_config.intermediate_size",
-                v.intermediate_size,
-                MAX_WIDTH * 8,
-            ),
-            (
-                "vision_config.num_attention_heads",
-                v.num_attention_heads,
-                MAX_WIDTH,
-            ),
-            ("vision_config.patch_size", v.patch_size, MAX_IMAGE_SIZE),
-            ("vision_config.image_size", v.image_size, MAX_IMAGE_SIZE),
-            ("projection_dim", self.projection_dim, MAX_WIDTH),
-        ] {
-            if value == 0 {
-                bail!("{name} must be positive");
-            }
-            if value > max {
-                bail!("{name} is {value}; vlm supports at most {max}");
-            }
-        }
-        for (name, value) in [
-            ("text_config.num_hidden_layers", t.num_hidden_layers),
-            ("vision_config.num_hidden_layers", v.num_hidden_layers),
-        ] {
-            if value > MAX_LAYERS {
-                bail!("{name} is {value}; vlm supports at most {MAX_LAYERS}");
-            }
-        }
-        for (name, value) in [
-            ("text_config.layer_norm_eps", t.layer_norm_eps),
-            ("vision_config.layer_norm_eps", v.layer_norm_eps),
-        ] {
-            crate::model::checks::layer_norm_eps(name, value)?;
-        }
-        if !t.hidden_size.is_multiple_of(t.num_attention_heads) {
-            bail!(
-                "text_config.hidden_size {} is not divisible by num_attention_heads {}",
-                t.hidden_size,
-                t.num_attention_heads
-            );
-        }
-        if !v.hidden_size.is_multiple_of(v.num_attention_heads) {
-            bail!(
-                "vision_config.hidden_size {} is not divisible by num_attention_heads {}",
-                v.hidden_size,
-                v.num_attention_heads
-            );
-        }
-        if !v.image_size.is_multiple_of(v.patch_size) {
-            bail!(
-                "vision_config.image_size {} is not a multiple of patch_size {}",
-                v.image_size,
-                v.patch_size
-            );
-        }
-        let patches = self.grid() * self.grid();
-        if patches > MAX_PATCHES {
-            bail!(
-                "vision_config.image_size {} with patch_size {} makes {patches} patches; vlm supports at most {MAX_PATCHES}",
-                v.image_size,
-                v.patch_size
-            );
-        }
-        if v.num_channels != 3 {
-            bail!(
-                "vision_config.num_channels is {}; only RGB (3) is supported",
-                v.num_channels
-            );
-        }
+        t.check()?;
+        self.vision.check(PatchFit::Exact)?;
+        tower::bounded("projection_dim", self.projection_dim, MAX_WIDTH)?;
         // The pooled token is found by its id: one outside the vocabulary (or past u32) could
         // never be found, and every prompt would pool at position 0.
-        if let Some(id) = t.eos_token_id.as_ref().and_then(TokenIds::first) {
+        if let Some(id) = t.extra.eos_token_id.as_ref().and_then(TokenIds::first) {
             if id >= 0 && usize::try_from(id).map_or(true, |id| id >= t.vocab_size) {
                 bail!(
                     "text_config.eos_token_id {id} is outside the vocabulary (vocab_size {})",
@@ -345,7 +231,13 @@ impl ClipConfig {
         if let Some(pooling) = self.options.text_pooling {
             return pooling;
         }
-        match self.text.eos_token_id.as_ref().and_then(TokenIds::first) {
+        match self
+            .text
+            .extra
+            .eos_token_id
+            .as_ref()
+            .and_then(TokenIds::first)
+        {
             Some(2) => TextPooling::ArgMaxId,
             Some(id) if id >= 0 => {
                 u32::try_from(id).map_or(TextPooling::FirstEos(49407), TextPooling::FirstEos)
@@ -353,35 +245,12 @@ impl ClipConfig {
             _ => TextPooling::FirstEos(49407),
         }
     }
-
-    /// Number of patches per side of the vision grid.
-    pub fn grid(&self) -> usize {
-        self.vision.image_size / self.vision.patch_size
-    }
-}
-
-/// Reads `text_config` / `vision_config`, honouring the legacy `*_config_dict` override as transformers'
-/// `CLIPConfig.__init__` does: the dict is completed with the sub-config's defaults and then *replaces*
-/// every field of `*_config`, so a field the dict leaves out falls back to the default, not to
-/// `*_config`.
-fn sub_config<T: for<'de> Deserialize<'de> + Default>(
-    obj: &serde_json::Map<String, Value>,
-    key: &str,
-) -> Result<T> {
-    let dict_key = format!("{key}_dict");
-    let chosen = match obj.get(&dict_key) {
-        Some(v @ Value::Object(_)) => (v, dict_key.as_str()),
-        _ => match obj.get(key) {
-            Some(v @ Value::Object(_)) => (v, key),
-            None | Some(Value::Null) => return Ok(T::default()),
-            Some(_) => bail!("{key} must be an object"),
-        },
-    };
-    T::deserialize(chosen.0).with_context(|| format!("invalid {}", chosen.1))
 }
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
 
     fn fixture(path: &str) -> std::path::PathBuf {
@@ -407,7 +276,7 @@ mod tests {
         assert_eq!(cfg.vision.num_attention_heads, 12);
         assert_eq!(cfg.vision.patch_size, 32);
         assert_eq!(cfg.vision.image_size, 224);
-        assert_eq!(cfg.grid(), 7);
+        assert_eq!(cfg.vision.grid(), 7);
         assert!((cfg.logit_scale_init_value - 2.6592).abs() < 1e-9);
         // The published config still says eos_token_id = 2, so the text pools at the arg-max id.
         assert_eq!(cfg.text_pooling(), TextPooling::ArgMaxId);
@@ -438,7 +307,7 @@ mod tests {
         assert_eq!(cfg.text.hidden_act, Activation::QuickGelu);
         assert_eq!(cfg.vision.hidden_size, 1024);
         assert_eq!(cfg.vision.patch_size, 14);
-        assert_eq!(cfg.grid(), 16);
+        assert_eq!(cfg.vision.grid(), 16);
     }
 
     #[test]
@@ -552,7 +421,7 @@ mod tests {
                                  "intermediate_size":8192,"image_size":448,"patch_size":14}}"#,
         )
         .unwrap();
-        assert_eq!(cfg.grid(), 32);
+        assert_eq!(cfg.vision.grid(), 32);
     }
 
     #[test]

@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::images::{Convention, CropSize, PreprocessConfig, Resample, ResizeSize};
-use crate::model::clip::config::{TextConfig, TokenIds, VisionConfig};
+use crate::model::clip::config::{TextConfig, TextExtra, TokenIds, VisionConfig};
 use crate::model::clip::{ClipConfig, TextPooling, TowerOptions, VisionPool};
 use crate::model::nn::Activation;
 
@@ -332,6 +332,7 @@ impl OpenClipConfig {
             patch_size,
             hidden_act: activation(quick_gelu, vision.act_kwargs.as_ref(), "vision_cfg")?,
             layer_norm_eps: eps(vision.norm_kwargs.as_ref(), "vision_cfg")?,
+            extra: (),
         };
 
         // Text tower: open_clip's own TextTransformer with CLIP's BPE tokenizer.
@@ -415,9 +416,11 @@ impl OpenClipConfig {
             max_position_embeddings: text.context_length.unwrap_or(77),
             hidden_act: activation(quick_gelu, text.act_kwargs.as_ref(), "text_cfg")?,
             layer_norm_eps: eps(text.norm_kwargs.as_ref(), "text_cfg")?,
-            pad_token_id: text.pad_id.or(Some(0)),
-            bos_token_id: Some(i64::from(tokenizer::START_OF_TEXT)),
-            eos_token_id: Some(TokenIds::One(i64::from(tokenizer::END_OF_TEXT))),
+            extra: TextExtra {
+                pad_token_id: text.pad_id.or(Some(0)),
+                bos_token_id: Some(i64::from(tokenizer::START_OF_TEXT)),
+                eos_token_id: Some(TokenIds::One(i64::from(tokenizer::END_OF_TEXT))),
+            },
         };
         if text_config.max_position_embeddings < 2 {
             bail!(

@@ -19,13 +19,14 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
+use candle_nn::VarBuilder;
 
 pub use config::{Clean, OpenClipConfig};
 
 use crate::images::PreprocessConfig;
 use crate::model::clip::Clip;
 use crate::model::{
-    checks, weights, Family, HeadKind, ImageTextModel, Layout, LoadOptions, ModelSpec, Normalizer,
+    nn, weights, Family, HeadKind, ImageTextModel, Layout, LoadOptions, ModelSpec, Normalizer,
     Padding, PatchEmbeddings, ScoreHead, TextNormalization, TextPolicy, WeightFile,
 };
 
@@ -117,7 +118,7 @@ impl ModelSpec for OpenClipConfig {
     }
 
     fn patch_grid(&self) -> Option<(usize, usize)> {
-        let g = self.clip.grid();
+        let g = self.clip.vision.grid();
         Some((g, g))
     }
 
@@ -139,47 +140,31 @@ pub struct OpenClip {
 
 impl OpenClip {
     pub fn load(cfg: &OpenClipConfig, files: &[PathBuf], opts: &LoadOptions) -> Result<Self> {
-        if files.is_empty() {
-            bail!("no weight files");
-        }
         let backend = OpenClipWeights {
             files: weights::Checkpoint::open(files)?,
             cfg: cfg.clone(),
         };
-        let bias = if cfg.logit_bias {
-            let t = backend
-                .read("logit_bias")
-                .context("init_logit_bias is set but the checkpoint has no logit_bias")?;
-            Some(scalar(&t, "logit_bias")?)
+        let vb = VarBuilder::from_backend(Box::new(backend), opts.dtype, opts.device.clone());
+        let clip = Clip::from_vb(cfg.clip.clone(), &vb, opts)?;
+        // Both parameters are checked with the other families' heads, at the seam
+        // (`model::checks::score_head`).
+        let head = if cfg.logit_bias {
+            if !vb.contains_tensor("logit_bias") {
+                bail!("init_logit_bias is set but the checkpoint has no logit_bias");
+            }
+            ScoreHead {
+                kind: HeadKind::Sigmoid,
+                logit_scale: clip.logit_scale(),
+                logit_bias: nn::scalar(&vb, "logit_bias")?,
+            }
         } else {
-            None
-        };
-        let clip = Clip::from_backend(cfg.clip.clone(), Box::new(backend), opts)?;
-        let logit_bias = match bias {
-            Some(b) if b.is_finite() => b,
-            Some(b) => bail!("logit_bias is {b}: the checkpoint is damaged"),
-            None => 0.0,
-        };
-        let head = ScoreHead {
-            kind: if cfg.logit_bias {
-                HeadKind::Sigmoid
-            } else {
-                HeadKind::Softmax
-            },
-            logit_scale: checks::logit_scale(clip.logit_scale())?,
-            logit_bias,
+            ScoreHead {
+                kind: HeadKind::Softmax,
+                logit_scale: clip.logit_scale(),
+                logit_bias: 0.0,
+            }
         };
         Ok(Self { clip, head })
-    }
-}
-
-/// A scalar stored as `()` or `[1]`.
-fn scalar(t: &Tensor, name: &str) -> Result<f32> {
-    let t = t.to_dtype(DType::F32)?;
-    let values = t.flatten_all()?.to_vec1::<f32>()?;
-    match values.as_slice() {
-        [v] => Ok(*v),
-        _ => bail!("{name} has shape {:?}, expected a scalar", t.dims()),
     }
 }
 
@@ -233,7 +218,7 @@ impl OpenClipWeights {
     fn source(&self, name: &str) -> Option<Source> {
         let t = self.cfg.text_prefix;
         let fixed = match name {
-            "logit_scale" => Some(Source::Same("logit_scale".into())),
+            "logit_scale" | "logit_bias" => Some(Source::Same(name.into())),
             "vision_model.embeddings.patch_embedding.weight" => {
                 Some(Source::Same("visual.conv1.weight".into()))
             }

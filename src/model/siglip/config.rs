@@ -8,38 +8,31 @@
 //! Also the family's image processor class ([`IMAGE_PROCESSOR`]): `SiglipImageProcessor`'s
 //! defaults, which `preprocessor_config.json` leaves to the class.
 
-use std::path::Path;
-
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use serde::Deserialize;
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use crate::images::{Convention, CropSize, PreprocessConfig, ProcessorClass, Resample, ResizeSize};
 use crate::model::nn::Activation;
+use crate::model::tower::{self, HfConfig, PatchFit, MAX_WIDTH};
 use crate::model::TextNormalization;
 
 /// Gemma's vocabulary size: the text tower of every SigLIP 2 checkpoint, whose tokenizer is
 /// `GemmaTokenizer` (see [`SiglipConfig::text_normalization`]).
 pub const GEMMA_VOCAB_SIZE: usize = 256_000;
 
-/// `SiglipTextConfig`. Its `pad_token_id` / `bos_token_id` / `eos_token_id` defaults (1, 49406,
-/// 49407) are CLIP's and match no SigLIP tokenizer; transformers' model never reads them (the text
-/// is pooled at the last position), and neither does vlm: the padding id comes from the tokenizer.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+/// `SiglipTextConfig`'s own field.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
 #[serde(default)]
-pub struct TextConfig {
-    pub vocab_size: usize,
-    pub hidden_size: usize,
-    pub intermediate_size: usize,
-    pub num_hidden_layers: usize,
-    pub num_attention_heads: usize,
-    /// Also the length every text is padded to, and so the pooled position + 1.
-    pub max_position_embeddings: usize,
-    pub hidden_act: Activation,
-    pub layer_norm_eps: f64,
+pub struct TextExtra {
     /// Width of the text `head` output; `None` (the default) means `hidden_size`.
     pub projection_size: Option<usize>,
 }
+
+/// `SiglipTextConfig`. Its `pad_token_id` / `bos_token_id` / `eos_token_id` defaults (1, 49406,
+/// 49407) are CLIP's and match no SigLIP tokenizer; transformers' model never reads them (the text
+/// is pooled at the last position), and neither does vlm: the padding id comes from the tokenizer.
+pub type TextConfig = tower::TextConfig<TextExtra>;
 
 impl Default for TextConfig {
     /// `SiglipTextConfig`'s defaults.
@@ -53,7 +46,7 @@ impl Default for TextConfig {
             max_position_embeddings: 64,
             hidden_act: Activation::GeluTanh,
             layer_norm_eps: 1e-6,
-            projection_size: None,
+            extra: TextExtra::default(),
         }
     }
 }
@@ -61,26 +54,28 @@ impl Default for TextConfig {
 impl TextConfig {
     /// The text embedding's width: `projection_size`, else `hidden_size`.
     pub fn projection_size(&self) -> usize {
-        self.projection_size.unwrap_or(self.hidden_size)
+        self.extra.projection_size.unwrap_or(self.hidden_size)
+    }
+}
+
+/// `SiglipVisionConfig`'s own field.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct VisionExtra {
+    /// The attention-pooling head whose output is the image embedding.
+    pub vision_use_head: bool,
+}
+
+impl Default for VisionExtra {
+    fn default() -> Self {
+        Self {
+            vision_use_head: true,
+        }
     }
 }
 
 /// `SiglipVisionConfig`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(default)]
-pub struct VisionConfig {
-    pub hidden_size: usize,
-    pub intermediate_size: usize,
-    pub num_hidden_layers: usize,
-    pub num_attention_heads: usize,
-    pub num_channels: usize,
-    pub image_size: usize,
-    pub patch_size: usize,
-    pub hidden_act: Activation,
-    pub layer_norm_eps: f64,
-    /// The attention-pooling head whose output is the image embedding.
-    pub vision_use_head: bool,
-}
+pub type VisionConfig = tower::VisionConfig<VisionExtra>;
 
 impl Default for VisionConfig {
     /// `SiglipVisionConfig`'s defaults.
@@ -95,7 +90,7 @@ impl Default for VisionConfig {
             patch_size: 16,
             hidden_act: Activation::GeluTanh,
             layer_norm_eps: 1e-6,
-            vision_use_head: true,
+            extra: VisionExtra::default(),
         }
     }
 }
@@ -106,89 +101,34 @@ pub struct SiglipConfig {
     pub vision: VisionConfig,
 }
 
-impl SiglipConfig {
-    pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read {}", path.display()))?;
-        Self::from_json(&text).with_context(|| format!("invalid model config {}", path.display()))
-    }
+impl HfConfig for SiglipConfig {
+    const MODEL_TYPE: &'static str = "siglip";
+    const CLASS: &'static str = "SiglipModel";
 
-    pub fn from_json(text: &str) -> Result<Self> {
-        let root: Value = serde_json::from_str(text).context("not valid JSON")?;
-        let obj = root.as_object().context("expected a JSON object")?;
-        match obj.get("model_type").and_then(Value::as_str) {
-            Some("siglip") => {}
-            Some(other) => bail!(
-                "unsupported model_type {other:?}: expected a SiglipModel config with model_type \"siglip\""
-            ),
-            None => bail!("no model_type: expected a SiglipModel config with model_type \"siglip\""),
-        }
+    fn from_object(obj: &Map<String, Value>) -> Result<Self> {
         let cfg = Self {
-            text: sub_config(obj, "text_config")?,
-            vision: sub_config(obj, "vision_config")?,
+            text: tower::sub_config(obj, "text_config", None)?,
+            vision: tower::sub_config(obj, "vision_config", None)?,
         };
         cfg.validate()?;
         Ok(cfg)
     }
+}
 
+impl SiglipConfig {
+    /// Every family's bounds on the towers (`tower`); the patch grid may leave pixels out
+    /// ([`PatchFit::Floor`]); a pooling head, and text and image embeddings of one width.
     fn validate(&self) -> Result<()> {
         let t = &self.text;
         let v = &self.vision;
-        for (name, value) in [
-            ("text_config.vocab_size", t.vocab_size),
-            ("text_config.hidden_size", t.hidden_size),
-            ("text_config.num_attention_heads", t.num_attention_heads),
-            (
-                "text_config.max_position_embeddings",
-                t.max_position_embeddings,
-            ),
-            ("text_config.projection_size", t.projection_size()),
-            ("vision_config.hidden_size", v.hidden_size),
-            ("vision_config.num_attention_heads", v.num_attention_heads),
-            ("vision_config.patch_size", v.patch_size),
-            ("vision_config.image_size", v.image_size),
-        ] {
-            if value == 0 {
-                bail!("{name} must be positive");
-            }
-        }
-        for (name, value) in [
-            ("text_config.layer_norm_eps", t.layer_norm_eps),
-            ("vision_config.layer_norm_eps", v.layer_norm_eps),
-        ] {
-            crate::model::checks::layer_norm_eps(name, value)?;
-        }
-        if !t.hidden_size.is_multiple_of(t.num_attention_heads) {
-            bail!(
-                "text_config.hidden_size {} is not divisible by num_attention_heads {}",
-                t.hidden_size,
-                t.num_attention_heads
-            );
-        }
-        if !v.hidden_size.is_multiple_of(v.num_attention_heads) {
-            bail!(
-                "vision_config.hidden_size {} is not divisible by num_attention_heads {}",
-                v.hidden_size,
-                v.num_attention_heads
-            );
-        }
-        // Not required to be a multiple: the patch convolution (stride = kernel) of
-        // google/siglip-so400m-patch14-384 covers 27 x 14 = 378 of its 384 pixels and never sees
-        // the last 6 rows and columns.
-        if v.image_size < v.patch_size {
-            bail!(
-                "vision_config.image_size {} is smaller than patch_size {}",
-                v.image_size,
-                v.patch_size
-            );
-        }
-        if v.num_channels != 3 {
-            bail!(
-                "vision_config.num_channels is {}; only RGB (3) is supported",
-                v.num_channels
-            );
-        }
-        if !v.vision_use_head {
+        t.check()?;
+        v.check(PatchFit::Floor)?;
+        tower::bounded(
+            "text_config.projection_size",
+            t.projection_size(),
+            MAX_WIDTH,
+        )?;
+        if !v.extra.vision_use_head {
             bail!("vision_config.vision_use_head is false: without its attention-pooling head the vision tower gives no image embedding");
         }
         if t.projection_size() != v.hidden_size {
@@ -199,12 +139,6 @@ impl SiglipConfig {
             );
         }
         Ok(())
-    }
-
-    /// Number of patches per side of the vision grid (`image_size // patch_size`, as the
-    /// convolution counts them).
-    pub fn grid(&self) -> usize {
-        self.vision.image_size / self.vision.patch_size
     }
 
     /// Which text canonicalisation the checkpoint's tokenizer expects. transformers picks the
@@ -221,17 +155,6 @@ impl SiglipConfig {
         } else {
             TextNormalization::Family(super::text::CANONICAL)
         }
-    }
-}
-
-fn sub_config<T: for<'de> Deserialize<'de> + Default>(
-    obj: &serde_json::Map<String, Value>,
-    key: &str,
-) -> Result<T> {
-    match obj.get(key) {
-        None | Some(Value::Null) => Ok(T::default()),
-        Some(v @ Value::Object(_)) => T::deserialize(v).with_context(|| format!("invalid {key}")),
-        Some(_) => bail!("{key} must be an object"),
     }
 }
 
@@ -271,6 +194,8 @@ pub fn image_processor_defaults() -> PreprocessConfig {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
 
     #[test]
@@ -326,7 +251,7 @@ mod tests {
         assert_eq!(cfg.vision.hidden_act, Activation::GeluTanh);
         assert_eq!(cfg.vision.layer_norm_eps, 1e-6);
         assert_eq!(cfg.vision.num_channels, 3);
-        assert!(cfg.vision.vision_use_head);
+        assert!(cfg.vision.extra.vision_use_head);
     }
 
     #[test]
@@ -338,7 +263,7 @@ mod tests {
         assert_eq!(cfg.text.intermediate_size, 3072);
         assert_eq!(cfg.text.num_attention_heads, 12);
         assert_eq!(cfg.text.num_hidden_layers, 12); // default
-        assert_eq!(cfg.text.projection_size, None);
+        assert_eq!(cfg.text.extra.projection_size, None);
         assert_eq!(cfg.text.projection_size(), 768);
         assert_eq!(cfg.vision.hidden_size, 768);
         assert_eq!(cfg.vision.intermediate_size, 3072);
@@ -346,7 +271,7 @@ mod tests {
         assert_eq!(cfg.vision.num_attention_heads, 12);
         assert_eq!(cfg.vision.image_size, 224);
         assert_eq!(cfg.vision.patch_size, 16);
-        assert_eq!(cfg.grid(), 14);
+        assert_eq!(cfg.vision.grid(), 14);
         assert_eq!(
             cfg.text_normalization(),
             TextNormalization::Family(crate::model::siglip::text::CANONICAL)
@@ -370,7 +295,7 @@ mod tests {
         assert_eq!(cfg.vision.image_size, 384);
         assert_eq!(cfg.vision.patch_size, 14);
         // 384 is not a multiple of 14: the convolution sees 27 patches of 14 (378 pixels) per side.
-        assert_eq!(cfg.grid(), 27);
+        assert_eq!(cfg.vision.grid(), 27);
         assert_eq!(
             cfg.text_normalization(),
             TextNormalization::Family(crate::model::siglip::text::CANONICAL)
@@ -390,7 +315,7 @@ mod tests {
         assert_eq!(cfg.vision, VisionConfig::default());
         assert_eq!(cfg.vision.image_size, 224);
         assert_eq!(cfg.vision.patch_size, 16);
-        assert_eq!(cfg.grid(), 14);
+        assert_eq!(cfg.vision.grid(), 14);
         assert_eq!(cfg.text_normalization(), TextNormalization::None);
     }
 
@@ -403,12 +328,12 @@ mod tests {
         assert_eq!(cfg.text.intermediate_size, 4304);
         assert_eq!(cfg.text.num_attention_heads, 16);
         assert_eq!(cfg.text.num_hidden_layers, 27);
-        assert_eq!(cfg.text.projection_size, Some(1152));
+        assert_eq!(cfg.text.extra.projection_size, Some(1152));
         assert_eq!(cfg.vision.hidden_size, 1152);
         assert_eq!(cfg.vision.num_hidden_layers, 27);
         assert_eq!(cfg.vision.image_size, 384);
         assert_eq!(cfg.vision.patch_size, 14);
-        assert_eq!(cfg.grid(), 27);
+        assert_eq!(cfg.vision.grid(), 27);
         assert_eq!(cfg.text_normalization(), TextNormalization::None);
     }
 

@@ -22,18 +22,16 @@ pub mod text;
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
 pub use config::SiglipConfig;
 
-use crate::model::nn::{
-    self, layer_norm, Activation, Encoder, EncoderSpec, Linear, LinearPrecision,
-};
+use crate::model::nn::{self, layer_norm, Activation, Encoder, Linear, LinearPrecision};
+use crate::model::tower::{self, HfConfig, Loaded, PatchEmbedding, TextTransformer};
 use crate::model::{
-    weights, Family, HeadKind, ImageTextModel, LoadOptions, ModelSpec, Padding, ScoreHead,
-    TextPolicy,
+    Family, HeadKind, ImageTextModel, LoadOptions, ModelSpec, Padding, ScoreHead, TextPolicy,
 };
 
 /// The SigLIP family in the list of [`crate::model::FAMILIES`].
@@ -192,76 +190,34 @@ impl PoolingHead {
 /// `vision_model`: patch embedding, encoder, `post_layernorm`, attention-pooling head.
 #[derive(Debug, Clone)]
 pub struct VisionTower {
-    patch_embedding: Linear,
+    patch_embedding: PatchEmbedding,
     position_embedding: Tensor,
     encoder: Encoder,
     post_layernorm: nn::LayerNorm,
     head: PoolingHead,
-    image_size: usize,
-    patch: usize,
-    grid: usize,
-    hidden: usize,
-    dtype: DType,
 }
 
 impl VisionTower {
-    pub fn new(cfg: &SiglipConfig, vb: VarBuilder, linear: LinearPrecision) -> Result<Self> {
+    pub fn new(cfg: &SiglipConfig, vb: &VarBuilder, linear: LinearPrecision) -> Result<Self> {
         let v = &cfg.vision;
-        let spec = EncoderSpec {
-            hidden: v.hidden_size,
-            heads: v.num_attention_heads,
-            intermediate: v.intermediate_size,
-            layers: v.num_hidden_layers,
-            act: v.hidden_act,
-            eps: v.layer_norm_eps,
-            linear,
-        };
-        let grid = cfg.grid();
+        let grid = v.grid();
         let m = vb.pp("vision_model");
         let emb = m.pp("embeddings");
-        let patch = nn::PatchSpec {
-            hidden: v.hidden_size,
-            channels: v.num_channels,
-            patch: v.patch_size,
-        };
-        let patch_embedding = nn::patch_embedding(&emb, &patch, true, linear)?;
         Ok(Self {
-            patch_embedding,
+            patch_embedding: PatchEmbedding::new(&emb, v, true, linear)?,
             position_embedding: emb
                 .get((grid * grid, v.hidden_size), "position_embedding.weight")?,
-            encoder: Encoder::new(m.pp("encoder"), &spec)?,
+            encoder: Encoder::new(m.pp("encoder"), &v.encoder(linear))?,
             post_layernorm: layer_norm(m.pp("post_layernorm"), v.hidden_size, v.layer_norm_eps)?,
             head: PoolingHead::new(m.pp("head"), v, linear)?,
-            image_size: v.image_size,
-            patch: v.patch_size,
-            grid,
-            hidden: v.hidden_size,
-            dtype: vb.dtype(),
         })
-    }
-
-    pub fn device(&self) -> &Device {
-        self.position_embedding.device()
     }
 
     /// Image embeddings (not normalised) of pixels `[batch, 3, size, size]`, as f32.
     pub fn forward(&self, pixels: &Tensor) -> candle_core::Result<Tensor> {
-        let (b, _, hgt, wid) = pixels.dims4()?;
-        let (p, g, s) = (self.patch, self.grid, self.image_size);
-        if hgt != s || wid != s {
-            candle_core::bail!("pixel tensor is {hgt}x{wid}, the model expects {s}x{s}");
-        }
-        // When the size is not a multiple of the patch, the convolution never reaches the last
-        // `s - g*p` rows and columns.
-        let pixels = if g * p == s {
-            pixels.clone()
-        } else {
-            pixels.narrow(2, 0, g * p)?.narrow(3, 0, g * p)?
-        };
         let xs = self
             .patch_embedding
-            .forward(&nn::patchify(&pixels, self.dtype, g, p)?)?
-            .reshape((b, g * g, self.hidden))?
+            .forward(pixels)?
             .broadcast_add(&self.position_embedding)?;
         // The pooling head attends to every position, so the whole last layer is needed.
         let xs = self.encoder.forward(&xs, None)?;
@@ -273,52 +229,22 @@ impl VisionTower {
 /// `text_model`: embeddings, encoder without a mask, `final_layer_norm`, `head`.
 #[derive(Debug, Clone)]
 pub struct TextTower {
-    token_embedding: Tensor,
-    position_embedding: Tensor,
-    encoder: Encoder,
-    final_layer_norm: nn::LayerNorm,
-    head: Linear,
-    context: usize,
-    vocab: usize,
-    hidden: usize,
+    transformer: TextTransformer,
 }
 
 impl TextTower {
-    pub fn new(cfg: &SiglipConfig, vb: VarBuilder, linear: LinearPrecision) -> Result<Self> {
+    pub fn new(cfg: &SiglipConfig, vb: &VarBuilder, linear: LinearPrecision) -> Result<Self> {
         let t = &cfg.text;
-        let spec = EncoderSpec {
-            hidden: t.hidden_size,
-            heads: t.num_attention_heads,
-            intermediate: t.intermediate_size,
-            layers: t.num_hidden_layers,
-            act: t.hidden_act,
-            eps: t.layer_norm_eps,
-            linear,
-        };
         let m = vb.pp("text_model");
-        let emb = m.pp("embeddings");
+        let head = Linear::new(
+            m.pp("head"),
+            t.hidden_size,
+            t.projection_size(),
+            true,
+            linear,
+        )?;
         Ok(Self {
-            token_embedding: emb.get((t.vocab_size, t.hidden_size), "token_embedding.weight")?,
-            position_embedding: emb.get(
-                (t.max_position_embeddings, t.hidden_size),
-                "position_embedding.weight",
-            )?,
-            encoder: Encoder::new(m.pp("encoder"), &spec)?,
-            final_layer_norm: layer_norm(
-                m.pp("final_layer_norm"),
-                t.hidden_size,
-                t.layer_norm_eps,
-            )?,
-            head: Linear::new(
-                m.pp("head"),
-                t.hidden_size,
-                t.projection_size(),
-                true,
-                linear,
-            )?,
-            context: t.max_position_embeddings,
-            vocab: t.vocab_size,
-            hidden: t.hidden_size,
+            transformer: TextTransformer::new(&m, t, head, linear)?,
         })
     }
 
@@ -326,37 +252,18 @@ impl TextTower {
     /// context (the model sees the padding, so it must be the tokenizer's), as f32
     /// `[n, projection_size]`.
     pub fn forward(&self, ids: &[Vec<u32>]) -> candle_core::Result<Tensor> {
-        let device = self.token_embedding.device();
-        let n = ids.len();
-        if n == 0 {
-            candle_core::bail!("no text to encode");
-        }
-        let t = self.context;
+        let t = self.transformer.context();
         if let Some(seq) = ids.iter().find(|s| s.len() != t) {
             candle_core::bail!(
                 "a SigLIP text must be padded to exactly {t} tokens, got a sequence of {}",
                 seq.len()
             );
         }
-        if let Some(&id) = ids.iter().flatten().find(|&&id| id as usize >= self.vocab) {
-            candle_core::bail!(
-                "token id {id} is outside the model's vocabulary of {}: the tokenizer does not belong to this model",
-                self.vocab
-            );
-        }
-        let flat: Vec<u32> = ids.iter().flatten().copied().collect();
-        let flat = Tensor::from_vec(flat, n * t, device)?;
-        let xs = self
-            .token_embedding
-            .index_select(&flat, 0)?
-            .reshape((n, t, self.hidden))?
-            .broadcast_add(&self.position_embedding)?;
+        // Nothing to pad: every sequence is the context long.
+        let xs = self.transformer.embed(ids, 0)?;
         // No mask: SigLIP's text attends to its padding (transformers passes no attention_mask).
-        // Pooled at the last position; the final layer norm is per position, so it can follow.
-        let rows = Tensor::from_vec(vec![(t - 1) as u32; n], n, device)?;
-        let pooled = self.encoder.forward_pooled(&xs, None, &rows)?;
-        let pooled = self.final_layer_norm.forward(&pooled)?;
-        self.head.forward(&pooled)?.to_dtype(DType::F32)
+        // Pooled at the last position.
+        self.transformer.pool(&xs, None, &vec![t - 1; ids.len()])
     }
 }
 
@@ -364,69 +271,41 @@ impl TextTower {
 #[derive(Debug)]
 pub struct Siglip {
     pub config: SiglipConfig,
-    vision: Option<VisionTower>,
-    text: Option<TextTower>,
+    towers: Loaded<VisionTower, TextTower>,
     logit_scale: f32,
     logit_bias: f32,
 }
 
 impl Siglip {
-    /// Loads from weight files (safetensors or PyTorch; one, or the shards of an index): only the tensors of the
-    /// requested towers are read.
+    /// Loads from weight files (safetensors or PyTorch; one, or the shards of an index): only the
+    /// tensors of the requested towers are read (see [`tower::open`]).
     pub fn load(config: SiglipConfig, weights: &[PathBuf], opts: &LoadOptions) -> Result<Self> {
-        if weights.is_empty() {
-            bail!("no weight files");
-        }
-        let files = weights::Checkpoint::open(weights)?;
-        let vb = VarBuilder::from_backend(Box::new(files), opts.dtype, opts.device.clone());
-        let vision = if opts.towers.vision {
-            Some(
-                VisionTower::new(&config, vb.clone(), opts.vision)
-                    .context("cannot build the vision tower")?,
-            )
-        } else {
-            None
-        };
-        let text = if opts.towers.text {
-            Some(
-                TextTower::new(&config, vb.clone(), opts.text)
-                    .context("cannot build the text tower")?,
-            )
-        } else {
-            None
-        };
-        for name in ["logit_scale", "logit_bias"] {
-            if !vb.contains_tensor(name) {
-                bail!("the checkpoint has no {name} tensor: is this a SiglipModel checkpoint?");
-            }
-        }
+        let vb = tower::open(weights, opts)?;
+        let towers = Loaded::new(
+            &vb,
+            opts,
+            |vb, linear| VisionTower::new(&config, vb, linear),
+            |vb, linear| TextTower::new(&config, vb, linear),
+        )?;
+        // Checked with the other families' heads, at the seam (`model::checks::score_head`).
+        let logit_scale = tower::head_scalar(&vb, "logit_scale", "SiglipModel")?;
+        let logit_bias = tower::head_scalar(&vb, "logit_bias", "SiglipModel")?;
         Ok(Self {
             config,
-            vision,
-            text,
-            logit_scale: nn::scalar(&vb, "logit_scale")?,
-            logit_bias: nn::scalar(&vb, "logit_bias")?,
+            towers,
+            logit_scale,
+            logit_bias,
         })
-    }
-
-    pub fn vision(&self) -> Result<&VisionTower> {
-        self.vision
-            .as_ref()
-            .context("the vision tower was not loaded")
-    }
-
-    pub fn text(&self) -> Result<&TextTower> {
-        self.text.as_ref().context("the text tower was not loaded")
     }
 }
 
 impl ImageTextModel for Siglip {
     fn encode_images(&self, pixels: &Tensor) -> Result<Tensor> {
-        Ok(self.vision()?.forward(pixels)?)
+        Ok(self.towers.vision()?.forward(pixels)?)
     }
 
     fn encode_texts(&self, ids: &[Vec<u32>]) -> Result<Tensor> {
-        Ok(self.text()?.forward(ids)?)
+        Ok(self.towers.text()?.forward(ids)?)
     }
 
     fn head(&self) -> ScoreHead {
@@ -438,10 +317,6 @@ impl ImageTextModel for Siglip {
     }
 
     fn device(&self) -> &Device {
-        match (&self.vision, &self.text) {
-            (Some(v), _) => v.device(),
-            (None, Some(t)) => t.token_embedding.device(),
-            (None, None) => &Device::Cpu,
-        }
+        self.towers.device()
     }
 }

@@ -4,14 +4,15 @@
 //! length of the file past the bytes given, then those bytes: a header can be accepted only
 //! when the file's length is exactly what it says). Parsing must never panic, and
 //! what is accepted must keep the promises the loader relies on: every size within the bounds
-//! of `model::config`, no product of them (positions, attention, pixel buffers, weight shapes)
+//! of `model::tower`, no product of them (positions, attention, pixel buffers, weight shapes)
 //! overflowing, every tensor inside the file, disjoint from the others and exactly as long as
 //! its shape and dtype say.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use vlm::model::clip::config::{
-    ClipConfig, MAX_IMAGE_SIZE, MAX_LAYERS, MAX_PATCHES, MAX_TEXT_POSITIONS, MAX_VOCAB, MAX_WIDTH,
+use vlm::model::clip::config::ClipConfig;
+use vlm::model::tower::{
+    HfConfig, MAX_IMAGE_SIZE, MAX_LAYERS, MAX_PATCHES, MAX_TEXT_POSITIONS, MAX_VOCAB, MAX_WIDTH,
 };
 use vlm::model::weights::parse_header;
 use vlm::images::PreprocessConfig;
@@ -42,7 +43,7 @@ fn config(text: &str) {
     assert_eq!(t.hidden_size % t.num_attention_heads, 0);
     assert_eq!(v.hidden_size % v.num_attention_heads, 0);
     assert_eq!(v.num_channels, 3);
-    let grid = cfg.grid();
+    let grid = cfg.vision.grid();
     assert!(grid >= 1 && grid * v.patch_size == v.image_size);
     let positions = grid * grid + 1;
     assert!(positions <= MAX_PATCHES + 1);
