@@ -314,7 +314,13 @@ fn config_cases() -> Vec<(Tower, &'static str, Value, &'static str)> {
             json!(274_877_907_168u64),
             "vision_config.image_size is 274877907168; vlm supports at most 4096",
         ),
-        (Vision, "image_size", json!(4096), "makes 16384 patches"),
+        // 4096 px: 16384 patches of CLIP's 32 px, more of SigLIP's; the bound names its limit.
+        (
+            Vision,
+            "image_size",
+            json!(4096),
+            "patches; vlm supports at most 4096",
+        ),
         (
             Vision,
             "patch_size",

@@ -219,12 +219,6 @@ pub const OPENCLIP: Family = Family {
     unused_weight: None,
     known_gaps: &[
         (
-            "non-finite head logit_bias",
-            "OpenCLIP checks its logit_bias where it loads it, with its own words: vlm prints \
-             `logit_bias is NaN: the checkpoint is damaged` (exit 2, one line), not the shared \
-             `logit_bias is NaN, not a finite number` of CLIP and SigLIP (likewise inf, -inf)",
-        ),
-        (
             "config Vision.image_size = 4096",
             "refused (exit 2) as `vision_config.image_size 4096 is not a multiple of patch_size 12` \
              before the patch count is checked: the fixture's patch is 12, which 4096 is no \
@@ -265,59 +259,7 @@ const SIGLIP_CONFIG: Config = Config {
 /// `MAX_WIDTH`, `MAX_LAYERS` and `MAX_PATCHES` are not applied), so each of these is refused (exit
 /// 2, one line) only later, by another check, with another message (quoted from `tiny-siglip`;
 /// `tiny-siglip2`'s differ in its sizes).
-const SIGLIP_GAPS: &[(&str, &str)] = &[
-    (
-        "config Vision.image_size = 274877907168",
-        "no bound: refused by the preprocessor check, `preprocessor_config.json makes images 48x48 \
-         but the vision tower takes 274877907168x274877907168`",
-    ),
-    (
-        "config Vision.image_size = 4096",
-        "no patch-count bound: refused by the preprocessor check, `makes images 48x48 but the \
-         vision tower takes 4096x4096`",
-    ),
-    (
-        "config Vision.patch_size = 1099511627776",
-        "no bound: refused as `vision_config.image_size 48 is smaller than patch_size \
-         1099511627776`",
-    ),
-    (
-        "config Vision.hidden_size = 18446744073709551615",
-        "no bound: refused as `vision_config.hidden_size 18446744073709551615 is not divisible by \
-         num_attention_heads 2`",
-    ),
-    (
-        "config Vision.intermediate_size = 1125899906842624",
-        "no bound: refused by the weights, `tensor vision_model.encoder.layers.0.mlp.fc1.weight \
-         has shape [56, 32], but config.json implies [1125899906842624, 32]`",
-    ),
-    (
-        "config Vision.num_hidden_layers = 1099511627776",
-        "no bound: refused by the weights, `the checkpoint has no tensor \
-         vision_model.encoder.layers.2.layer_norm1.weight`",
-    ),
-    (
-        "config Text.vocab_size = 8589934592",
-        "no bound: refused by the weights, `tensor text_model.embeddings.token_embedding.weight \
-         has shape [1000, 32], but config.json implies [8589934592, 32]`",
-    ),
-    (
-        "config Text.max_position_embeddings = 1048576",
-        "no bound: refused by the weights, `tensor \
-         text_model.embeddings.position_embedding.weight has shape [64, 32], but config.json \
-         implies [1048576, 32]`",
-    ),
-    (
-        "config Text.hidden_size = 4611686018427387904",
-        "no bound: refused as `text_config.projection_size 4611686018427387904 differs from \
-         vision_config.hidden_size 32` (SigLIP 2: by the token embedding's shape)",
-    ),
-    (
-        "config Text.num_hidden_layers = 100000",
-        "no bound: refused by the weights, `the checkpoint has no tensor \
-         text_model.encoder.layers.2.layer_norm1.weight`",
-    ),
-];
+const SIGLIP_GAPS: &[(&str, &str)] = &[];
 
 const SIGLIP_SCORE_TENSORS: &[(&str, usize, Tower)] = &[
     ("vision_model.head.mlp.fc2.bias", 0, Tower::Vision),
