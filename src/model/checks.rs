@@ -13,7 +13,7 @@ use anyhow::{bail, Result};
 use super::ScoreHead;
 
 /// `value`, when it is a finite number; otherwise an error naming `name`.
-pub fn finite_scalar(name: &str, value: f32) -> Result<f32> {
+pub(crate) fn finite_scalar(name: &str, value: f32) -> Result<f32> {
     if !value.is_finite() {
         bail!("{name} is {value}, not a finite number: the checkpoint is damaged");
     }
@@ -23,7 +23,7 @@ pub fn finite_scalar(name: &str, value: f32) -> Result<f32> {
 /// The checkpoint's `logit_scale`, checked: finite, and with a finite `exp` (the factor the
 /// cosines are multiplied by). CLIP trains it clamped to ln(100); anything above ~88.7 would
 /// overflow f32 and turn every probability into NaN.
-pub fn logit_scale(value: f32) -> Result<f32> {
+pub(crate) fn logit_scale(value: f32) -> Result<f32> {
     let value = finite_scalar("logit_scale", value)?;
     if !value.exp().is_finite() {
         bail!(
@@ -37,7 +37,7 @@ pub fn logit_scale(value: f32) -> Result<f32> {
 /// ([`crate::engine::ModelPlan::load`]): `logit_scale` as [`logit_scale`] has it, a finite
 /// `logit_bias`, and finite logits at both ends of the cosine range. A NaN bias would otherwise
 /// print `"probability": null` for every label and make `vlm tag` return no tags (issue 21).
-pub fn score_head(head: ScoreHead) -> Result<ScoreHead> {
+pub(crate) fn score_head(head: ScoreHead) -> Result<ScoreHead> {
     logit_scale(head.logit_scale)?;
     finite_scalar("logit_bias", head.logit_bias)?;
     for cosine in [-1.0, 1.0] {
@@ -56,10 +56,10 @@ pub fn score_head(head: ScoreHead) -> Result<ScoreHead> {
 /// The largest `layer_norm_eps` accepted. Checkpoints use 1e-12 to 1e-5; an epsilon near the
 /// activations' variance flattens every normalised vector towards zero and every score towards
 /// the same value (1e30 gives 0.5 everywhere), which is a damaged config, not a model (issue 20).
-pub const MAX_LAYER_NORM_EPS: f64 = 1.0;
+pub(crate) const MAX_LAYER_NORM_EPS: f64 = 1.0;
 
 /// A config's `layer_norm_eps`, named `name` in the error: `0 < eps <= 1`.
-pub fn layer_norm_eps(name: &str, value: f64) -> Result<()> {
+pub(crate) fn layer_norm_eps(name: &str, value: f64) -> Result<()> {
     if !(value.is_finite() && value > 0.0 && value <= MAX_LAYER_NORM_EPS) {
         bail!(
             "{name} is {value}; it must be a positive number no larger than {MAX_LAYER_NORM_EPS} \
@@ -72,7 +72,7 @@ pub fn layer_norm_eps(name: &str, value: f64) -> Result<()> {
 /// Checks embeddings (one row per input) before they are scored: every value finite, and the
 /// squared norm too (normalising would otherwise divide by infinity). `what` starts the error:
 /// "image", "text".
-pub fn finite_embeddings(what: &str, rows: &[Vec<f32>]) -> Result<()> {
+pub(crate) fn finite_embeddings(what: &str, rows: &[Vec<f32>]) -> Result<()> {
     for row in rows {
         let finite =
             row.iter().all(|x| x.is_finite()) && row.iter().map(|x| x * x).sum::<f32>().is_finite();

@@ -6,7 +6,7 @@ use std::path::Path;
 
 /// One weight file a layout may hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WeightFile {
+pub(crate) enum WeightFile {
     /// The whole checkpoint in one file.
     Single(&'static str),
     /// A sharded checkpoint's index (`{"weight_map": {tensor: shard file}}`): every shard it
@@ -15,7 +15,7 @@ pub enum WeightFile {
 }
 
 impl WeightFile {
-    pub fn name(&self) -> &'static str {
+    pub(crate) fn name(&self) -> &'static str {
         match self {
             WeightFile::Single(name) | WeightFile::Index(name) => name,
         }
@@ -24,7 +24,7 @@ impl WeightFile {
 
 /// A checkpoint format's files.
 #[derive(Debug)]
-pub struct Layout {
+pub(crate) struct Layout {
     /// The config file a checkpoint is recognised by; the family's `parse` reads it.
     pub config: &'static str,
     /// Whether a `config` file found is this layout's: timm's repositories hold a `config.json` of
@@ -46,13 +46,13 @@ pub struct Layout {
 
 impl Layout {
     /// Every weight file, for messages: "a, b, c or d".
-    pub fn weight_names(&self) -> String {
+    pub(crate) fn weight_names(&self) -> String {
         one_of(self.weights.iter().map(WeightFile::name))
     }
 
     /// What a folder of this layout holds, for the message about a missing file: "config.json,
     /// preprocessor_config.json, tokenizer.json and model.safetensors (or pytorch_model.bin)".
-    pub fn holds(&self) -> String {
+    pub(crate) fn holds(&self) -> String {
         let configs: Vec<&str> = [Some(self.config), self.preprocessor, self.tokenizer]
             .into_iter()
             .flatten()
@@ -86,7 +86,7 @@ fn one_of<'a>(names: impl Iterator<Item = &'a str>) -> String {
 /// transformers' checkpoint (`save_pretrained`): `config.json` with a `model_type`, the image
 /// processor's and the tokenizer's files, and the weights in `modeling_utils`' order
 /// (safetensors first, then `pytorch_model.bin`; each single file, then its sharded index).
-pub static TRANSFORMERS: Layout = Layout {
+pub(crate) static TRANSFORMERS: Layout = Layout {
     config: "config.json",
     claims: has_model_type,
     preprocessor: Some("preprocessor_config.json"),

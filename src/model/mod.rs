@@ -14,9 +14,9 @@
 //!
 //! Adding a family = a new folder here plus one line in [`FAMILIES`].
 
-pub mod checks;
+pub(crate) mod checks;
 pub mod clip;
-pub mod layout;
+pub(crate) mod layout;
 pub mod nn;
 pub mod openclip;
 pub mod pickle;
@@ -33,16 +33,16 @@ use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-pub use layout::{Layout, WeightFile};
+pub(crate) use layout::{Layout, WeightFile};
 
 use crate::images::ProcessorClass;
 
 /// Every family vlm can load, tried in order by `model_type`. OpenCLIP's `open_clip_config.json`
 /// has no `model_type`: [`parse_config`] knows it by its `model_cfg`.
-pub const FAMILIES: &[Family] = &[clip::FAMILY, siglip::FAMILY, openclip::FAMILY];
+pub(crate) const FAMILIES: &[Family] = &[clip::FAMILY, siglip::FAMILY, openclip::FAMILY];
 
 /// One model family: the `model_type` values of the configs it reads, and their parser.
-pub struct Family {
+pub(crate) struct Family {
     /// Short name, as printed in messages and cache keys.
     pub name: &'static str,
     pub model_types: &'static [&'static str],
@@ -64,7 +64,7 @@ pub struct Family {
 
 /// The distinct layouts of [`FAMILIES`], in their order: a checkpoint is the first one's whose
 /// config file it holds and the layout claims.
-pub fn layouts() -> Vec<&'static Layout> {
+pub(crate) fn layouts() -> Vec<&'static Layout> {
     let mut out: Vec<&'static Layout> = Vec::new();
     for family in FAMILIES {
         if !out.iter().any(|l| std::ptr::eq(*l, family.layout)) {
@@ -86,7 +86,7 @@ pub fn processor_classes() -> Vec<ProcessorClass> {
 
 /// The head a family's models always have, by the family's name: for records that name only the
 /// family (an index written before it stored the head).
-pub fn head_of_family(name: &str) -> Option<HeadKind> {
+pub(crate) fn head_of_family(name: &str) -> Option<HeadKind> {
     FAMILIES
         .iter()
         .find(|f| f.name == name)
@@ -299,14 +299,14 @@ pub trait ImageTextModel: Send + Sync {
 }
 
 /// Reads `config.json` and hands it to the family its `model_type` names.
-pub fn read_config(path: &Path) -> Result<Box<dyn ModelSpec>> {
+pub(crate) fn read_config(path: &Path) -> Result<Box<dyn ModelSpec>> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     parse_config(&text).with_context(|| format!("invalid model config {}", path.display()))
 }
 
 /// [`read_config`] on a string.
-pub fn parse_config(text: &str) -> Result<Box<dyn ModelSpec>> {
+pub(crate) fn parse_config(text: &str) -> Result<Box<dyn ModelSpec>> {
     let root: Value = serde_json::from_str(text).context("not valid JSON")?;
     let obj = root.as_object().context("expected a JSON object")?;
     if openclip::is_config(obj) {

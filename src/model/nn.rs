@@ -27,17 +27,17 @@ pub enum Activation {
 
 /// How the linear layers of a model multiply on the CPU (ignored on other devices, where Candle
 /// multiplies in the tensors' own dtype).
-pub use crate::kernels::Precision as LinearPrecision;
+pub(crate) use crate::kernels::Precision as LinearPrecision;
 
 /// `nn.Linear`: on the CPU through [`kernels::Linear`](crate::kernels::Linear): f32 over the
 /// weights where they are (packed on first use by a batch), bf16 (where the CPU multiplies it
 /// natively) over weights packed once at load; elsewhere Candle's matmul, as one 2-D product
 /// over all leading dimensions.
 #[derive(Debug, Clone)]
-pub struct Linear(Arc<kernels::Linear>);
+pub(crate) struct Linear(Arc<kernels::Linear>);
 
 impl Linear {
-    pub fn new(
+    pub(crate) fn new(
         vb: VarBuilder,
         in_dim: usize,
         out_dim: usize,
@@ -55,7 +55,7 @@ impl Linear {
 
     /// From a `[out, in]` weight and an optional `[out]` bias already read (e.g. slices of a packed
     /// `in_proj_weight`).
-    pub fn from_weights(
+    pub(crate) fn from_weights(
         weight: &Tensor,
         bias: Option<&Tensor>,
         precision: LinearPrecision,
@@ -75,7 +75,7 @@ impl Linear {
 
     /// Several projections of the same input as one wider layer (q, k and v: one product
     /// instead of three narrow ones), from each part's `weight` and `bias` under `vb`.
-    pub fn fused(
+    pub(crate) fn fused(
         vb: &VarBuilder,
         parts: &[&str],
         in_dim: usize,
@@ -100,7 +100,7 @@ impl Linear {
         Ok(Self(Arc::new(layer)))
     }
 
-    pub fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+    pub(crate) fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
         self.0.forward(xs)
     }
 
@@ -121,7 +121,7 @@ impl Linear {
 }
 
 /// A scalar parameter (`logit_scale`, `logit_bias`), stored as `()` or `[1]`, read as f32.
-pub fn scalar(vb: &VarBuilder, name: &str) -> Result<f32> {
+pub(crate) fn scalar(vb: &VarBuilder, name: &str) -> Result<f32> {
     let t = vb
         .get_with_hints_dtype((), name, Default::default(), DType::F32)
         .or_else(|_| {
@@ -135,7 +135,7 @@ pub fn scalar(vb: &VarBuilder, name: &str) -> Result<f32> {
 /// `nn.LayerNorm` over the last dimension: on the CPU one vectorised pass per row (rows split
 /// across threads), elsewhere Candle's.
 #[derive(Debug, Clone)]
-pub struct LayerNorm {
+pub(crate) struct LayerNorm {
     candle: candle_nn::LayerNorm,
     /// The weight and bias as f32, for the CPU path.
     cpu: Option<Arc<(Vec<f32>, Vec<f32>)>>,
@@ -143,7 +143,7 @@ pub struct LayerNorm {
 }
 
 impl LayerNorm {
-    pub fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+    pub(crate) fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
         if self.cpu.is_none() || !xs.device().is_cpu() {
             return self.candle.forward(xs);
         }
@@ -174,7 +174,7 @@ impl LayerNorm {
     }
 }
 
-pub fn layer_norm(vb: VarBuilder, dim: usize, eps: f64) -> Result<LayerNorm> {
+pub(crate) fn layer_norm(vb: VarBuilder, dim: usize, eps: f64) -> Result<LayerNorm> {
     let weight = vb.get(dim, "weight")?;
     let bias = vb.get(dim, "bias")?;
     let cpu = if weight.device().is_cpu() {
@@ -190,7 +190,7 @@ pub fn layer_norm(vb: VarBuilder, dim: usize, eps: f64) -> Result<LayerNorm> {
     })
 }
 
-pub fn activate(act: Activation, xs: &Tensor) -> candle_core::Result<Tensor> {
+pub(crate) fn activate(act: Activation, xs: &Tensor) -> candle_core::Result<Tensor> {
     match act {
         // transformers' QuickGELUActivation: x * sigmoid(1.702 * x).
         Activation::QuickGelu => xs * candle_nn::ops::sigmoid(&(xs * 1.702)?)?,
@@ -211,7 +211,7 @@ fn activate_slice(act: Activation, xs: &mut [f32]) {
 
 /// Sizes shared by the encoder layers of one tower, and how their linear layers multiply.
 #[derive(Debug, Clone, Copy)]
-pub struct EncoderSpec {
+pub(crate) struct EncoderSpec {
     pub hidden: usize,
     pub heads: usize,
     pub intermediate: usize,
@@ -222,7 +222,7 @@ pub struct EncoderSpec {
 }
 
 #[derive(Debug, Clone)]
-pub struct Attention {
+pub(crate) struct Attention {
     qkv: Linear,
     out_proj: Linear,
     heads: usize,
@@ -231,7 +231,7 @@ pub struct Attention {
 }
 
 impl Attention {
-    pub fn new(vb: VarBuilder, spec: &EncoderSpec) -> Result<Self> {
+    pub(crate) fn new(vb: VarBuilder, spec: &EncoderSpec) -> Result<Self> {
         let h = spec.hidden;
         let head_dim = h / spec.heads;
         Ok(Self {
@@ -319,7 +319,7 @@ impl Attention {
 }
 
 #[derive(Debug, Clone)]
-pub struct EncoderLayer {
+pub(crate) struct EncoderLayer {
     layer_norm1: LayerNorm,
     self_attn: Attention,
     layer_norm2: LayerNorm,
@@ -329,7 +329,7 @@ pub struct EncoderLayer {
 }
 
 impl EncoderLayer {
-    pub fn new(vb: VarBuilder, spec: &EncoderSpec) -> Result<Self> {
+    pub(crate) fn new(vb: VarBuilder, spec: &EncoderSpec) -> Result<Self> {
         Ok(Self {
             layer_norm1: layer_norm(vb.pp("layer_norm1"), spec.hidden, spec.eps)?,
             self_attn: Attention::new(vb.pp("self_attn"), spec)?,
@@ -391,14 +391,14 @@ impl EncoderLayer {
 }
 
 #[derive(Debug, Clone)]
-pub struct Encoder {
+pub(crate) struct Encoder {
     layers: Vec<EncoderLayer>,
     /// Every layer's weights are on the CPU (packed linears, f32 norms): [`CpuEncoder`] runs it.
     cpu: bool,
 }
 
 impl Encoder {
-    pub fn new(vb: VarBuilder, spec: &EncoderSpec) -> Result<Self> {
+    pub(crate) fn new(vb: VarBuilder, spec: &EncoderSpec) -> Result<Self> {
         let layers = (0..spec.layers)
             .map(|i| EncoderLayer::new(vb.pp(format!("layers.{i}")), spec))
             .collect::<Result<Vec<_>>>()?;
@@ -434,7 +434,11 @@ impl Encoder {
     }
 
     /// Hidden states after every layer, at every position: `[b, t, d]`.
-    pub fn forward(&self, xs: &Tensor, mask: Option<&Tensor>) -> candle_core::Result<Tensor> {
+    pub(crate) fn forward(
+        &self,
+        xs: &Tensor,
+        mask: Option<&Tensor>,
+    ) -> candle_core::Result<Tensor> {
         if let Some(cpu) = self.cpu_path(xs, mask)? {
             let (b, t, d) = (cpu.b, cpu.t, cpu.d);
             let out = cpu.run(read_f32(xs)?, Last::Full)?;
@@ -449,7 +453,7 @@ impl Encoder {
 
     /// Hidden states after the last layer at one position per sequence (`rows`, `[b]` u32):
     /// `[b, d]`. Only what feeds those positions is computed in the last layer.
-    pub fn forward_pooled(
+    pub(crate) fn forward_pooled(
         &self,
         xs: &Tensor,
         mask: Option<&Tensor>,
@@ -489,7 +493,7 @@ impl Encoder {
     /// Every layer but the last as usual, then the last one's value path
     /// ([`EncoderLayer`]'s `out_proj(v_proj(layer_norm1(x)))`, no residual, no MLP), at every
     /// position: `[b, t, d]`. The dense per-position features of MaskCLIP / ClearCLIP.
-    pub fn forward_value_path(
+    pub(crate) fn forward_value_path(
         &self,
         xs: &Tensor,
         mask: Option<&Tensor>,
@@ -702,7 +706,7 @@ fn gather_rows(x: &[f32], rows: &[usize], t: usize, d: usize) -> Vec<f32> {
     out
 }
 
-pub fn causal_mask(t: usize, dtype: DType, device: &Device) -> candle_core::Result<Tensor> {
+pub(crate) fn causal_mask(t: usize, dtype: DType, device: &Device) -> candle_core::Result<Tensor> {
     let mask: Vec<f32> = (0..t)
         .flat_map(|i| (0..t).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
         .collect();

@@ -67,7 +67,7 @@ const STORAGES: [(&str, DType); 8] = [
 #[error(
     "refused: its pickle asks for {global}, which is not part of a PyTorch state dict (vlm reads pickles as data and never runs them)"
 )]
-pub struct Refused {
+pub(crate) struct Refused {
     /// `module.name`, control characters escaped and cut to a printable length.
     pub global: String,
 }

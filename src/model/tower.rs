@@ -84,7 +84,7 @@ pub struct VisionConfig<X> {
 
 /// How a vision tower's patches cover its image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PatchFit {
+pub(crate) enum PatchFit {
     /// `image_size` is a whole number of patches (every CLIP and OpenCLIP ViT; vlm's CLIP loader
     /// has always required it, and the fuzz target holds it to that).
     Exact,
@@ -95,7 +95,7 @@ pub enum PatchFit {
 }
 
 /// `value` within `1..=max`, or a one-line error naming the field.
-pub fn bounded(name: &str, value: usize, max: usize) -> Result<()> {
+pub(crate) fn bounded(name: &str, value: usize, max: usize) -> Result<()> {
     if value == 0 {
         bail!("{name} must be positive");
     }
@@ -139,7 +139,7 @@ fn check_encoder(section: &str, e: &EncoderSpec) -> Result<()> {
 
 impl<X> TextConfig<X> {
     /// The encoder this tower's sizes describe, its linear layers multiplying at `linear`.
-    pub fn encoder(&self, linear: LinearPrecision) -> EncoderSpec {
+    pub(crate) fn encoder(&self, linear: LinearPrecision) -> EncoderSpec {
         EncoderSpec {
             hidden: self.hidden_size,
             heads: self.num_attention_heads,
@@ -152,7 +152,7 @@ impl<X> TextConfig<X> {
     }
 
     /// Every size within vlm's bounds, named as `config.json` names it (`text_config.*`).
-    pub fn check(&self) -> Result<()> {
+    pub(crate) fn check(&self) -> Result<()> {
         check_encoder("text_config", &self.encoder(LinearPrecision::F32))?;
         bounded(
             "text_config.max_position_embeddings",
@@ -165,7 +165,7 @@ impl<X> TextConfig<X> {
 
 impl<X> VisionConfig<X> {
     /// The encoder this tower's sizes describe, its linear layers multiplying at `linear`.
-    pub fn encoder(&self, linear: LinearPrecision) -> EncoderSpec {
+    pub(crate) fn encoder(&self, linear: LinearPrecision) -> EncoderSpec {
         EncoderSpec {
             hidden: self.hidden_size,
             heads: self.num_attention_heads,
@@ -184,7 +184,7 @@ impl<X> VisionConfig<X> {
 
     /// Every size within vlm's bounds, named as `config.json` names it (`vision_config.*`), the
     /// patches fitting the image as `fit` says, and RGB input.
-    pub fn check(&self, fit: PatchFit) -> Result<()> {
+    pub(crate) fn check(&self, fit: PatchFit) -> Result<()> {
         check_encoder("vision_config", &self.encoder(LinearPrecision::F32))?;
         bounded("vision_config.patch_size", self.patch_size, MAX_IMAGE_SIZE)?;
         bounded("vision_config.image_size", self.image_size, MAX_IMAGE_SIZE)?;
@@ -247,7 +247,7 @@ pub trait HfConfig: Sized {
 /// `obj[key]` (`text_config`, `vision_config`) as `T`, with the family's defaults where it is
 /// absent or null. Where `replaced_by` names a key holding an object, that object is read instead
 /// (CLIP's legacy `text_config_dict`; see `clip::config`).
-pub fn sub_config<T: DeserializeOwned + Default>(
+pub(crate) fn sub_config<T: DeserializeOwned + Default>(
     obj: &Map<String, Value>,
     key: &str,
     replaced_by: Option<&str>,
@@ -267,7 +267,7 @@ pub fn sub_config<T: DeserializeOwned + Default>(
 /// non-overlapping patches. The kernel `patch_embedding.weight` `[hidden, c, p, p]` is a
 /// `[hidden, c*p*p]` weight as it is; CLIP and SigLIP store it alike.
 #[derive(Debug, Clone)]
-pub struct PatchEmbedding {
+pub(crate) struct PatchEmbedding {
     linear: Linear,
     image_size: usize,
     patch: usize,
@@ -279,7 +279,7 @@ pub struct PatchEmbedding {
 impl PatchEmbedding {
     /// `patch_embedding.weight` under `emb`, and `patch_embedding.bias` where the family has one
     /// (SigLIP; CLIPVisionEmbeddings: bias=False).
-    pub fn new<X>(
+    pub(crate) fn new<X>(
         emb: &VarBuilder,
         v: &VisionConfig<X>,
         bias: bool,
@@ -308,14 +308,14 @@ impl PatchEmbedding {
     }
 
     /// Patches per side of the grid.
-    pub fn grid(&self) -> usize {
+    pub(crate) fn grid(&self) -> usize {
         self.grid
     }
 
     /// Pixels `[b, c, size, size]` to patch vectors `[b, grid², hidden]`, patches row-major, in
     /// the model's dtype. When the size is not a multiple of the patch ([`PatchFit::Floor`]), the
     /// convolution never reaches the last `size - grid·patch` rows and columns.
-    pub fn forward(&self, pixels: &Tensor) -> candle_core::Result<Tensor> {
+    pub(crate) fn forward(&self, pixels: &Tensor) -> candle_core::Result<Tensor> {
         let (b, c, hgt, wid) = pixels.dims4()?;
         let (p, g, s) = (self.patch, self.grid, self.image_size);
         if hgt != s || wid != s {
@@ -342,7 +342,7 @@ impl PatchEmbedding {
 /// and the projection into the joint space. The family pads, masks and picks the pooled
 /// position ([`Self::embed`], then [`Self::pool`]).
 #[derive(Debug, Clone)]
-pub struct TextTransformer {
+pub(crate) struct TextTransformer {
     token_embedding: Tensor,
     position_embedding: Tensor,
     encoder: Encoder,
@@ -357,7 +357,7 @@ impl TextTransformer {
     /// `embeddings.{token,position}_embedding`, `encoder` and `final_layer_norm` under `m`
     /// (`text_model`), with the `projection` the family reads (CLIP's `text_projection`,
     /// SigLIP's `text_model.head`).
-    pub fn new<X>(
+    pub(crate) fn new<X>(
         m: &VarBuilder,
         t: &TextConfig<X>,
         projection: Linear,
@@ -384,13 +384,13 @@ impl TextTransformer {
     }
 
     /// The context, in tokens.
-    pub fn context(&self) -> usize {
+    pub(crate) fn context(&self) -> usize {
         self.context
     }
 
     /// Token and position embeddings `[n, t, hidden]` of the sequences, each padded with `pad` to
     /// the longest (`t`), which must fit the context; every id must be in the vocabulary.
-    pub fn embed(&self, ids: &[Vec<u32>], pad: u32) -> candle_core::Result<Tensor> {
+    pub(crate) fn embed(&self, ids: &[Vec<u32>], pad: u32) -> candle_core::Result<Tensor> {
         let device = self.token_embedding.device();
         let n = ids.len();
         let t = ids.iter().map(Vec::len).max().unwrap_or(0);
@@ -425,7 +425,7 @@ impl TextTransformer {
     /// `xs` through the encoder under `mask` (`None`: every position sees every other), each
     /// pooled at its position in `pooled`. The final layer norm is per position, so it follows
     /// the pooling.
-    pub fn pool(
+    pub(crate) fn pool(
         &self,
         xs: &Tensor,
         mask: Option<&Tensor>,
@@ -442,7 +442,7 @@ impl TextTransformer {
 /// The weight files (safetensors or PyTorch; one, or the shards of an index) under a
 /// `VarBuilder`: only the tensors the towers ask for are read, each straight into its own buffer
 /// (see [`weights`]).
-pub fn open(files: &[PathBuf], opts: &LoadOptions) -> Result<VarBuilder<'static>> {
+pub(crate) fn open(files: &[PathBuf], opts: &LoadOptions) -> Result<VarBuilder<'static>> {
     let files = weights::Checkpoint::open(files)?;
     Ok(VarBuilder::from_backend(
         Box::new(files),
@@ -454,7 +454,7 @@ pub fn open(files: &[PathBuf], opts: &LoadOptions) -> Result<VarBuilder<'static>
 /// A scalar head parameter the checkpoint must hold (`logit_scale`, `logit_bias`), `class` naming
 /// the model it would come from. Its value is checked with every family's, at the seam
 /// ([`checks::score_head`]).
-pub fn head_scalar(vb: &VarBuilder, name: &str, class: &str) -> Result<f32> {
+pub(crate) fn head_scalar(vb: &VarBuilder, name: &str, class: &str) -> Result<f32> {
     if !vb.contains_tensor(name) {
         bail!("the checkpoint has no {name} tensor: is this a {class} checkpoint?");
     }
@@ -464,7 +464,7 @@ pub fn head_scalar(vb: &VarBuilder, name: &str, class: &str) -> Result<f32> {
 /// The towers of a loaded model that the run asked for ([`LoadOptions::towers`]): a run whose
 /// text embeddings are all known reads no text tower.
 #[derive(Debug)]
-pub struct Loaded<V, T> {
+pub(crate) struct Loaded<V, T> {
     vision: Option<V>,
     text: Option<T>,
     device: Device,
@@ -473,7 +473,7 @@ pub struct Loaded<V, T> {
 impl<V, T> Loaded<V, T> {
     /// Builds the towers `opts` asks for from the checkpoint's `vb`, each with its family's
     /// constructor, given the precision of the tower's linear layers.
-    pub fn new(
+    pub(crate) fn new(
         vb: &VarBuilder,
         opts: &LoadOptions,
         vision: impl FnOnce(&VarBuilder, LinearPrecision) -> Result<V>,
@@ -496,17 +496,17 @@ impl<V, T> Loaded<V, T> {
         })
     }
 
-    pub fn vision(&self) -> Result<&V> {
+    pub(crate) fn vision(&self) -> Result<&V> {
         self.vision
             .as_ref()
             .context("the vision tower was not loaded")
     }
 
-    pub fn text(&self) -> Result<&T> {
+    pub(crate) fn text(&self) -> Result<&T> {
         self.text.as_ref().context("the text tower was not loaded")
     }
 
-    pub fn device(&self) -> &Device {
+    pub(crate) fn device(&self) -> &Device {
         &self.device
     }
 }

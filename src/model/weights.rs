@@ -55,7 +55,7 @@ struct TensorInfo {
 
 /// The tensors of one checkpoint: one file, or the shards of an index, each a safetensors file
 /// or a PyTorch archive.
-pub struct Checkpoint {
+pub(crate) struct Checkpoint {
     files: Vec<(PathBuf, File)>,
     /// Each file mapped, when the binary's allocator allows tensors to use it in place
     /// (`crate::alloc`); `None` entries are read with positioned reads.
@@ -96,7 +96,7 @@ pub struct HeaderTensor {
 impl Checkpoint {
     /// Reads and checks the headers (a PyTorch archive's zip directory and pickle); no tensor data
     /// is read yet.
-    pub fn open(paths: &[PathBuf]) -> Result<Self> {
+    pub(crate) fn open(paths: &[PathBuf]) -> Result<Self> {
         if paths.is_empty() {
             bail!("no weight files");
         }
@@ -137,7 +137,7 @@ impl Checkpoint {
         })
     }
 
-    pub fn contains(&self, name: &str) -> bool {
+    pub(crate) fn contains(&self, name: &str) -> bool {
         self.tensors.contains_key(name)
     }
 
@@ -202,7 +202,13 @@ impl Checkpoint {
     }
 
     /// One tensor, checked against the shape the network expects, in `dtype` on `device`.
-    pub fn get(&self, shape: &Shape, name: &str, dtype: DType, device: &Device) -> Result<Tensor> {
+    pub(crate) fn get(
+        &self,
+        shape: &Shape,
+        name: &str,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Tensor> {
         if let Some(info) = self.tensors.get(name) {
             if info.shape.as_slice() != shape.dims() {
                 bail!(

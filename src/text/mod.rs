@@ -236,7 +236,7 @@ impl Template {
         Ok(Self(text.to_string()))
     }
 
-    pub(crate) fn fill(&self, label: &str) -> String {
+    pub fn fill(&self, label: &str) -> String {
         self.0.replace("{}", label)
     }
 
@@ -317,7 +317,7 @@ pub struct LabelList {
 
 impl LabelList {
     /// Adds the labels of one `--labels` value (comma-separated).
-    pub(crate) fn add_csv(&mut self, value: &str) -> Result<(), Error> {
+    pub fn add_csv(&mut self, value: &str) -> Result<(), Error> {
         for (i, part) in value.split(',').enumerate() {
             let label = part.trim();
             if label.is_empty() {

@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-pub use crate::model::nn::Activation;
+pub(crate) use crate::model::nn::Activation;
 use crate::model::tower::{self, HfConfig, PatchFit, MAX_WIDTH};
 
 /// `eos_token_id` is an int in every CLIP config seen so far, but transformers types it `int | list[int]`.
@@ -48,7 +48,7 @@ impl Default for TextExtra {
 }
 
 /// `CLIPTextConfig`.
-pub type TextConfig = tower::TextConfig<TextExtra>;
+pub(crate) type TextConfig = tower::TextConfig<TextExtra>;
 
 impl Default for TextConfig {
     /// `CLIPTextConfig`'s defaults.
@@ -68,7 +68,7 @@ impl Default for TextConfig {
 }
 
 /// `CLIPVisionConfig`: nothing of its own.
-pub type VisionConfig = tower::VisionConfig<()>;
+pub(crate) type VisionConfig = tower::VisionConfig<()>;
 
 impl Default for VisionConfig {
     /// `CLIPVisionConfig`'s defaults.

@@ -14,7 +14,7 @@ use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
-pub use config::{ClipConfig, TextPooling, TowerOptions, VisionPool};
+pub(crate) use config::{ClipConfig, TextPooling, TowerOptions, VisionPool};
 
 use crate::model::nn::{self, causal_mask, layer_norm, Encoder, Linear, LinearPrecision};
 use crate::model::tower::{self, HfConfig, Loaded, PatchEmbedding, TextTransformer};
@@ -24,7 +24,7 @@ use crate::model::{
 };
 
 /// The CLIP family in the list of [`crate::model::FAMILIES`].
-pub const FAMILY: Family = Family {
+pub(crate) const FAMILY: Family = Family {
     name: "clip",
     model_types: &["clip"],
     refused: &[],
@@ -89,7 +89,7 @@ impl ModelSpec for ClipConfig {
 
 /// `vision_model` + `visual_projection`.
 #[derive(Debug, Clone)]
-pub struct VisionTower {
+pub(crate) struct VisionTower {
     patch_embedding: PatchEmbedding,
     class_embedding: Tensor,
     position_embedding: Tensor,
@@ -103,7 +103,7 @@ pub struct VisionTower {
 }
 
 impl VisionTower {
-    pub fn new(cfg: &ClipConfig, vb: &VarBuilder, linear: LinearPrecision) -> Result<Self> {
+    pub(crate) fn new(cfg: &ClipConfig, vb: &VarBuilder, linear: LinearPrecision) -> Result<Self> {
         let v = &cfg.vision;
         let grid = v.grid();
         let m = vb.pp("vision_model");
@@ -141,7 +141,7 @@ impl VisionTower {
     }
 
     /// Image embeddings (projected, not normalised) of pixels `[batch, 3, size, size]`, as f32.
-    pub fn forward(&self, pixels: &Tensor) -> candle_core::Result<Tensor> {
+    pub(crate) fn forward(&self, pixels: &Tensor) -> candle_core::Result<Tensor> {
         let xs = self.embed(pixels)?;
         let b = xs.dim(0)?;
         let pooled = match self.pool {
@@ -175,7 +175,7 @@ impl VisionTower {
     /// `out_proj(v_proj(layer_norm1(x)))`, with no residual and no MLP (MaskCLIP, Zhou et al. 2022;
     /// ClearCLIP, Lan et al. 2024); then `post_layernorm` and `visual_projection` on every patch
     /// token (the class token is dropped).
-    pub fn patch_embeddings(&self, pixels: &Tensor) -> candle_core::Result<Tensor> {
+    pub(crate) fn patch_embeddings(&self, pixels: &Tensor) -> candle_core::Result<Tensor> {
         let xs = self.embed(pixels)?;
         let t = xs.dim(1)?;
         let zs = self
@@ -187,7 +187,7 @@ impl VisionTower {
     }
 
     /// The patch grid's side: `image_size / patch_size`.
-    pub fn grid(&self) -> usize {
+    pub(crate) fn grid(&self) -> usize {
         self.patch_embedding.grid()
     }
 
@@ -209,14 +209,14 @@ impl VisionTower {
 
 /// `text_model` + `text_projection`, pooled at the end token behind a causal mask.
 #[derive(Debug, Clone)]
-pub struct TextTower {
+pub(crate) struct TextTower {
     transformer: TextTransformer,
     pooling: TextPooling,
     pad_id: u32,
 }
 
 impl TextTower {
-    pub fn new(cfg: &ClipConfig, vb: &VarBuilder, linear: LinearPrecision) -> Result<Self> {
+    pub(crate) fn new(cfg: &ClipConfig, vb: &VarBuilder, linear: LinearPrecision) -> Result<Self> {
         let t = &cfg.text;
         let projection = Linear::new(
             vb.pp("text_projection"),
@@ -240,7 +240,7 @@ impl TextTower {
 
     /// Text embeddings (projected, not normalised) of token id sequences, as f32 `[n, projection_dim]`.
     /// Sequences of different lengths are padded to the longest; each must fit the context.
-    pub fn forward(&self, ids: &[Vec<u32>]) -> candle_core::Result<Tensor> {
+    pub(crate) fn forward(&self, ids: &[Vec<u32>]) -> candle_core::Result<Tensor> {
         let xs = self.transformer.embed(ids, self.pad_id)?;
         // Causal mask only. transformers also masks padding, but with a causal mask no position at or
         // before the pooled end token can see the padding after it, so the pooled output is the same.
@@ -252,8 +252,7 @@ impl TextTower {
 
 /// A loaded CLIP model: the towers that were asked for and the learned temperature.
 #[derive(Debug)]
-pub struct Clip {
-    pub config: ClipConfig,
+pub(crate) struct Clip {
     towers: Loaded<VisionTower, TextTower>,
     logit_scale: f32,
 }
@@ -261,7 +260,11 @@ pub struct Clip {
 impl Clip {
     /// Loads from weight files (safetensors or PyTorch; one, or the shards of an index): only the
     /// tensors of the requested towers are read (see [`tower::open`]).
-    pub fn load(config: ClipConfig, weights: &[PathBuf], opts: &LoadOptions) -> Result<Self> {
+    pub(crate) fn load(
+        config: ClipConfig,
+        weights: &[PathBuf],
+        opts: &LoadOptions,
+    ) -> Result<Self> {
         Self::from_vb(config, &tower::open(weights, opts)?, opts)
     }
 
@@ -277,14 +280,13 @@ impl Clip {
         // Checked with the other families' heads, at the seam (`model::checks::score_head`).
         let logit_scale = tower::head_scalar(vb, "logit_scale", "CLIPModel")?;
         Ok(Self {
-            config,
             towers,
             logit_scale,
         })
     }
 
     /// The learned log temperature (`logit_scale` parameter); similarities are scaled by its exp.
-    pub fn logit_scale(&self) -> f32 {
+    pub(crate) fn logit_scale(&self) -> f32 {
         self.logit_scale
     }
 }

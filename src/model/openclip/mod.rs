@@ -11,8 +11,8 @@
 //! (`preprocess_cfg`) and the tokenizer (open_clip's `SimpleTokenizer`, [`tokenizer`]) are the
 //! family's own.
 
-pub mod config;
-pub mod tokenizer;
+pub(crate) mod config;
+pub(crate) mod tokenizer;
 
 use std::path::PathBuf;
 
@@ -31,14 +31,14 @@ use crate::model::{
 };
 
 /// The file that marks an OpenCLIP checkpoint.
-pub const CONFIG_FILE: &str = "open_clip_config.json";
+pub(crate) const CONFIG_FILE: &str = "open_clip_config.json";
 
 /// An OpenCLIP checkpoint (issue 22): its one config is its model, preprocessing and tokenizer
 /// config (the tokenizer itself is built in), beside its weights in open_clip's order of
 /// preference (`factory.py`: safetensors first); the `.bin` is read as data, as
 /// `pytorch_model.bin` is. Any `open_clip_config.json` is taken for one: what it lacks, its
 /// parser says.
-pub static LAYOUT: Layout = Layout {
+pub(crate) static LAYOUT: Layout = Layout {
     config: CONFIG_FILE,
     claims: |_| true,
     preprocessor: None,
@@ -52,7 +52,7 @@ pub static LAYOUT: Layout = Layout {
 
 /// The OpenCLIP family in the list of [`crate::model::FAMILIES`]. Its config has no
 /// `model_type`: `model::parse_config` knows it by its `model_cfg` ([`is_config`]).
-pub const FAMILY: Family = Family {
+pub(crate) const FAMILY: Family = Family {
     name: "openclip",
     model_types: &[],
     refused: &[],
@@ -133,13 +133,17 @@ impl ModelSpec for OpenClipConfig {
 
 /// A loaded OpenCLIP model: the CLIP towers, and the head (softmax, or sigmoid with the
 /// checkpoint's `logit_bias`).
-pub struct OpenClip {
+pub(crate) struct OpenClip {
     clip: Clip,
     head: ScoreHead,
 }
 
 impl OpenClip {
-    pub fn load(cfg: &OpenClipConfig, files: &[PathBuf], opts: &LoadOptions) -> Result<Self> {
+    pub(crate) fn load(
+        cfg: &OpenClipConfig,
+        files: &[PathBuf],
+        opts: &LoadOptions,
+    ) -> Result<Self> {
         let backend = OpenClipWeights {
             files: weights::Checkpoint::open(files)?,
             cfg: cfg.clone(),

@@ -19,12 +19,12 @@ use crate::model::TextNormalization;
 
 /// Gemma's vocabulary size: the text tower of every SigLIP 2 checkpoint, whose tokenizer is
 /// `GemmaTokenizer` (see [`SiglipConfig::text_normalization`]).
-pub const GEMMA_VOCAB_SIZE: usize = 256_000;
+pub(crate) const GEMMA_VOCAB_SIZE: usize = 256_000;
 
 /// `SiglipTextConfig`'s own field.
 #[derive(Debug, Clone, PartialEq, Default, Deserialize)]
 #[serde(default)]
-pub struct TextExtra {
+pub(crate) struct TextExtra {
     /// Width of the text `head` output; `None` (the default) means `hidden_size`.
     pub projection_size: Option<usize>,
 }
@@ -32,7 +32,7 @@ pub struct TextExtra {
 /// `SiglipTextConfig`. Its `pad_token_id` / `bos_token_id` / `eos_token_id` defaults (1, 49406,
 /// 49407) are CLIP's and match no SigLIP tokenizer; transformers' model never reads them (the text
 /// is pooled at the last position), and neither does vlm: the padding id comes from the tokenizer.
-pub type TextConfig = tower::TextConfig<TextExtra>;
+pub(crate) type TextConfig = tower::TextConfig<TextExtra>;
 
 impl Default for TextConfig {
     /// `SiglipTextConfig`'s defaults.
@@ -53,7 +53,7 @@ impl Default for TextConfig {
 
 impl TextConfig {
     /// The text embedding's width: `projection_size`, else `hidden_size`.
-    pub fn projection_size(&self) -> usize {
+    pub(crate) fn projection_size(&self) -> usize {
         self.extra.projection_size.unwrap_or(self.hidden_size)
     }
 }
@@ -61,7 +61,7 @@ impl TextConfig {
 /// `SiglipVisionConfig`'s own field.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default)]
-pub struct VisionExtra {
+pub(crate) struct VisionExtra {
     /// The attention-pooling head whose output is the image embedding.
     pub vision_use_head: bool,
 }
@@ -75,7 +75,7 @@ impl Default for VisionExtra {
 }
 
 /// `SiglipVisionConfig`.
-pub type VisionConfig = tower::VisionConfig<VisionExtra>;
+pub(crate) type VisionConfig = tower::VisionConfig<VisionExtra>;
 
 impl Default for VisionConfig {
     /// `SiglipVisionConfig`'s defaults.
@@ -96,7 +96,7 @@ impl Default for VisionConfig {
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub struct SiglipConfig {
+pub(crate) struct SiglipConfig {
     pub text: TextConfig,
     pub vision: VisionConfig,
 }
@@ -149,7 +149,7 @@ impl SiglipConfig {
     /// text vocabulary: Gemma's 256,000 pieces are SigLIP 2's (every published SigLIP 2 checkpoint),
     /// anything else is a SigLIP tokenizer (32,000 for the English checkpoints, 250,000 for the
     /// multilingual one).
-    pub fn text_normalization(&self) -> TextNormalization {
+    pub(crate) fn text_normalization(&self) -> TextNormalization {
         if self.text.vocab_size == GEMMA_VOCAB_SIZE {
             TextNormalization::None
         } else {
@@ -160,7 +160,7 @@ impl SiglipConfig {
 
 /// `SiglipImageProcessor`, `...Fast`, `...Pil` (SigLIP and SigLIP 2 alike): other defaults, and
 /// no crop step, whatever a `do_center_crop` key says (transformers ignores it there).
-pub const IMAGE_PROCESSOR: ProcessorClass = ProcessorClass {
+pub(crate) const IMAGE_PROCESSOR: ProcessorClass = ProcessorClass {
     name_prefix: "SiglipImageProcessor",
     defaults: image_processor_defaults,
     crops: false,
@@ -169,7 +169,7 @@ pub const IMAGE_PROCESSOR: ProcessorClass = ProcessorClass {
 /// `SiglipImageProcessor`'s class attributes: resize straight to 224×224 (no aspect ratio kept),
 /// no center crop (the class has no crop step at all), rescale, normalise with mean = std = 0.5
 /// (`IMAGENET_STANDARD_MEAN`/`_STD`).
-pub fn image_processor_defaults() -> PreprocessConfig {
+pub(crate) fn image_processor_defaults() -> PreprocessConfig {
     PreprocessConfig {
         do_resize: true,
         size: ResizeSize::Exact {

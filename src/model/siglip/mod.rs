@@ -17,7 +17,7 @@
 //! NaFlex SigLIP 2 checkpoints (`model_type` "siglip2": variable resolution and aspect ratio) are a
 //! different architecture and are refused by name.
 
-pub mod config;
+pub(crate) mod config;
 pub mod text;
 
 use std::path::PathBuf;
@@ -26,7 +26,7 @@ use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
-pub use config::SiglipConfig;
+pub(crate) use config::SiglipConfig;
 
 use crate::model::nn::{self, layer_norm, Activation, Encoder, Linear, LinearPrecision};
 use crate::model::tower::{self, HfConfig, Loaded, PatchEmbedding, TextTransformer};
@@ -35,7 +35,7 @@ use crate::model::{
 };
 
 /// The SigLIP family in the list of [`crate::model::FAMILIES`].
-pub const FAMILY: Family = Family {
+pub(crate) const FAMILY: Family = Family {
     name: "siglip",
     model_types: &["siglip"],
     refused: &[(
@@ -189,7 +189,7 @@ impl PoolingHead {
 
 /// `vision_model`: patch embedding, encoder, `post_layernorm`, attention-pooling head.
 #[derive(Debug, Clone)]
-pub struct VisionTower {
+pub(crate) struct VisionTower {
     patch_embedding: PatchEmbedding,
     position_embedding: Tensor,
     encoder: Encoder,
@@ -198,7 +198,11 @@ pub struct VisionTower {
 }
 
 impl VisionTower {
-    pub fn new(cfg: &SiglipConfig, vb: &VarBuilder, linear: LinearPrecision) -> Result<Self> {
+    pub(crate) fn new(
+        cfg: &SiglipConfig,
+        vb: &VarBuilder,
+        linear: LinearPrecision,
+    ) -> Result<Self> {
         let v = &cfg.vision;
         let grid = v.grid();
         let m = vb.pp("vision_model");
@@ -214,7 +218,7 @@ impl VisionTower {
     }
 
     /// Image embeddings (not normalised) of pixels `[batch, 3, size, size]`, as f32.
-    pub fn forward(&self, pixels: &Tensor) -> candle_core::Result<Tensor> {
+    pub(crate) fn forward(&self, pixels: &Tensor) -> candle_core::Result<Tensor> {
         let xs = self
             .patch_embedding
             .forward(pixels)?
@@ -228,12 +232,16 @@ impl VisionTower {
 
 /// `text_model`: embeddings, encoder without a mask, `final_layer_norm`, `head`.
 #[derive(Debug, Clone)]
-pub struct TextTower {
+pub(crate) struct TextTower {
     transformer: TextTransformer,
 }
 
 impl TextTower {
-    pub fn new(cfg: &SiglipConfig, vb: &VarBuilder, linear: LinearPrecision) -> Result<Self> {
+    pub(crate) fn new(
+        cfg: &SiglipConfig,
+        vb: &VarBuilder,
+        linear: LinearPrecision,
+    ) -> Result<Self> {
         let t = &cfg.text;
         let m = vb.pp("text_model");
         let head = Linear::new(
@@ -251,7 +259,7 @@ impl TextTower {
     /// Text embeddings (not normalised) of token id sequences, each already padded to the full
     /// context (the model sees the padding, so it must be the tokenizer's), as f32
     /// `[n, projection_size]`.
-    pub fn forward(&self, ids: &[Vec<u32>]) -> candle_core::Result<Tensor> {
+    pub(crate) fn forward(&self, ids: &[Vec<u32>]) -> candle_core::Result<Tensor> {
         let t = self.transformer.context();
         if let Some(seq) = ids.iter().find(|s| s.len() != t) {
             candle_core::bail!(
@@ -269,8 +277,7 @@ impl TextTower {
 
 /// A loaded SigLIP model: the towers that were asked for and the learned sigmoid parameters.
 #[derive(Debug)]
-pub struct Siglip {
-    pub config: SiglipConfig,
+pub(crate) struct Siglip {
     towers: Loaded<VisionTower, TextTower>,
     logit_scale: f32,
     logit_bias: f32,
@@ -279,7 +286,11 @@ pub struct Siglip {
 impl Siglip {
     /// Loads from weight files (safetensors or PyTorch; one, or the shards of an index): only the
     /// tensors of the requested towers are read (see [`tower::open`]).
-    pub fn load(config: SiglipConfig, weights: &[PathBuf], opts: &LoadOptions) -> Result<Self> {
+    pub(crate) fn load(
+        config: SiglipConfig,
+        weights: &[PathBuf],
+        opts: &LoadOptions,
+    ) -> Result<Self> {
         let vb = tower::open(weights, opts)?;
         let towers = Loaded::new(
             &vb,
@@ -291,7 +302,6 @@ impl Siglip {
         let logit_scale = tower::head_scalar(&vb, "logit_scale", "SiglipModel")?;
         let logit_bias = tower::head_scalar(&vb, "logit_bias", "SiglipModel")?;
         Ok(Self {
-            config,
             towers,
             logit_scale,
             logit_bias,
