@@ -22,6 +22,11 @@
 // checked on every change. Indexing is not linted: the remaining indexes are into buffers whose
 // lengths the same code established (pixel kernels, checked headers), and the fuzz targets and the
 // hostile-input tests exercise them with arbitrary input.
+#![deny(
+    clippy::undocumented_unsafe_blocks,
+    clippy::missing_safety_doc,
+    unsafe_op_in_unsafe_fn
+)]
 #![cfg_attr(
     not(test),
     deny(
