@@ -96,9 +96,10 @@ fn release(region: &Region) {
     unmap(start, len);
 }
 
-// SAFETY: every block comes from the system allocator, which meets GlobalAlloc's contract, or is
-// part of a mapped file handed out as a Vec (`Mapping::f32s`), freed only through `dealloc`/`realloc` below, which
-// tell the two apart by address (`region_of`) and give each back to where it came from.
+// SAFETY: every block comes from the system allocator, which meets GlobalAlloc's contract, or
+// is part of a mapped file handed out as a Vec (`Mapping::f32s`), freed only through `dealloc`
+// and `realloc` below, which tell the two apart by address (`region_of`) and give each back to
+// where it came from.
 unsafe impl GlobalAlloc for Allocator {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         // SAFETY: forwarded with the caller's guarantees.
