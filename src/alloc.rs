@@ -187,24 +187,44 @@ impl Mapping {
     /// # Safety
     /// The byte ranges of the `Vec`s alive at once must not overlap: two would alias one buffer.
     pub unsafe fn f32s(&self, offset: usize, count: usize) -> Option<Vec<f32>> {
-        let size = count.checked_mul(4)?;
+        // SAFETY: the caller's promise; every bit pattern is a valid f32.
+        unsafe { self.values(offset, count) }
+    }
+
+    /// `len` bytes at byte `offset` of the file, as a `Vec` that uses the mapped bytes in place
+    /// (the packed-weight cache, `model/packs.rs`). `None` when the range is outside the file.
+    ///
+    /// # Safety
+    /// As for [`Mapping::f32s`]: the byte ranges of the `Vec`s alive at once must not overlap.
+    pub(crate) unsafe fn bytes(&self, offset: usize, len: usize) -> Option<Vec<u8>> {
+        // SAFETY: the caller's promise; every bit pattern is a valid u8.
+        unsafe { self.values(offset, len) }
+    }
+
+    /// `count` values of `T` at byte `offset`, in place.
+    ///
+    /// # Safety
+    /// Every bit pattern must be a valid `T` (a plain number), and the byte ranges of the `Vec`s
+    /// alive at once must not overlap.
+    unsafe fn values<T>(&self, offset: usize, count: usize) -> Option<Vec<T>> {
+        let size = count.checked_mul(std::mem::size_of::<T>())?;
         if count == 0 || offset.checked_add(size)? > self.len {
             return None;
         }
         let addr = self.start + offset;
-        if !addr.is_multiple_of(std::mem::align_of::<f32>()) {
+        if !addr.is_multiple_of(std::mem::align_of::<T>()) {
             return None;
         }
         populate(addr, size);
         self.region.live.fetch_add(1, Ordering::AcqRel);
         // SAFETY: the range lies inside a live private mapping that stays mapped while this Vec
-        // holds its reference; it is readable and writable (copy-on-write), aligned for f32, no
-        // other live Vec covers it (the caller's promise), and every bit pattern is a valid f32.
-        // The global allocator is `Allocator` (the promise of `enable_in_place`, which
-        // `mapping_available` checks), which recognises the address
+        // holds its reference; it is readable and writable (copy-on-write), aligned for T, no
+        // other live Vec covers it (the caller's promise), and every bit pattern is a valid T
+        // (the caller's promise). The global allocator is `Allocator` (the promise of
+        // `enable_in_place`, which `mapping_available` checks), which recognises the address
         // when the Vec frees or grows it and drops the reference instead of handing the pointer
         // to the system allocator.
-        Some(unsafe { Vec::from_raw_parts(addr as *mut f32, count, count) })
+        Some(unsafe { Vec::from_raw_parts(addr as *mut T, count, count) })
     }
 }
 

@@ -56,7 +56,7 @@ pub(crate) struct EvalArgs {
     #[command(flatten)]
     pub encode: EncodeArgs,
 
-    /// Do not read or write the text-embedding cache.
+    /// Do not read or write the caches (text embeddings, and the weights packed for int8/bf16).
     #[arg(long)]
     pub no_cache: bool,
 

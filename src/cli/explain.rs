@@ -72,7 +72,7 @@ pub(crate) struct ExplainArgs {
     #[arg(long, value_name = "N", default_value_t = crate::images::DEFAULT_MAX_PIXELS, help_heading = "Run")]
     pub max_pixels: u64,
 
-    /// Do not read or write the text-embedding cache.
+    /// Do not read or write the caches (text embeddings, and the weights packed for int8/bf16).
     #[arg(long, help_heading = "Run")]
     pub no_cache: bool,
 

@@ -132,8 +132,9 @@ pub(crate) struct RunArgs {
     #[command(flatten)]
     pub encode: EncodeArgs,
 
-    /// Do not read or write the text-embedding cache (in $VLM_CACHE_DIR, else $XDG_CACHE_HOME/vlm,
-    /// else ~/.cache/vlm), which spares later runs encoding the same labels again.
+    /// Do not read or write the caches (in $VLM_CACHE_DIR, else $XDG_CACHE_HOME/vlm, else
+    /// ~/.cache/vlm): text embeddings, which spare later runs encoding the same labels again, and
+    /// the weights packed for --dtype int8/bf16, which spare them packing the model again.
     #[arg(long)]
     pub no_cache: bool,
 

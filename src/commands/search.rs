@@ -297,6 +297,11 @@ fn image_query(
     }
     let plan = plan_model(&choose::load_options(row, &opts.index.device), opts.quiet)?;
     check_model(&plan, row, db_path)?;
+    let plan = if opts.no_cache {
+        plan.without_caches()
+    } else {
+        plan
+    };
     let engine = plan.load(Towers {
         vision: true,
         text: false,

@@ -150,6 +150,11 @@ pub struct ModelPlan {
     pub preprocess: PreprocessConfig,
     pub device: Device,
     pub precision: Precision,
+    /// The vlm cache folder, where layers packed at load (int8, bf16) are kept for the next run
+    /// (`model/packs.rs`); `None` with `--no-cache` ([`ModelPlan::without_caches`]).
+    pub(crate) weight_cache: Option<std::path::PathBuf>,
+    /// No warnings on stderr.
+    pub(crate) quiet: bool,
 }
 
 /// An error about the model as a whole: exit code 2, one line naming it.
@@ -235,6 +240,8 @@ pub fn plan_model(opts: &ModelOptions, quiet: bool) -> Result<ModelPlan> {
         preprocess,
         device,
         precision: opts.precision,
+        weight_cache: crate::text::cache::TextCache::default_dir(),
+        quiet,
     })
 }
 
@@ -253,17 +260,31 @@ impl ModelPlan {
             None
         };
         let compute = self.precision.compute(&self.device);
+        let packs = self.packs(&compute).map(std::sync::Arc::new);
         let opts = LoadOptions {
             device: self.device,
             dtype: compute.dtype,
             vision: compute.vision,
             text: compute.text,
             towers,
+            packs: packs.clone(),
         };
         let model = self
             .spec
             .load(&self.files.weights, &opts)
             .map_err(in_model)?;
+        if let Some(packs) = &packs {
+            // Like the text cache, an optimisation only: a cache that cannot be written is a
+            // warning, and the run goes on.
+            if let Err(e) = packs.save() {
+                if !self.quiet {
+                    crate::output::warn(&format!(
+                        "cannot keep the packed weights for the next run: {}",
+                        crate::error::one_line(&e)
+                    ));
+                }
+            }
+        }
         // Every family's head, checked once here: a non-finite scale or bias is a model error in
         // every command, not `"probability": null` (issue 21).
         crate::model::checks::score_head(model.head()).map_err(in_model)?;
@@ -274,6 +295,44 @@ impl ModelPlan {
             tokenizer,
             model,
         })
+    }
+
+    /// The same plan, reading and writing no cache (`--no-cache`).
+    pub(crate) fn without_caches(mut self) -> Self {
+        self.weight_cache = None;
+        self
+    }
+
+    /// The packed-weight cache of this load: on the CPU, when some tower packs its layers at
+    /// load (int8; bf16 where the CPU multiplies it natively). Its key is the weight files'
+    /// identity (canonical path, size, modification time: a Hub blob's path is its content
+    /// hash), and the kernels that read the packed layers with a checksum of their packing
+    /// ([`kernels::layout_fingerprint`]), so another CPU kind or `VLM_KERNELS` cap gets a file
+    /// of its own, and a vlm whose packing changed never reads an old one.
+    fn packs(&self, compute: &Compute) -> Option<model::packs::PackStore> {
+        let dir = self.weight_cache.as_ref()?;
+        if !self.device.is_cpu() {
+            return None;
+        }
+        let packed = [compute.vision, compute.text]
+            .into_iter()
+            .filter(|p| p.packs_at_load())
+            .map(|p| {
+                let backend = kernels::Backend::best(p);
+                let layout = kernels::layout_fingerprint(backend).unwrap_or(0);
+                format!("{backend:?}:{layout:08x}")
+            })
+            .collect::<Vec<_>>();
+        if packed.is_empty() {
+            return None;
+        }
+        let key = format!(
+            "packed|{}|{}{}",
+            env!("CARGO_PKG_VERSION"),
+            packed.join("+"),
+            files_identity(&self.files.weights)
+        );
+        Some(model::packs::PackStore::open(dir, &key))
     }
 
     /// What the text cache's entries for this model are keyed by: the Hub commit, or for a local

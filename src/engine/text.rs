@@ -82,6 +82,12 @@ fn load_text_side(
     vision: bool,
 ) -> Result<(Engine, Vec<Vec<f32>>)> {
     let started = std::time::Instant::now();
+    // `--no-cache` turns off every cache, the packed weights' too.
+    let plan = if cache.is_none() {
+        plan.without_caches()
+    } else {
+        plan
+    };
     let key = plan.cache_key();
     let mut embeds: Vec<Option<Vec<f32>>> = units
         .iter()

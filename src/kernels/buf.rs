@@ -70,8 +70,45 @@ impl<T: Plain> Aligned<T> {
         }
     }
 
+    /// The values of `bytes` (machine byte order) as an aligned buffer: `bytes` itself when it
+    /// starts on a 64-byte boundary (a page of a mapped cache file: no copy, no fresh pages),
+    /// else a copy. `None` when the length is not a whole number of values.
+    pub(crate) fn from_bytes(bytes: Vec<u8>) -> Option<Self> {
+        let size = std::mem::size_of::<T>();
+        if !bytes.len().is_multiple_of(size) {
+            return None;
+        }
+        let len = bytes.len() / size;
+        if (bytes.as_ptr() as usize).is_multiple_of(64) {
+            return Some(Self {
+                bytes,
+                offset: 0,
+                len,
+                _t: std::marker::PhantomData,
+            });
+        }
+        let mut copy = Self::zeroed(len);
+        let (offset, n) = (copy.offset, bytes.len());
+        copy.bytes[offset..offset + n].copy_from_slice(&bytes);
+        Some(copy)
+    }
+
+    /// The values' bytes (machine byte order).
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        as_bytes(self.as_slice())
+    }
+
     fn capacity_bytes(&self) -> usize {
         self.bytes.len() - self.offset
+    }
+}
+
+/// The bytes of plain values (machine byte order).
+pub(crate) fn as_bytes<T: Plain>(values: &[T]) -> &[u8] {
+    // SAFETY: Plain values have no padding, so all size_of_val bytes are initialised; u8 needs
+    // no alignment, and the borrow keeps `values` alive and unchanged.
+    unsafe {
+        std::slice::from_raw_parts(values.as_ptr().cast::<u8>(), std::mem::size_of_val(values))
     }
 }
 
@@ -119,6 +156,27 @@ mod tests {
         assert!(a.as_slice().iter().all(|&v| v == 0.0));
         let e = Aligned::<u16>::zeroed(0);
         assert!(e.as_slice().is_empty());
+    }
+
+    #[test]
+    fn from_bytes_keeps_values_aligned_or_not() {
+        let a = Aligned::<f32>::zeroed(0);
+        drop(a);
+        let values = [1.5f32, -2.0, f32::NAN, 7.0];
+        let mut bytes = vec![0u8; 1];
+        bytes.extend_from_slice(as_bytes(&values));
+        // An unaligned start (one byte in) is copied to an aligned buffer.
+        let unaligned = bytes[1..].to_vec();
+        let b = Aligned::<f32>::from_bytes(unaligned).unwrap();
+        assert_eq!(b.as_slice().as_ptr() as usize % 64, 0);
+        assert_eq!(b.as_bytes(), as_bytes(&values));
+        // An aligned Vec is taken as it is.
+        let src = Aligned::<f32>::zeroed(16);
+        let aligned = src.as_bytes().to_vec();
+        let c = Aligned::<f32>::from_bytes(aligned).unwrap();
+        assert_eq!(c.as_slice().len(), 16);
+        assert_eq!(c.as_slice().as_ptr() as usize % 64, 0);
+        assert!(Aligned::<f32>::from_bytes(vec![0u8; 7]).is_none());
     }
 
     #[test]

@@ -61,6 +61,8 @@ use grid::{grid, run_grid, OutPtr};
 mod int8;
 #[cfg(target_arch = "x86_64")]
 mod int8_x86;
+mod stored;
+pub(crate) use stored::layout_fingerprint;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 

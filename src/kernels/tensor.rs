@@ -85,6 +85,14 @@ impl Linear {
         })
     }
 
+    /// A CPU layer over weights packed already (read back from the packed-weight cache).
+    pub(crate) fn from_packed(packed: PackedLinear) -> Self {
+        Self {
+            inner: Inner::Cpu(packed),
+        }
+    }
+
+    #[cfg(test)]
     /// An f32 layer over `weight` as it is, on the CPU: no copy and no packing at load (see
     /// [`forward_in_place`]). Other devices: as [`Linear::new`].
     pub(crate) fn in_place(weight: &Tensor, bias: Option<&Tensor>) -> Result<Self> {
@@ -123,7 +131,7 @@ impl Linear {
         }
     }
 
-    #[cfg(test)]
+    /// The packed layer, for a layer packed at load on the CPU.
     pub(crate) fn packed(&self) -> Option<&PackedLinear> {
         match &self.inner {
             Inner::Cpu(p) => Some(p),

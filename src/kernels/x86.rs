@@ -40,7 +40,7 @@ pub(super) fn max_task_rows(k: usize) -> usize {
 
 /// bf16 weights in the panel layout the module describes.
 pub(super) struct PackedBf16 {
-    data: Aligned<u16>,
+    pub data: Aligned<u16>,
     pub panels: usize,
 }
 

@@ -19,6 +19,7 @@ pub mod clip;
 pub(crate) mod layout;
 pub mod nn;
 pub mod openclip;
+pub(crate) mod packs;
 pub mod pickle;
 pub mod pytorch;
 pub mod siglip;
@@ -229,6 +230,10 @@ pub struct LoadOptions {
     /// How the text tower's linear layers multiply on the CPU.
     pub text: nn::LinearPrecision,
     pub towers: Towers,
+    /// The packed-weight cache this load reads layers packed at load from and records them in
+    /// (`None`: every such layer is packed from the checkpoint). The caller saves it after the
+    /// load ([`packs::PackStore::save`]).
+    pub(crate) packs: Option<std::sync::Arc<packs::PackStore>>,
 }
 
 /// A checkpoint's parsed `config.json`: what vlm must know before loading any weight.

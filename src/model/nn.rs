@@ -10,6 +10,7 @@ use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::VarBuilder;
 use serde::Deserialize;
 
+use super::packs::PackStore;
 use crate::kernels::attention::{attention, AttentionShape, Queries};
 use crate::kernels::{self, elementwise, Epilogue};
 
@@ -29,6 +30,30 @@ pub enum Activation {
 /// multiplies in the tensors' own dtype).
 pub(crate) use crate::kernels::Precision as LinearPrecision;
 
+/// How a tower's linear layers are made: their precision, and the packed-weight cache that
+/// layers packed at load are read from and kept for (`None`: packed from the checkpoint).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Linears<'a> {
+    pub precision: LinearPrecision,
+    pub packs: Option<&'a PackStore>,
+}
+
+impl Linears<'_> {
+    /// f32 layers (nothing packed at load, so nothing cached).
+    pub(crate) const F32: Linears<'static> = Linears {
+        precision: LinearPrecision::F32,
+        packs: None,
+    };
+
+    /// The same, in f32 where the precision is int8 (see [`LinearPrecision::unless_int8`]).
+    pub(crate) fn unless_int8(self) -> Self {
+        Self {
+            precision: self.precision.unless_int8(),
+            ..self
+        }
+    }
+}
+
 /// `nn.Linear`: on the CPU through [`kernels::Linear`](crate::kernels::Linear): f32 over the
 /// weights where they are (packed on first use by a batch), bf16 (where the CPU multiplies it
 /// natively) over weights packed once at load; elsewhere Candle's matmul, as one 2-D product
@@ -37,12 +62,13 @@ pub(crate) use crate::kernels::Precision as LinearPrecision;
 pub(crate) struct Linear(Arc<kernels::Linear>);
 
 impl Linear {
+    /// `weight` and (if `bias`) `bias` under `vb`, `[out_dim, in_dim]` and `[out_dim]`.
     pub(crate) fn new(
         vb: VarBuilder,
         in_dim: usize,
         out_dim: usize,
         bias: bool,
-        precision: LinearPrecision,
+        linear: Linears,
     ) -> Result<Self> {
         let weight = vb.get((out_dim, in_dim), "weight")?;
         let bias = if bias {
@@ -50,27 +76,19 @@ impl Linear {
         } else {
             None
         };
-        Self::from_weights(&weight, bias.as_ref(), precision)
+        Self::from_weights(&vb.prefix(), &weight, bias.as_ref(), linear)
     }
 
     /// From a `[out, in]` weight and an optional `[out]` bias already read (e.g. slices of a packed
-    /// `in_proj_weight`).
+    /// `in_proj_weight`); `name` identifies the layer in the packed-weight cache (its path in the
+    /// checkpoint).
     pub(crate) fn from_weights(
+        name: &str,
         weight: &Tensor,
         bias: Option<&Tensor>,
-        precision: LinearPrecision,
+        linear: Linears,
     ) -> Result<Self> {
-        // f32 multiplies the weights where they are (a single-image call would otherwise wait
-        // for a pass over every weight) until a product has PACK_ROWS rows (kernels/tensor.rs), when the
-        // layer packs them for the AVX-512 kernel; bf16 on a CPU without native bf16 does the
-        // same; bf16 with AMX or AVX512-BF16 packs (and converts) once at load, and int8
-        // quantizes once at load.
-        let layer = if precision.packs_at_load() {
-            kernels::Linear::new(weight, bias, precision)?
-        } else {
-            kernels::Linear::in_place(weight, bias)?
-        };
-        Ok(Self(Arc::new(layer)))
+        Self::from_parts(name, std::slice::from_ref(weight), bias, linear)
     }
 
     /// Several projections of the same input as one wider layer (q, k and v: one product
@@ -80,7 +98,7 @@ impl Linear {
         parts: &[&str],
         in_dim: usize,
         out_dim: usize,
-        precision: LinearPrecision,
+        linear: Linears,
     ) -> Result<Self> {
         let mut weights = Vec::with_capacity(parts.len());
         let mut biases = Vec::with_capacity(parts.len());
@@ -90,14 +108,39 @@ impl Linear {
         }
         let bias = Tensor::cat(&biases, 0)?;
         // Each part read where it is (in place, or packed from there): concatenating them copied
-        // 85 MB for ViT-B/32's vision tower, a tenth of a single-image call. Same choice of
-        // layer as from_weights.
-        let layer = if precision.packs_at_load() {
-            kernels::Linear::new_parts(&weights, Some(&bias), precision)?
-        } else {
-            kernels::Linear::in_place_parts(&weights, Some(&bias))?
-        };
-        Ok(Self(Arc::new(layer)))
+        // 85 MB for ViT-B/32's vision tower, a tenth of a single-image call.
+        let name = format!("{}.{}", vb.prefix(), parts.join("+"));
+        Self::from_parts(&name, &weights, Some(&bias), linear)
+    }
+
+    /// The layer whose weight is `weights` stacked. f32 multiplies the weights where they are
+    /// (a single-image call would otherwise wait for a pass over every weight) until a product
+    /// has PACK_ROWS rows (kernels/tensor.rs), when the layer packs them for its kernel; bf16 on
+    /// a CPU without native bf16 does the same. bf16 with AMX or AVX512-BF16 packs (and
+    /// converts) once at load, and int8 quantizes once at load: those come from the
+    /// packed-weight cache when it holds them (issue 24).
+    fn from_parts(
+        name: &str,
+        weights: &[Tensor],
+        bias: Option<&Tensor>,
+        linear: Linears,
+    ) -> Result<Self> {
+        let precision = linear.precision;
+        if !precision.packs_at_load() {
+            return Ok(Self(Arc::new(kernels::Linear::in_place_parts(
+                weights, bias,
+            )?)));
+        }
+        match linear.packs {
+            Some(packs) if weights.iter().all(|w| w.device().is_cpu()) => Ok(Self(
+                packs
+                    .layer(name, weights, bias, precision)
+                    .with_context(|| format!("cannot build layer {name}"))?,
+            )),
+            _ => Ok(Self(Arc::new(kernels::Linear::new_parts(
+                weights, bias, precision,
+            )?))),
+        }
     }
 
     pub(crate) fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
@@ -211,14 +254,14 @@ fn activate_slice(act: Activation, xs: &mut [f32]) {
 
 /// Sizes shared by the encoder layers of one tower, and how their linear layers multiply.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct EncoderSpec {
+pub(crate) struct EncoderSpec<'a> {
     pub hidden: usize,
     pub heads: usize,
     pub intermediate: usize,
     pub layers: usize,
     pub act: Activation,
     pub eps: f64,
-    pub linear: LinearPrecision,
+    pub linear: Linears<'a>,
 }
 
 #[derive(Debug, Clone)]

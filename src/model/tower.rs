@@ -18,7 +18,7 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use super::nn::{self, Activation, Encoder, EncoderSpec, Linear, LinearPrecision};
+use super::nn::{self, Activation, Encoder, EncoderSpec, Linear, Linears};
 use super::{checks, weights, LoadOptions};
 
 // Every size is bounded before anything is allocated from it. The bounds are far above every
@@ -139,7 +139,7 @@ fn check_encoder(section: &str, e: &EncoderSpec) -> Result<()> {
 
 impl<X> TextConfig<X> {
     /// The encoder this tower's sizes describe, its linear layers multiplying at `linear`.
-    pub(crate) fn encoder(&self, linear: LinearPrecision) -> EncoderSpec {
+    pub(crate) fn encoder<'a>(&self, linear: Linears<'a>) -> EncoderSpec<'a> {
         EncoderSpec {
             hidden: self.hidden_size,
             heads: self.num_attention_heads,
@@ -153,7 +153,7 @@ impl<X> TextConfig<X> {
 
     /// Every size within vlm's bounds, named as `config.json` names it (`text_config.*`).
     pub(crate) fn check(&self) -> Result<()> {
-        check_encoder("text_config", &self.encoder(LinearPrecision::F32))?;
+        check_encoder("text_config", &self.encoder(Linears::F32))?;
         bounded(
             "text_config.max_position_embeddings",
             self.max_position_embeddings,
@@ -165,7 +165,7 @@ impl<X> TextConfig<X> {
 
 impl<X> VisionConfig<X> {
     /// The encoder this tower's sizes describe, its linear layers multiplying at `linear`.
-    pub(crate) fn encoder(&self, linear: LinearPrecision) -> EncoderSpec {
+    pub(crate) fn encoder<'a>(&self, linear: Linears<'a>) -> EncoderSpec<'a> {
         EncoderSpec {
             hidden: self.hidden_size,
             heads: self.num_attention_heads,
@@ -185,7 +185,7 @@ impl<X> VisionConfig<X> {
     /// Every size within vlm's bounds, named as `config.json` names it (`vision_config.*`), the
     /// patches fitting the image as `fit` says, and RGB input.
     pub(crate) fn check(&self, fit: PatchFit) -> Result<()> {
-        check_encoder("vision_config", &self.encoder(LinearPrecision::F32))?;
+        check_encoder("vision_config", &self.encoder(Linears::F32))?;
         bounded("vision_config.patch_size", self.patch_size, MAX_IMAGE_SIZE)?;
         bounded("vision_config.image_size", self.image_size, MAX_IMAGE_SIZE)?;
         let (image, patch) = (self.image_size, self.patch_size);
@@ -283,7 +283,7 @@ impl PatchEmbedding {
         emb: &VarBuilder,
         v: &VisionConfig<X>,
         bias: bool,
-        linear: LinearPrecision,
+        linear: Linears,
     ) -> Result<Self> {
         let (hidden, channels, patch) = (v.hidden_size, v.num_channels, v.patch_size);
         let weight = emb
@@ -298,7 +298,12 @@ impl PatchEmbedding {
             // int8 keeps the patch embedding in f32 (issue 24): it reads raw pixels, and it is
             // ~3% of ViT-B/32's work (one 3072 × 768 product per patch against 12 layers' 7M
             // multiply-adds).
-            linear: Linear::from_weights(&weight, bias.as_ref(), linear.unless_int8())?,
+            linear: Linear::from_weights(
+                &format!("{}.patch_embedding", emb.prefix()),
+                &weight,
+                bias.as_ref(),
+                linear.unless_int8(),
+            )?,
             image_size: v.image_size,
             patch,
             grid: v.grid(),
@@ -361,7 +366,7 @@ impl TextTransformer {
         m: &VarBuilder,
         t: &TextConfig<X>,
         projection: Linear,
-        linear: LinearPrecision,
+        linear: Linears,
     ) -> Result<Self> {
         let emb = m.pp("embeddings");
         Ok(Self {
@@ -476,18 +481,22 @@ impl<V, T> Loaded<V, T> {
     pub(crate) fn new(
         vb: &VarBuilder,
         opts: &LoadOptions,
-        vision: impl FnOnce(&VarBuilder, LinearPrecision) -> Result<V>,
-        text: impl FnOnce(&VarBuilder, LinearPrecision) -> Result<T>,
+        vision: impl FnOnce(&VarBuilder, Linears) -> Result<V>,
+        text: impl FnOnce(&VarBuilder, Linears) -> Result<T>,
     ) -> Result<Self> {
+        let linears = |precision| Linears {
+            precision,
+            packs: opts.packs.as_deref(),
+        };
         let vision = opts
             .towers
             .vision
-            .then(|| vision(vb, opts.vision).context("cannot build the vision tower"))
+            .then(|| vision(vb, linears(opts.vision)).context("cannot build the vision tower"))
             .transpose()?;
         let text = opts
             .towers
             .text
-            .then(|| text(vb, opts.text).context("cannot build the text tower"))
+            .then(|| text(vb, linears(opts.text)).context("cannot build the text tower"))
             .transpose()?;
         Ok(Self {
             vision,

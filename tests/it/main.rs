@@ -26,6 +26,7 @@ mod kernels;
 mod newcomer;
 mod openclip;
 mod outputs;
+mod packs;
 mod parity;
 mod pytorch_bin;
 mod search;

@@ -16,7 +16,7 @@ use candle_nn::VarBuilder;
 
 pub(crate) use config::{ClipConfig, TextPooling, TowerOptions, VisionPool};
 
-use crate::model::nn::{self, causal_mask, layer_norm, Encoder, Linear, LinearPrecision};
+use crate::model::nn::{self, causal_mask, layer_norm, Encoder, Linear, Linears};
 use crate::model::tower::{self, HfConfig, Loaded, PatchEmbedding, TextTransformer};
 use crate::model::{
     Family, HeadKind, ImageTextModel, LoadOptions, ModelSpec, Padding, PatchEmbeddings, ScoreHead,
@@ -103,7 +103,7 @@ pub(crate) struct VisionTower {
 }
 
 impl VisionTower {
-    pub(crate) fn new(cfg: &ClipConfig, vb: &VarBuilder, linear: LinearPrecision) -> Result<Self> {
+    pub(crate) fn new(cfg: &ClipConfig, vb: &VarBuilder, linear: Linears) -> Result<Self> {
         let v = &cfg.vision;
         let grid = v.grid();
         let m = vb.pp("vision_model");
@@ -216,7 +216,7 @@ pub(crate) struct TextTower {
 }
 
 impl TextTower {
-    pub(crate) fn new(cfg: &ClipConfig, vb: &VarBuilder, linear: LinearPrecision) -> Result<Self> {
+    pub(crate) fn new(cfg: &ClipConfig, vb: &VarBuilder, linear: Linears) -> Result<Self> {
         let t = &cfg.text;
         let projection = Linear::new(
             vb.pp("text_projection"),

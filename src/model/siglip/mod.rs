@@ -28,7 +28,7 @@ use candle_nn::VarBuilder;
 
 pub(crate) use config::SiglipConfig;
 
-use crate::model::nn::{self, layer_norm, Activation, Encoder, Linear, LinearPrecision};
+use crate::model::nn::{self, layer_norm, Activation, Encoder, Linear, Linears};
 use crate::model::tower::{self, HfConfig, Loaded, PatchEmbedding, TextTransformer};
 use crate::model::{
     Family, HeadKind, ImageTextModel, LoadOptions, ModelSpec, Padding, ScoreHead, TextPolicy,
@@ -88,7 +88,7 @@ struct Mlp {
 }
 
 impl Mlp {
-    fn new(vb: VarBuilder, v: &config::VisionConfig, linear: LinearPrecision) -> Result<Self> {
+    fn new(vb: VarBuilder, v: &config::VisionConfig, linear: Linears) -> Result<Self> {
         let (hidden, intermediate) = (v.hidden_size, v.intermediate_size);
         Ok(Self {
             fc1: Linear::new(vb.pp("fc1"), hidden, intermediate, true, linear)?,
@@ -120,7 +120,7 @@ struct PoolingHead {
 }
 
 impl PoolingHead {
-    fn new(vb: VarBuilder, v: &config::VisionConfig, linear: LinearPrecision) -> Result<Self> {
+    fn new(vb: VarBuilder, v: &config::VisionConfig, linear: Linears) -> Result<Self> {
         let d = v.hidden_size;
         let heads = v.num_attention_heads;
         let head_dim = d / heads;
@@ -131,9 +131,10 @@ impl PoolingHead {
         let probe = vb.get((1, 1, d), "probe")?;
         // Computed once, for one row: f32 costs nothing here.
         let q_proj = Linear::from_weights(
+            &format!("{}.in_proj.q", attn.prefix()),
             &in_w.narrow(0, 0, d)?,
             Some(&in_b.narrow(0, 0, d)?),
-            LinearPrecision::F32,
+            Linears::F32,
         )?;
         let query = q_proj
             .forward(&probe)?
@@ -141,6 +142,7 @@ impl PoolingHead {
             .transpose(0, 1)?
             .contiguous()?;
         let kv = Linear::from_weights(
+            &format!("{}.in_proj.kv", attn.prefix()),
             &in_w.narrow(0, d, 2 * d)?,
             Some(&in_b.narrow(0, d, 2 * d)?),
             linear,
@@ -150,9 +152,9 @@ impl PoolingHead {
             kv,
             // One row per image from here on: under 1% of the tower's work, so f32 whatever the
             // precision (bf16 would only add rounding).
-            out_proj: Linear::new(attn.pp("out_proj"), d, d, true, LinearPrecision::F32)?,
+            out_proj: Linear::new(attn.pp("out_proj"), d, d, true, Linears::F32)?,
             layernorm: layer_norm(vb.pp("layernorm"), d, v.layer_norm_eps)?,
-            mlp: Mlp::new(vb.pp("mlp"), v, LinearPrecision::F32)?,
+            mlp: Mlp::new(vb.pp("mlp"), v, Linears::F32)?,
             heads,
             head_dim,
         })
@@ -198,11 +200,7 @@ pub(crate) struct VisionTower {
 }
 
 impl VisionTower {
-    pub(crate) fn new(
-        cfg: &SiglipConfig,
-        vb: &VarBuilder,
-        linear: LinearPrecision,
-    ) -> Result<Self> {
+    pub(crate) fn new(cfg: &SiglipConfig, vb: &VarBuilder, linear: Linears) -> Result<Self> {
         let v = &cfg.vision;
         let grid = v.grid();
         let m = vb.pp("vision_model");
@@ -237,11 +235,7 @@ pub(crate) struct TextTower {
 }
 
 impl TextTower {
-    pub(crate) fn new(
-        cfg: &SiglipConfig,
-        vb: &VarBuilder,
-        linear: LinearPrecision,
-    ) -> Result<Self> {
+    pub(crate) fn new(cfg: &SiglipConfig, vb: &VarBuilder, linear: Linears) -> Result<Self> {
         let t = &cfg.text;
         let m = vb.pp("text_model");
         let head = Linear::new(
