@@ -606,6 +606,51 @@ mod tests {
         }
     }
 
+    /// A header whose buffers overlap, start off a page or start inside the header is refused
+    /// as a whole: two layers must never be handed the same mapped bytes.
+    #[test]
+    fn headers_with_overlapping_or_misplaced_buffers_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (wa, ba) = tensors(40, 70, 0.0);
+        let (wb, bb) = tensors(40, 70, 3.0);
+        let s = PackStore::open(dir.path(), "m");
+        s.layer("a", std::slice::from_ref(&wa), Some(&ba), P)
+            .unwrap();
+        s.layer("b", std::slice::from_ref(&wb), Some(&bb), P)
+            .unwrap();
+        s.save().unwrap();
+        let path = s.path().to_path_buf();
+        let valid = std::fs::read(&path).unwrap();
+        let header_len = u64::from_le_bytes(valid[8..16].try_into().unwrap()) as usize;
+        let header: Header = serde_json::from_slice(&valid[16..16 + header_len]).unwrap();
+        assert!(read_old(&path, "m").is_some());
+        let first = header.layers[0].buffers[0].offset;
+        let with = |edit: &dyn Fn(&mut Header)| {
+            let mut h: Header = serde_json::from_slice(&valid[16..16 + header_len]).unwrap();
+            edit(&mut h);
+            let json = serde_json::to_vec(&h).unwrap();
+            // The writer leaves room for offsets of 20 digits: an edited header still ends
+            // before the first buffer, which stays where it was.
+            assert!(16 + json.len() as u64 <= first);
+            let mut bytes = valid.clone();
+            bytes[8..16].copy_from_slice(&(json.len() as u64).to_le_bytes());
+            bytes[16..first as usize].fill(0);
+            bytes[16..16 + json.len()].copy_from_slice(&json);
+            std::fs::write(&path, bytes).unwrap();
+            read_old(&path, "m").is_none()
+        };
+        let b0 = header.layers[1].buffers[0].offset;
+        assert!(with(
+            &|h| h.layers[1].buffers[0].offset = h.layers[0].buffers[0].offset
+        ));
+        assert!(with(&|h| h.layers[1].buffers[0].offset = b0 + 64));
+        assert!(with(&|h| h.layers[0].buffers[0].offset = 0));
+        assert!(with(&|h| h.layers[0].buffers[0].len = u64::MAX));
+        assert!(with(&|h| h.layers[1].name = "a".into()));
+        // And the unedited header is accepted (the edits, not the rewriting, were refused).
+        assert!(!with(&|_| {}));
+    }
+
     #[test]
     fn saving_keeps_the_layers_this_load_did_not_ask_for() {
         let dir = tempfile::tempdir().unwrap();

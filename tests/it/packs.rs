@@ -143,3 +143,28 @@ fn a_damaged_file_is_repacked_and_an_unwritable_cache_is_a_warning() {
     common::success(&out);
     assert!(out.stderr.is_empty(), "{}", common::stderr_of(&out));
 }
+
+/// A cache entry that is a symlink to a user's file: read as a (bad) cache file, then replaced by
+/// a new file; the user's file is never written through the link.
+#[cfg(unix)]
+#[test]
+fn a_symlinked_cache_file_is_replaced_never_written_through() {
+    let Some(dtype) = packing_dtypes().first().copied() else {
+        #[cfg(target_arch = "x86_64")]
+        panic!("no int8 kernel on an x86-64 CPU?");
+        #[cfg(not(target_arch = "x86_64"))]
+        return;
+    };
+    let cache = tempfile::tempdir().unwrap();
+    let (first, _) = classify(cache.path(), dtype, &[]);
+    let file = packed_files(cache.path()).remove(0);
+    let precious = cache.path().join("precious.txt");
+    std::fs::write(&precious, b"the user's words").unwrap();
+    std::fs::remove_file(&file).unwrap();
+    std::os::unix::fs::symlink(&precious, &file).unwrap();
+    let (again, stderr) = classify(cache.path(), dtype, &[]);
+    assert_eq!(first, again);
+    assert!(stderr.is_empty(), "{stderr}");
+    assert_eq!(std::fs::read(&precious).unwrap(), b"the user's words");
+    assert!(!std::fs::symlink_metadata(&file).unwrap().is_symlink());
+}
