@@ -40,6 +40,7 @@
 )]
 
 pub mod alloc;
+pub(crate) mod cache;
 pub mod cli;
 pub mod commands;
 pub mod engine;

@@ -218,11 +218,7 @@ fn embed_images(opts: &EmbedOptions, format: EmbedFormat) -> Result<Outcome> {
     let inputs = collect_inputs(&opts.inputs)?;
     let mut out = open_out(opts, format)?;
     let plan = plan_model(&opts.model, opts.quiet)?;
-    let plan = if opts.no_cache {
-        plan.without_caches()
-    } else {
-        plan
-    };
+    let plan = plan.without_caches_if(opts.no_cache);
     let precision = plan.precision;
     let engine = plan.load(Towers {
         vision: true,

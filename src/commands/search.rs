@@ -297,11 +297,7 @@ fn image_query(
     }
     let plan = plan_model(&choose::load_options(row, &opts.index.device), opts.quiet)?;
     check_model(&plan, row, db_path)?;
-    let plan = if opts.no_cache {
-        plan.without_caches()
-    } else {
-        plan
-    };
+    let plan = plan.without_caches_if(opts.no_cache);
     let engine = plan.load(Towers {
         vision: true,
         text: false,

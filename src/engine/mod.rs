@@ -151,7 +151,7 @@ pub struct ModelPlan {
     pub device: Device,
     pub precision: Precision,
     /// The vlm cache folder, where layers packed at load (int8, bf16) are kept for the next run
-    /// (`model/packs.rs`); `None` with `--no-cache` ([`ModelPlan::without_caches`]).
+    /// (`model/packs.rs`); `None` with `--no-cache` ([`ModelPlan::without_caches_if`]).
     pub(crate) weight_cache: Option<std::path::PathBuf>,
     /// No warnings on stderr.
     pub(crate) quiet: bool,
@@ -240,7 +240,7 @@ pub fn plan_model(opts: &ModelOptions, quiet: bool) -> Result<ModelPlan> {
         preprocess,
         device,
         precision: opts.precision,
-        weight_cache: crate::text::cache::TextCache::default_dir(),
+        weight_cache: crate::cache::default_dir(),
         quiet,
     })
 }
@@ -297,9 +297,11 @@ impl ModelPlan {
         })
     }
 
-    /// The same plan, reading and writing no cache (`--no-cache`).
-    pub(crate) fn without_caches(mut self) -> Self {
-        self.weight_cache = None;
+    /// The same plan, reading and writing no cache when `no_cache` (`--no-cache`).
+    pub(crate) fn without_caches_if(mut self, no_cache: bool) -> Self {
+        if no_cache {
+            self.weight_cache = None;
+        }
         self
     }
 

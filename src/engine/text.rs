@@ -25,7 +25,7 @@ pub(crate) fn text_cache(no_cache: bool) -> Option<TextCache> {
     if no_cache {
         return None;
     }
-    TextCache::default_dir().map(TextCache::new)
+    crate::cache::default_dir().map(TextCache::new)
 }
 
 /// The templates a run gives, or when it gives none the model family's default (`a photo of a
@@ -83,11 +83,7 @@ fn load_text_side(
 ) -> Result<(Engine, Vec<Vec<f32>>)> {
     let started = std::time::Instant::now();
     // `--no-cache` turns off every cache, the packed weights' too.
-    let plan = if cache.is_none() {
-        plan.without_caches()
-    } else {
-        plan
-    };
+    let plan = plan.without_caches_if(cache.is_none());
     let key = plan.cache_key();
     let mut embeds: Vec<Option<Vec<f32>>> = units
         .iter()

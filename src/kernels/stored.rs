@@ -8,7 +8,7 @@
 //! cache file checksums them.
 
 use super::buf::{as_bytes, Aligned};
-use super::{int8, Backend, KernelError, Packed, PackedLinear};
+use super::{check_len, int8, Backend, KernelError, Packed, PackedLinear};
 
 /// A packed layer's buffers, in the order [`PackedLinear::from_stored`] takes them.
 #[derive(Debug)]
@@ -142,10 +142,6 @@ pub(crate) fn layout_fingerprint(backend: Backend) -> Option<u32> {
         hasher.update(buf);
     }
     Some(hasher.finalize())
-}
-
-fn check_len(what: &'static str, got: usize, expected: usize) -> Result<(), KernelError> {
-    super::check_len(what, got, expected)
 }
 
 fn aligned<T: super::buf::Plain>(bytes: Vec<u8>) -> Result<Aligned<T>, KernelError> {

@@ -132,7 +132,8 @@ impl Linear {
             )?)));
         }
         match linear.packs {
-            Some(packs) if weights.iter().all(|w| w.device().is_cpu()) => Ok(Self(
+            // The engine gives a cache only to CPU loads (`ModelPlan::load`).
+            Some(packs) => Ok(Self(
                 packs
                     .layer(name, weights, bias, precision)
                     .with_context(|| format!("cannot build layer {name}"))?,

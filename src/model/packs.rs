@@ -26,11 +26,10 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use candle_core::{IndexOp, Tensor};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -84,8 +83,6 @@ pub(crate) struct PackStore {
     old: Option<OldFile>,
     /// Every layer built or found during this load, in order, for [`PackStore::save`].
     layers: Mutex<Vec<Built>>,
-    /// Whether any layer had to be packed (the file is then written again).
-    packed_any: Mutex<bool>,
 }
 
 /// A layer of this load, as [`PackStore::save`] writes it.
@@ -93,6 +90,8 @@ struct Built {
     name: String,
     samples: Vec<u32>,
     layer: Arc<kernels::Linear>,
+    /// Packed by this load (not found in the file): the file is then written again.
+    packed: bool,
 }
 
 struct OldFile {
@@ -115,16 +114,14 @@ impl PackStore {
     /// The store for `key` under the cache folder `dir`; reads the existing file's header, if
     /// there is a valid one for this key. Never fails: a missing or bad file is an empty store.
     pub(crate) fn open(dir: &Path, key: &str) -> Self {
-        let hash = Sha256::digest(key.as_bytes());
-        let name: String = hash[..16].iter().map(|b| format!("{b:02x}")).collect();
-        let path = dir.join(FORMAT_DIR).join(format!("{name}.bin"));
+        let hash = crate::cache::hex(&Sha256::digest(key.as_bytes())[..16]);
+        let path = dir.join(FORMAT_DIR).join(format!("{hash}.bin"));
         let old = read_old(&path, key);
         Self {
             path,
             key: key.to_string(),
             old,
             layers: Mutex::new(Vec::new()),
-            packed_any: Mutex::new(false),
         }
     }
 
@@ -150,17 +147,16 @@ impl PackStore {
             .old
             .as_ref()
             .and_then(|old| old.layer(name, backend, weights, &samples));
-        let layer = match found {
-            Some(packed) => Arc::new(kernels::Linear::from_packed(packed)),
-            None => {
-                *lock(&self.packed_any) = true;
-                Arc::new(kernels::Linear::new_parts(weights, bias, precision)?)
-            }
-        };
+        let packed = found.is_none();
+        let layer = Arc::new(match found {
+            Some(packed) => kernels::Linear::from_packed(packed),
+            None => kernels::Linear::new_parts(weights, bias, precision)?,
+        });
         lock(&self.layers).push(Built {
             name: name.to_string(),
             samples,
             layer: Arc::clone(&layer),
+            packed,
         });
         Ok(layer)
     }
@@ -168,16 +164,17 @@ impl PackStore {
     /// Writes the file again if this load packed any layer: every layer of this load, then the
     /// old file's layers this load did not ask for. Returns whether it wrote.
     pub(crate) fn save(&self) -> Result<bool> {
-        if !*lock(&self.packed_any) {
+        let layers = lock(&self.layers);
+        if !layers.iter().any(|b| b.packed) {
             return Ok(false);
         }
-        let layers = lock(&self.layers);
         // Each layer: its header (offsets filled below) and its buffers' bytes.
         let mut entries: Vec<(LayerHeader, Vec<OwnedOrRef>)> = Vec::new();
         for Built {
             name,
             samples,
             layer,
+            ..
         } in layers.iter()
         {
             let Some(stored) = layer.packed().and_then(PackedLinear::stored) else {
@@ -363,39 +360,22 @@ fn write_file(
         }
     }
     let json = serde_json::to_vec(&header)?;
-    let folder = path
-        .parent()
-        .with_context(|| format!("{} has no folder", path.display()))?;
-    std::fs::create_dir_all(folder)
-        .with_context(|| format!("cannot create cache folder {}", folder.display()))?;
-    let tmp = tempfile::Builder::new()
-        .prefix(".vlm-")
-        .suffix(".tmp")
-        .tempfile_in(folder)
-        .with_context(|| format!("cannot create a temporary file in {}", folder.display()))?;
-    let io = |e: std::io::Error| {
-        anyhow::anyhow!(e).context(format!("cannot write {}", tmp.path().display()))
-    };
-    let mut w = std::io::BufWriter::with_capacity(1 << 20, tmp.as_file());
-    w.write_all(MAGIC).map_err(io)?;
-    w.write_all(&(json.len() as u64).to_le_bytes())
-        .map_err(io)?;
-    w.write_all(&json).map_err(io)?;
-    let mut written = 16 + json.len() as u64;
-    for ((_, bufs), l) in entries.iter().zip(&header.layers) {
-        for (b, h) in bufs.iter().zip(&l.buffers) {
-            let pad = usize::try_from(h.offset - written)?;
-            w.write_all(&vec![0u8; pad]).map_err(io)?;
-            w.write_all(b.bytes()).map_err(io)?;
-            written = h.offset + h.len;
+    crate::cache::replace(path, |w| {
+        w.write_all(MAGIC)?;
+        w.write_all(&(json.len() as u64).to_le_bytes())?;
+        w.write_all(&json)?;
+        let mut written = 16 + json.len() as u64;
+        for ((_, bufs), l) in entries.iter().zip(&header.layers) {
+            for (b, h) in bufs.iter().zip(&l.buffers) {
+                // Offsets were laid out above from these lengths, so never behind `written`.
+                let pad = usize::try_from(h.offset - written).map_err(std::io::Error::other)?;
+                w.write_all(&vec![0u8; pad])?;
+                w.write_all(b.bytes())?;
+                written = h.offset + h.len;
+            }
         }
-    }
-    w.flush().map_err(io)?;
-    drop(w);
-    tmp.persist(path)
-        .map_err(|e| e.error)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(())
+        Ok(())
+    })
 }
 
 /// Positions of the sampled values in `n` values: spread evenly, the first and the last
@@ -473,7 +453,7 @@ mod tests {
 
     /// Whether the store had to pack any layer (a miss).
     fn packed(store: &PackStore) -> bool {
-        *lock(&store.packed_any)
+        lock(&store.layers).iter().any(|b| b.packed)
     }
 
     const P: Precision = Precision::Int8;

@@ -20,8 +20,6 @@
 //! (the caller recomputes and `put`s, which repairs the entry), and the caller reports a failing `put`
 //! as a warning.
 
-use std::ffi::OsString;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -41,18 +39,6 @@ pub(crate) struct TextCache {
 }
 
 impl TextCache {
-    /// The user's cache dir: `$VLM_CACHE_DIR` if set, else `$XDG_CACHE_HOME/vlm`, else
-    /// `$HOME/.cache/vlm` (on Windows `%LOCALAPPDATA%\vlm`); `None` if none can be determined.
-    pub(crate) fn default_dir() -> Option<PathBuf> {
-        let var = std::env::var_os;
-        if cfg!(windows) {
-            dir_from_env(var("VLM_CACHE_DIR"), None, None)
-                .or_else(|| non_empty(var("LOCALAPPDATA")).map(|d| PathBuf::from(d).join("vlm")))
-        } else {
-            dir_from_env(var("VLM_CACHE_DIR"), var("XDG_CACHE_HOME"), var("HOME"))
-        }
-    }
-
     /// A cache in `dir`; nothing is created until the first `put`.
     pub(crate) fn new(dir: PathBuf) -> Self {
         Self { dir }
@@ -85,62 +71,17 @@ impl TextCache {
         let key = entry_key(model_key, prompts);
         let path = self.entry_path(model_key, &key);
         let bytes = encode(&key, embedding)?;
-        let folder = path
-            .parent()
-            .with_context(|| format!("cache entry {} has no folder", path.display()))?;
-        std::fs::create_dir_all(folder)
-            .with_context(|| format!("cannot create cache folder {}", folder.display()))?;
-        // The temporary file lives in the destination folder so the rename cannot cross file
-        // systems. No fsync: a torn entry after a crash fails its checksum and is recomputed.
-        let mut tmp = tempfile::Builder::new()
-            .prefix(".vlm-")
-            .suffix(".tmp")
-            .tempfile_in(folder)
-            .with_context(|| format!("cannot create a temporary file in {}", folder.display()))?;
-        tmp.write_all(&bytes)
-            .and_then(|()| tmp.flush())
-            .with_context(|| format!("cannot write {}", tmp.path().display()))?;
-        tmp.persist(&path)
-            .map_err(|e| e.error)
-            .with_context(|| format!("cannot write cache entry {}", path.display()))?;
-        Ok(())
+        // No fsync: a torn entry after a crash fails its checksum and is recomputed.
+        crate::cache::replace(&path, |w| w.write_all(&bytes))
     }
 
     fn entry_path(&self, model_key: &str, key: &[u8]) -> PathBuf {
-        let model_hash = hex(&Sha256::digest(model_key.as_bytes()));
+        let model_hash = crate::cache::hex(&Sha256::digest(model_key.as_bytes()));
         self.dir
             .join(FORMAT_DIR)
             .join(&model_hash[..MODEL_DIR_HEX])
-            .join(format!("{}.bin", hex(&Sha256::digest(key))))
+            .join(format!("{}.bin", crate::cache::hex(&Sha256::digest(key))))
     }
-}
-
-/// The cache dir from the environment's values (passed in so tests need not touch the process
-/// environment): `vlm` as given, else `xdg/vlm`, else `home/.cache/vlm`. Empty values count as unset,
-/// and a relative `XDG_CACHE_HOME` is ignored, as the XDG base-directory spec says.
-pub(crate) fn dir_from_env(
-    vlm: Option<OsString>,
-    xdg: Option<OsString>,
-    home: Option<OsString>,
-) -> Option<PathBuf> {
-    if let Some(dir) = non_empty(vlm) {
-        return Some(PathBuf::from(dir));
-    }
-    if let Some(xdg) = non_empty(xdg)
-        .map(PathBuf::from)
-        .filter(|p| p.is_absolute())
-    {
-        return Some(xdg.join("vlm"));
-    }
-    non_empty(home).map(|h| PathBuf::from(h).join(".cache").join("vlm"))
-}
-
-fn non_empty(v: Option<OsString>) -> Option<OsString> {
-    v.filter(|s| !s.is_empty())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The entry's full key: model key, then each prompt, each as u32 LE length + bytes.
@@ -404,35 +345,5 @@ mod tests {
             }
         });
         only_entry(&cache);
-    }
-
-    // Unix paths: "/x" is not absolute on Windows, where XDG_CACHE_HOME is not consulted anyway.
-    #[cfg(unix)]
-    #[test]
-    fn dir_from_env_prefers_vlm_then_xdg_then_home() {
-        let os = |s: &str| Some(OsString::from(s));
-        assert_eq!(
-            dir_from_env(os("/v"), os("/x"), os("/h")),
-            Some(PathBuf::from("/v"))
-        );
-        assert_eq!(
-            dir_from_env(os("rel/v"), None, None),
-            Some(PathBuf::from("rel/v"))
-        );
-        assert_eq!(
-            dir_from_env(None, os("/x"), os("/h")),
-            Some(PathBuf::from("/x/vlm"))
-        );
-        assert_eq!(
-            dir_from_env(os(""), os(""), os("/h")),
-            Some(PathBuf::from("/h/.cache/vlm"))
-        );
-        // A relative XDG_CACHE_HOME is ignored, per the XDG spec.
-        assert_eq!(
-            dir_from_env(None, os("x"), os("/h")),
-            Some(PathBuf::from("/h/.cache/vlm"))
-        );
-        assert_eq!(dir_from_env(None, None, None), None);
-        assert_eq!(dir_from_env(os(""), None, os("")), None);
     }
 }

@@ -26,6 +26,18 @@ fn packing_dtypes() -> Vec<&'static str> {
     d
 }
 
+/// The first of [`packing_dtypes`]. Every x86-64 CPU that runs the tests has AVX2, so int8
+/// packs there and this panics if it does not; elsewhere (no int8 kernel but the portable one)
+/// nothing is packed, and `None` says there is nothing to test.
+fn packing_dtype() -> Option<&'static str> {
+    let first = packing_dtypes().first().copied();
+    assert!(
+        first.is_some() || !cfg!(target_arch = "x86_64"),
+        "no int8 kernel on an x86-64 CPU?"
+    );
+    first
+}
+
 fn classify(cache: &Path, dtype: &str, extra: &[&str]) -> (String, String) {
     let out = common::vlm_cache(cache)
         .args(["classify", "--model", &common::model("tiny-openai")])
@@ -97,12 +109,7 @@ fn f32_runs_pack_nothing() {
 
 #[test]
 fn a_damaged_file_is_repacked_and_an_unwritable_cache_is_a_warning() {
-    let Some(dtype) = packing_dtypes().first().copied() else {
-        // Every x86-64 CPU that runs the tests has AVX2, so int8 packs there; elsewhere (no int8
-        // kernel but the portable one) nothing is packed, and there is nothing to test.
-        #[cfg(target_arch = "x86_64")]
-        panic!("no int8 kernel on an x86-64 CPU?");
-        #[cfg(not(target_arch = "x86_64"))]
+    let Some(dtype) = packing_dtype() else {
         return;
     };
     let cache = tempfile::tempdir().unwrap();
@@ -149,10 +156,7 @@ fn a_damaged_file_is_repacked_and_an_unwritable_cache_is_a_warning() {
 #[cfg(unix)]
 #[test]
 fn a_symlinked_cache_file_is_replaced_never_written_through() {
-    let Some(dtype) = packing_dtypes().first().copied() else {
-        #[cfg(target_arch = "x86_64")]
-        panic!("no int8 kernel on an x86-64 CPU?");
-        #[cfg(not(target_arch = "x86_64"))]
+    let Some(dtype) = packing_dtype() else {
         return;
     };
     let cache = tempfile::tempdir().unwrap();
